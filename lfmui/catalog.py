@@ -1,0 +1,207 @@
+"""The model catalog: every model the app may load, and nothing else.
+
+A ``ModelSpec`` names where the weights come from (a hub repo, a local directory given on the
+command line, or an offline checkpoint that ``lfmui.offline`` builds), whether the model reads
+images, its recommended sampling and its processor defaults. The browser can only pick ids that
+are in the catalog: it never names a repo id or a path itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from lfmui.errors import CheckpointError, UnknownModelError
+
+Kind = Literal["vl", "text"]
+Source = Literal["hub", "local", "offline"]
+
+VL_SAMPLING = MappingProxyType({"temperature": 0.1, "min_p": 0.15, "repetition_penalty": 1.05})
+MOE_SAMPLING = MappingProxyType({"temperature": 0.3, "min_p": 0.15, "repetition_penalty": 1.05})
+# Tiny random models: greedy decoding repeats one token; plain sampling shows that text streams.
+NOISE_SAMPLING = MappingProxyType({"temperature": 1.0, "min_p": 0.0, "repetition_penalty": 1.05})
+VL_SYSTEM_PROMPT = "You are a helpful multimodal assistant by Liquid AI."
+TEXT_SYSTEM_PROMPT = "You are a helpful assistant by Liquid AI."
+RANDOM_WEIGHTS_NOTE = "random weights: replies are noise; for trying the app offline"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One loadable model: where it lives, what it reads and how to sample it."""
+
+    id: str
+    label: str
+    source: Source
+    location: str  # hub repo id, local directory, or offline build name
+    kind: Kind
+    sampling: MappingProxyType = field(default_factory=lambda: VL_SAMPLING)
+    system_prompt: str = VL_SYSTEM_PROMPT
+    processor_defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    note: str = ""
+    listed: bool = True  # shown in the UI's picker (full-shape synthetic builds are not)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.source == "offline"
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "source": self.source,
+            "kind": self.kind,
+            "sampling": dict(self.sampling),
+            "system_prompt": self.system_prompt,
+            "processor_defaults": dict(self.processor_defaults),
+            "note": self.note,
+            "random_weights": self.random_weights,
+        }
+
+
+def _vl_processor(use_thumbnail: bool) -> MappingProxyType:
+    return MappingProxyType(
+        {
+            "do_image_splitting": True,
+            "min_tiles": 2,
+            "max_tiles": 10,
+            "use_thumbnail": use_thumbnail,
+            "min_image_tokens": 64,
+            "max_image_tokens": 256,
+        }
+    )
+
+
+def _offline(name: str, label: str, kind: Kind, listed: bool = True) -> ModelSpec:
+    text = kind == "text"
+    return ModelSpec(
+        id=name,
+        label=label,
+        source="offline",
+        location=name,
+        kind=kind,
+        sampling=NOISE_SAMPLING
+        if name.endswith("-tiny")
+        else MOE_SAMPLING
+        if text
+        else VL_SAMPLING,
+        system_prompt=TEXT_SYSTEM_PROMPT if text else VL_SYSTEM_PROMPT,
+        processor_defaults=MappingProxyType({}) if text else _vl_processor(False),
+        note=RANDOM_WEIGHTS_NOTE,
+        listed=listed,
+    )
+
+
+HUB_MODELS = (
+    ModelSpec(
+        id="LFM2-VL-450M",
+        label="LFM2-VL-450M (vision-language)",
+        source="hub",
+        location="LiquidAI/LFM2-VL-450M",
+        kind="vl",
+        processor_defaults=_vl_processor(False),
+    ),
+    ModelSpec(
+        id="LFM2-VL-1.6B",
+        label="LFM2-VL-1.6B (vision-language)",
+        source="hub",
+        location="LiquidAI/LFM2-VL-1.6B",
+        kind="vl",
+        processor_defaults=_vl_processor(True),
+    ),
+    ModelSpec(
+        id="LFM2-8B-A1B",
+        label="LFM2-8B-A1B (mixture of experts, text only)",
+        source="hub",
+        location="LiquidAI/LFM2-8B-A1B",
+        kind="text",
+        sampling=MOE_SAMPLING,
+        system_prompt=TEXT_SYSTEM_PROMPT,
+    ),
+)
+
+OFFLINE_MODELS = (
+    _offline("lfm2-vl-tiny", "lfm2-vl-tiny (offline, random weights)", "vl"),
+    _offline("lfm2-moe-tiny", "lfm2-moe-tiny (offline, random weights)", "text"),
+    # Full-shape synthetic builds for benchmarks: hidden from the picker (an 8B fp32 build needs
+    # more memory than a laptop has); `--synthetic` lists them.
+    _offline("lfm2-vl-450m-synthetic", "LFM2-VL-450M shape (random weights)", "vl", False),
+    _offline("lfm2-vl-1.6b-synthetic", "LFM2-VL-1.6B shape (random weights)", "vl", False),
+    _offline("lfm2-8b-a1b-synthetic", "LFM2-8B-A1B shape (random weights)", "text", False),
+)
+
+DEFAULT_MODEL = "LFM2-VL-450M"
+OFFLINE_DEFAULT = "lfm2-vl-tiny"
+
+_TEXT_MODEL_TYPES = {"lfm2", "lfm2_moe"}
+_VL_MODEL_TYPES = {"lfm2_vl"}
+
+
+class Catalog:
+    """The set of loadable models: the built-in entries plus local paths from the command line."""
+
+    def __init__(self, specs: tuple[ModelSpec, ...] = HUB_MODELS + OFFLINE_MODELS) -> None:
+        self._specs: dict[str, ModelSpec] = {s.id: s for s in specs}
+
+    def get(self, model_id: str) -> ModelSpec:
+        spec = self._specs.get(model_id) if isinstance(model_id, str) else None
+        if spec is None:
+            raise UnknownModelError(
+                f"'{str(model_id)[:80]}' is not in the model catalog. "
+                f"Pick one of: {', '.join(s.id for s in self.listed())}."
+            )
+        return spec
+
+    def listed(self) -> list[ModelSpec]:
+        return [s for s in self._specs.values() if s.listed]
+
+    def all(self) -> list[ModelSpec]:
+        return list(self._specs.values())
+
+    def show_all(self) -> None:
+        """List the full-shape synthetic builds in the picker too (`--synthetic`)."""
+        self._specs = {k: replace(s, listed=True) for k, s in self._specs.items()}
+
+    def add_local(self, path: str | Path) -> ModelSpec:
+        """Register a local transformers checkpoint directory (from `--model /path`)."""
+        directory = Path(path).expanduser().resolve()
+        kind = checkpoint_kind(directory)
+        spec = ModelSpec(
+            id=f"local:{directory.name}",
+            label=f"{directory.name} (local checkpoint)",
+            source="local",
+            location=str(directory),
+            kind=kind,
+            sampling=VL_SAMPLING if kind == "vl" else MOE_SAMPLING,
+            system_prompt=VL_SYSTEM_PROMPT if kind == "vl" else TEXT_SYSTEM_PROMPT,
+            processor_defaults=_vl_processor(False) if kind == "vl" else MappingProxyType({}),
+        )
+        self._specs[spec.id] = spec
+        return spec
+
+
+def checkpoint_kind(directory: Path) -> Kind:
+    """Read a checkpoint's config.json and say whether it is a VL or a text LFM2 model."""
+    config_file = directory / "config.json"
+    if not directory.is_dir() or not config_file.is_file():
+        raise CheckpointError(
+            f"'{directory.name}' is not a transformers checkpoint (no config.json). "
+            "Pass a directory made by save_pretrained."
+        )
+    try:
+        model_type = json.loads(config_file.read_text())["model_type"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"The config.json of '{directory.name}' is not valid ({type(exc).__name__}). "
+            "Re-export the checkpoint with save_pretrained."
+        ) from None
+    if model_type in _VL_MODEL_TYPES:
+        return "vl"
+    if model_type in _TEXT_MODEL_TYPES:
+        return "text"
+    raise CheckpointError(
+        f"'{directory.name}' holds a '{str(model_type)[:40]}' model; lfmui runs LFM2 models "
+        "(lfm2, lfm2_moe, lfm2_vl)."
+    )

@@ -1,0 +1,43 @@
+"""The small error hierarchy of lfmui.
+
+Every error a user can cause or meet carries a message that says what to do next. The UI turns
+these into gr.Error at its edge; anything else is logged and shown as a generic failure.
+"""
+
+from __future__ import annotations
+
+
+class LfmuiError(Exception):
+    """Base class: the message is safe to show to a user (no paths of ours, no traceback)."""
+
+
+class UnknownModelError(LfmuiError):
+    """A model id that is not in the catalog."""
+
+
+class CheckpointError(LfmuiError):
+    """A local or cached checkpoint that is missing, corrupt or not an LFM2 model."""
+
+
+class QuantizationUnavailable(LfmuiError):
+    """A quantization level this machine cannot run (no CUDA, no bitsandbytes, unknown name)."""
+
+
+class LoadInProgress(LfmuiError):
+    """A second load request while a model is loading."""
+
+
+class ModelLoadError(LfmuiError):
+    """Loading failed (out of memory, hub unreachable, ...); the previous model is kept."""
+
+
+class NoModelLoaded(LfmuiError):
+    """A request that needs a model while none is loaded."""
+
+
+class GenerationError(LfmuiError):
+    """Generation failed inside the model."""
+
+
+class InputError(LfmuiError):
+    """A bad request: settings out of range, text too long, wrong modality."""

@@ -1,0 +1,334 @@
+"""Offline LFM2 checkpoints built from transformers' own classes with random weights.
+
+No machine here can download weights, and a user without network should still get a working
+app. ``ensure_checkpoint(name)`` builds a checkpoint once, writes it with save_pretrained into the
+cache directory (``LFMUI_CACHE`` or ``~/.cache/lfmui``) and returns its path; the manager then
+loads it through exactly the from_pretrained / AutoProcessor path a downloaded model takes.
+
+- ``lfm2-vl-tiny`` / ``lfm2-moe-tiny``: a few MB, built in seconds (tests, no-network default);
+- ``lfm2-vl-450m-synthetic``, ``lfm2-vl-1.6b-synthetic``, ``lfm2-8b-a1b-synthetic``: the published
+  shapes from ``lfm2_shapes.json`` (LM parameter counts match the real models exactly), for
+  benchmarks.
+
+The tokenizer is a byte-level BPE carrying every LFM2 special token at LFM2's id; the chat
+template implements LFM2's format (system prompt, tool list, tool-role turns, image parts).
+Random weights make noise: the UI says so whenever one of these is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+BUILD_VERSION = 1  # bump when a builder below changes: cached builds are rebuilt
+MARKER = "lfmui-build.json"
+SHAPES_FILE = Path(__file__).with_name("lfm2_shapes.json")
+MODEL_MAX_LENGTH = 32768
+
+# LFM2's special tokens at their ids (FACTS.md). Ids 0..500 are all special; unnamed ones are
+# reserved placeholders so every named token sits at the right id.
+NAMED_SPECIAL_TOKENS: dict[int, str] = {
+    0: "<|pad|>",
+    1: "<|startoftext|>",
+    2: "<|endoftext|>",
+    6: "<|im_start|>",
+    7: "<|im_end|>",
+    8: "<|tool_list_start|>",
+    9: "<|tool_list_end|>",
+    10: "<|tool_call_start|>",
+    11: "<|tool_call_end|>",
+    12: "<|tool_response_start|>",
+    13: "<|tool_response_end|>",
+    396: "<image>",
+    497: "<|img_thumbnail|>",
+    498: "<|image_start|>",
+    499: "<|image_end|>",
+    500: "<|image_split|>",
+}
+NAMED_SPECIAL_TOKENS.update(
+    {
+        397 + (r - 1) * 10 + (c - 1): f"<|img_row_{r}_col_{c}|>"
+        for r in range(1, 11)
+        for c in range(1, 11)
+    }
+)
+N_SPECIAL = 501
+BYTE_BASE = N_SPECIAL  # the 256 byte-level symbols follow the special tokens
+
+# LFM2's chat format. Content is a string or a list of parts ({"type": "text"|"image"}); the
+# tool list goes into the system turn; tool results are wrapped in the tool-response markers.
+CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    '{%- set ns = namespace(system="") -%}'
+    '{%- if messages and messages[0]["role"] == "system" -%}'
+    '{%- set ns.system = messages[0]["content"] -%}'
+    "{%- set messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{%- if tools -%}"
+    '{%- set ns.system = ns.system + ("\\n" if ns.system else "") -%}'
+    '{%- set ns.system = ns.system + "List of tools: <|tool_list_start|>[" -%}'
+    "{%- for tool in tools -%}"
+    "{%- if tool is not string -%}{%- set tool = tool | tojson -%}{%- endif -%}"
+    "{%- set ns.system = ns.system + tool -%}"
+    '{%- if not loop.last -%}{%- set ns.system = ns.system + ", " -%}{%- endif -%}'
+    "{%- endfor -%}"
+    '{%- set ns.system = ns.system + "]<|tool_list_end|>" -%}'
+    "{%- endif -%}"
+    '{%- if ns.system -%}{{- "<|im_start|>system\\n" + ns.system + "<|im_end|>\\n" -}}{%- endif -%}'
+    "{%- for message in messages -%}"
+    '{{- "<|im_start|>" + message["role"] + "\\n" -}}'
+    '{%- if message["role"] == "tool" -%}{{- "<|tool_response_start|>" -}}{%- endif -%}'
+    '{%- if message["content"] is string -%}{{- message["content"] -}}'
+    "{%- else -%}"
+    '{%- for part in message["content"] -%}'
+    '{%- if part["type"] == "image" -%}{{- "<image>" -}}'
+    '{%- elif part["type"] == "text" -%}{{- part["text"] -}}{%- endif -%}'
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    '{%- if message["role"] == "tool" -%}{{- "<|tool_response_end|>" -}}{%- endif -%}'
+    '{{- "<|im_end|>\\n" -}}'
+    "{%- endfor -%}"
+    '{%- if add_generation_prompt -%}{{- "<|im_start|>assistant\\n" -}}{%- endif -%}'
+)
+
+TINY_VL = {
+    "kind": "vl",
+    "downsample_factor": 2,
+    "projector_hidden_size": 64,
+    "vision_config": {
+        "model_type": "siglip2_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_patches": 256,
+        "patch_size": 16,
+    },
+    "text_config": {
+        "model_type": "lfm2",
+        "vocab_size": 1024,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "full_attn_idxs": [1],
+    },
+}
+TINY_MOE = {
+    "kind": "moe",
+    "vocab_size": 1024,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "moe_intermediate_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "num_dense_layers": 1,
+    "layer_types": ["conv", "full_attention", "conv"],
+}
+SHAPE_OF_BUILD = {
+    "lfm2-vl-450m-synthetic": "LFM2-VL-450M",
+    "lfm2-vl-1.6b-synthetic": "LFM2-VL-1.6B",
+    "lfm2-8b-a1b-synthetic": "LFM2-8B-A1B",
+}
+THUMBNAIL_BY_SHAPE = {"LFM2-VL-450M": False, "LFM2-VL-1.6B": True}
+
+_build_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Where offline checkpoints live: ``LFMUI_CACHE`` or ``~/.cache/lfmui``."""
+    return Path(os.environ.get("LFMUI_CACHE") or Path.home() / ".cache" / "lfmui")
+
+
+def build_names() -> tuple[str, ...]:
+    return ("lfm2-vl-tiny", "lfm2-moe-tiny", *SHAPE_OF_BUILD)
+
+
+def shape_config(name: str) -> dict[str, Any]:
+    """The raw shape dict of an offline build (tiny ones inline, full ones from the JSON file)."""
+    if name == "lfm2-vl-tiny":
+        return TINY_VL
+    if name == "lfm2-moe-tiny":
+        return TINY_MOE
+    if name in SHAPE_OF_BUILD:
+        return json.loads(SHAPES_FILE.read_text())[SHAPE_OF_BUILD[name]]
+    raise KeyError(name)
+
+
+def make_config(shape: dict[str, Any]):
+    """A transformers config (Lfm2VlConfig or Lfm2MoeConfig) for a shape dict."""
+    from transformers import Lfm2MoeConfig, Lfm2VlConfig
+
+    ids = {"bos_token_id": 1, "eos_token_id": 7, "pad_token_id": 0}
+    fields = {k: v for k, v in shape.items() if k != "kind"}
+    if shape["kind"] == "vl":
+        text = {**fields.pop("text_config"), **ids, "max_position_embeddings": MODEL_MAX_LENGTH}
+        return Lfm2VlConfig(
+            vision_config=dict(fields.pop("vision_config")),
+            text_config=text,
+            image_token_id=396,
+            **fields,
+        )
+    return Lfm2MoeConfig(**fields, **ids, max_position_embeddings=MODEL_MAX_LENGTH)
+
+
+def model_class(config):
+    from transformers import Lfm2MoeForCausalLM, Lfm2VlForConditionalGeneration
+
+    return Lfm2VlForConditionalGeneration if config.model_type == "lfm2_vl" else Lfm2MoeForCausalLM
+
+
+def language_model_parameters(name: str) -> int:
+    """Parameters of the language model of a build, counted on the meta device (no memory)."""
+    import torch
+
+    config = make_config(shape_config(name))
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    lm = model.model.language_model if config.model_type == "lfm2_vl" else model
+    # LFM2 ties the LM head to the embeddings, so counting lm's own parameters counts it once.
+    return sum(p.numel() for p in lm.parameters())
+
+
+@cache
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte -> printable-character map, in byte order (what ByteLevel uses)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    extra = 0
+    symbols = []
+    for b in range(256):
+        if b in printable:
+            symbols.append(chr(b))
+        else:
+            symbols.append(chr(256 + extra))
+            extra += 1
+    return symbols
+
+
+def _merge_pairs(count: int) -> list[tuple[str, str]]:
+    """Deterministic byte-pair merges, common letters first, to fill the vocab to its size."""
+    symbols = _byte_symbols()
+    common = " etaoinshrdlucmfwypvbgkjqxz,.ETAOINSHRDLUCMFWYPVBGKJQXZ0123456789"
+    order = [symbols[ord(c)] for c in common]
+    order += [s for s in symbols if s not in order]
+    pairs = [(a, b) for a in order for b in order]
+    if count > len(pairs):
+        raise ValueError(f"a byte-pair vocab holds at most {len(pairs)} merges, not {count}")
+    return pairs[:count]
+
+
+def build_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer with LFM2's special tokens at LFM2's ids."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [NAMED_SPECIAL_TOKENS.get(i, f"<|reserved_{i}|>") for i in range(N_SPECIAL)]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for i, sym in enumerate(_byte_symbols()):
+        vocab[sym] = BYTE_BASE + i
+    merges = _merge_pairs(vocab_size - len(vocab))
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|startoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        model_max_length=MODEL_MAX_LENGTH,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _generation_config(kind: str):
+    from transformers import GenerationConfig
+
+    temperature = 0.3 if kind == "moe" else 0.1
+    return GenerationConfig(
+        bos_token_id=1,
+        eos_token_id=7,
+        pad_token_id=0,
+        do_sample=True,
+        temperature=temperature,
+        min_p=0.15,
+        repetition_penalty=1.05,
+        max_new_tokens=512,
+    )
+
+
+def _write_checkpoint(name: str, target: Path, device: str | None) -> None:
+    import torch
+
+    shape = shape_config(name)
+    config = make_config(shape)
+    vocab = config.text_config.vocab_size if shape["kind"] == "vl" else config.vocab_size
+    tokenizer = build_tokenizer(vocab)
+    torch.manual_seed(0)
+    tiny = name.endswith("-tiny")
+    dtype = torch.float32 if tiny else torch.bfloat16  # the hub checkpoints ship in bf16
+    with torch.device(device or "cpu"):
+        model = model_class(config)._from_config(config, dtype=dtype)
+    model.generation_config = _generation_config(shape["kind"])
+    model.save_pretrained(target)
+    del model
+    if device and device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the build's weights must not count against the load after it
+    if shape["kind"] == "vl":
+        from transformers import Lfm2VlImageProcessor, Lfm2VlProcessor
+
+        thumbnail = THUMBNAIL_BY_SHAPE.get(SHAPE_OF_BUILD.get(name, ""), False)
+        image_processor = Lfm2VlImageProcessor(use_thumbnail=thumbnail)
+        processor = Lfm2VlProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+        processor.save_pretrained(target)
+    else:
+        tokenizer.save_pretrained(target)
+
+
+def is_built(path: Path) -> bool:
+    try:
+        return json.loads((path / MARKER).read_text()).get("version") == BUILD_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def ensure_checkpoint(
+    name: str, device: str | None = None, progress: Callable[[str], None] | None = None
+) -> Path:
+    """Build the offline checkpoint `name` unless a current build is cached; return its path.
+
+    `device` chooses where random weights are drawn (a full-shape 8B build is quicker on CUDA).
+    The build goes to a temporary directory renamed into place, so a crash never leaves a
+    half-written checkpoint that looks complete.
+    """
+    shape_config(name)  # KeyError for unknown names, before any work
+    target = cache_dir() / name
+    with _build_lock:
+        if is_built(target):
+            return target
+        if progress:
+            progress(f"building offline checkpoint {name} (random weights)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            _write_checkpoint(name, tmp, device)
+            (tmp / MARKER).write_text(json.dumps({"version": BUILD_VERSION, "name": name}))
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
