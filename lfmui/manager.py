@@ -1,0 +1,366 @@
+"""ModelManager: the only door to the accelerator.
+
+One resident model with its processor. ``load`` checks everything it cheaply can (catalog id,
+quantization level, checkpoint files, config.json) before touching the resident model, so a bad
+request leaves the previous model serving. A switch then drains the requests in flight (each holds
+a lease: weights are never freed under a running generation; past a grace period they are asked
+to stop), frees the old model completely (references dropped, gc, CUDA cache emptied; a
+bitsandbytes model is never ``.to()``-moved) and loads the new one. If that load fails, the
+previous model is loaded again. A second load while one runs is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lfmui import offline, quant
+from lfmui.catalog import Catalog, ModelSpec, checkpoint_kind
+from lfmui.errors import (
+    CheckpointError,
+    LfmuiError,
+    LoadInProgress,
+    ModelLoadError,
+    NoModelLoaded,
+)
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float, str], None]
+GIB = 1024**3
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """The resident model and what requests need to use it."""
+
+    spec: ModelSpec
+    quantization: str
+    model: Any
+    processor: Any  # Lfm2VlProcessor for VL models, the tokenizer for text models
+    device: str
+    dtype: str
+    load_seconds: float
+    weight_bytes: int
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: switch wants it gone
+    leases: int = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model_id": self.spec.id,
+            "label": self.spec.label,
+            "kind": self.spec.kind,
+            "quantization": self.quantization,
+            "device": self.device,
+            "dtype": self.dtype,
+            "resident_bytes": self.weight_bytes,
+            "resident_gib": round(self.weight_bytes / GIB, 3),
+            "load_seconds": round(self.load_seconds, 2),
+            "random_weights": self.spec.random_weights,
+            "note": self.spec.note,
+        }
+
+
+def process_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def memory_report(loaded: LoadedModel | None = None) -> dict[str, Any]:
+    """Resident weight bytes and, on CUDA, allocated/reserved/peak; on CPU, the process RSS."""
+    report: dict[str, Any] = {"weights_bytes": loaded.weight_bytes if loaded else 0}
+    if quant.cuda_available():
+        import torch
+
+        report.update(
+            cuda_allocated_bytes=torch.cuda.memory_allocated(),
+            cuda_reserved_bytes=torch.cuda.memory_reserved(),
+            cuda_peak_bytes=torch.cuda.max_memory_allocated(),
+        )
+    report["rss_bytes"] = process_rss()
+    return report
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes held by parameters and buffers (packed sizes for quantized weights)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in (*model.parameters(), *model.buffers()):
+        if id(tensor) in seen:  # tied embeddings count once
+            continue
+        seen.add(id(tensor))
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _free_accelerator() -> None:
+    gc.collect()
+    if quant.cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+class ModelManager:
+    """Holds one model; loads, switches and unloads it under a lock."""
+
+    def __init__(self, catalog: Catalog | None = None, drain_seconds: float = 10.0) -> None:
+        self.catalog = catalog or Catalog()
+        self.drain_seconds = drain_seconds
+        self._load_lock = threading.Lock()
+        self._state = threading.Condition()
+        self._current: LoadedModel | None = None
+        self._switching = False
+        self.loading: str | None = None  # id being loaded, for the status card
+
+    # ---- requests -------------------------------------------------------------------------
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[LoadedModel]:
+        """Use the resident model for one request; a switch waits for (or stops) the lease."""
+        with self._state:
+            loaded = self._current
+            if self._switching:
+                raise NoModelLoaded("A model switch is in progress; send again in a moment.")
+            if loaded is None:
+                raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
+            loaded.leases += 1
+        try:
+            yield loaded
+        finally:
+            with self._state:
+                loaded.leases -= 1
+                self._state.notify_all()
+
+    def status(self) -> dict[str, Any]:
+        loaded = self._current
+        status: dict[str, Any] = loaded.status() if loaded else {"model_id": None}
+        status["loading"] = self.loading
+        status["memory"] = memory_report(loaded)
+        return status
+
+    # ---- loading --------------------------------------------------------------------------
+    def load(
+        self, model_id: str, quantization: str | None = None, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Make `model_id` at `quantization` the resident model; return its status."""
+        if not self._load_lock.acquire(blocking=False):
+            raise LoadInProgress(
+                f"{self.loading or 'Another model'} is loading; wait for it to finish, then retry."
+            )
+        try:
+            self.loading = str(model_id)[:80]
+            return self._load_locked(model_id, quantization, progress or _no_progress)
+        finally:
+            self.loading = None
+            self._load_lock.release()
+
+    def unload(self) -> None:
+        with self._load_lock:
+            self._retire_current()
+
+    def _load_locked(self, model_id: str, quantization: str | None, progress: Progress) -> dict:
+        spec = self.catalog.get(model_id)
+        level = quant.resolve(quantization)
+        current = self._current
+        if current and current.spec.id == spec.id and current.quantization == level.name:
+            return current.status()
+        progress(0.05, f"checking {spec.id}")
+        location = self._locate(spec, progress)
+        previous = (current.spec.id, current.quantization) if current else None
+        progress(0.3, "freeing the previous model" if current else "loading weights")
+        self._retire_current()
+        try:
+            progress(0.4, f"loading {spec.id} ({level.name})")
+            loaded = self._load_weights(spec, level, location)
+        except Exception as exc:
+            _free_accelerator()
+            message = _load_failure(spec, exc)
+            if previous:
+                message += self._restore(*previous)
+            log.warning("load of %s failed: %r", spec.id, exc)
+            raise ModelLoadError(message) from None
+        with self._state:
+            self._current = loaded
+        progress(1.0, f"{spec.id} loaded")
+        return loaded.status()
+
+    def _restore(self, model_id: str, quantization: str) -> str:
+        try:
+            spec = self.catalog.get(model_id)
+            level = quant.resolve(quantization)
+            loaded = self._load_weights(spec, level, self._locate(spec, _no_progress))
+        except Exception as exc:  # restoring is best effort: say so, don't mask the first error
+            log.warning("could not restore %s: %r", model_id, exc)
+            _free_accelerator()
+            return f" The previous model ({model_id}) could not be reloaded; load one again."
+        with self._state:
+            self._current = loaded
+        return f" The previous model ({model_id}, {quantization}) is loaded again."
+
+    def _locate(self, spec: ModelSpec, progress: Progress) -> str:
+        """Where from_pretrained should read `spec` from; validates local files first."""
+        if spec.source == "hub":
+            return spec.location
+        if spec.source == "offline":
+            progress(0.1, f"preparing offline checkpoint {spec.id}")
+            device = "cuda" if quant.cuda_available() else None
+            path = offline.ensure_checkpoint(spec.location, device=device)
+        else:
+            path = Path(spec.location)
+        checkpoint_kind(path)  # no config.json, invalid JSON, not LFM2: CheckpointError
+        _check_config(path, spec)
+        return str(path)
+
+    def _load_weights(self, spec: ModelSpec, level: quant.QuantLevel, location: str):
+        import torch
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            AutoTokenizer,
+        )
+
+        started = time.perf_counter()
+        cuda = quant.cuda_available()
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, level.dtype), **level.kwargs()}
+        if cuda:
+            kwargs["device_map"] = {"": 0}
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            kwargs["local_files_only"] = True
+        auto_model = AutoModelForImageTextToText if spec.kind == "vl" else AutoModelForCausalLM
+        auto_processor = AutoProcessor if spec.kind == "vl" else AutoTokenizer
+        local_only = {"local_files_only": True} if "local_files_only" in kwargs else {}
+        model = auto_model.from_pretrained(location, **kwargs)
+        model.eval()
+        processor = auto_processor.from_pretrained(location, **local_only)
+        return LoadedModel(
+            spec=spec,
+            quantization=level.name,
+            model=model,
+            processor=processor,
+            device="cuda" if cuda else "cpu",
+            dtype=level.dtype,
+            load_seconds=time.perf_counter() - started,
+            weight_bytes=weight_bytes(model),
+        )
+
+    def _retire_current(self) -> None:
+        """Drain leases (grace period, then ask them to stop), then free the resident model."""
+        with self._state:
+            loaded = self._current
+            if loaded is None:
+                return
+            self._switching = True
+            try:
+                deadline = time.monotonic() + self.drain_seconds
+                while loaded.leases and time.monotonic() < deadline:
+                    self._state.wait(timeout=0.1)
+                if loaded.leases:
+                    loaded.cancel.set()  # generations stop at their next token
+                    self._state.wait_for(lambda: loaded.leases == 0)
+                self._current = None
+            finally:
+                self._switching = False
+        loaded.model = None
+        loaded.processor = None  # the LoadedModel may outlive this call; its weights don't
+        _free_accelerator()
+
+
+def _no_progress(_fraction: float, _message: str) -> None:
+    return None
+
+
+def _check_config(path: Path, spec: ModelSpec) -> None:
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except Exception as exc:
+        raise CheckpointError(
+            f"The checkpoint of {spec.id} has a config.json transformers cannot read "
+            f"({type(exc).__name__}). Re-export it with save_pretrained."
+        ) from None
+
+
+def _load_failure(spec: ModelSpec, exc: BaseException) -> str:
+    """A user-facing sentence for a failed load (no paths, no traceback)."""
+    if isinstance(exc, LfmuiError):
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if "out of memory" in text:
+        return f"Not enough memory to load {spec.id}; pick a smaller model or a 4-bit level."
+    if spec.source == "hub" and any(w in text for w in ("connect", "offline", "resolve", "hub")):
+        return (
+            f"Could not download {spec.id} from the Hugging Face Hub (unreachable or offline). "
+            "Check the network, or load an offline model such as lfm2-vl-tiny."
+        )
+    return (
+        f"Loading {spec.id} failed ({type(exc).__name__}); its checkpoint may be incomplete or "
+        "corrupt. Rebuild or re-download it, or pick another model."
+    )
+
+
+def choose_startup_model(
+    catalog: Catalog, requested: str | None, offline_mode: bool, probe_seconds: float = 3.0
+) -> tuple[str, str]:
+    """The model to load at start and a banner ("" when none): hub default or offline fallback."""
+    from lfmui.catalog import DEFAULT_MODEL, OFFLINE_DEFAULT
+
+    model_id = requested or DEFAULT_MODEL
+    spec = catalog.get(model_id)
+    if spec.source != "hub":
+        return model_id, ""
+    if offline_mode or os.environ.get("HF_HUB_OFFLINE") == "1":
+        reason = "offline mode"
+    elif _hub_cached(spec.location) or _hub_reachable(spec.location, probe_seconds):
+        return model_id, ""
+    else:
+        reason = "the Hugging Face Hub cannot be reached"
+    return OFFLINE_DEFAULT, (
+        f"{reason}: loaded {OFFLINE_DEFAULT} instead of {model_id}. "
+        f"It has {catalog.get(OFFLINE_DEFAULT).note}."
+    )
+
+
+def _hub_cached(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _hub_reachable(repo: str, seconds: float) -> bool:
+    """One quick metadata request with a short timeout, so a dead network costs seconds."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            from huggingface_hub import HfApi
+
+            HfApi().model_info(repo, timeout=seconds)
+            result.append(True)
+        except Exception:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(seconds + 0.5)  # DNS stalls can outlast the HTTP timeout: don't wait for them
+    return bool(result and result[0])
