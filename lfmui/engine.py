@@ -1,0 +1,273 @@
+"""Streaming generation: one call yields typed events for one reply.
+
+``stream(loaded, inputs, settings, stop)`` runs ``model.generate`` in a thread of its own with a
+streamer made for this call only (a queue of token ids: the generation thread does no decoding)
+and yields ``Event``s: ``text`` deltas from incremental detokenization that never splits a
+multi-byte character, then ``metrics`` and ``done`` (with its reason), or ``error``. Stop is a
+threading.Event checked by a StoppingCriteria at every step; the thread is joined in a
+``finally``, so a closed tab or a cancelled request frees the accelerator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lfmui.errors import InputError
+
+log = logging.getLogger(__name__)
+EventKind = Literal["text", "metrics", "done", "error"]
+DoneReason = Literal["eos", "stopped", "max_tokens", "time_limit", "error"]
+_END = object()
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    text: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated generation settings."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.1
+    min_p: float = 0.15
+    top_p: float = 1.0
+    repetition_penalty: float = 1.05
+    seed: int | None = None
+    time_limit: float = 120.0
+
+    def __post_init__(self) -> None:
+        _check("max_new_tokens", self.max_new_tokens, 1, 4096)
+        _check("temperature", self.temperature, 0.0, 2.0)
+        _check("min_p", self.min_p, 0.0, 1.0)
+        _check("top_p", self.top_p, 0.01, 1.0)
+        _check("repetition_penalty", self.repetition_penalty, 1.0, 2.0)
+        _check("time_limit", self.time_limit, 1.0, 600.0)
+        if self.seed is not None:
+            _check("seed", self.seed, 0, 2**32 - 1)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], defaults: dict[str, Any] | None = None) -> Settings:
+        known = {k: v for k, v in {**(defaults or {}), **values}.items() if k in _FIELDS}
+        unknown = sorted(set(values) - _FIELDS)
+        if unknown:
+            raise InputError(
+                f"Unknown setting(s): {', '.join(unknown)[:100]}. "
+                f"Known: {', '.join(sorted(_FIELDS))}."
+            )
+        try:
+            typed = {k: _CASTS[k](v) if v is not None else None for k, v in known.items()}
+        except (TypeError, ValueError):
+            raise InputError("Settings must be numbers (seed: an integer or null).") from None
+        return cls(**typed)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        sampling = self.temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": sampling,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if sampling:
+            kwargs.update(temperature=self.temperature, min_p=self.min_p or None, top_p=self.top_p)
+        else:  # greedy: unset the checkpoint's sampling defaults so transformers doesn't warn
+            kwargs.update(temperature=None, top_p=None, top_k=None, min_p=None)
+        return kwargs
+
+
+def _check(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number between {low} and {high}.")
+    if not low <= value <= high:
+        raise InputError(f"{name} is {value}; use a value between {low} and {high}.")
+
+
+_CASTS = {
+    "max_new_tokens": int,
+    "temperature": float,
+    "min_p": float,
+    "top_p": float,
+    "repetition_penalty": float,
+    "seed": int,
+    "time_limit": float,
+}
+_FIELDS = set(_CASTS)
+
+
+class _TokenQueue:
+    """A streamer for one call: pushes generated token ids to a queue, nothing more."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate() first sends the prompt
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(_END)
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text deltas without splitting characters."""
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # ids before this are context only
+        self.read = 0  # text of ids[prefix:read] was already emitted
+
+    def push(self, new_ids: list[int]) -> str:
+        self.ids.extend(new_ids)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=self.skip)
+        after = decode(self.ids[self.prefix :], skip_special_tokens=self.skip)
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return ""  # an unfinished UTF-8 sequence: wait for the next token
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before) :]
+
+    def flush(self) -> str:
+        """Whatever is still held back at the end (an invalid trailing byte sequence)."""
+        before = self.tokenizer.decode(
+            self.ids[self.prefix : self.read], skip_special_tokens=self.skip
+        )
+        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=self.skip)
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]
+
+
+def _stopping_criteria(*events: threading.Event) -> Any:
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnEvent(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            stop = any(e.is_set() for e in events)
+            return torch.full(
+                (input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device
+            )
+
+    return StopOnEvent()
+
+
+def stream(
+    loaded: Any,
+    inputs: Any,
+    settings: Settings,
+    stop: threading.Event | None = None,
+    skip_special_tokens: bool = True,
+    extra_generate_kwargs: dict[str, Any] | None = None,
+) -> Iterator[Event]:
+    """Generate a reply to `inputs` and yield its events; always ends with done or error."""
+    import torch
+    from transformers import MaxTimeCriteria, StoppingCriteriaList
+
+    stop = stop or threading.Event()
+    streamer = _TokenQueue()
+    criteria = StoppingCriteriaList(
+        [_stopping_criteria(stop, loaded.cancel), MaxTimeCriteria(settings.time_limit)]
+    )
+    kwargs = {
+        **inputs,
+        **settings.generate_kwargs(),
+        **(extra_generate_kwargs or {}),
+        "streamer": streamer,
+        "stopping_criteria": criteria,
+    }
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            with torch.inference_mode():
+                loaded.model.generate(**kwargs)
+        except BaseException as exc:  # reported to the consumer as an error event
+            failure.append(exc)
+            streamer.end()
+
+    prompt_tokens = int(inputs["input_ids"].shape[-1])
+    decoder = IncrementalDecoder(loaded.tokenizer, skip_special_tokens)
+    eos = set(_eos_ids(loaded))
+    started = time.perf_counter()
+    first_token_at = None
+    last_id = None
+    thread = threading.Thread(target=run, name="lfmui-generate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = streamer.queue.get()
+            if item is _END:
+                break
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            last_id = item[-1]
+            delta = decoder.push([t for t in item if t not in eos])
+            if delta:
+                yield Event("text", delta)
+        tail = decoder.flush()
+        if tail:
+            yield Event("text", tail)
+        if failure:
+            log.warning("generate failed: %r", failure[0])
+            yield Event("error", data={"error": type(failure[0]).__name__})
+            return
+        ended = time.perf_counter()
+        generated = len(decoder.ids) + (1 if last_id in eos else 0)
+        reason = _done_reason(stop, loaded, last_id, eos, generated, settings, ended - started)
+        image_token = getattr(loaded.model.config, "image_token_id", None)
+        metrics = _metrics(started, first_token_at, ended, prompt_tokens, generated)
+        metrics["image_tokens"] = (
+            int((inputs["input_ids"] == image_token).sum()) if image_token else 0
+        )
+        yield Event("metrics", data=metrics)
+        yield Event("done", data={"reason": reason})
+    finally:
+        stop.set()  # a consumer that went away (closed tab, cancel) stops the generation
+        thread.join()
+
+
+def _eos_ids(loaded: Any) -> list[int]:
+    eos = loaded.model.generation_config.eos_token_id
+    return list(eos) if isinstance(eos, list | tuple) else [eos] if eos is not None else []
+
+
+def _done_reason(stop, loaded, last_id, eos, generated, settings, elapsed) -> DoneReason:
+    if last_id in eos:
+        return "eos"
+    if stop.is_set() or loaded.cancel.is_set():
+        return "stopped"
+    if generated >= settings.max_new_tokens:
+        return "max_tokens"
+    if elapsed >= settings.time_limit:
+        return "time_limit"
+    return "eos"
+
+
+def _metrics(started, first_at, ended, prompt_tokens, generated) -> dict[str, Any]:
+    ttft = (first_at - started) if first_at else None
+    decode_s = (ended - first_at) if first_at else 0.0
+    return {
+        "ttft_s": round(ttft, 4) if ttft is not None else None,
+        "decode_tokens_per_s": round((generated - 1) / decode_s, 2)
+        if generated > 1 and decode_s > 0
+        else None,
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated,
+        "total_s": round(ended - started, 4),
+    }

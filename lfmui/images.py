@@ -1,0 +1,80 @@
+"""Safe image intake: every uploaded picture passes through ``load_safe`` before a model sees it.
+
+Checks, in order: file size, format allowlist (PNG, JPEG, WEBP, GIF, sniffed from the bytes, not
+the name), pixel count (decompression bombs are errors, not warnings), then the first frame of an
+animation, EXIF orientation, and a plain RGB picture (alpha composited on white).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from lfmui.errors import InputError
+
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF"}
+
+
+def load_safe(path: str | Path):
+    """Open an uploaded image and return it as an RGB PIL image, or raise InputError."""
+    from PIL import Image, ImageOps
+
+    file = Path(path)
+    name = file.name[:60]
+    try:
+        size = file.stat().st_size
+    except OSError:
+        raise InputError(
+            f"Could not read image '{name}': the upload is missing. Upload it again."
+        ) from None
+    if size > MAX_FILE_BYTES:
+        raise InputError(
+            f"'{name}' is {size / 2**20:.0f} MB; "
+            f"images up to {MAX_FILE_BYTES // 2**20} MB are accepted."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                if image.format not in ALLOWED_FORMATS:
+                    raise InputError(
+                        f"'{name}' is not a PNG, JPEG, WEBP or GIF image; "
+                        "convert it and upload again."
+                    )
+                if image.width * image.height > MAX_PIXELS:
+                    raise InputError(
+                        f"'{name}' is too large ({image.width}x{image.height}); "
+                        f"use an image under {MAX_PIXELS // 10**6} megapixels."
+                    )
+                image.seek(0)  # first frame of an animation
+                image.load()
+                picture = ImageOps.exif_transpose(image) or image
+                return _to_rgb(picture)
+    except InputError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise InputError(
+            f"'{name}' is too large (decompression bomb guard); use a smaller image."
+        ) from None
+    except Exception:
+        raise InputError(
+            f"Could not read image '{name}': the file is damaged or not an image."
+        ) from None
+
+
+def _to_rgb(image):
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, "white")
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")

@@ -1,0 +1,75 @@
+"""Conversation -> model inputs, through the model's own chat template and processor.
+
+A conversation is a list of ``{"role": ..., "content": str | list[part]}`` messages where a part is
+``{"type": "text", "text": ...}`` or ``{"type": "image", "image": PIL.Image}``. Text typed by a user
+or returned by a tool is escaped so that it can never forge a role, a tool call or an image slot:
+a literal ``<|im_end|>`` or ``<image>`` stays plain text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lfmui.errors import InputError
+
+# Any LFM2 special-token literal: <|...|> markers and the bare <image> slot.
+_SPECIAL_LITERAL = re.compile(r"<(?=\|[^<>|\s]{1,48}\|>|image>)")
+WORD_JOINER = "\u2060"  # invisible; splits the literal so the tokenizer sees plain text
+
+
+def escape_specials(text: str) -> str:
+    """Make special-token literals in untrusted text tokenize as ordinary characters."""
+    return _SPECIAL_LITERAL.sub("<" + WORD_JOINER, text)
+
+
+def _template_messages(conversation: list[dict[str, Any]]) -> tuple[list[dict], list[Any]]:
+    """Escape untrusted text, pull images out in order, keep parts the template understands."""
+    messages, images = [], []
+    for message in conversation:
+        role, content = message["role"], message["content"]
+        trusted = role in ("system", "assistant")
+        if isinstance(content, str):
+            messages.append(
+                {"role": role, "content": content if trusted else escape_specials(content)}
+            )
+            continue
+        parts = []
+        for part in content:
+            if part["type"] == "image":
+                images.append(part["image"])
+                parts.append({"type": "image"})
+            else:
+                text = part["text"] if trusted else escape_specials(part["text"])
+                parts.append({"type": "text", "text": text})
+        messages.append({"role": role, "content": parts})
+    return messages, images
+
+
+def build_inputs(
+    loaded: Any,
+    conversation: list[dict[str, Any]],
+    images_kwargs: dict[str, Any] | None = None,
+    tools: list[dict] | None = None,
+) -> Any:
+    """Tokenized inputs (and pixel values) for `conversation`, on the model's device."""
+    messages, images = _template_messages(conversation)
+    processor = loaded.processor
+    if images and loaded.spec.kind != "vl":
+        raise InputError(
+            f"{loaded.spec.id} reads text only; remove the images or load a vision-language model."
+        )
+    prompt = processor.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=True, tokenize=False
+    )
+    if loaded.spec.kind == "vl":
+        kwargs = {"images_kwargs": images_kwargs} if images_kwargs else {}
+        inputs = processor(
+            images=[images] if images else None, text=[prompt], return_tensors="pt", **kwargs
+        )
+    else:
+        inputs = processor(prompt, add_special_tokens=False, return_tensors="pt")
+    inputs = inputs.to(loaded.model.device)
+    if "pixel_values" in inputs:  # the processor emits float32; the vision tower may be bf16
+        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
+    return inputs
