@@ -1,0 +1,77 @@
+"""lfmui: try Liquid AI's LFM2 models in a browser.
+
+`demo` at module level serves hot reload, Spaces and tests; `python app.py` parses flags, loads the
+start-up model in the background and serves on 127.0.0.1:7860.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from pathlib import Path
+
+from lfmui import quant
+from lfmui.catalog import Catalog
+from lfmui.errors import LfmuiError
+from lfmui.manager import ModelManager, choose_startup_model
+from lfmui.ui import build_app, launch_settings
+
+demo = build_app()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve the lfmui web app.")
+    parser.add_argument("--model", help="catalog id (e.g. LFM2-VL-1.6B) or a local checkpoint dir")
+    parser.add_argument(
+        "--quantization", default="auto", help=f"auto, {', '.join(quant.QUANTIZATIONS)}"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="never contact the Hugging Face Hub; start with lfm2-vl-tiny",
+    )
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="list the full-shape random-weight builds (for benchmarks)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    catalog = Catalog()
+    if args.synthetic:
+        catalog.show_all()
+    requested = args.model
+    if requested and requested not in {s.id for s in catalog.all()}:
+        if not Path(requested).is_dir():
+            raise SystemExit(
+                f"--model {requested}: not a catalog id and not a checkpoint directory."
+            )
+        requested = catalog.add_local(requested).id
+    model_id, note = choose_startup_model(catalog, requested, args.offline)
+    manager = ModelManager(catalog)
+    app = build_app(manager, startup_note=note)
+    threading.Thread(
+        target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
+    ).start()
+    app.launch(**launch_settings(args.host, args.port))
+
+
+def _load_at_start(manager: ModelManager, model_id: str, quantization: str) -> None:
+    try:
+        manager.load(model_id, quantization)
+    except LfmuiError as exc:
+        logging.getLogger("lfmui").error("start-up load failed: %s", exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The public API (gradio_client): /models, /load_model, /generate, /last_metrics.
+
+Names and shapes are fixed by DESIGN.md so scripts can rely on them. Errors reach the client as
+gr.Error with the same sentences the UI shows.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gradio as gr
+
+from lfmui import images, quant, turns
+from lfmui.errors import InputError
+from lfmui.manager import ModelManager
+from lfmui.ui.render import user_errors
+
+MAX_API_IMAGES = 4
+_last_metrics: dict[str, dict[str, Any]] = {}
+
+
+def parse_settings(settings_json: str) -> dict[str, Any]:
+    if not settings_json or not settings_json.strip():
+        return {}
+    if len(settings_json) > 10_000:
+        raise InputError("settings_json is too long; send a small JSON object of settings.")
+    try:
+        settings = json.loads(settings_json)
+    except ValueError:
+        raise InputError(
+            'settings_json is not valid JSON; send e.g. {"max_new_tokens": 64}.'
+        ) from None
+    if not isinstance(settings, dict):
+        raise InputError('settings_json must be a JSON object, e.g. {"max_new_tokens": 64}.')
+    return settings
+
+
+def build(manager: ModelManager) -> None:
+    """Register the API endpoints (call inside the Blocks context)."""
+
+    def models() -> list[dict[str, Any]]:
+        """The catalog, with the quantization levels available on this machine."""
+        levels = quant.availability_table()
+        return [{**spec.to_json(), "quantizations": levels} for spec in manager.catalog.listed()]
+
+    @user_errors
+    def load_model(model_id: str, quantization: str) -> dict[str, Any]:
+        """Load a catalog model at a quantization level (bf16, fp16, fp32, int8, nf4)."""
+        return manager.load(model_id, quantization)
+
+    @user_errors
+    def generate(
+        prompt: str, image_files: list[str] | None, settings_json: str, request: gr.Request
+    ):
+        """Stream the answer to one prompt (with optional images) as growing text."""
+        settings = parse_settings(settings_json)
+        files = list(image_files or [])
+        if len(files) > MAX_API_IMAGES:
+            raise InputError(f"Send at most {MAX_API_IMAGES} images per request.")
+        parts = [{"type": "image", "image": images.load_safe(f)} for f in files]
+        parts.append({"type": "text", "text": prompt or ""})
+        answer = ""
+        for event in turns.chat_turn(manager, [{"role": "user", "content": parts}], settings):
+            if event.kind == "text":
+                answer += event.text
+                yield answer
+            elif event.kind == "metrics":
+                _last_metrics[request.session_hash] = dict(event.data)
+            elif event.kind == "done":
+                _last_metrics.setdefault(request.session_hash, {})["done"] = event.data["reason"]
+            elif event.kind == "error":
+                raise gr.Error("The model failed while generating; try again.")
+        yield answer
+
+    def last_metrics(request: gr.Request) -> dict[str, Any]:
+        """Metrics of this client's last /generate call."""
+        return _last_metrics.get(request.session_hash, {})
+
+    gr.api(models, api_name="models")
+    gr.api(load_model, api_name="load_model", concurrency_id="accelerator")
+    gr.api(last_metrics, api_name="last_metrics")
+    with gr.Column(visible=False):
+        prompt = gr.Textbox()
+        files = gr.File(file_count="multiple", type="filepath", file_types=["image"])
+        settings = gr.Textbox()
+        answer = gr.Textbox()
+        trigger = gr.Button()
+    trigger.click(
+        generate,
+        [prompt, files, settings],
+        answer,
+        api_name="generate",
+        concurrency_id="accelerator",
+    )

@@ -1,0 +1,71 @@
+"""build_app: the whole Blocks app; launch_settings: how it must be served."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from lfmui import offline
+from lfmui.manager import ModelManager
+from lfmui.ui import api, chat_tab, models_tab
+
+MAX_FILE_SIZE = "20mb"
+QUEUE_MAX_SIZE = 64
+
+
+def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr.Blocks:
+    """The lfmui app over `manager` (a fresh one with the built-in catalog by default)."""
+    manager = manager or ModelManager()
+    with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
+        gr.Markdown("# lfmui · try Liquid AI's LFM2 models")
+        banner_box = gr.Markdown(models_tab.banner(manager, startup_note))
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                chat = chat_tab.build(manager)
+            with gr.Tab("Models", id="models"):
+                models = models_tab.build(manager, banner_box, startup_note)
+        api.build(manager)
+        models["loaded"].then(
+            lambda: _system_prompt(manager), None, chat["system_prompt"], api_visibility="private"
+        )
+        demo.load(
+            lambda: (
+                models_tab.status_card(manager),
+                models_tab.banner(manager, startup_note),
+                _system_prompt(manager),
+            ),
+            None,
+            [models["card"], banner_box, chat["system_prompt"]],
+            api_visibility="private",
+        )
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
+    return demo
+
+
+def _system_prompt(manager: ModelManager) -> str:
+    loaded = manager.current()
+    return loaded.spec.system_prompt if loaded else ""
+
+
+def launch_settings(host: str = "127.0.0.1", port: int = 7860) -> dict[str, Any]:
+    """Keyword arguments for demo.launch: no share link, no monitoring, no MCP, caps on."""
+    if os.environ.get("GRADIO_VIBE_MODE"):
+        raise SystemExit(
+            "GRADIO_VIBE_MODE is set: lfmui refuses to start with it (it lets the "
+            "browser edit server code). Unset it and start again."
+        )
+    blocked = [str(offline.cache_dir()), str(Path(__file__).resolve().parents[2])]
+    return {
+        "server_name": host,
+        "server_port": port,
+        "share": False,
+        "max_file_size": MAX_FILE_SIZE,
+        "enable_monitoring": False,
+        "mcp_server": False,
+        "show_error": False,
+        "blocked_paths": blocked,
+        "footer_links": ["api"],
+    }

@@ -1,0 +1,100 @@
+"""Pure functions that turn the session's conversation and engine events into UI values."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from lfmui.errors import LfmuiError
+
+log = logging.getLogger(__name__)
+
+DONE_LABELS = {
+    "eos": "",
+    "stopped": "stopped",
+    "max_tokens": "truncated: max new tokens reached",
+    "time_limit": "truncated: time limit reached",
+    "error": "failed",
+}
+
+
+def metrics_line(metrics: dict[str, Any], reason: str) -> str:
+    """A one-line summary shown small under an assistant message."""
+    parts = []
+    if metrics.get("ttft_s") is not None:
+        parts.append(f"TTFT {metrics['ttft_s']:.2f} s")
+    if metrics.get("decode_tokens_per_s"):
+        parts.append(f"{metrics['decode_tokens_per_s']:.1f} tok/s")
+    if metrics.get("generated_tokens") is not None:
+        parts.append(f"{metrics['generated_tokens']} tokens")
+    if metrics.get("prompt_tokens") is not None:
+        image = f" ({metrics['image_tokens']} image)" if metrics.get("image_tokens") else ""
+        parts.append(f"prompt {metrics['prompt_tokens']}{image}")
+    label = DONE_LABELS.get(reason, reason)
+    if label:
+        parts.insert(0, label)
+    return " · ".join(parts)
+
+
+def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Chatbot's messages for the session's turns."""
+    messages: list[dict[str, Any]] = []
+    for turn in turns:
+        if turn["role"] == "user":
+            for path in turn.get("images", []):
+                messages.append({"role": "user", "content": {"path": path}})
+            if turn["text"]:
+                messages.append({"role": "user", "content": turn["text"]})
+            continue
+        text = turn["text"] or ("…" if turn.get("status") == "streaming" else "")
+        footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"))
+        if turn.get("error"):
+            footer = f"error: {turn['error']}"
+        if turn.get("random_weights"):
+            footer = "noise from random weights" + (f" · {footer}" if footer else "")
+        if footer:
+            text += f"\n\n<sub>{footer}</sub>"
+        messages.append({"role": "assistant", "content": text})
+    return messages
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn our errors into gr.Error (what to do next); log anything else, show a safe line."""
+
+    def convert(exc: Exception) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, LfmuiError):
+            return gr.Error(str(exc), print_exception=False)
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error("Something went wrong on the server; the app is still running. Try again.")
+
+    if _is_generator(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise convert(exc) from None
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise convert(exc) from None
+
+    return wrapper
+
+
+def _is_generator(fn: Callable) -> bool:
+    import inspect
+
+    return inspect.isgeneratorfunction(fn)
