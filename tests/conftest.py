@@ -1,0 +1,38 @@
+"""Shared fixtures: an offline cache per test session, no hub traffic, CUDA tests gated."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never contact the hub
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One build of the tiny checkpoints per session (LFMUI_CACHE may point at a kept one)."""
+    if not os.environ.get("LFMUI_CACHE"):
+        os.environ["LFMUI_CACHE"] = str(tmp_path_factory.mktemp("lfmui-cache"))
+    return os.environ["LFMUI_CACHE"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run on the GPU device)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_paths() -> dict[str, str]:
+    from lfmui import offline
+
+    return {
+        name: str(offline.ensure_checkpoint(name)) for name in ("lfm2-vl-tiny", "lfm2-moe-tiny")
+    }

@@ -1,0 +1,225 @@
+"""The app through its real server: public API names, errors, streaming, launch settings."""
+
+from __future__ import annotations
+
+import ast
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_paths):
+    from lfmui.manager import ModelManager
+    from lfmui.ui import build_app, launch_settings
+
+    manager = ModelManager()
+    manager.load("lfm2-vl-tiny", "fp32")
+    demo = build_app(manager)
+    settings = launch_settings(port=_free_port())
+    demo.launch(prevent_thread_lock=True, quiet=True, **settings)
+    yield f"http://127.0.0.1:{settings['server_port']}", manager
+    demo.close()
+
+
+@pytest.fixture
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False)
+
+
+def test_public_api_names(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/models", "/load_model", "/generate", "/last_metrics"} <= names
+    assert not any(
+        n.startswith(("/load", "/unload", "/on_submit", "/stop")) and n not in {"/load_model"}
+        for n in names
+    ), names  # UI events stay private
+
+
+def test_models_lists_catalog_with_quantization_availability(client):
+    models = client.predict(api_name="/models")
+    ids = {m["id"] for m in models}
+    assert {"LFM2-VL-450M", "LFM2-VL-1.6B", "LFM2-8B-A1B", "lfm2-vl-tiny", "lfm2-moe-tiny"} <= ids
+    levels = {q["name"]: q for q in models[0]["quantizations"]}
+    assert set(levels) == {"bf16", "fp16", "fp32", "int8", "nf4"}
+    import torch
+
+    if not torch.cuda.is_available():
+        assert not levels["nf4"]["available"] and "CUDA" in levels["nf4"]["reason"]
+
+
+@pytest.mark.parametrize("bad", ["org/evil", "/etc/passwd", "../x", "LiquidAI/LFM2-VL-450M"])
+def test_load_model_rejects_ids_outside_the_catalog(client, server, bad):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="not in the model catalog"):
+        client.predict(bad, "fp32", api_name="/load_model")
+    assert server[1].current().spec.id == "lfm2-vl-tiny"
+
+
+def test_generate_streams_and_reports_metrics(client, tmp_path):
+    from gradio_client import handle_file
+
+    image = tmp_path / "square.png"
+    Image.new("RGB", (300, 200), "green").save(image)
+    settings = json.dumps({"max_new_tokens": 12, "temperature": 1.0, "seed": 5})
+    job = client.submit("Describe this.", [handle_file(str(image))], settings, api_name="/generate")
+    updates = list(job)
+    assert len(updates) >= 2  # streamed, not one final blob
+    assert all(b.startswith(a) for a, b in zip(updates, updates[1:], strict=False))  # growing
+    metrics = client.predict(api_name="/last_metrics")
+    assert metrics["generated_tokens"] <= 12 and metrics["image_tokens"] > 0
+    assert metrics["done"] in {"eos", "max_tokens"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("{bad", "not valid JSON"),
+        ('{"max_new_tokens": -1}', "between"),
+        ('{"temperature": "hot"}', "must be numbers"),
+        ('{"nope": 1}', "Unknown setting"),
+    ],
+)
+def test_generate_rejects_bad_settings(client, settings, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict("hi", [], settings, api_name="/generate")
+
+
+def test_load_model_switches_and_reports_status(client, server):
+    status = client.predict("lfm2-moe-tiny", "fp32", api_name="/load_model")
+    assert status["model_id"] == "lfm2-moe-tiny" and status["device"] in {"cpu", "cuda"}
+    assert status["resident_bytes"] > 0 and status["load_seconds"] >= 0
+    assert status["random_weights"] is True
+    status = client.predict("lfm2-vl-tiny", "fp32", api_name="/load_model")
+    assert status["model_id"] == "lfm2-vl-tiny"
+
+
+def test_launch_settings_lock_the_server_down(monkeypatch):
+    from lfmui.offline import cache_dir
+    from lfmui.ui import launch_settings
+
+    settings = launch_settings()
+    assert settings["server_name"] == "127.0.0.1" and settings["server_port"] == 7860
+    assert settings["share"] is False and settings["enable_monitoring"] is False
+    assert settings["mcp_server"] is False and settings["max_file_size"]
+    assert str(cache_dir()) in settings["blocked_paths"] and str(ROOT) in settings["blocked_paths"]
+    monkeypatch.setenv("GRADIO_VIBE_MODE", "1")
+    with pytest.raises(SystemExit, match="GRADIO_VIBE_MODE"):
+        launch_settings()
+
+
+def test_light_modules_import_neither_torch_nor_gradio():
+    code = (
+        "import sys; import lfmui.catalog, lfmui.quant, lfmui.errors, lfmui.offline, "
+        "lfmui.manager, lfmui.prompts, lfmui.engine, lfmui.turns, lfmui.images; "
+        "print(sorted(m for m in ('torch', 'gradio', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"  # nothing heavy at import time
+
+
+def test_only_the_ui_package_imports_gradio():
+    offenders = []
+    for path in (ROOT / "lfmui").rglob("*.py"):
+        if "ui" in path.relative_to(ROOT / "lfmui").parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
+            if any(n.split(".")[0] == "gradio" or n.startswith("lfmui.ui") for n in names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_no_trust_remote_code_anywhere():
+    for path in [*(ROOT / "lfmui").rglob("*.py"), ROOT / "app.py"]:
+        assert "trust_remote_code" not in path.read_text(), path
+
+
+def test_cli_flags_parse():
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    args = app.parse_args(
+        [
+            "--model",
+            "lfm2-moe-tiny",
+            "--quantization",
+            "fp32",
+            "--offline",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "7861",
+        ]
+    )
+    assert (args.model, args.quantization, args.offline, args.port) == (
+        "lfm2-moe-tiny",
+        "fp32",
+        True,
+        7861,
+    )
+
+
+def test_python_app_py_serves_the_offline_model(tmp_path):
+    """The README's run command: `python app.py` serves and streams with the offline checkpoint."""
+    import os
+    import time
+
+    from gradio_client import Client
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        client = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                client = Client(f"http://127.0.0.1:{port}", verbose=False)
+                break
+            except Exception:
+                time.sleep(0.5)
+        assert client is not None, "app.py did not start serving"
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = client.predict("Hello", [], '{"max_new_tokens": 8}', api_name="/generate")
+                break
+            except Exception:  # the start-up load may still be running
+                time.sleep(0.5)
+        assert isinstance(text, str)
+        assert client.predict(api_name="/last_metrics")["generated_tokens"] >= 1
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,86 @@
+"""Browser checks in headless Debian chromium through Playwright: what a user really sees.
+
+Screenshots land in tests/artifacts/ (CI keeps them); the README's come from these runs.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_paths):
+    from lfmui.manager import ModelManager
+    from lfmui.ui import build_app, launch_settings
+
+    manager = ModelManager()
+    manager.load("lfm2-vl-tiny", "fp32")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(manager)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_settings(port=port))
+    yield f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url)
+        page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+        yield page
+        browser.close()
+
+
+def _picture(path: Path) -> Path:
+    image = Image.new("RGB", (640, 480), "#2b6cb0")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((200, 120, 440, 360), fill="#f6e05e")
+    image.save(path)
+    return path
+
+
+def test_chat_streams_a_reply_with_an_image(page, tmp_path):
+    assert page.get_by_text("random weights: replies are noise").first.is_visible()
+    page.locator("input[type=file]").first.set_input_files(str(_picture(tmp_path / "sun.png")))
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    box.fill("What is in this picture?")
+    box.press("Enter")
+    bot = page.locator(".message-row.bot-row, [data-testid=bot]").last
+    bot.wait_for(timeout=30_000)
+    page.get_by_text("tok/s").last.wait_for(timeout=60_000)  # metrics footer: reply finished
+    assert page.locator("img[src*='sun']").count() >= 1 or page.locator("img").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
+
+
+def test_models_tab_shows_status_and_levels(page):
+    page.get_by_role("tab", name="Models").click()
+    page.get_by_text("resident weights").wait_for(timeout=10_000)
+    assert page.get_by_text("lfm2-vl-tiny (offline, random weights)").first.is_visible()
+    assert page.get_by_text("4-bit (bitsandbytes nf4)").first.is_visible()
+    page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)

@@ -1,0 +1,39 @@
+"""CUDA-only checks (marked `cuda`; run them on the GPU device): every level loads and frees."""
+
+from __future__ import annotations
+
+import pytest
+
+from lfmui import quant
+from lfmui.manager import ModelManager
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.mark.parametrize("model_id", ["lfm2-vl-tiny", "lfm2-moe-tiny"])
+@pytest.mark.parametrize("level", list(quant.QUANTIZATIONS))
+def test_every_level_loads_on_cuda(tiny_paths, model_id, level):
+    manager = ModelManager()
+    status = manager.load(model_id, level)
+    assert status["device"] == "cuda" and status["quantization"] == level
+    loaded = manager.current()
+    assert next(loaded.model.parameters()).is_cuda
+    if level in ("int8", "nf4"):
+        import bitsandbytes as bnb
+
+        linear = bnb.nn.Linear8bitLt if level == "int8" else bnb.nn.Linear4bit
+        assert any(isinstance(m, linear) for m in loaded.model.modules())
+    manager.unload()
+
+
+def test_switch_returns_cuda_memory_to_baseline(tiny_paths):
+    import torch
+
+    manager = ModelManager()
+    manager.load("lfm2-vl-tiny", "bf16")
+    baseline = torch.cuda.memory_allocated()
+    manager.load("lfm2-moe-tiny", "nf4")
+    manager.load("lfm2-vl-tiny", "bf16")
+    assert torch.cuda.memory_allocated() == baseline
+    manager.unload()
+    assert torch.cuda.memory_allocated() == 0

@@ -1,0 +1,240 @@
+"""ModelManager: switches free memory; bad requests give clear errors and keep the old model."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import threading
+import time
+import weakref
+
+import pytest
+
+from lfmui import engine, prompts, quant
+from lfmui.catalog import Catalog
+from lfmui.errors import (
+    CheckpointError,
+    LoadInProgress,
+    ModelLoadError,
+    NoModelLoaded,
+    QuantizationUnavailable,
+    UnknownModelError,
+)
+from lfmui.manager import ModelManager, choose_startup_model, process_rss
+
+
+def _reply(manager: ModelManager, tokens: int = 4) -> str:
+    """Generate a few tokens with the resident model: proof that it is still usable."""
+    with manager.lease() as loaded:
+        inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "hello"}])
+        events = list(
+            engine.stream(
+                loaded,
+                inputs,
+                engine.Settings(max_new_tokens=tokens, temperature=0),
+                extra_generate_kwargs={"min_new_tokens": tokens},
+            )
+        )
+    assert events[-1].kind == "done", events
+    return "".join(e.text for e in events if e.kind == "text")
+
+
+@pytest.fixture
+def manager(tiny_paths):
+    manager = ModelManager()
+    manager.load("lfm2-vl-tiny", "fp32")
+    yield manager
+    manager.unload()
+
+
+def test_switch_vl_moe_vl_returns_memory_to_baseline(manager):
+    first = manager.current()
+    baseline_bytes = first.weight_bytes
+    model_ref = weakref.ref(first.model)
+    del first
+    manager.load("lfm2-moe-tiny", "fp32")
+    assert manager.current().spec.kind == "text"
+    moe_ref = weakref.ref(manager.current().model)
+    gc.collect()
+    assert model_ref() is None  # the VL model was freed, not kept beside the MoE
+    rss_before = process_rss()
+    for _ in range(3):
+        manager.load("lfm2-vl-tiny", "fp32")
+        manager.load("lfm2-moe-tiny", "fp32")
+    manager.load("lfm2-vl-tiny", "fp32")
+    gc.collect()
+    assert moe_ref() is None
+    assert manager.status()["resident_bytes"] == baseline_bytes
+    assert manager.status()["memory"]["weights_bytes"] == baseline_bytes
+    assert process_rss() - rss_before < 64 * 2**20  # 7 more switches: no growth beyond noise
+    assert _reply(manager)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "quantization", "error"),
+    [
+        ("no-such-model", "fp32", UnknownModelError),
+        ("LiquidAI/LFM2-VL-450M", "fp32", UnknownModelError),  # a repo id, not a catalog id
+        ("org/evil", "fp32", UnknownModelError),
+        ("/etc", "fp32", UnknownModelError),
+        ("../lfm2-vl-tiny", "fp32", UnknownModelError),
+        ("lfm2-moe-tiny", "int3", QuantizationUnavailable),
+    ],
+)
+def test_bad_load_requests_keep_the_previous_model(manager, model_id, quantization, error):
+    with pytest.raises(error) as info:
+        manager.load(model_id, quantization)
+    assert "Pick" in str(info.value) or "Use one of" in str(info.value)
+    assert manager.current().spec.id == "lfm2-vl-tiny"
+    assert _reply(manager)
+
+
+@pytest.mark.skipif(quant.cuda_available(), reason="the CPU case: CUDA levels unavailable")
+@pytest.mark.parametrize("level", ["int8", "nf4"])
+def test_unavailable_quantization_says_why(manager, level):
+    with pytest.raises(QuantizationUnavailable, match="needs a CUDA GPU"):
+        manager.load("lfm2-moe-tiny", level)
+    assert manager.current().spec.id == "lfm2-vl-tiny"
+
+
+def _local_copy(tiny_paths, tmp_path, name="lfm2-moe-tiny"):
+    target = tmp_path / "ckpt"
+    shutil.copytree(tiny_paths[name], target)
+    return target
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not a transformers checkpoint"):
+        Catalog().add_local(tmp_path / "missing")
+
+
+def test_local_checkpoint_loads(manager, tiny_paths, tmp_path):
+    spec = manager.catalog.add_local(_local_copy(tiny_paths, tmp_path))
+    assert spec.id == "local:ckpt" and spec.kind == "text"
+    assert manager.load(spec.id, "fp32")["model_id"] == "local:ckpt"
+    assert _reply(manager)
+
+
+@pytest.mark.parametrize(
+    "config_text",
+    ["{not json", '{"model_type": "bert"}', "[]", '{"model_type": "lfm2_moe", "hidden_size": "x"}'],
+)
+def test_corrupt_config_keeps_the_previous_model(manager, tiny_paths, tmp_path, config_text):
+    target = _local_copy(tiny_paths, tmp_path)
+    spec = manager.catalog.add_local(target)
+    (target / "config.json").write_text(config_text)
+    with pytest.raises(CheckpointError):
+        manager.load(spec.id, "fp32")
+    assert manager.current().spec.id == "lfm2-vl-tiny"
+    assert _reply(manager)
+
+
+def test_corrupt_weights_reload_the_previous_model(manager, tiny_paths, tmp_path):
+    target = _local_copy(tiny_paths, tmp_path)
+    spec = manager.catalog.add_local(target)
+    (target / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelLoadError) as info:
+        manager.load(spec.id, "fp32")
+    message = str(info.value)
+    assert "corrupt" in message and "lfm2-vl-tiny, fp32) is loaded again" in message
+    assert str(tmp_path) not in message  # no server paths in user-facing errors
+    assert manager.current().spec.id == "lfm2-vl-tiny"
+    assert _reply(manager)
+
+
+def test_second_load_while_loading_is_refused(manager, monkeypatch):
+    entered, release = threading.Event(), threading.Event()
+    real = manager._load_weights
+
+    def slow_load(*args, **kwargs):
+        entered.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "_load_weights", slow_load)
+    worker = threading.Thread(target=manager.load, args=("lfm2-moe-tiny", "fp32"))
+    worker.start()
+    assert entered.wait(10)
+    with pytest.raises(LoadInProgress, match="lfm2-moe-tiny is loading; wait"):
+        manager.load("lfm2-vl-tiny", "fp32")
+    release.set()
+    worker.join(10)
+    assert manager.current().spec.id == "lfm2-moe-tiny"
+    assert _reply(manager)
+
+
+def test_switch_waits_for_a_request_in_flight(manager):
+    manager.drain_seconds = 5.0
+    leased, finish = threading.Event(), threading.Event()
+    seen = {}
+
+    def request():
+        with manager.lease() as loaded:
+            leased.set()
+            finish.wait(10)
+            seen["weights_alive"] = loaded.model is not None  # not freed under the request
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    assert leased.wait(5)
+    switcher = threading.Thread(target=manager.load, args=("lfm2-moe-tiny", "fp32"))
+    switcher.start()
+    time.sleep(0.3)
+    assert manager.current().spec.id == "lfm2-vl-tiny"  # still waiting for the lease
+    finish.set()
+    worker.join(5)
+    switcher.join(10)
+    assert seen["weights_alive"] and manager.current().spec.id == "lfm2-moe-tiny"
+
+
+def test_switch_stops_a_long_generation_after_the_grace_period(manager):
+    manager.drain_seconds = 0.2
+    events = []
+
+    def request():
+        with manager.lease() as loaded:
+            inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "hi"}])
+            settings = engine.Settings(max_new_tokens=4096, temperature=0)
+            events.extend(
+                engine.stream(
+                    loaded, inputs, settings, extra_generate_kwargs={"min_new_tokens": 4096}
+                )
+            )
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    time.sleep(0.5)
+    manager.load("lfm2-moe-tiny", "fp32")
+    worker.join(10)
+    assert not worker.is_alive()
+    assert events[-1].kind == "done" and events[-1].data["reason"] == "stopped"
+
+
+def test_lease_without_a_model_is_a_clear_error():
+    with pytest.raises(NoModelLoaded, match="Load one in the Models tab"), ModelManager().lease():
+        pass
+
+
+def test_startup_falls_back_to_tiny_offline():
+    model_id, note = choose_startup_model(Catalog(), None, offline_mode=True)
+    assert model_id == "lfm2-vl-tiny"
+    assert "random weights: replies are noise" in note
+
+
+def test_startup_without_network_is_quick(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr("lfmui.manager._hub_cached", lambda repo: False)
+    started = time.monotonic()
+    model_id, note = choose_startup_model(Catalog(), "LFM2-VL-1.6B", offline_mode=False)
+    assert model_id == "lfm2-vl-tiny" and "cannot be reached" in note
+    assert time.monotonic() - started < 5
+
+
+def test_offline_models_listed_in_json(manager):
+    entries = [s.to_json() for s in manager.catalog.listed()]
+    assert {"LFM2-VL-450M", "LFM2-VL-1.6B", "LFM2-8B-A1B", "lfm2-vl-tiny"} <= {
+        e["id"] for e in entries
+    }
+    json.dumps(entries)

@@ -1,0 +1,205 @@
+"""Offline checkpoints: load through the Auto classes, token ids, exact chat-template strings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from lfmui import offline
+
+
+def test_tiny_checkpoints_load_through_auto_classes(tiny_paths):
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+        Lfm2MoeForCausalLM,
+        Lfm2VlForConditionalGeneration,
+        Lfm2VlProcessor,
+    )
+
+    vl = AutoModelForImageTextToText.from_pretrained(tiny_paths["lfm2-vl-tiny"])
+    assert isinstance(vl, Lfm2VlForConditionalGeneration)
+    assert isinstance(AutoProcessor.from_pretrained(tiny_paths["lfm2-vl-tiny"]), Lfm2VlProcessor)
+    moe = AutoModelForCausalLM.from_pretrained(tiny_paths["lfm2-moe-tiny"])
+    assert isinstance(moe, Lfm2MoeForCausalLM)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_paths["lfm2-moe-tiny"])
+    assert tokenizer.eos_token_id == 7 and moe.generation_config.eos_token_id == 7
+
+
+def test_tiny_checkpoints_are_small(tiny_paths):
+    from pathlib import Path
+
+    for path in tiny_paths.values():
+        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+        assert size < 10 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("token_id", "token"),
+    [
+        (0, "<|pad|>"),
+        (1, "<|startoftext|>"),
+        (2, "<|endoftext|>"),
+        (6, "<|im_start|>"),
+        (7, "<|im_end|>"),
+        (8, "<|tool_list_start|>"),
+        (9, "<|tool_list_end|>"),
+        (10, "<|tool_call_start|>"),
+        (11, "<|tool_call_end|>"),
+        (12, "<|tool_response_start|>"),
+        (13, "<|tool_response_end|>"),
+        (396, "<image>"),
+        (397, "<|img_row_1_col_1|>"),
+        (398, "<|img_row_1_col_2|>"),
+        (407, "<|img_row_2_col_1|>"),
+        (496, "<|img_row_10_col_10|>"),
+        (497, "<|img_thumbnail|>"),
+        (498, "<|image_start|>"),
+        (499, "<|image_end|>"),
+        (500, "<|image_split|>"),
+    ],
+)
+def test_special_tokens_sit_at_lfm2_ids_as_single_tokens(tiny_paths, token_id, token):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_paths["lfm2-vl-tiny"])
+    assert tokenizer.convert_tokens_to_ids(token) == token_id
+    assert tokenizer(f"a{token}b", add_special_tokens=False).input_ids[1] == token_id
+    assert tokenizer.decode([token_id]) == token
+
+
+def test_byte_level_round_trip_of_unicode(tiny_paths):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_paths["lfm2-moe-tiny"])
+    text = "Grüße, 東京! مرحبا 🙂 tab\there"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer.decode(ids) == text
+    assert all(i >= offline.N_SPECIAL for i in ids)
+
+
+def _render(path, messages, tools=None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=True
+    )
+
+
+def test_template_system_user_with_image_assistant(tiny_paths):
+    messages = [
+        {"role": "system", "content": "You are a helpful multimodal assistant by Liquid AI."},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}],
+        },
+        {"role": "assistant", "content": "A red square."},
+        {"role": "user", "content": "And the border?"},
+    ]
+    assert _render(tiny_paths["lfm2-vl-tiny"], messages) == (
+        "<|startoftext|><|im_start|>system\n"
+        "You are a helpful multimodal assistant by Liquid AI.<|im_end|>\n"
+        "<|im_start|>user\n<image>Describe this image.<|im_end|>\n"
+        "<|im_start|>assistant\nA red square.<|im_end|>\n"
+        "<|im_start|>user\nAnd the border?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_template_tool_list_and_tool_turn(tiny_paths):
+    tools = [
+        {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+        {"name": "add", "parameters": {}},
+    ]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>',
+        },
+        {"role": "tool", "content": '{"temperature": 21}'},
+    ]
+    schema = ", ".join(json.dumps(t) for t in tools)
+    assert _render(tiny_paths["lfm2-moe-tiny"], messages, tools) == (
+        "<|startoftext|><|im_start|>system\n"
+        f"Be brief.\nList of tools: <|tool_list_start|>[{schema}]<|tool_list_end|><|im_end|>\n"
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+        '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|><|im_end|>\n'
+        "<|im_start|>tool\n<|tool_response_start|>"
+        '{"temperature": 21}<|tool_response_end|><|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_template_tools_without_system_prompt(tiny_paths):
+    rendered = _render(
+        tiny_paths["lfm2-moe-tiny"],
+        [{"role": "user", "content": "hi"}],
+        [{"name": "f", "parameters": {}}],
+    )
+    assert rendered.startswith(
+        "<|startoftext|><|im_start|>system\nList of tools: <|tool_list_start|>"
+        '[{"name": "f", "parameters": {}}]<|tool_list_end|><|im_end|>\n'
+    )
+
+
+def test_processor_expands_image_into_layout_tokens(tiny_paths):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_paths["lfm2-vl-tiny"])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    inputs = processor(
+        images=[[Image.new("RGB", (1024, 1024))]], text=[prompt], return_tensors="pt"
+    )
+    ids = inputs["input_ids"][0].tolist()
+    assert ids.count(498) == 1 and ids.count(499) == 1  # image start / end
+    assert ids.count(397) == 1 and ids.count(396) == 4 * 256  # 2x2 grid of 512 px tiles
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        ("lfm2-vl-450m-synthetic", 354_483_968),
+        ("lfm2-vl-1.6b-synthetic", 1_170_340_608),
+    ],
+)
+def test_full_shape_builds_match_published_lm_parameter_counts(build, expected):
+    assert offline.language_model_parameters(build) == expected
+
+
+def test_full_shape_moe_build_matches_published_shape():
+    import torch
+
+    config = offline.make_config(offline.shape_config("lfm2-8b-a1b-synthetic"))
+    with torch.device("meta"):
+        model = offline.model_class(config)(config)
+    total = sum(p.numel() for p in model.parameters())
+    assert 8.3e9 <= total < 8.4e9  # "8.3B total"
+    assert config.num_experts == 32 and config.num_experts_per_tok == 4
+    attention = [i for i, t in enumerate(config.layer_types) if t == "full_attention"]
+    assert attention == [2, 6, 10, 14, 18, 21]
+
+
+def test_rebuild_when_marker_is_stale(tmp_path, monkeypatch):
+    monkeypatch.setenv("LFMUI_CACHE", str(tmp_path))
+    path = offline.ensure_checkpoint("lfm2-moe-tiny")
+    assert offline.is_built(path)
+    (path / offline.MARKER).write_text('{"version": -1}')
+    assert not offline.is_built(path)
+    assert offline.is_built(offline.ensure_checkpoint("lfm2-moe-tiny"))
+    assert not list(tmp_path.glob(".lfm2-moe-tiny-*"))  # no temporary build left behind
