@@ -5,6 +5,10 @@ Cases so far:
   path): resident weight GiB, CUDA allocated/peak GiB, load seconds, and a short generation
   through the engine to show the loaded model runs (eager decode ms/token).
 
+- ``seed``: the seed benchmark (one 1024x1024 image, a short prompt, 100 new tokens, greedy) through
+  the app's engine and through plain ``model.generate`` with the same settings in the same process,
+  interleaved: TTFT and decode ms/token (medians) of each and their ratio.
+
 Models default to the offline builds (tiny on CPU; ``--models`` picks full-shape synthetic ones).
 """
 
@@ -78,6 +82,107 @@ def run_loads(models: list[str], levels: list[str], new_tokens: int) -> int:
     return 1 if failures else 0
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _plain_generate(loaded, inputs, new_tokens: int, extra: dict[str, Any]) -> float:
+    import torch
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **extra
+        )
+    out.cpu()
+    if loaded.device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def _engine_generate(loaded, inputs, new_tokens: int) -> tuple[float, float]:
+    """(TTFT, total seconds) of one engine call, as a streaming consumer sees them."""
+    settings = engine.Settings(max_new_tokens=new_tokens, temperature=0.0)
+    started = time.perf_counter()
+    first = None
+    for event in engine.stream(
+        loaded, inputs, settings, extra_generate_kwargs={"min_new_tokens": new_tokens}
+    ):
+        if event.kind == "text" and first is None:
+            first = time.perf_counter() - started
+        elif event.kind == "metrics":
+            first = event.data["ttft_s"]  # first token id reached the consumer
+        elif event.kind == "error":
+            raise RuntimeError(event.data)
+    return first, time.perf_counter() - started
+
+
+def run_seed(model_id: str, level: str, new_tokens: int, repeats: int, size: int) -> int:
+    from PIL import Image
+
+    catalog = Catalog()
+    catalog.show_all()
+    manager = ModelManager(catalog, on_loaded=engine.warm_up)
+    status = manager.load(model_id, level)
+    with manager.lease() as loaded:
+        image = Image.effect_noise((size, size), 64).convert("RGB")
+        conversation = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": image},
+                    {"type": "text", "text": "Describe this image."},
+                ],
+            }
+        ]
+        prepared = time.perf_counter()
+        inputs = prompts.build_inputs(loaded, conversation)
+        preprocess_s = time.perf_counter() - prepared
+        extra, note = engine.decode_plan(loaded)
+        plain_ttft, plain_total, eng_ttft, eng_total = [], [], [], []
+        _plain_generate(loaded, inputs, new_tokens, extra)  # warm the prefill shapes too
+        for _ in range(repeats):
+            plain_ttft.append(_plain_generate(loaded, inputs, 1, extra))
+            plain_total.append(_plain_generate(loaded, inputs, new_tokens, extra))
+            ttft, total = _engine_generate(loaded, inputs, new_tokens)
+            eng_ttft.append(ttft)
+            eng_total.append(total)
+        plain_ms = [
+            (t - f) * 1000 / (new_tokens - 1) for t, f in zip(plain_total, plain_ttft, strict=True)
+        ]
+        eng_ms = [
+            (t - f) * 1000 / (new_tokens - 1) for t, f in zip(eng_total, eng_ttft, strict=True)
+        ]
+        record = {
+            "case": "seed",
+            "model": model_id,
+            "quantization": level,
+            "device": loaded.device,
+            "decode": note,
+            "input_tokens": int(inputs["input_ids"].shape[-1]),
+            "image_size": f"{size}x{size}",
+            "new_tokens": new_tokens,
+            "repeats": repeats,
+            "preprocess_ms": round(preprocess_s * 1000, 1),
+            "engine_ttft_ms": round(_median(eng_ttft) * 1000, 2),
+            "plain_ttft_ms": round(_median(plain_ttft) * 1000, 2),
+            "engine_ms_per_token": round(_median(eng_ms), 3),
+            "engine_ms_per_token_p90": round(sorted(eng_ms)[int(0.9 * (len(eng_ms) - 1))], 3),
+            "plain_ms_per_token": round(_median(plain_ms), 3),
+            "resident_gib": round(status["resident_bytes"] / GIB, 3),
+            "load_s": status["load_seconds"],
+        }
+        record["engine_over_plain_speed"] = round(
+            record["plain_ms_per_token"] / record["engine_ms_per_token"], 3
+        )
+        record["ttft_delta_ms"] = round(record["engine_ttft_ms"] - record["plain_ttft_ms"], 2)
+        peak = memory_report(loaded).get("cuda_peak_bytes")
+        record["peak_gib"] = _gib(peak)
+    _emit(record)
+    manager.unload()
+    return 0
+
+
 def _gib(value: int | None) -> float | None:
     return round(value / GIB, 3) if value is not None else None
 
@@ -88,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("case", choices=["loads"])
+    parser.add_argument("case", choices=["loads", "seed"])
     parser.add_argument(
         "--models", default="lfm2-vl-tiny,lfm2-moe-tiny", help="comma-separated catalog ids"
     )
@@ -98,13 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated levels ({', '.join(quant.QUANTIZATIONS)}) or 'available'",
     )
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=1024)
     args = parser.parse_args(argv)
     if args.levels == "available":
         levels = [row["name"] for row in quant.availability_table() if row["available"]]
     else:
         levels = args.levels.split(",")
     started = time.perf_counter()
-    code = run_loads(args.models.split(","), levels, args.new_tokens)
+    if args.case == "seed":
+        code = 0
+        for model_id in args.models.split(","):
+            for level in levels:
+                code |= run_seed(model_id, level, args.new_tokens, args.repeats, args.image_size)
+    else:
+        code = run_loads(args.models.split(","), levels, args.new_tokens)
     _emit({"case": "summary", "seconds": round(time.perf_counter() - started, 1), "exit": code})
     return code
 

@@ -51,6 +51,7 @@ class LoadedModel:
     weight_bytes: int
     cancel: threading.Event = field(default_factory=threading.Event)  # set: switch wants it gone
     leases: int = 0
+    decode_note: str = ""
 
     @property
     def tokenizer(self) -> Any:
@@ -69,6 +70,7 @@ class LoadedModel:
             "load_seconds": round(self.load_seconds, 2),
             "random_weights": self.spec.random_weights,
             "note": self.spec.note,
+            "decode": self.decode_note,
         }
 
 
@@ -117,8 +119,14 @@ def _free_accelerator() -> None:
 class ModelManager:
     """Holds one model; loads, switches and unloads it under a lock."""
 
-    def __init__(self, catalog: Catalog | None = None, drain_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        drain_seconds: float = 10.0,
+        on_loaded: Callable[[LoadedModel], str] | None = None,
+    ) -> None:
         self.catalog = catalog or Catalog()
+        self.on_loaded = on_loaded  # e.g. engine.warm_up: compile before the first request
         self.drain_seconds = drain_seconds
         self._load_lock = threading.Lock()
         self._state = threading.Condition()
@@ -188,7 +196,11 @@ class ModelManager:
         try:
             progress(0.4, f"loading {spec.id} ({level.name})")
             loaded = self._load_weights(spec, level, location)
+            if self.on_loaded:
+                progress(0.9, "warming up (compiling the decode step)")
+                loaded.decode_note = self.on_loaded(loaded)
         except Exception as exc:
+            loaded = None
             _free_accelerator()
             message = _load_failure(spec, exc)
             if previous:
