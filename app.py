@@ -12,7 +12,7 @@ import os
 import threading
 from pathlib import Path
 
-from lfmui import quant
+from lfmui import engine, quant
 from lfmui.catalog import Catalog
 from lfmui.errors import LfmuiError
 from lfmui.manager import ModelManager, choose_startup_model
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         requested = catalog.add_local(requested).id
     model_id, note = choose_startup_model(catalog, requested, args.offline)
-    manager = ModelManager(catalog)
+    manager = ModelManager(catalog, on_loaded=engine.warm_up)
     app = build_app(manager, startup_note=note)
     threading.Thread(
         target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True

@@ -223,3 +223,22 @@ def test_python_app_py_serves_the_offline_model(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_generate_streams_then_a_cancelled_one_frees_the_generator(client):
+    import time
+
+    from lfmui import engine
+
+    settings = json.dumps({"max_new_tokens": 4096, "temperature": 1.0})
+    job = client.submit("Tell me a long story.", [], settings, api_name="/generate")
+    deadline = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.outputs(), "no streamed update before cancelling"
+    job.cancel()
+    cancelled_at = time.monotonic()
+    idle = engine.generation_worker().submit(lambda: True).result(timeout=10)
+    assert idle and time.monotonic() - cancelled_at < 2.5
+    reply = client.predict("hi", [], '{"max_new_tokens": 4}', api_name="/generate")
+    assert isinstance(reply, str)  # the app still serves

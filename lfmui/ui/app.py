@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import offline
+from lfmui import engine, offline
 from lfmui.manager import ModelManager
 from lfmui.ui import api, chat_tab, models_tab
 
@@ -18,7 +18,7 @@ QUEUE_MAX_SIZE = 64
 
 def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr.Blocks:
     """The lfmui app over `manager` (a fresh one with the built-in catalog by default)."""
-    manager = manager or ModelManager()
+    manager = manager or ModelManager(on_loaded=engine.warm_up)
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
         gr.Markdown("# lfmui · try Liquid AI's LFM2 models")
         banner_box = gr.Markdown(models_tab.banner(manager, startup_note))
@@ -28,26 +28,22 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, banner_box, startup_note)
         api.build(manager)
+        chat_defaults = [chat["system_prompt"], *chat["controls"]]
         models["loaded"].then(
-            lambda: _system_prompt(manager), None, chat["system_prompt"], api_visibility="private"
+            lambda: chat_tab.defaults(manager), None, chat_defaults, api_visibility="private"
         )
         demo.load(
             lambda: (
                 models_tab.status_card(manager),
                 models_tab.banner(manager, startup_note),
-                _system_prompt(manager),
+                *chat_tab.defaults(manager),
             ),
             None,
-            [models["card"], banner_box, chat["system_prompt"]],
+            [models["card"], banner_box, *chat_defaults],
             api_visibility="private",
         )
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     return demo
-
-
-def _system_prompt(manager: ModelManager) -> str:
-    loaded = manager.current()
-    return loaded.spec.system_prompt if loaded else ""
 
 
 def launch_settings(host: str = "127.0.0.1", port: int = 7860) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The Chat tab: a multimodal message box and a streaming Chatbot over the resident model.
 
 The session's conversation lives in a gr.State list of turns (the Chatbot is only its rendering),
-so nothing the user sent is lost when a reply fails or is stopped.
+so nothing the user sent is lost when a reply fails or is stopped. Stop sets the session's flag,
+which the engine checks at every generated token.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ from lfmui.manager import ModelManager
 from lfmui.ui.render import to_chatbot, user_errors
 
 MAX_IMAGES_PER_MESSAGE = 4
+SAMPLING_FIELDS = ("max_new_tokens", "temperature", "min_p", "top_p", "repetition_penalty", "seed")
 _stops: dict[str, threading.Event] = {}  # session -> Stop flag of its running reply
 
 
-def conversation_of(turn_list: list[dict[str, Any]], system_prompt: str) -> list[dict[str, Any]]:
-    """Model conversation (system prompt, images as parts) from the session's turns."""
+def conversation_of(
+    turn_list: list[dict[str, Any]], system_prompt: str, reads_images: bool
+) -> list[dict[str, Any]]:
+    """Model conversation (system prompt, images as parts) from the session's turns.
+
+    For a text-only model the images are left out, and each turn that had some is marked so the
+    chat shows that they were not sent.
+    """
     conversation: list[dict[str, Any]] = []
     if system_prompt.strip():
         conversation.append({"role": "system", "content": system_prompt})
@@ -30,33 +38,29 @@ def conversation_of(turn_list: list[dict[str, Any]], system_prompt: str) -> list
             if turn["text"]:
                 conversation.append({"role": "assistant", "content": turn["text"]})
             continue
-        parts = [{"type": "image", "image": images.load_safe(p)} for p in turn.get("images", [])]
+        paths = turn.get("images", [])
+        turn["images_dropped"] = bool(paths) and not reads_images
+        parts = [{"type": "image", "image": images.load_safe(p)} for p in paths if reads_images]
         parts.append({"type": "text", "text": turn["text"]})
         conversation.append({"role": "user", "content": parts})
     return conversation
 
 
-def respond(
-    manager: ModelManager,
-    message: dict,
-    history: list,
-    system_prompt: str,
-    max_new_tokens: float,
-    request: gr.Request,
+def settings_of(values: list[Any]) -> dict[str, Any]:
+    settings = dict(zip(SAMPLING_FIELDS, values, strict=True))
+    if settings["seed"] in (None, "", -1):
+        settings["seed"] = None
+    return settings
+
+
+def stream_reply(
+    manager: ModelManager, history: list, system_prompt: str, settings: dict[str, Any], session: str
 ):
-    """Append the user's message, then stream the reply into the last turn."""
-    text = (message or {}).get("text", "") or ""
-    files = list((message or {}).get("files", []) or [])
-    if not text.strip() and not files:
-        raise InputError("Type a message or attach an image first.")
-    if len(files) > MAX_IMAGES_PER_MESSAGE:
-        raise InputError(f"Attach at most {MAX_IMAGES_PER_MESSAGE} images per message.")
-    for path in files:
-        images.load_safe(path)  # reject bad images before the message joins the history
-    stop = threading.Event()
-    _stops[request.session_hash] = stop
-    history = [*history, {"role": "user", "text": text, "images": files}]
+    """Append an assistant turn to `history` and stream the reply into it."""
     loaded = manager.current()
+    reads_images = loaded is None or loaded.spec.kind == "vl"
+    stop = threading.Event()
+    _stops[session] = stop
     reply = {
         "role": "assistant",
         "text": "",
@@ -64,13 +68,13 @@ def respond(
         "metrics": {},
         "random_weights": bool(loaded and loaded.spec.random_weights),
     }
-    history.append(reply)
-    yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
     try:
-        conversation = conversation_of(history[:-1], system_prompt)
-        for event in turns.chat_turn(
-            manager, conversation, {"max_new_tokens": max_new_tokens}, stop
-        ):
+        conversation = conversation_of(history, system_prompt, reads_images)
+        if any(t.get("images_dropped") for t in history):
+            gr.Warning(f"{loaded.spec.id} reads text only: the images in this chat are not sent.")
+        history.append(reply)
+        yield history, to_chatbot(history)
+        for event in turns.chat_turn(manager, conversation, settings, stop):
             if event.kind == "text":
                 reply["text"] += event.text
             elif event.kind == "metrics":
@@ -79,18 +83,17 @@ def respond(
                 reply["status"] = event.data["reason"]
             elif event.kind == "error":
                 reply.update(status="error", error="the model failed while generating; try again")
-            yield history, to_chatbot(history), gr.skip()
+            yield history, to_chatbot(history)
     except LfmuiError as exc:
+        if reply not in history:
+            history.append(reply)
         reply.update(status="error", error=str(exc))
-        yield history, to_chatbot(history), gr.skip()
+        yield history, to_chatbot(history)
     finally:
-        _stops.pop(request.session_hash, None)
-
-
-def stop(request: gr.Request) -> None:
-    flag = _stops.get(request.session_hash)
-    if flag is not None:
-        flag.set()
+        if _stops.get(session) is stop:
+            del _stops[session]
+        if reply["status"] == "streaming":  # the client went away mid-reply
+            reply["status"] = "stopped"
 
 
 def build(manager: ModelManager) -> dict[str, Any]:
@@ -105,24 +108,120 @@ def build(manager: ModelManager) -> dict[str, Any]:
     )
     with gr.Row():
         stop_button = gr.Button("Stop", variant="stop")
+        regenerate_button = gr.Button("Regenerate")
+        undo_button = gr.Button("Undo last turn (edit)")
         clear_button = gr.Button("Clear")
-    with gr.Accordion("Settings", open=False):
+    with gr.Accordion("Generation settings", open=False):
         system_prompt = gr.Textbox(label="System prompt", lines=2)
-        max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label="Max new tokens")
+        with gr.Row():
+            controls = [
+                gr.Slider(1, 4096, value=256, step=1, label="Max new tokens"),
+                gr.Slider(0.0, 2.0, value=0.1, step=0.05, label="Temperature (0 = greedy)"),
+                gr.Slider(0.0, 1.0, value=0.15, step=0.01, label="min_p"),
+                gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="top_p"),
+                gr.Slider(1.0, 2.0, value=1.05, step=0.01, label="Repetition penalty"),
+                gr.Number(value=None, precision=0, label="Seed (empty = random)"),
+            ]
 
     @user_errors
-    def on_submit(message, history, system, limit, request: gr.Request):
-        yield from respond(manager, message, history, system, limit, request)
+    def on_submit(
+        message,
+        history,
+        system,
+        max_new_tokens,
+        temperature,
+        min_p,
+        top_p,
+        repetition_penalty,
+        seed,
+        request: gr.Request,
+    ):
+        values = [max_new_tokens, temperature, min_p, top_p, repetition_penalty, seed]
+        text = (message or {}).get("text", "") or ""
+        files = list((message or {}).get("files", []) or [])
+        if not text.strip() and not files:
+            raise InputError("Type a message or attach an image first.")
+        if len(files) > MAX_IMAGES_PER_MESSAGE:
+            raise InputError(f"Attach at most {MAX_IMAGES_PER_MESSAGE} images per message.")
+        for path in files:
+            images.load_safe(path)  # reject bad images before the message joins the history
+        history = [*history, {"role": "user", "text": text, "images": files}]
+        yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
+        for update in stream_reply(
+            manager, history, system, settings_of(values), request.session_hash
+        ):
+            yield *update, gr.skip()
 
+    @user_errors
+    def on_regenerate(
+        history,
+        system,
+        max_new_tokens,
+        temperature,
+        min_p,
+        top_p,
+        repetition_penalty,
+        seed,
+        request: gr.Request,
+    ):
+        values = [max_new_tokens, temperature, min_p, top_p, repetition_penalty, seed]
+        while history and history[-1]["role"] == "assistant":
+            history = history[:-1]
+        if not history:
+            raise InputError("Nothing to regenerate yet: send a message first.")
+        yield from stream_reply(
+            manager, list(history), system, settings_of(values), request.session_hash
+        )
+
+    def on_undo(history):
+        history = list(history)
+        while history and history[-1]["role"] == "assistant":
+            history.pop()
+        if not history:
+            return history, to_chatbot(history), gr.skip()
+        last = history.pop()
+        return history, to_chatbot(history), {"text": last["text"], "files": last["images"]}
+
+    def on_stop(request: gr.Request) -> None:
+        flag = _stops.get(request.session_hash)
+        if flag is not None:
+            flag.set()
+
+    inputs = [state, system_prompt, *controls]
     box.submit(
         on_submit,
-        [box, state, system_prompt, max_new_tokens],
+        [box, *inputs],
         [state, chatbot, box],
         api_visibility="private",
         concurrency_id="accelerator",
     )
-    stop_button.click(stop, None, None, queue=False, api_visibility="private")
+    regenerate_button.click(
+        on_regenerate,
+        inputs,
+        [state, chatbot],
+        api_visibility="private",
+        concurrency_id="accelerator",
+    )
+    undo_button.click(on_undo, state, [state, chatbot, box], queue=False, api_visibility="private")
+    stop_button.click(on_stop, None, None, queue=False, api_visibility="private")
     clear_button.click(
         lambda: ([], []), None, [state, chatbot], queue=False, api_visibility="private"
     )
-    return {"system_prompt": system_prompt}
+    return {"system_prompt": system_prompt, "controls": controls}
+
+
+def defaults(manager: ModelManager) -> list[Any]:
+    """System prompt and generation controls reset to the loaded model's recommended values."""
+    loaded = manager.current()
+    if loaded is None:
+        return [gr.skip()] * (1 + len(SAMPLING_FIELDS))
+    sampling = loaded.spec.sampling
+    return [
+        loaded.spec.system_prompt,
+        256,
+        sampling.get("temperature", 0.1),
+        sampling.get("min_p", 0.0),
+        1.0,
+        sampling.get("repetition_penalty", 1.0),
+        None,
+    ]

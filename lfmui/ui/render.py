@@ -47,6 +47,13 @@ def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if turn["role"] == "user":
             for path in turn.get("images", []):
                 messages.append({"role": "user", "content": {"path": path}})
+            if turn.get("images_dropped"):
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": "<sub>images not sent: this model reads text only</sub>",
+                    }
+                )
             if turn["text"]:
                 messages.append({"role": "user", "content": turn["text"]})
             continue
