@@ -78,6 +78,18 @@ def test_chat_streams_a_reply_with_an_image(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
 
 
+def test_regenerate_replaces_the_last_reply(page):
+    footers = page.get_by_text("tok/s")
+    before = footers.count()
+    assert before >= 1
+    page.get_by_role("button", name="Regenerate").click()
+    page.wait_for_timeout(500)
+    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+    assert page.get_by_text("tok/s").count() == before  # replaced, not appended
+    assert page.get_by_text("What is in this picture?").count() == 1
+
+
 def test_models_tab_shows_status_and_levels(page):
     page.get_by_role("tab", name="Models").click()
     page.get_by_text("resident weights").wait_for(timeout=10_000)

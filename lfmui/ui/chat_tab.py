@@ -123,54 +123,39 @@ def build(manager: ModelManager) -> dict[str, Any]:
                 gr.Number(value=None, precision=0, label="Seed (empty = random)"),
             ]
 
+    # Handlers take their inputs as one dict (a set of components): the six controls are read
+    # in one place, and gradio still injects the request.
+    def settings_from(data: dict) -> dict[str, Any]:
+        return settings_of([data[c] for c in controls])
+
     @user_errors
-    def on_submit(
-        message,
-        history,
-        system,
-        max_new_tokens,
-        temperature,
-        min_p,
-        top_p,
-        repetition_penalty,
-        seed,
-        request: gr.Request,
-    ):
-        values = [max_new_tokens, temperature, min_p, top_p, repetition_penalty, seed]
-        text = (message or {}).get("text", "") or ""
-        files = list((message or {}).get("files", []) or [])
+    def on_submit(data: dict, request: gr.Request):
+        message = data[box] or {}
+        text = message.get("text", "") or ""
+        files = list(message.get("files", []) or [])
         if not text.strip() and not files:
             raise InputError("Type a message or attach an image first.")
         if len(files) > MAX_IMAGES_PER_MESSAGE:
             raise InputError(f"Attach at most {MAX_IMAGES_PER_MESSAGE} images per message.")
         for path in files:
             images.load_safe(path)  # reject bad images before the message joins the history
-        history = [*history, {"role": "user", "text": text, "images": files}]
+        history = [*data[state], {"role": "user", "text": text, "images": files}]
         yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
+        settings = settings_from(data)
         for update in stream_reply(
-            manager, history, system, settings_of(values), request.session_hash
+            manager, history, data[system_prompt], settings, request.session_hash
         ):
             yield *update, gr.skip()
 
     @user_errors
-    def on_regenerate(
-        history,
-        system,
-        max_new_tokens,
-        temperature,
-        min_p,
-        top_p,
-        repetition_penalty,
-        seed,
-        request: gr.Request,
-    ):
-        values = [max_new_tokens, temperature, min_p, top_p, repetition_penalty, seed]
+    def on_regenerate(data: dict, request: gr.Request):
+        history = list(data[state])
         while history and history[-1]["role"] == "assistant":
-            history = history[:-1]
+            history.pop()
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
         yield from stream_reply(
-            manager, list(history), system, settings_of(values), request.session_hash
+            manager, history, data[system_prompt], settings_from(data), request.session_hash
         )
 
     def on_undo(history):
@@ -187,10 +172,10 @@ def build(manager: ModelManager) -> dict[str, Any]:
         if flag is not None:
             flag.set()
 
-    inputs = [state, system_prompt, *controls]
+    inputs = {state, system_prompt, *controls}
     box.submit(
         on_submit,
-        [box, *inputs],
+        {box, *inputs},
         [state, chatbot, box],
         api_visibility="private",
         concurrency_id="accelerator",
