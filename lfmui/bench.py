@@ -111,7 +111,8 @@ def _engine_generate(loaded, inputs, new_tokens: int) -> tuple[float, float]:
         if event.kind == "text" and first is None:
             first = time.perf_counter() - started
         elif event.kind == "metrics":
-            first = event.data["ttft_s"]  # first token id reached the consumer
+            # first token id reached the consumer, counted from the call (thread handoff too)
+            first = event.data["queue_wait_s"] + event.data["ttft_s"]
         elif event.kind == "error":
             raise RuntimeError(event.data)
     return first, time.perf_counter() - started

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lfmui.errors import InputError
+from lfmui.manager import process_rss
 
 log = logging.getLogger(__name__)
 EventKind = Literal["text", "metrics", "done", "error"]
@@ -176,8 +177,13 @@ def stream(
     stop: threading.Event | None = None,
     skip_special_tokens: bool = True,
     extra_generate_kwargs: dict[str, Any] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> Iterator[Event]:
-    """Generate a reply to `inputs` and yield its events; always ends with done or error."""
+    """Generate a reply to `inputs` and yield its events; always ends with done or error.
+
+    Replies take turns on the one generation thread: the time spent waiting for it is the
+    reply's queue wait, and TTFT counts from the moment generate() starts.
+    """
     import torch
     from transformers import MaxTimeCriteria, StoppingCriteriaList
 
@@ -201,9 +207,17 @@ def stream(
         "stopping_criteria": criteria,
     }
     failure: list[BaseException] = []
+    timing: dict[str, float] = {}
+    on_cuda = loaded.device == "cuda"
 
     def run() -> None:
+        timing["started"] = time.perf_counter()
         try:
+            if stop.is_set() or loaded.cancel.is_set():  # stopped while waiting for its turn
+                streamer.end()
+                return
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats()
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
             with torch.inference_mode():
@@ -211,11 +225,13 @@ def stream(
         except BaseException as exc:  # reported to the consumer as an error event
             failure.append(exc)
             streamer.end()
+        finally:
+            timing["peak_bytes"] = torch.cuda.max_memory_allocated() if on_cuda else process_rss()
 
     prompt_tokens = int(inputs["input_ids"].shape[-1])
     decoder = IncrementalDecoder(loaded.tokenizer, skip_special_tokens)
     eos = set(_eos_ids(loaded))
-    started = time.perf_counter()
+    submitted = time.perf_counter()
     first_token_at = None
     last_id = None
     job = generation_worker().submit(run)
@@ -238,19 +254,26 @@ def stream(
             log.warning("generate failed: %r", failure[0])
             yield Event("error", data={"error": type(failure[0]).__name__})
             return
+        job.result()  # generate() has returned: its timings are complete
         ended = time.perf_counter()
+        started = timing["started"]
         generated = len(decoder.ids) + (1 if last_id in eos else 0)
         reason = _done_reason(stop, loaded, last_id, eos, generated, settings, ended - started)
         image_token = getattr(loaded.model.config, "image_token_id", None)
-        metrics = _metrics(started, first_token_at, ended, prompt_tokens, generated)
-        metrics["image_tokens"] = (
-            int((inputs["input_ids"] == image_token).sum()) if image_token else 0
-        )
+        metrics = {
+            "queue_wait_s": round(started - submitted, 4),
+            **(extra_metrics or {}),
+            **_metrics(started, first_token_at, ended, prompt_tokens, generated),
+            "image_tokens": int((inputs["input_ids"] == image_token).sum()) if image_token else 0,
+            "peak_memory_gib": round(timing["peak_bytes"] / 2**30, 3),
+            "peak_memory_kind": "cuda_peak_allocated" if on_cuda else "process_rss",
+        }
         yield Event("metrics", data=metrics)
         yield Event("done", data={"reason": reason})
     finally:
         stop.set()  # a consumer that went away (closed tab, cancel) stops the generation
-        job.result()  # run() reports its own failures; this waits for generate() to return
+        if not job.cancel():  # still queued: dropped; else wait for generate() to return
+            job.result()  # run() reports its own failures, so this does not raise
 
 
 _worker: concurrent.futures.ThreadPoolExecutor | None = None

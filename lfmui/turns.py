@@ -7,6 +7,7 @@ raised as ``LfmuiError`` before generation starts, or arrive as an ``error`` eve
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +28,10 @@ def chat_turn(
     _check_text(conversation)
     with manager.lease() as loaded:
         checked = engine.Settings.from_dict(settings or {}, defaults=dict(loaded.spec.sampling))
+        started = time.perf_counter()
         inputs = prompts.build_inputs(loaded, conversation)
-        yield from engine.stream(loaded, inputs, checked, stop)
+        preprocess = {"preprocess_s": round(time.perf_counter() - started, 4)}
+        yield from engine.stream(loaded, inputs, checked, stop, extra_metrics=preprocess)
 
 
 def _check_text(conversation: list[dict[str, Any]]) -> None:

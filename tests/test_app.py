@@ -84,6 +84,8 @@ def test_generate_streams_and_reports_metrics(client, tmp_path):
     assert all(b.startswith(a) for a, b in zip(updates, updates[1:], strict=False))  # growing
     metrics = client.predict(api_name="/last_metrics")
     assert metrics["generated_tokens"] <= 12 and metrics["image_tokens"] > 0
+    assert metrics["preprocess_s"] > 0 and metrics["queue_wait_s"] >= 0
+    assert metrics["peak_memory_gib"] > 0
     assert metrics["done"] in {"eos", "max_tokens"}
 
 

@@ -5,6 +5,7 @@ Screenshots land in tests/artifacts/ (CI keeps them); the README's come from the
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -16,17 +17,46 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 
 
+class AppState:
+    """The in-process app's manager, with test-only levers on the real generate path."""
+
+    def __init__(self, manager):
+        self.manager = manager
+
+    @contextlib.contextmanager
+    def reply_never_ends(self):
+        """Replies run to max_new_tokens: generate's own min_new_tokens logits processor masks
+        end-of-sequence, so a Stop test does not depend on when random weights emit it."""
+        config = self.manager.current().model.generation_config
+        config.min_new_tokens = 4096
+        try:
+            yield
+        finally:
+            config.min_new_tokens = None
+
+    def generation_thread_idle(self, timeout: float) -> bool:
+        from lfmui import engine
+
+        return engine.generation_worker().submit(lambda: True).result(timeout)
+
+
 @pytest.fixture(scope="module")
-def app_url(tiny_paths):
+def app_state(tiny_paths):
     from lfmui.manager import ModelManager
-    from lfmui.ui import build_app, launch_settings
 
     manager = ModelManager()
     manager.load("lfm2-vl-tiny", "fp32")
+    return AppState(manager)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_state):
+    from lfmui.ui import build_app, launch_settings
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = build_app(manager)
+    demo = build_app(app_state.manager)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_settings(port=port))
     yield f"http://127.0.0.1:{port}"
     demo.close()
@@ -96,3 +126,50 @@ def test_models_tab_shows_status_and_levels(page):
     assert page.get_by_text("lfm2-vl-tiny (offline, random weights)").first.is_visible()
     assert page.get_by_text("4-bit (bitsandbytes nf4)").first.is_visible()
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
+
+
+def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
+    """Paste an image, send, watch the reply grow, press Stop: the reply ends as stopped."""
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    page.get_by_text("Generation settings").click()
+    slider = page.get_by_label("range slider for Max new tokens")
+    max_tokens = page.get_by_label("number input for Max new tokens")
+    for _ in range(10):  # the accordion animates open; a fill during it can be undone
+        slider.fill("4096")
+        page.wait_for_timeout(300)
+        if max_tokens.input_value() == "4096":
+            break
+    assert max_tokens.input_value() == "4096"
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    data = _picture(tmp_path / "pasted.png").read_bytes()
+    box.evaluate(
+        """(el, bytes) => {
+            const file = new File([new Uint8Array(bytes)], "pasted.png", {type: "image/png"});
+            const clip = new DataTransfer();
+            clip.items.add(file);
+            el.dispatchEvent(new ClipboardEvent("paste", {clipboardData: clip, bubbles: true}));
+        }""",
+        list(data),
+    )
+    page.locator(".thumbnail-item, .thumbnail-image, img[alt]").first.wait_for(timeout=10_000)
+    box.fill("Describe this picture at length.")
+    with app_state.reply_never_ends():
+        box.press("Enter")
+        bot = page.locator(".message-row.bot-row, [data-testid=bot]").last
+        grown = []
+        for _ in range(40):  # watch the reply stream: its text keeps growing
+            page.wait_for_timeout(250)
+            grown.append(len(bot.inner_text()))
+            if len(set(grown)) >= 3:
+                break
+        assert len(set(grown)) >= 3, grown
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("stopped ·").last.wait_for(timeout=5_000)
+        stopped_tokens = int(
+            page.get_by_text("stopped ·").last.inner_text().split(" tokens")[0].split()[-1]
+        )
+        assert stopped_tokens < 4096
+    assert app_state.generation_thread_idle(timeout=2)
+    assert page.get_by_text("Describe this picture at length.").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "chat-stop.png"), full_page=True)

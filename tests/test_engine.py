@@ -184,3 +184,49 @@ def test_user_text_cannot_forge_roles_or_image_slots(loaded):
 def test_bad_settings_are_clear_errors(values):
     with pytest.raises(InputError):
         engine.Settings.from_dict(values)
+
+
+def test_metrics_report_queue_wait_while_another_reply_generates(loaded):
+    long_stop = threading.Event()
+    first = engine.stream(
+        loaded,
+        _inputs(loaded),
+        engine.Settings(max_new_tokens=4096, temperature=1.0),
+        long_stop,
+        extra_generate_kwargs={"min_new_tokens": 4096},
+    )
+    next(e for e in first if e.kind == "text")  # the first reply holds the generation thread
+    threading.Timer(0.5, long_stop.set).start()
+    second = list(
+        engine.stream(
+            loaded, _inputs(loaded), engine.Settings(max_new_tokens=4), extra_metrics={"x": 1}
+        )
+    )
+    first.close()
+    metrics = next(e for e in second if e.kind == "metrics").data
+    assert 0.3 <= metrics["queue_wait_s"] < 5
+    assert metrics["ttft_s"] < metrics["total_s"] and metrics["x"] == 1
+    assert metrics["peak_memory_gib"] > 0 and metrics["peak_memory_kind"] == "process_rss"
+
+
+def test_reply_stopped_while_queued_never_runs_generate(loaded, monkeypatch):
+    calls = []
+    real_generate = loaded.model.generate
+    long_stop = threading.Event()
+    first = engine.stream(
+        loaded,
+        _inputs(loaded),
+        engine.Settings(max_new_tokens=4096, temperature=1.0),
+        long_stop,
+        extra_generate_kwargs={"min_new_tokens": 4096},
+    )
+    next(e for e in first if e.kind == "text")
+    monkeypatch.setattr(
+        loaded.model, "generate", lambda **kw: calls.append(1) or real_generate(**kw)
+    )
+    queued_stop = threading.Event()
+    threading.Timer(0.3, queued_stop.set).start()
+    threading.Timer(0.6, long_stop.set).start()
+    events = list(engine.stream(loaded, _inputs(loaded), engine.Settings(), queued_stop))
+    first.close()
+    assert events[-1].data["reason"] == "stopped" and calls == []

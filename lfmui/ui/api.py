@@ -14,6 +14,7 @@ import gradio as gr
 from lfmui import images, quant, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
+from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
 MAX_API_IMAGES = 4
@@ -78,7 +79,7 @@ def build(manager: ModelManager) -> None:
         return _last_metrics.get(request.session_hash, {})
 
     gr.api(models, api_name="models")
-    gr.api(load_model, api_name="load_model", concurrency_id="accelerator")
+    gr.api(load_model, api_name="load_model", **ACCELERATOR)
     gr.api(last_metrics, api_name="last_metrics")
     with gr.Column(visible=False):
         prompt = gr.Textbox()
@@ -91,5 +92,5 @@ def build(manager: ModelManager) -> None:
         [prompt, files, settings],
         answer,
         api_name="generate",
-        concurrency_id="accelerator",
+        **ACCELERATOR,
     )

@@ -15,6 +15,7 @@ import gradio as gr
 from lfmui import images, turns
 from lfmui.errors import InputError, LfmuiError
 from lfmui.manager import ModelManager
+from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import to_chatbot, user_errors
 
 MAX_IMAGES_PER_MESSAGE = 4
@@ -178,20 +179,22 @@ def build(manager: ModelManager) -> dict[str, Any]:
         {box, *inputs},
         [state, chatbot, box],
         api_visibility="private",
-        concurrency_id="accelerator",
+        **ACCELERATOR,
     )
     regenerate_button.click(
         on_regenerate,
         inputs,
         [state, chatbot],
         api_visibility="private",
-        concurrency_id="accelerator",
+        **ACCELERATOR,
     )
     undo_button.click(on_undo, state, [state, chatbot, box], queue=False, api_visibility="private")
     stop_button.click(on_stop, None, None, queue=False, api_visibility="private")
     clear_button.click(
         lambda: ([], []), None, [state, chatbot], queue=False, api_visibility="private"
     )
+    # the Chatbot's own trash icon clears the rendering; the conversation must go with it
+    chatbot.clear(lambda: [], None, state, queue=False, api_visibility="private")
     return {"system_prompt": system_prompt, "controls": controls}
 
 

@@ -8,6 +8,7 @@ import gradio as gr
 
 from lfmui import quant
 from lfmui.manager import GIB, ModelManager
+from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
 
@@ -89,9 +90,7 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
         [model, level],
         [card, banner_box],
         api_visibility="private",
-        concurrency_id="accelerator",
+        **ACCELERATOR,
     )
-    unload_button.click(
-        unload, None, [card, banner_box], api_visibility="private", concurrency_id="accelerator"
-    )
+    unload_button.click(unload, None, [card, banner_box], api_visibility="private", **ACCELERATOR)
     return {"model": model, "card": card, "loaded": load_event}

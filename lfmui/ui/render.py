@@ -34,6 +34,13 @@ def metrics_line(metrics: dict[str, Any], reason: str) -> str:
     if metrics.get("prompt_tokens") is not None:
         image = f" ({metrics['image_tokens']} image)" if metrics.get("image_tokens") else ""
         parts.append(f"prompt {metrics['prompt_tokens']}{image}")
+    if metrics.get("preprocess_s") is not None:
+        parts.append(f"prep {metrics['preprocess_s']:.2f} s")
+    if metrics.get("queue_wait_s", 0) >= 0.05:  # only worth a word when the reply had to wait
+        parts.append(f"queued {metrics['queue_wait_s']:.1f} s")
+    if metrics.get("peak_memory_gib") is not None:
+        kind = "peak" if metrics.get("peak_memory_kind") == "cuda_peak_allocated" else "RSS"
+        parts.append(f"{kind} {metrics['peak_memory_gib']:.2f} GiB")
     label = DONE_LABELS.get(reason, reason)
     if label:
         parts.insert(0, label)
