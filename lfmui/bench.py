@@ -8,6 +8,8 @@ Cases so far:
 - ``seed``: the seed benchmark (one 1024x1024 image, a short prompt, 100 new tokens, greedy) through
   the app's engine and through plain ``model.generate`` with the same settings in the same process,
   interleaved: TTFT and decode ms/token (medians) of each and their ratio.
+- ``presets``: one image (``--image-size``) and question at the model's default tiling and each
+  preset (fast, balanced, detailed) through the app's chat turn: image tokens, TTFT.
 
 Models default to the offline builds (tiny on CPU; ``--models`` picks full-shape synthetic ones).
 """
@@ -18,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 from lfmui import engine, prompts, quant
@@ -118,24 +121,27 @@ def _engine_generate(loaded, inputs, new_tokens: int) -> tuple[float, float]:
     return first, time.perf_counter() - started
 
 
-def run_seed(model_id: str, level: str, new_tokens: int, repeats: int, size: int) -> int:
-    from PIL import Image
-
+def _warm_manager(model_id: str, level: str) -> tuple[ModelManager, dict[str, Any]]:
+    """A manager over the whole catalog (synthetic builds too) with `model_id` loaded, warm."""
     catalog = Catalog()
     catalog.show_all()
     manager = ModelManager(catalog, on_loaded=engine.warm_up)
-    status = manager.load(model_id, level)
+    return manager, manager.load(model_id, level)
+
+
+def _image_question(size: int) -> list[dict[str, Any]]:
+    """The seed benchmark's message: one noise image of size x size and a short question."""
+    from PIL import Image
+
+    image = Image.effect_noise((size, size), 64).convert("RGB")
+    content = [{"type": "image", "image": image}, {"type": "text", "text": "Describe this image."}]
+    return [{"role": "user", "content": content}]
+
+
+def run_seed(model_id: str, level: str, new_tokens: int, repeats: int, size: int) -> int:
+    manager, status = _warm_manager(model_id, level)
     with manager.lease() as loaded:
-        image = Image.effect_noise((size, size), 64).convert("RGB")
-        conversation = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image", "image": image},
-                    {"type": "text", "text": "Describe this image."},
-                ],
-            }
-        ]
+        conversation = _image_question(size)
         prepared = time.perf_counter()
         inputs = prompts.build_inputs(loaded, conversation)
         preprocess_s = time.perf_counter() - prepared
@@ -184,6 +190,49 @@ def run_seed(model_id: str, level: str, new_tokens: int, repeats: int, size: int
     return 0
 
 
+def run_presets(model_id: str, level: str, repeats: int, size: int) -> int:
+    """TTFT and image tokens of one image and question at each tiling preset (and the model's
+    defaults), through the app's own turn (processor, engine)."""
+    from lfmui import tiling, turns
+
+    manager, _ = _warm_manager(model_id, level)
+    conversation = _image_question(size)
+    loaded = manager.current()
+    thumbnail = tiling.Tiling.from_processor(loaded.processor).use_thumbnail
+    cases = {"model default": None}
+    cases.update({n: asdict(tiling.preset(n, use_thumbnail=thumbnail)) for n in tiling.PRESETS})
+    settings = {"max_new_tokens": 8, "temperature": 0.0}
+    for name, cut in cases.items():
+        runs = []
+        for _ in range(repeats + 1):  # the first run warms this shape
+            metrics = {}
+            for event in turns.chat_turn(manager, conversation, settings, tiling=cut):
+                if event.kind == "metrics":
+                    metrics = event.data
+            runs.append(metrics)
+        runs = runs[1:]
+        _emit(
+            {
+                "case": "presets",
+                "model": model_id,
+                "quantization": level,
+                "device": loaded.device,
+                "image_size": f"{size}x{size}",
+                "preset": name,
+                "image_tokens": runs[0]["image_tokens"],
+                "prompt_tokens": runs[0]["prompt_tokens"],
+                "preprocess_ms": round(_median([r["preprocess_s"] for r in runs]) * 1000, 1),
+                "ttft_ms": round(_median([r["ttft_s"] for r in runs]) * 1000, 1),
+                "ttft_with_preprocess_ms": round(
+                    _median([r["ttft_s"] + r["preprocess_s"] for r in runs]) * 1000, 1
+                ),
+                "repeats": repeats,
+            }
+        )
+    manager.unload()
+    return 0
+
+
 def _gib(value: int | None) -> float | None:
     return round(value / GIB, 3) if value is not None else None
 
@@ -194,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("case", choices=["loads", "seed"])
+    parser.add_argument("case", choices=["loads", "seed", "presets"])
     parser.add_argument(
         "--models", default="lfm2-vl-tiny,lfm2-moe-tiny", help="comma-separated catalog ids"
     )
@@ -212,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         levels = args.levels.split(",")
     started = time.perf_counter()
-    if args.case == "seed":
+    if args.case == "presets":
+        code = 0
+        for model_id in args.models.split(","):
+            for level in levels:
+                code |= run_presets(model_id, level, args.repeats, args.image_size)
+    elif args.case == "seed":
         code = 0
         for model_id in args.models.split(","):
             for level in levels:

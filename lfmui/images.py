@@ -2,7 +2,9 @@
 
 Checks, in order: file size, format allowlist (PNG, JPEG, WEBP, GIF, sniffed from the bytes, not
 the name), pixel count (decompression bombs are errors, not warnings), then the first frame of an
-animation, EXIF orientation, and a plain RGB picture (alpha composited on white).
+animation, EXIF orientation (malformed EXIF is ignored), and a plain RGB picture (alpha
+composited on white, 16-bit grey scaled, CMYK and palettes converted). The aspect-ratio cap
+belongs to tiling (``lfmui.tiling.fit``), since what it protects is the image-token budget.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF"}
 
 def load_safe(path: str | Path):
     """Open an uploaded image and return it as an RGB PIL image, or raise InputError."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     file = Path(path)
     name = file.name[:60]
@@ -48,10 +50,9 @@ def load_safe(path: str | Path):
                         f"'{name}' is too large ({image.width}x{image.height}); "
                         f"use an image under {MAX_PIXELS // 10**6} megapixels."
                     )
-                image.seek(0)  # first frame of an animation
+                image.seek(0)  # first frame of an animation: later frames are never decoded
                 image.load()
-                picture = ImageOps.exif_transpose(image) or image
-                return _to_rgb(picture)
+                return _to_rgb(_upright(image))
     except InputError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -64,13 +65,32 @@ def load_safe(path: str | Path):
         ) from None
 
 
+def _upright(image):
+    """Apply the EXIF orientation; a malformed EXIF block leaves the picture as stored."""
+    from PIL import ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": handled below, not news
+            return ImageOps.exif_transpose(image) or image
+    except Exception:  # PIL raises many types on broken EXIF; the pixels are still good
+        return image
+
+
 def _to_rgb(image):
+    """Explicit mode handling: 16/32-bit grey scaled to 8 bits, CMYK and palettes converted,
+    alpha composited on white."""
+    import numpy as np
     from PIL import Image
 
     if image.mode == "RGB":
         return image.copy()
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max(initial=0)
+        peak = 65535.0 if image.mode.startswith("I;16") or 255 < top <= 65535 else max(top, 255)
+        scaled = np.clip(values * (255.0 / peak), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(scaled, "L").convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

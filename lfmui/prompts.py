@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from lfmui.errors import InputError
+from lfmui.tiling import IMAGE_TOKEN_ID, Tiling, fit
 
 # Any LFM2 special-token literal: <|...|> markers and the bare <image> slot.
 _SPECIAL_LITERAL = re.compile(r"<(?=\|[^<>|\s]{1,48}\|>|image>)")
@@ -49,10 +50,14 @@ def _template_messages(conversation: list[dict[str, Any]]) -> tuple[list[dict], 
 def build_inputs(
     loaded: Any,
     conversation: list[dict[str, Any]],
-    images_kwargs: dict[str, Any] | None = None,
+    tiling: Tiling | None = None,
     tools: list[dict] | None = None,
 ) -> Any:
-    """Tokenized inputs (and pixel values) for `conversation`, on the model's device."""
+    """Tokenized inputs (and pixel values) for `conversation`, on the model's device.
+
+    Images are cut per `tiling` (the model's own processor defaults when None); each costs at
+    most ``tiling.budget`` image tokens.
+    """
     messages, images = _template_messages(conversation)
     processor = loaded.processor
     if images and loaded.spec.kind != "vl":
@@ -63,13 +68,27 @@ def build_inputs(
         messages, tools=tools, add_generation_prompt=True, tokenize=False
     )
     if loaded.spec.kind == "vl":
-        kwargs = {"images_kwargs": images_kwargs} if images_kwargs else {}
+        tiling = tiling or Tiling.from_processor(processor)
+        images = [fit(image, tiling) for image in images]
         inputs = processor(
-            images=[images] if images else None, text=[prompt], return_tensors="pt", **kwargs
+            images=[images] if images else None,
+            text=[prompt],
+            images_kwargs=tiling.images_kwargs(),
+            return_tensors="pt",
         )
+        _check_budget(inputs, len(images), tiling)
     else:
         inputs = processor(prompt, add_special_tokens=False, return_tensors="pt")
     inputs = inputs.to(loaded.model.device)
     if "pixel_values" in inputs:  # the processor emits float32; the vision tower may be bf16
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
     return inputs
+
+
+def _check_budget(inputs: Any, n_images: int, tiling: Tiling) -> None:
+    used = int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
+    if used > n_images * tiling.budget:  # fit() keeps each image inside; never send more
+        raise InputError(
+            f"The images would cost {used} image tokens, above the budget of {tiling.budget} "
+            "per image; lower max_tiles or max_image_tokens."
+        )

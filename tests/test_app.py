@@ -44,7 +44,7 @@ def client(server):
 
 def test_public_api_names(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/models", "/load_model", "/generate", "/last_metrics"} <= names
+    assert {"/models", "/load_model", "/generate", "/last_metrics", "/plan_tiles"} <= names
     assert not any(
         n.startswith(("/load", "/unload", "/on_submit", "/stop")) and n not in {"/load_model"}
         for n in names
@@ -131,7 +131,7 @@ def test_launch_settings_lock_the_server_down(monkeypatch):
 def test_light_modules_import_neither_torch_nor_gradio():
     code = (
         "import sys; import lfmui.catalog, lfmui.quant, lfmui.errors, lfmui.offline, "
-        "lfmui.manager, lfmui.prompts, lfmui.engine, lfmui.turns, lfmui.images; "
+        "lfmui.manager, lfmui.prompts, lfmui.engine, lfmui.turns, lfmui.images, lfmui.tiling; "
         "print(sorted(m for m in ('torch', 'gradio', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -244,3 +244,55 @@ def test_generate_streams_then_a_cancelled_one_frees_the_generator(client):
     assert idle and time.monotonic() - cancelled_at < 2.5
     reply = client.predict("hi", [], '{"max_new_tokens": 4}', api_name="/generate")
     assert isinstance(reply, str)  # the app still serves
+
+
+def test_plan_tiles_reports_the_processors_plan(client, tmp_path):
+    from gradio_client import handle_file
+
+    image = tmp_path / "tall.png"
+    Image.new("RGB", (1000, 3000), "white").save(image)
+    plan = client.predict(handle_file(str(image)), "", api_name="/plan_tiles")
+    assert plan["tiled"] and plan["grid"][0] * plan["grid"][1] == plan["tiles"] > 1
+    assert plan["image_tokens"] == plan["tiles"] * plan["tokens_per_tile"] + plan["view_tokens"]
+    fast = client.predict(
+        handle_file(str(image)),
+        json.dumps({"do_image_splitting": False, "max_image_tokens": 64}),
+        api_name="/plan_tiles",
+    )
+    assert not fast["tiled"] and fast["image_tokens"] <= 64
+
+
+@pytest.mark.parametrize(
+    "tiling_json", ['{"min_tiles": 5, "max_tiles": 2}', '{"max_tiles": "many"}', "[1]", "{oops"]
+)
+def test_item14_plan_tiles_rejects_bad_settings(client, tmp_path, tiling_json):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    image = tmp_path / "square.png"
+    Image.new("RGB", (64, 64)).save(image)
+    with pytest.raises(AppError):
+        client.predict(handle_file(str(image)), tiling_json, api_name="/plan_tiles")
+
+
+def test_generate_takes_tiling_per_request(client, tmp_path):
+    from gradio_client import handle_file
+
+    image = tmp_path / "big.png"
+    Image.new("RGB", (1024, 1024), "navy").save(image)
+    counts = []
+    for cut in ({"do_image_splitting": False, "max_image_tokens": 64}, {"max_tiles": 4}):
+        settings = json.dumps({"max_new_tokens": 2, "tiling": cut})
+        list(client.submit("hi", [handle_file(str(image))], settings, api_name="/generate"))
+        counts.append(client.predict(api_name="/last_metrics")["image_tokens"])
+    assert counts[0] <= 64 < counts[1]
+
+
+def test_item16_generate_caps_images_per_request(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    image = tmp_path / "one.png"
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(AppError, match="at most 4"):
+        client.predict("hi", [handle_file(str(image))] * 5, "", api_name="/generate")

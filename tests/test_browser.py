@@ -95,12 +95,17 @@ def _picture(path: Path) -> Path:
     return path
 
 
+def _send(page, image, text):
+    """Attach `image` to the chat box, type `text`, press Enter."""
+    page.locator("input[type=file]").first.set_input_files(str(image))
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    box.fill(text)
+    box.press("Enter")
+
+
 def test_chat_streams_a_reply_with_an_image(page, tmp_path):
     assert page.get_by_text("random weights: replies are noise").first.is_visible()
-    page.locator("input[type=file]").first.set_input_files(str(_picture(tmp_path / "sun.png")))
-    box = page.get_by_placeholder("Type a message, paste or drop an image…")
-    box.fill("What is in this picture?")
-    box.press("Enter")
+    _send(page, _picture(tmp_path / "sun.png"), "What is in this picture?")
     bot = page.locator(".message-row.bot-row, [data-testid=bot]").last
     bot.wait_for(timeout=30_000)
     page.get_by_text("tok/s").last.wait_for(timeout=60_000)  # metrics footer: reply finished
@@ -173,3 +178,52 @@ def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
     assert app_state.generation_thread_idle(timeout=2)
     assert page.get_by_text("Describe this picture at length.").count() == 1
     page.screenshot(path=str(ARTIFACTS / "chat-stop.png"), full_page=True)
+    slider.fill("64")  # later tests get short replies again
+
+
+def test_tiling_inspector_draws_the_plan_and_follows_the_sliders(page, tmp_path):
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_text("Image detail").click()
+    page.get_by_role("button", name="Open the tiling inspector").click()
+    panel = page.locator("#inspector-panel")
+    panel.get_by_text("Upload an image to see how the model will cut it.").wait_for(timeout=10_000)
+    tall = Image.new("RGB", (1000, 3000), "#e2e8f0")
+    draw = ImageDraw.Draw(tall)
+    for i, colour in enumerate(["#2b6cb0", "#38a169", "#d69e2e", "#e53e3e", "#805ad5"]):
+        draw.ellipse((150, 150 + i * 560, 850, 700 + i * 560), fill=colour)
+    tall.save(tmp_path / "tall.png")
+    panel.locator("input[type=file]").first.set_input_files(str(tmp_path / "tall.png"))
+    summary = panel.get_by_text("image tokens** (budget").or_(
+        panel.get_by_text("image tokens (budget")
+    )
+    summary.first.wait_for(timeout=20_000)
+    first = page.locator("#tiling-summary").inner_text()
+    assert "row(s) x 1 column(s)" in first
+    slider = panel.get_by_label("range slider for Max tiles")
+    for _ in range(10):
+        slider.fill("2")
+        page.wait_for_timeout(600)
+        second = page.locator("#tiling-summary").inner_text()
+        if second != first:
+            break
+    assert second != first and "2 row(s) x 1 column(s)" in second
+    slider.fill("4")
+    panel.get_by_label("Add a thumbnail of the whole image").check()
+    page.locator("#tiling-summary").get_by_text("thumbnail ").wait_for(timeout=10_000)
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(ARTIFACTS / "inspector.png"), full_page=True)
+
+
+def test_chat_image_detail_preset_applies_to_the_next_message(page, tmp_path):
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    accordion = page.get_by_text("Image detail")
+    if not page.get_by_label("fast").first.is_visible():
+        accordion.click()
+    page.get_by_label("fast").first.check()
+    page.get_by_label("number input for Max new tokens").first.wait_for()
+    _send(page, _picture(tmp_path / "fast.png"), "Quick look, please.")
+    footer = page.get_by_text("image) ·").last
+    footer.wait_for(timeout=60_000)
+    image_tokens = int(footer.inner_text().split(" image)")[0].split("(")[-1])
+    assert 0 < image_tokens <= 64  # the fast preset, not the model's 256-token default

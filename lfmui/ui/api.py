@@ -1,4 +1,4 @@
-"""The public API (gradio_client): /models, /load_model, /generate, /last_metrics.
+"""The public API (gradio_client): /models, /load_model, /generate, /last_metrics, /plan_tiles.
 
 Names and shapes are fixed by DESIGN.md so scripts can rely on them. Errors reach the client as
 gr.Error with the same sentences the UI shows.
@@ -14,10 +14,10 @@ import gradio as gr
 from lfmui import images, quant, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
+from lfmui.ui import vision_tab
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
-MAX_API_IMAGES = 4
 _last_metrics: dict[str, dict[str, Any]] = {}
 
 
@@ -56,13 +56,15 @@ def build(manager: ModelManager) -> None:
     ):
         """Stream the answer to one prompt (with optional images) as growing text."""
         settings = parse_settings(settings_json)
+        cut = settings.pop("tiling", None)  # image detail for this request, e.g. {"max_tiles": 4}
         files = list(image_files or [])
-        if len(files) > MAX_API_IMAGES:
-            raise InputError(f"Send at most {MAX_API_IMAGES} images per request.")
+        if len(files) > turns.MAX_IMAGES_PER_MESSAGE:
+            raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
         parts = [{"type": "image", "image": images.load_safe(f)} for f in files]
         parts.append({"type": "text", "text": prompt or ""})
         answer = ""
-        for event in turns.chat_turn(manager, [{"role": "user", "content": parts}], settings):
+        conversation = [{"role": "user", "content": parts}]
+        for event in turns.chat_turn(manager, conversation, settings, tiling=cut):
             if event.kind == "text":
                 answer += event.text
                 yield answer
@@ -74,6 +76,17 @@ def build(manager: ModelManager) -> None:
                 raise gr.Error("The model failed while generating; try again.")
         yield answer
 
+    @user_errors
+    def plan_tiles(image: str, tiling_json: str) -> dict[str, Any]:
+        """How the loaded model's processor cuts `image` under tiling_json (a JSON object of
+        do_image_splitting, min_tiles, max_tiles, use_thumbnail, min_image_tokens,
+        max_image_tokens; empty = the model's defaults): grid, tiles, thumbnail, image_tokens."""
+        values = parse_settings(tiling_json) or None
+        _, _, plan = vision_tab.inspect(manager, image, values)
+        if plan is None:
+            raise InputError("Send an image file.")
+        return plan
+
     def last_metrics(request: gr.Request) -> dict[str, Any]:
         """Metrics of this client's last /generate call."""
         return _last_metrics.get(request.session_hash, {})
@@ -81,6 +94,12 @@ def build(manager: ModelManager) -> None:
     gr.api(models, api_name="models")
     gr.api(load_model, api_name="load_model", **ACCELERATOR)
     gr.api(last_metrics, api_name="last_metrics")
+    with gr.Column(visible=False):
+        tile_image = gr.File(type="filepath", file_types=["image"])
+        tile_settings = gr.Textbox()
+        tile_plan = gr.JSON()
+        tile_trigger = gr.Button()
+    tile_trigger.click(plan_tiles, [tile_image, tile_settings], tile_plan, api_name="plan_tiles")
     with gr.Column(visible=False):
         prompt = gr.Textbox()
         files = gr.File(file_count="multiple", type="filepath", file_types=["image"])

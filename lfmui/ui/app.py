@@ -10,7 +10,7 @@ import gradio as gr
 
 from lfmui import engine, offline
 from lfmui.manager import ModelManager
-from lfmui.ui import api, chat_tab, models_tab
+from lfmui.ui import api, chat_tab, models_tab, vision_tab
 
 MAX_FILE_SIZE = "20mb"
 QUEUE_MAX_SIZE = 64
@@ -22,24 +22,37 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
         gr.Markdown("# lfmui · try Liquid AI's LFM2 models")
         banner_box = gr.Markdown(models_tab.banner(manager, startup_note))
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat = chat_tab.build(manager)
+            with gr.Tab("Tiling inspector", id="inspector", elem_id="inspector-panel"):
+                inspector = vision_tab.build(manager)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, banner_box, startup_note)
         api.build(manager)
-        chat_defaults = [chat["system_prompt"], *chat["controls"]]
-        models["loaded"].then(
-            lambda: chat_tab.defaults(manager), None, chat_defaults, api_visibility="private"
+        chat["open_inspector"].click(
+            lambda: gr.Tabs(selected="inspector"), None, tabs, api_visibility="private"
         )
+        per_model = [
+            chat["system_prompt"],
+            *chat["controls"],
+            *chat["image_detail"].all,
+            *inspector["controls"].all,
+        ]
+
+        def model_defaults() -> list:
+            detail = vision_tab.reset_values(manager)
+            return [*chat_tab.defaults(manager), *detail, *detail]
+
+        models["loaded"].then(model_defaults, None, per_model, api_visibility="private")
         demo.load(
             lambda: (
                 models_tab.status_card(manager),
                 models_tab.banner(manager, startup_note),
-                *chat_tab.defaults(manager),
+                *model_defaults(),
             ),
             None,
-            [models["card"], banner_box, *chat_defaults],
+            [models["card"], banner_box, *per_model],
             api_visibility="private",
         )
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)

@@ -17,8 +17,8 @@ from lfmui.errors import InputError, LfmuiError
 from lfmui.manager import ModelManager
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import to_chatbot, user_errors
+from lfmui.ui.vision_tab import TilingControls
 
-MAX_IMAGES_PER_MESSAGE = 4
 SAMPLING_FIELDS = ("max_new_tokens", "temperature", "min_p", "top_p", "repetition_penalty", "seed")
 _stops: dict[str, threading.Event] = {}  # session -> Stop flag of its running reply
 
@@ -55,7 +55,12 @@ def settings_of(values: list[Any]) -> dict[str, Any]:
 
 
 def stream_reply(
-    manager: ModelManager, history: list, system_prompt: str, settings: dict[str, Any], session: str
+    manager: ModelManager,
+    history: list,
+    system_prompt: str,
+    settings: dict[str, Any],
+    session: str,
+    tiling: dict[str, Any] | None = None,
 ):
     """Append an assistant turn to `history` and stream the reply into it."""
     loaded = manager.current()
@@ -75,7 +80,7 @@ def stream_reply(
             gr.Warning(f"{loaded.spec.id} reads text only: the images in this chat are not sent.")
         history.append(reply)
         yield history, to_chatbot(history)
-        for event in turns.chat_turn(manager, conversation, settings, stop):
+        for event in turns.chat_turn(manager, conversation, settings, stop, tiling):
             if event.kind == "text":
                 reply["text"] += event.text
             elif event.kind == "metrics":
@@ -123,6 +128,9 @@ def build(manager: ModelManager) -> dict[str, Any]:
                 gr.Slider(1.0, 2.0, value=1.05, step=0.01, label="Repetition penalty"),
                 gr.Number(value=None, precision=0, label="Seed (empty = random)"),
             ]
+    with gr.Accordion("Image detail", open=False):
+        image_detail = TilingControls("applies to the next message you send")
+        open_inspector = gr.Button("Open the tiling inspector", size="sm")
 
     # Handlers take their inputs as one dict (a set of components): the six controls are read
     # in one place, and gradio still injects the request.
@@ -136,15 +144,20 @@ def build(manager: ModelManager) -> dict[str, Any]:
         files = list(message.get("files", []) or [])
         if not text.strip() and not files:
             raise InputError("Type a message or attach an image first.")
-        if len(files) > MAX_IMAGES_PER_MESSAGE:
-            raise InputError(f"Attach at most {MAX_IMAGES_PER_MESSAGE} images per message.")
+        if len(files) > turns.MAX_IMAGES_PER_MESSAGE:
+            raise InputError(f"Attach at most {turns.MAX_IMAGES_PER_MESSAGE} images per message.")
         for path in files:
             images.load_safe(path)  # reject bad images before the message joins the history
         history = [*data[state], {"role": "user", "text": text, "images": files}]
         yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
         settings = settings_from(data)
         for update in stream_reply(
-            manager, history, data[system_prompt], settings, request.session_hash
+            manager,
+            history,
+            data[system_prompt],
+            settings,
+            request.session_hash,
+            image_detail.values(data),
         ):
             yield *update, gr.skip()
 
@@ -156,7 +169,12 @@ def build(manager: ModelManager) -> dict[str, Any]:
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
         yield from stream_reply(
-            manager, history, data[system_prompt], settings_from(data), request.session_hash
+            manager,
+            history,
+            data[system_prompt],
+            settings_from(data),
+            request.session_hash,
+            image_detail.values(data),
         )
 
     def on_undo(history):
@@ -173,7 +191,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
         if flag is not None:
             flag.set()
 
-    inputs = {state, system_prompt, *controls}
+    inputs = {state, system_prompt, *controls, *image_detail.knobs}
     box.submit(
         on_submit,
         {box, *inputs},
@@ -195,7 +213,12 @@ def build(manager: ModelManager) -> dict[str, Any]:
     )
     # the Chatbot's own trash icon clears the rendering; the conversation must go with it
     chatbot.clear(lambda: [], None, state, queue=False, api_visibility="private")
-    return {"system_prompt": system_prompt, "controls": controls}
+    return {
+        "system_prompt": system_prompt,
+        "controls": controls,
+        "image_detail": image_detail,
+        "open_inspector": open_inspector,
+    }
 
 
 def defaults(manager: ModelManager) -> list[Any]:

@@ -1,0 +1,208 @@
+"""Image detail controls (shared by the chat and the inspector), the tiling inspector, budget A/B.
+
+The inspector runs the loaded model's real processor on the uploaded picture for every change of
+the controls and draws what it made of it; the budget A/B sends one picture and question at the
+three presets and shows the answers and costs side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import gradio as gr
+
+from lfmui import images, tiling, turns
+from lfmui.errors import InputError, NoModelLoaded
+from lfmui.manager import ModelManager
+from lfmui.ui.queue import ACCELERATOR
+from lfmui.ui.render import user_errors
+
+MODEL_DEFAULT = "model default"
+CUSTOM = "custom"
+PRESET_CHOICES = [MODEL_DEFAULT, *tiling.PRESETS, CUSTOM]
+FIELDS = tuple(asdict(tiling.Tiling()))
+AB_HEADERS = ["preset", "image tokens", "prompt tokens", "TTFT s", "tok/s", "answer"]
+
+
+class TilingControls:
+    """A preset picker plus the six knobs; `values(data)` reads them from a handler's inputs."""
+
+    def __init__(self, note: str) -> None:
+        self.preset = gr.Radio(PRESET_CHOICES, value=MODEL_DEFAULT, label="Preset", info=note)
+        with gr.Row():
+            self.splitting = gr.Checkbox(True, label="Cut large images into 512 px tiles")
+            self.thumbnail = gr.Checkbox(True, label="Add a thumbnail of the whole image")
+        with gr.Row():
+            self.min_tiles = gr.Slider(1, 10, value=2, step=1, label="Min tiles")
+            self.max_tiles = gr.Slider(1, 10, value=10, step=1, label="Max tiles")
+        with gr.Row():
+            self.min_tokens = gr.Slider(16, 256, value=64, step=16, label="Min image tokens")
+            self.max_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max image tokens")
+        self.knobs = [
+            self.splitting,
+            self.min_tiles,
+            self.max_tiles,
+            self.thumbnail,
+            self.min_tokens,
+            self.max_tokens,
+        ]  # in Tiling's field order
+        self.preset.input(
+            self._apply_preset, [self.preset, *self.knobs], self.knobs, api_visibility="private"
+        )
+        for knob in self.knobs:
+            knob.input(lambda: CUSTOM, None, self.preset, api_visibility="private")
+
+    @property
+    def all(self) -> list[Any]:
+        return [self.preset, *self.knobs]
+
+    def values(self, data: dict) -> dict[str, Any]:
+        values = dict(zip(FIELDS, (data[k] for k in self.knobs), strict=True))
+        for name in ("min_tiles", "max_tiles", "min_image_tokens", "max_image_tokens"):
+            if isinstance(values[name], float) and values[name].is_integer():
+                values[name] = int(values[name])
+        return values
+
+    def _apply_preset(self, name: str, *current: Any) -> list[Any]:
+        if name in tiling.PRESETS:
+            return list(asdict(tiling.preset(name, use_thumbnail=current[3])).values())
+        return [gr.skip()] * len(self.knobs)
+
+
+def reset_values(manager: ModelManager) -> list[Any]:
+    """Preset and knobs back to the loaded model's processor defaults."""
+    loaded = manager.current()
+    if loaded is None or loaded.spec.kind != "vl":
+        return [gr.skip()] * (1 + len(FIELDS))
+    return [MODEL_DEFAULT, *asdict(tiling.Tiling.from_processor(loaded.processor)).values()]
+
+
+def describe(plan: dict[str, Any]) -> str:
+    """The plan in words, under the picture."""
+    width, height = plan["image_size"]
+    lines = [
+        f"**{plan['image_tokens']} image tokens** (budget {plan['budget']}), "
+        f"{plan['context_share']:.1%} of the {plan['context_tokens']:,}-token context"
+    ]
+    if plan["fitted_size"] != plan["image_size"]:
+        fw, fh = plan["fitted_size"]
+        lines.append(f"- {width}x{height} given to the processor as {fw}x{fh} (kept in budget)")
+    if plan["tiled"]:
+        rows, cols = plan["grid"]
+        tw, th = plan["tiled_size"]
+        lines.append(
+            f"- {rows} row(s) x {cols} column(s) of {plan['tile_px']} px tiles "
+            f"(resized to {tw}x{th}), {plan['tokens_per_tile']} tokens per tile"
+        )
+        if plan["thumbnail"]:
+            vw, vh = plan["view_size"]
+            lines.append(f"- thumbnail {vw}x{vh}: {plan['view_tokens']} tokens")
+        else:
+            lines.append("- no thumbnail")
+    else:
+        vw, vh = plan["view_size"]
+        lines.append(f"- one view, resized {width}x{height} → {vw}x{vh}: 32x32 px per token")
+    return "\n".join(lines)
+
+
+def inspect(manager: ModelManager, path: str | None, values: dict[str, Any]):
+    """(picture with the plan drawn, description, plan JSON) for the inspector."""
+    if not path:
+        return None, "Upload an image to see how the model will cut it.", None
+    picture = images.load_safe(path)
+    with manager.lease() as loaded:
+        if loaded.spec.kind != "vl":
+            raise InputError(f"{loaded.spec.id} reads text only; load a vision-language model.")
+        cut = turns.tiling_of(loaded, values)
+        plan = tiling.plan_tiles(loaded.processor, picture, cut, turns.context_tokens(loaded))
+    return tiling.preview(picture, plan), describe(plan), plan
+
+
+def budget_ab(manager: ModelManager, path: str | None, question: str, new_tokens: int):
+    """Stream a table: the same picture and question at each preset."""
+    if not path:
+        raise InputError("Upload an image first.")
+    picture = images.load_safe(path)
+    loaded = manager.current()
+    if loaded is None:
+        raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
+    thumbnail = tiling.Tiling.from_processor(loaded.processor).use_thumbnail
+    rows: list[list[Any]] = []
+    for name in tiling.PRESETS:
+        cut = asdict(tiling.preset(name, use_thumbnail=thumbnail))
+        conversation = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": picture},
+                    {"type": "text", "text": question or "Describe this image."},
+                ],
+            }
+        ]
+        settings = {"max_new_tokens": int(new_tokens), "temperature": 0.0}
+        answer, metrics = "", {}
+        row = [name, None, None, None, None, "…"]
+        rows.append(row)
+        for event in turns.chat_turn(manager, conversation, settings, tiling=cut):
+            if event.kind == "text":
+                answer += event.text
+                row[5] = answer
+            elif event.kind == "metrics":
+                metrics = event.data
+            elif event.kind == "error":
+                row[5] = "the model failed while generating"
+            yield rows
+        if loaded.spec.random_weights:
+            row[5] = f"[noise from random weights] {answer}"
+        row[1:5] = [
+            metrics.get("image_tokens"),
+            metrics.get("prompt_tokens"),
+            metrics.get("ttft_s"),
+            metrics.get("decode_tokens_per_s"),
+        ]
+        yield rows
+
+
+def build(manager: ModelManager) -> dict[str, Any]:
+    gr.Markdown(
+        "Upload an image to see how the loaded model will cut it: the tile grid and the "
+        "thumbnail drawn over it, and the image tokens it costs. Counts come from the model's "
+        "own processor. Changes here apply to this tab; the chat has its own **Image detail**."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.Image(type="filepath", label="Image to inspect", height=260)
+            controls = TilingControls("fast 32-64 tokens · balanced 64-128 · detailed: tiles")
+        with gr.Column(scale=2):
+            picture = gr.Image(label="How the model sees it", interactive=False, height=560)
+            summary = gr.Markdown(elem_id="tiling-summary")
+            plan_json = gr.JSON(label="Plan", visible=False)
+    with gr.Accordion("Budget A/B: one image and question at each preset", open=False):
+        question = gr.Textbox(label="Question", value="Describe this image.")
+        new_tokens = gr.Slider(1, 512, value=48, step=1, label="Max new tokens")
+        compare = gr.Button("Compare presets")
+        table = gr.Dataframe(headers=AB_HEADERS, label="Answers and costs", wrap=True)
+
+    @user_errors
+    def on_change(data: dict):
+        return inspect(manager, data[upload], controls.values(data))
+
+    inputs = {upload, *controls.all}
+    for trigger in [upload.change, *(k.change for k in controls.knobs)]:
+        trigger(
+            on_change,
+            inputs,
+            [picture, summary, plan_json],
+            api_visibility="private",
+            trigger_mode="always_last",
+        )
+
+    @user_errors
+    def on_compare(path, text, tokens):
+        yield from budget_ab(manager, path, text, tokens)
+
+    compare.click(
+        on_compare, [upload, question, new_tokens], table, api_visibility="private", **ACCELERATOR
+    )
+    return {"controls": controls, "upload": upload, "summary": summary}
