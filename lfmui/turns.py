@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from lfmui import engine, prompts
+from lfmui import engine, prompts, toolcalls, tools
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.tiling import Tiling
@@ -27,20 +28,33 @@ def chat_turn(
     settings: dict[str, Any] | None = None,
     stop: threading.Event | None = None,
     tiling: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    raw: bool = False,
+    generate_kwargs: dict[str, Any] | None = None,
 ) -> Iterator[engine.Event]:
     """Stream the assistant's reply to `conversation` (the last message is the user's).
 
-    `tiling` overrides the loaded model's image-processor defaults for this request only.
+    `tiling` overrides the loaded model's image-processor defaults for this request only;
+    `tools` (JSON schemas) go into the system turn; `raw` keeps special tokens (tool-call
+    markers) in the text; `generate_kwargs` reaches generate() (tests force outputs with it).
     """
     check_conversation(conversation)
     with manager.lease() as loaded:
         checked = engine.Settings.from_dict(settings or {}, defaults=dict(loaded.spec.sampling))
         cut = tiling_of(loaded, tiling)
         started = time.perf_counter()
-        inputs = prompts.build_inputs(loaded, conversation, cut)
+        inputs = prompts.build_inputs(loaded, conversation, cut, tools)
         preprocess = {"preprocess_s": round(time.perf_counter() - started, 4)}
         _check_context(loaded, inputs, checked.max_new_tokens)
-        yield from engine.stream(loaded, inputs, checked, stop, extra_metrics=preprocess)
+        yield from engine.stream(
+            loaded,
+            inputs,
+            checked,
+            stop,
+            skip_special_tokens=not raw,
+            extra_generate_kwargs=generate_kwargs,
+            extra_metrics=preprocess,
+        )
 
 
 def tiling_of(loaded: Any, values: dict[str, Any] | None) -> Tiling | None:
@@ -94,3 +108,152 @@ def context_tokens(loaded: Any) -> int:
     config = loaded.model.config
     text = getattr(config, "text_config", None) or config
     return int(getattr(text, "max_position_embeddings", 32_768))
+
+
+# ---- the tool loop ---------------------------------------------------------------------------
+MAX_TOOL_ROUNDS = 3
+Approve = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing that happened in a tool turn.
+
+    kinds: "text" (a delta of the model's raw output, markers visible), "parsed" (raw text,
+    calls, errors, remaining text, metrics, done reason), "result" (one tool result), "final"
+    (the answer, or why the loop ended), "error" (the model failed).
+    """
+
+    kind: str
+    round: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def tool_instruction(choice: str, names: list[str]) -> str:
+    """The system-prompt sentence that states the tool choice."""
+    if choice == "auto":
+        return ""
+    if choice == "none":
+        return "Do not call any tool; answer directly."
+    if choice not in names:
+        raise InputError(
+            f"Tool choice '{choice[:40]}' is not one of the tools: auto, none, "
+            f"or {', '.join(names)}."
+        )
+    return f"Call the tool {choice} before you answer."
+
+
+def tool_turn(
+    manager: ModelManager,
+    conversation: list[dict[str, Any]],
+    registry: dict[str, tools.Tool],
+    settings: dict[str, Any] | None = None,
+    stop: threading.Event | None = None,
+    tool_choice: str = "auto",
+    max_rounds: int = MAX_TOOL_ROUNDS,
+    approve: Approve | None = None,
+    generate_kwargs: dict[str, Any] | None = None,
+) -> Iterator[Step]:
+    """Generate, parse, execute, feed results back in the tool role; at most `max_rounds`.
+
+    `approve` sees each call before it runs and returns it (edited or not), or None to decline.
+    `conversation` is extended in place with the assistant and tool messages.
+    """
+    schemas = [t.schema() for t in registry.values()]
+    note = tool_instruction(tool_choice, list(registry))
+    if tool_choice == "none":
+        schemas = []
+    if note:
+        _add_to_system(conversation, note)
+    image = _last_image(conversation)
+    for round_no in range(1, max_rounds + 1):
+        raw, metrics, reason = "", {}, "eos"
+        for event in chat_turn(
+            manager,
+            conversation,
+            settings,
+            stop,
+            tools=schemas or None,
+            raw=True,
+            generate_kwargs=generate_kwargs,
+        ):
+            if event.kind == "text":
+                raw += event.text
+                yield Step("text", round_no, {"text": event.text})
+            elif event.kind == "metrics":
+                metrics = event.data
+            elif event.kind == "done":
+                reason = event.data["reason"]
+            elif event.kind == "error":
+                yield Step("error", round_no, {"error": "the model failed while generating"})
+                return
+        parsed = toolcalls.parse(raw, schemas)
+        yield Step(
+            "parsed",
+            round_no,
+            {"raw": raw, **parsed.to_json(), "metrics": metrics, "reason": reason},
+        )
+        if reason == "stopped" or not (parsed.calls or parsed.errors):
+            yield Step("final", round_no, {"text": parsed.text, "reason": reason})
+            return
+        conversation.append({"role": "assistant", "content": raw})
+        for result in run_calls(parsed, registry, approve, image):
+            conversation.append({"role": "tool", "content": result.output})
+            yield Step("result", round_no, result.to_json())
+    yield Step(
+        "final",
+        max_rounds,
+        {
+            "text": f"Stopped after {max_rounds} rounds of tool calls without a final answer.",
+            "reason": "round_limit",
+        },
+    )
+
+
+def run_calls(
+    parsed: toolcalls.Parsed,
+    registry: dict[str, tools.Tool],
+    approve: Approve | None = None,
+    image: Any = None,
+) -> list[tools.ToolResult]:
+    """Each parsed call executed once (after approval); each parse error as a failed result."""
+    results = []
+    token = tools.current_image.set(image)
+    try:
+        for call in parsed.calls:
+            chosen = approve(call) if approve else call
+            if chosen is None:
+                results.append(
+                    tools.ToolResult(
+                        call["name"],
+                        call["arguments"],
+                        False,
+                        "Error: the user declined this call.",
+                        0.0,
+                    )
+                )
+                continue
+            results.append(tools.execute(chosen, registry))
+    finally:
+        tools.current_image.reset(token)
+    for error in parsed.errors:
+        results.append(tools.ToolResult("(invalid call)", {}, False, f"Error: {error}", 0.0))
+    return results
+
+
+def _add_to_system(conversation: list[dict[str, Any]], note: str) -> None:
+    if conversation and conversation[0]["role"] == "system":
+        first = conversation[0]
+        conversation[0] = {**first, "content": f"{first['content']}\n{note}".strip()}
+    else:
+        conversation.insert(0, {"role": "system", "content": note})
+
+
+def _last_image(conversation: list[dict[str, Any]]) -> Any:
+    for message in reversed(conversation):
+        content = message["content"]
+        if isinstance(content, list):
+            for part in reversed(content):
+                if part.get("type") == "image":
+                    return part["image"]
+    return None

@@ -1,0 +1,326 @@
+"""LFM2's Pythonic tool calls: find them in a reply, parse them with ``ast``, check them.
+
+LFM2 writes ``<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>``. ``parse`` takes
+the model's output of the current turn only (user text never reaches it: prompts escape markers)
+and returns the calls, the errors (sentences the model can read and act on) and the remaining text.
+Nothing is evaluated: the block goes through ``ast.parse`` after size checks, and only literals
+are accepted as argument values.
+
+Policy, stated once:
+- Argument values are literals: strings, finite numbers, True/False/None (and JSON's true, false,
+  null), lists, tuples (as lists), dicts with string keys, and a unary minus on a number. Names,
+  calls, operators (``10**100``), f-strings, lambdas, sets and comprehensions are errors.
+- Integers beyond 64 bits, NaN and infinities (``1e999``) are errors: results stay valid JSON.
+- Positional arguments are matched to the tool's parameters in the order its schema lists them;
+  more of them than parameters, or a positional argument for an unknown tool, is an error.
+- ``**{...}``, duplicate keywords and reserved words as keywords (``from=1``) are errors.
+- Dotted names (``os.system``) are errors; only a plain tool name can be called.
+- A start marker without an end (the reply was cut off) still yields its calls; an end marker
+  without a start is dropped from the text; the call body echoed after the end marker is dropped;
+  several blocks are all parsed, in order; markers inside a fenced code block are text.
+- Caps checked before parsing: block size, call count (open parentheses) and bracket nesting.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+START, END = "<|tool_call_start|>", "<|tool_call_end|>"
+MAX_BLOCK_CHARS = 16_000
+MAX_CALLS = 16
+MAX_PARENS = 64
+MAX_DEPTH = 16
+MAX_INT = 2**63 - 1
+JSON_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False}
+_FENCE = re.compile(r"```.*?(```|\Z)", re.S)
+
+
+@dataclass
+class Parsed:
+    calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments"}
+    errors: list[str] = field(default_factory=list)
+    text: str = ""  # the reply without its call blocks
+    blocks: list[str] = field(default_factory=list)  # the raw block bodies, in order
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calls": self.calls, "errors": self.errors, "text": self.text}
+
+
+class CallError(ValueError):
+    """A block or call that cannot be used; its message goes back to the model."""
+
+
+def parse(text: str, tools: list[dict[str, Any]] | None = None) -> Parsed:
+    """Calls, errors and remaining text of one model reply. Never raises on model output."""
+    schemas = {t.get("name"): t for t in tools or [] if isinstance(t, dict)}
+    result = Parsed()
+    remaining: list[str] = []
+    for kind, chunk in _split(text):
+        if kind == "text":
+            remaining.append(chunk)
+            continue
+        result.blocks.append(chunk)
+        try:
+            calls = parse_block(chunk)
+        except CallError as exc:
+            result.errors.append(str(exc))
+            continue
+        for call in calls:
+            try:
+                call["arguments"] = _bind(call, schemas.get(call["name"]))
+            except CallError as exc:
+                result.errors.append(str(exc))
+                continue
+            problems = validate(call, schemas.get(call["name"])) if tools is not None else []
+            if problems:
+                result.errors.extend(problems)
+            else:
+                result.calls.append({"name": call["name"], "arguments": call["arguments"]})
+    result.text = "".join(remaining).strip()
+    return result
+
+
+def _split(text: str) -> list[tuple[str, str]]:
+    """("text", ...) and ("block", body) pieces; markers in fenced code stay text."""
+    fenced = [(m.start(), m.end()) for m in _FENCE.finditer(text)]
+
+    def in_fence(at: int) -> bool:
+        return any(a <= at < b for a, b in fenced)
+
+    pieces: list[tuple[str, str]] = []
+    at = 0
+    while True:
+        start = text.find(START, at)
+        while start != -1 and in_fence(start):
+            start = text.find(START, start + 1)
+        if start == -1:
+            pieces.append(("text", _drop_stray_ends(text[at:], at, in_fence)))
+            return pieces
+        pieces.append(("text", _drop_stray_ends(text[at:start], at, in_fence)))
+        end = text.find(END, start)
+        body_end = end if end != -1 else len(text)
+        body = text[start + len(START) : body_end]
+        pieces.append(("block", body))
+        at = body_end + len(END) if end != -1 else len(text)
+        at = _skip_echo(text, at, body.strip())
+
+
+def _skip_echo(text: str, at: int, body: str) -> int:
+    """Past the call body when LFM2 repeats it after the end marker (with or without [])."""
+    rest = text[at:].lstrip()
+    bare = body[1:-1].strip() if body.startswith("[") and body.endswith("]") else ""
+    for echoed in (body, bare):
+        if echoed and rest.startswith(echoed):
+            return len(text) - len(rest) + len(echoed)
+    return at
+
+
+def _drop_stray_ends(chunk: str, offset: int, in_fence) -> str:
+    out, at = [], 0
+    while (end := chunk.find(END, at)) != -1:
+        if in_fence(offset + end):
+            out.append(chunk[at : end + len(END)])
+        else:
+            out.append(chunk[at:end])
+        at = end + len(END)
+    out.append(chunk[at:])
+    return "".join(out)
+
+
+def parse_block(body: str) -> list[dict[str, Any]]:
+    """The calls in one block body (``[f(a=1), g()]``), literals only."""
+    body = body.strip()
+    if not body:
+        raise CallError("The tool call block is empty; write [tool_name(arg=value)].")
+    _check_caps(body)
+    try:
+        tree = ast.parse(body, mode="eval").body
+    except SyntaxError as exc:
+        raise CallError(f"The tool call is not valid Python call syntax: {exc.msg}.") from None
+    except (ValueError, MemoryError, RecursionError):
+        raise CallError("The tool call could not be parsed; keep it short and flat.") from None
+    items = tree.elts if isinstance(tree, ast.List | ast.Tuple) else [tree]
+    if not items:
+        raise CallError("The tool call list is empty; write [tool_name(arg=value)].")
+    if len(items) > MAX_CALLS:
+        raise CallError(f"{len(items)} calls in one block; make at most {MAX_CALLS}.")
+    return [_call(item) for item in items]
+
+
+def _check_caps(body: str) -> None:
+    if len(body) > MAX_BLOCK_CHARS:
+        raise CallError(
+            f"The tool call block is {len(body):,} characters; the limit is {MAX_BLOCK_CHARS:,}."
+        )
+    if body.count("(") > MAX_PARENS:
+        raise CallError(f"The tool call block has more than {MAX_PARENS} calls or groups.")
+    depth = deepest = 0
+    for char in body:  # brackets inside strings count too: stricter, never looser
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    if deepest > MAX_DEPTH:
+        raise CallError(f"The tool call nests {deepest} levels deep; the limit is {MAX_DEPTH}.")
+
+
+def _call(node: ast.AST) -> dict[str, Any]:
+    if not isinstance(node, ast.Call):
+        raise CallError("Each item of the tool call list must be a call: tool_name(arg=value).")
+    if not isinstance(node.func, ast.Name):
+        raise CallError("Call a tool by its plain name (no dots, no expressions).")
+    name = node.func.id
+    positional = []
+    for arg in node.args:
+        if isinstance(arg, ast.Starred):
+            raise CallError(f"{name}: *args unpacking is not allowed; name each argument.")
+        positional.append(literal(arg, name))
+    keywords: dict[str, Any] = {}
+    for keyword in node.keywords:
+        if keyword.arg is None:
+            raise CallError(f"{name}: **kwargs unpacking is not allowed; name each argument.")
+        if keyword.arg in keywords:  # ast.parse accepts repeats; the compiler would not
+            raise CallError(f"{name}: '{keyword.arg}' is given twice; give each argument once.")
+        keywords[keyword.arg] = literal(keyword.value, name)
+    return {"name": name, "positional": positional, "arguments": keywords}
+
+
+def literal(node: ast.AST, where: str) -> Any:
+    """The value of a literal node, or CallError."""
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int):
+            if abs(value) > MAX_INT:
+                raise CallError(f"{where}: integer {str(value)[:20]}… is too large.")
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise CallError(f"{where}: numbers must be finite.")
+            return value
+        raise CallError(f"{where}: {type(value).__name__} values are not allowed.")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = literal(node.operand, where)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CallError(f"{where}: a sign can only go before a number.")
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.List | ast.Tuple):
+        return [literal(item, where) for item in node.elts]
+    if isinstance(node, ast.Dict):
+        out = {}
+        for key, value in zip(node.keys, node.values, strict=True):
+            if key is None:
+                raise CallError(f"{where}: ** inside a dict is not allowed.")
+            key_value = literal(key, where)
+            if not isinstance(key_value, str):
+                raise CallError(f"{where}: dict keys must be strings.")
+            out[key_value] = literal(value, where)
+        return out
+    if isinstance(node, ast.Name) and node.id in JSON_NAMES:
+        return JSON_NAMES[node.id]
+    kind = type(node).__name__
+    raise CallError(f"{where}: only literal values are allowed as arguments (got {kind}).")
+
+
+def _bind(call: dict[str, Any], schema: dict[str, Any] | None) -> dict[str, Any]:
+    """Keyword arguments, with positional ones matched to the schema's parameter order."""
+    arguments = dict(call["arguments"])
+    if not call["positional"]:
+        return arguments
+    if schema is None:
+        raise CallError(
+            f"{call['name']}: positional arguments need a known tool; use name=value arguments."
+        )
+    order = list(schema.get("parameters", {}).get("properties", {}))
+    if len(call["positional"]) > len(order):
+        raise CallError(
+            f"{call['name']} takes at most {len(order)} arguments; "
+            f"got {len(call['positional'])} positional ones."
+        )
+    for name, value in zip(order, call["positional"], strict=False):
+        if name in arguments:
+            raise CallError(f"{call['name']}: '{name}' is given twice.")
+        arguments[name] = value
+    return arguments
+
+
+_TYPES = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def validate(call: dict[str, Any], schema: dict[str, Any] | None) -> list[str]:
+    """Errors of `call` against its tool's JSON schema (a subset: type, enum, required,
+    properties, items, additionalProperties false by default)."""
+    name = call["name"]
+    if schema is None:
+        return [f"Unknown tool '{name[:60]}'. Call one of the tools in the list."]
+    parameters = schema.get("parameters") or {"type": "object", "properties": {}}
+    return [f"{name}: {p}" for p in _check(call["arguments"], parameters, "arguments")]
+
+
+def _check(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    wanted = schema.get("type")
+    if wanted:
+        kinds = wanted if isinstance(wanted, list) else [wanted]
+        ok = any(
+            isinstance(value, _TYPES.get(k, object))
+            and not (k in ("integer", "number") and isinstance(value, bool))
+            for k in kinds
+        )
+        if not ok:
+            return [f"{path} should be {' or '.join(kinds)}, got {_kind(value)}."]
+    if "enum" in schema and value not in schema["enum"]:
+        options = ", ".join(map(repr, schema["enum"]))[:200]
+        return [f"{path} is {value!r}; use one of {options}."]
+    problems: list[str] = []
+    if isinstance(value, dict) and (wanted == "object" or "properties" in schema):
+        properties = schema.get("properties", {})
+        for required in schema.get("required", []):
+            if required not in value:
+                problems.append(f"{path}.{required} is required.")
+        for key, item in value.items():
+            if key in properties:
+                problems += _check(item, properties[key], f"{path}.{key}")
+            elif schema.get("additionalProperties", False) is False:
+                problems.append(f"{path}.{key} is not a parameter of this tool.")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            problems += _check(item, schema["items"], f"{path}[{i}]")
+    return problems
+
+
+def _kind(value: Any) -> str:
+    for name, types in _TYPES.items():
+        if isinstance(value, types) and not (name == "integer" and isinstance(value, bool)):
+            return name
+    return type(value).__name__
+
+
+def format_calls(calls: list[dict[str, Any]]) -> str:
+    """Calls written back in LFM2's own syntax (for an assistant turn in the history)."""
+    parts = []
+    for call in calls:
+        args = ", ".join(f"{k}={_py(v)}" for k, v in call["arguments"].items())
+        parts.append(f"{call['name']}({args})")
+    return f"{START}[{', '.join(parts)}]{END}"
+
+
+def _py(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_py(k)}: {_py(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_py(v) for v in value) + "]"
+    return repr(value)

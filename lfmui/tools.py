@@ -1,0 +1,381 @@
+"""Tools: plain typed Python functions whose signature and docstring are the JSON schema.
+
+``Tool.from_function`` reads a function's type hints (str, int, float, bool, list[...], dict,
+Literal[...], optional via a default) and its docstring (first paragraph = description, an
+``Args:`` section = parameter descriptions). ``execute`` runs a parsed call with a timeout and an
+output cap; an unknown tool, bad arguments, a tool that raises or one that hangs all become a
+``ToolResult`` the model reads, never an exception in the loop. The built-ins are pure and safe:
+no I/O, no network, bounded work.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures
+import contextvars
+import datetime as dt
+import inspect
+import json
+import math
+import operator
+import re
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lfmui import toolcalls
+from lfmui.errors import InputError
+
+TIMEOUT_S = 2.0
+MAX_OUTPUT_CHARS = 4_000
+_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="lfmui-tool")
+current_image: contextvars.ContextVar[Any] = contextvars.ContextVar("current_image", default=None)
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    fn: Callable[..., Any] | None = None  # None: a schema-only tool (results come by hand)
+
+    def schema(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+    @classmethod
+    def from_function(cls, fn: Callable[..., Any]) -> Tool:
+        hints = typing.get_type_hints(fn)
+        doc = inspect.getdoc(fn) or ""
+        described = _arg_docs(doc)
+        properties, required = {}, []
+        for name, param in inspect.signature(fn).parameters.items():
+            prop = _json_type(hints.get(name, str))
+            if name in described:
+                prop["description"] = described[name]
+            properties[name] = prop
+            if param.default is inspect.Parameter.empty:
+                required.append(name)
+        parameters = {"type": "object", "properties": properties, "required": required}
+        return cls(fn.__name__, doc.split("\n\n")[0].strip(), parameters, fn)
+
+    @classmethod
+    def from_schema(cls, schema: Any) -> Tool:
+        """A tool defined by JSON (the playground's editor): validated, with no function."""
+        if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
+            raise InputError('Each tool needs a "name" (a string).')
+        name = schema["name"]
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
+            raise InputError(f"Tool name {name[:40]!r} must be a Python identifier.")
+        parameters = schema.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+            raise InputError(f'{name}: "parameters" must be a JSON schema of type object.')
+        if not isinstance(parameters.get("properties", {}), dict):
+            raise InputError(f'{name}: "parameters.properties" must be an object.')
+        description = str(schema.get("description", ""))[:1000]
+        return cls(name, description, parameters, BUILTINS[name].fn if name in BUILTINS else None)
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    out, section = {}, False
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Arguments:"):
+            section = True
+        elif section and (match := re.match(r"\s+(\w+)(?: \(.*?\))?: (.+)", line)):
+            out[match.group(1)] = match.group(2).strip()
+        elif section and line and not line.startswith(" "):
+            section = False
+    return out
+
+
+def _json_type(hint: Any) -> dict[str, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return {"type": _json_type(type(args[0]))["type"], "enum": list(args)}
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        kinds = [a for a in args if a is not type(None)]
+        return _json_type(kinds[0]) if kinds else {"type": "null"}
+    if origin is list:
+        return {"type": "array", "items": _json_type(args[0])} if args else {"type": "array"}
+    if origin is dict or hint is dict:
+        return {"type": "object"}
+    simple = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
+    return {"type": simple.get(hint, "string")}
+
+
+@dataclass
+class ToolResult:
+    name: str
+    arguments: dict[str, Any]
+    ok: bool
+    output: str  # what goes back to the model (JSON text or an error sentence)
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "arguments": self.arguments,
+            "ok": self.ok,
+            "output": self.output,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def execute(
+    call: dict[str, Any],
+    registry: dict[str, Tool],
+    timeout: float = TIMEOUT_S,
+    max_output: int = MAX_OUTPUT_CHARS,
+) -> ToolResult:
+    """Run one parsed call; every failure is a result the model can read."""
+    name, arguments = call["name"], call.get("arguments", {})
+    started = time.perf_counter()
+
+    def result(ok: bool, output: str) -> ToolResult:
+        elapsed = time.perf_counter() - started
+        return ToolResult(name, arguments, ok, _cap(output, max_output), elapsed)
+
+    tool = registry.get(name)
+    if tool is None:
+        return result(False, f"Error: unknown tool '{name[:60]}'.")
+    problems = toolcalls.validate(call, tool.schema())
+    if problems:
+        return result(False, "Error: " + " ".join(problems))
+    if tool.fn is None:
+        return result(False, f"Error: {name} has no implementation here; answer without it.")
+    context = contextvars.copy_context()
+    job = _executor.submit(context.run, tool.fn, **arguments)
+    try:
+        value = job.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        job.cancel()
+        return result(False, f"Error: {name} did not finish within {timeout:g} s.")
+    except Exception as exc:  # the tool's own failure: reported to the model
+        return result(False, f"Error: {name} failed: {type(exc).__name__}: {str(exc)[:300]}")
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, allow_nan=False, default=str)
+    except ValueError:
+        return result(False, f"Error: {name} returned a value that is not valid JSON.")
+    return result(True, text)
+
+
+def _cap(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"… [cut: {len(text) - limit:,} more characters]"
+
+
+# ---- built-in demo tools -----------------------------------------------------------------------
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_FUNCS = {"sqrt": math.sqrt, "log": math.log, "exp": math.exp, "sin": math.sin, "cos": math.cos}
+
+
+def calculator(expression: str) -> float | int:
+    """Evaluate an arithmetic expression: + - * / // % **, parentheses, sqrt, log, exp, sin, cos.
+
+    Args:
+        expression: the expression, e.g. "2 * (3 + 4) ** 2"
+    """
+    if len(expression) > 200:
+        raise ValueError("expression longer than 200 characters")
+    return _arith(ast.parse(expression, mode="eval").body)
+
+
+def _arith(node: ast.AST) -> float | int:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _arith(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        left, right = _arith(node.left), _arith(node.right)
+        if isinstance(node.op, ast.Pow) and (abs(right) > 100 or abs(left) > 1e6):
+            raise ValueError("exponent too large")
+        return _OPS[type(node.op)](left, right)
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCS
+        and len(node.args) == 1
+        and not node.keywords
+    ):
+        return _FUNCS[node.func.id](_arith(node.args[0]))
+    raise ValueError("only numbers, + - * / // % **, parentheses and sqrt/log/exp/sin/cos")
+
+
+_UNITS = {  # unit -> (dimension, factor to the base unit)
+    "m": ("length", 1.0),
+    "km": ("length", 1000.0),
+    "cm": ("length", 0.01),
+    "mi": ("length", 1609.344),
+    "ft": ("length", 0.3048),
+    "in": ("length", 0.0254),
+    "kg": ("mass", 1.0),
+    "g": ("mass", 0.001),
+    "lb": ("mass", 0.45359237),
+    "l": ("volume", 1.0),
+    "ml": ("volume", 0.001),
+    "gal": ("volume", 3.785411784),
+}
+
+
+def convert_units(value: float, from_unit: str, to_unit: str) -> dict[str, Any]:
+    """Convert a quantity between units of length (m, km, cm, mi, ft, in), mass (kg, g, lb),
+    volume (l, ml, gal) or temperature (c, f, k).
+
+    Args:
+        value: the quantity to convert
+        from_unit: the unit it is in
+        to_unit: the unit wanted
+    """
+    a, b = from_unit.lower(), to_unit.lower()
+    if a in "cfk" and b in "cfk" and a and b:
+        kelvin = {"c": value + 273.15, "f": (value - 32) * 5 / 9 + 273.15, "k": value}[a]
+        out = {"c": kelvin - 273.15, "f": (kelvin - 273.15) * 9 / 5 + 32, "k": kelvin}[b]
+        return {"value": round(out, 6), "unit": b}
+    if a not in _UNITS or b not in _UNITS or _UNITS[a][0] != _UNITS[b][0]:
+        raise ValueError(f"cannot convert {from_unit!r} to {to_unit!r}")
+    return {"value": round(value * _UNITS[a][1] / _UNITS[b][1], 6), "unit": b}
+
+
+def date_math(start: str, days: int = 0, end: str = "") -> dict[str, Any]:
+    """Add days to an ISO date, or count the days between two ISO dates.
+
+    Args:
+        start: a date as YYYY-MM-DD
+        days: days to add (negative to subtract)
+        end: a second date; when given, the result is the number of days from start to end
+    """
+    first = dt.date.fromisoformat(start)
+    if end:
+        return {"days_between": (dt.date.fromisoformat(end) - first).days}
+    if abs(days) > 100_000:
+        raise ValueError("at most 100,000 days")
+    moved = first + dt.timedelta(days=days)
+    return {"date": moved.isoformat(), "weekday": moved.strftime("%A")}
+
+
+_WEATHER = {  # demo data, fixed: never presented as real weather
+    "paris": (18, "partly cloudy"),
+    "london": (14, "light rain"),
+    "tokyo": (22, "clear"),
+    "new york": (20, "sunny"),
+    "san francisco": (16, "fog"),
+    "boston": (12, "windy"),
+}
+
+
+def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> dict[str, Any]:
+    """Current weather for a city, from a fixed demo table (not live data).
+
+    Args:
+        city: the city name, e.g. "Paris"
+        unit: celsius or fahrenheit
+    """
+    key = city.strip().lower()
+    if key not in _WEATHER:
+        raise ValueError(f"no demo weather for {city!r}; known: {', '.join(sorted(_WEATHER))}")
+    celsius, sky = _WEATHER[key]
+    temp = celsius if unit == "celsius" else round(celsius * 9 / 5 + 32)
+    return {"city": city, "temperature": temp, "unit": unit, "sky": sky, "source": "demo table"}
+
+
+_DOCS = [
+    (
+        "LFM2-VL",
+        "LFM2-VL models read images at native resolution up to 512x512 px; larger "
+        "images are cut into 512 px tiles, plus a thumbnail on the 1.6B model.",
+    ),
+    (
+        "LFM2-8B-A1B",
+        "LFM2-8B-A1B is a mixture of experts with 8.3B parameters in total and "
+        "about 1.5B active per token: 32 experts, 4 used per token.",
+    ),
+    (
+        "Tool calls",
+        "LFM2 writes tool calls as a Python list between <|tool_call_start|> and "
+        "<|tool_call_end|>; results go back in the tool role.",
+    ),
+    (
+        "Quantization",
+        "lfmui offers bf16, fp16 and fp32, and 8-bit and 4-bit levels through "
+        "bitsandbytes on CUDA.",
+    ),
+    (
+        "Image tokens",
+        "Each 512 px tile costs 256 image tokens; the image-token budget trades detail for speed.",
+    ),
+]
+
+
+def search_docs(query: str, k: int = 3) -> list[dict[str, str]]:
+    """Search a small bundled set of notes about LFM2 and lfmui.
+
+    Args:
+        query: words to look for
+        k: how many results (1-5)
+    """
+    words = set(re.findall(r"\w+", query.lower()))
+    scored = []
+    for title, text in _DOCS:
+        hits = len(words & set(re.findall(r"\w+", f"{title} {text}".lower())))
+        if hits:
+            scored.append((hits, title, text))
+    scored.sort(key=lambda s: -s[0])
+    return [{"title": t, "text": x} for _, t, x in scored[: max(1, min(k, 5))]]
+
+
+def image_facts() -> dict[str, Any]:
+    """Facts about the image the user attached: size and dominant colours."""
+    image = current_image.get()
+    if image is None:
+        raise ValueError("no image is attached to this conversation")
+    small = image.convert("RGB").resize((64, 64)).quantize(colors=4)
+    palette = small.getpalette()[:12]
+    counts = sorted(small.getcolors(), reverse=True)
+    colours = [
+        {
+            "hex": "#{:02x}{:02x}{:02x}".format(*palette[i * 3 : i * 3 + 3]),
+            "share": round(c / 4096, 2),
+        }
+        for c, i in counts
+    ]
+    return {"width": image.width, "height": image.height, "dominant_colours": colours}
+
+
+BUILTINS: dict[str, Tool] = {
+    fn.__name__: Tool.from_function(fn)
+    for fn in (calculator, convert_units, date_math, get_weather, search_docs, image_facts)
+}
+
+
+def registry_from_json(tools_json: str) -> dict[str, Tool]:
+    """Tools from the playground's JSON (a list of schemas); empty means the built-ins."""
+    if not tools_json or not tools_json.strip():
+        return dict(BUILTINS)
+    if len(tools_json) > 50_000:
+        raise InputError("The tool definitions are over 50,000 characters; keep them short.")
+    try:
+        schemas = json.loads(tools_json)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"The tool definitions are not valid JSON: {exc.msg} (line {exc.lineno})."
+        ) from None
+    if isinstance(schemas, dict):
+        schemas = [schemas]
+    if not isinstance(schemas, list) or len(schemas) > 32:
+        raise InputError("Send a JSON list of at most 32 tool definitions.")
+    tools = [Tool.from_schema(s) for s in schemas]
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InputError("Two tools share a name; give each tool its own.")
+    return {t.name: t for t in tools}
