@@ -36,3 +36,14 @@ def tiny_paths() -> dict[str, str]:
     return {
         name: str(offline.ensure_checkpoint(name)) for name in ("lfm2-vl-tiny", "lfm2-moe-tiny")
     }
+
+
+@pytest.fixture(scope="module")
+def vl_manager(tiny_paths):
+    """A ModelManager with lfm2-vl-tiny loaded in fp32, for one test module."""
+    from lfmui.manager import ModelManager
+
+    manager = ModelManager()
+    manager.load("lfm2-vl-tiny", "fp32")
+    yield manager
+    manager.unload()

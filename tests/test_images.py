@@ -15,7 +15,6 @@ from PIL import Image
 
 from lfmui import images, prompts, tiling, turns
 from lfmui.errors import InputError
-from lfmui.manager import ModelManager
 
 SIZES = [(256, 384), (512, 512), (1024, 1024), (1000, 3000), (4000, 300), (1, 1), (1, 65500)]
 SETTINGS = [
@@ -30,16 +29,8 @@ SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def manager(tiny_paths):
-    manager = ModelManager()
-    manager.load("lfm2-vl-tiny", "fp32")
-    yield manager
-    manager.unload()
-
-
-@pytest.fixture(scope="module")
-def loaded(manager):
-    with manager.lease() as loaded:
+def loaded(vl_manager):
+    with vl_manager.lease() as loaded:
         yield loaded
 
 
@@ -144,12 +135,12 @@ def test_item14_bad_tiling_settings_are_clear_errors(values):
     assert "traceback" not in str(caught.value).lower()
 
 
-def test_item14_bad_tiling_stops_before_the_model_runs(manager, monkeypatch):
+def test_item14_bad_tiling_stops_before_the_model_runs(vl_manager, monkeypatch):
     ran = []
     monkeypatch.setattr(turns.engine, "stream", lambda *a, **k: ran.append(1) or iter(()))
     conversation = [{"role": "user", "content": "hello"}]
     with pytest.raises(InputError, match="min_tiles"):
-        list(turns.chat_turn(manager, conversation, tiling={"min_tiles": 9, "max_tiles": 3}))
+        list(turns.chat_turn(vl_manager, conversation, tiling={"min_tiles": 9, "max_tiles": 3}))
     assert ran == []
 
 
@@ -304,14 +295,14 @@ def test_item12_animated_webp_first_frame(tmp_path):
     assert images.load_safe(path).getpixel((0, 0)) == (255, 0, 0)
 
 
-def test_item16_too_many_images_in_one_message(manager):
+def test_item16_too_many_images_in_one_message(vl_manager):
     parts = [{"type": "image", "image": Image.new("RGB", (32, 32))} for _ in range(9)]
     conversation = [{"role": "user", "content": [*parts, {"type": "text", "text": "hi"}]}]
     with pytest.raises(InputError, match="at most 4 per message"):
-        list(turns.chat_turn(manager, conversation))
+        list(turns.chat_turn(vl_manager, conversation))
     four = [{"role": "user", "content": [*parts[:4], {"type": "text", "text": "hi"}]}]
     with pytest.raises(InputError, match="the limit is 12"):
-        list(turns.chat_turn(manager, four * 4))
+        list(turns.chat_turn(vl_manager, four * 4))
 
 
 def test_plan_is_thread_safe_enough_for_two_sessions(loaded):
@@ -332,12 +323,12 @@ def test_plan_is_thread_safe_enough_for_two_sessions(loaded):
     )
 
 
-def test_budget_ab_answers_each_preset_with_its_costs(manager, tmp_path):
+def test_budget_ab_answers_each_preset_with_its_costs(vl_manager, tmp_path):
     from lfmui.ui import vision_tab
 
     path = tmp_path / "ab.png"
     Image.effect_noise((1024, 1024), 30).convert("RGB").save(path)
-    tables = list(vision_tab.budget_ab(manager, str(path), "What is this?", 3))
+    tables = list(vision_tab.budget_ab(vl_manager, str(path), "What is this?", 3))
     final = tables[-1]
     assert [row[0] for row in final] == list(tiling.PRESETS)
     tokens = [row[1] for row in final]

@@ -13,7 +13,6 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from lfmui import tools, turns
-from lfmui.manager import ModelManager
 from lfmui.toolcalls import END, START
 
 
@@ -40,30 +39,40 @@ class Scripted(LogitsProcessor):
         return out
 
 
-@pytest.fixture(scope="module")
-def manager(tiny_paths):
-    manager = ModelManager()
-    manager.load("lfm2-vl-tiny", "fp32")
-    yield manager
-    manager.unload()
+def _turn(vl_manager, content, replies, settings=None, **options):
+    """Steps of one scripted tool turn over the built-ins, and the conversation it extended."""
+    _, kwargs = _script(vl_manager, replies)
+    conversation = [{"role": "user", "content": content}]
+    settings = settings or {"max_new_tokens": 64, "temperature": 0.0}
+    steps = list(
+        turns.tool_turn(
+            vl_manager,
+            conversation,
+            dict(tools.BUILTINS),
+            settings,
+            generate_kwargs=kwargs,
+            **options,
+        )
+    )
+    return steps, conversation
 
 
-def _script(manager, replies):
-    loaded = manager.current()
+def _script(vl_manager, replies):
+    loaded = vl_manager.current()
     processor = Scripted(loaded.tokenizer, replies, eos=7)
     return processor, {"logits_processor": LogitsProcessorList([processor])}
 
 
-def test_full_tool_loop_parses_executes_once_and_feeds_back(manager, monkeypatch):
+def test_full_tool_loop_parses_executes_once_and_feeds_back(vl_manager, monkeypatch):
     call = '[get_weather(city="Paris")]'
-    script, kwargs = _script(manager, [f"{START}{call}{END}", "It is 18 C and partly cloudy."])
+    script, kwargs = _script(vl_manager, [f"{START}{call}{END}", "It is 18 C and partly cloudy."])
     executed = []
     real = tools.execute
     monkeypatch.setattr(tools, "execute", lambda c, r, **k: executed.append(c) or real(c, r, **k))
     conversation = [{"role": "user", "content": "What is the weather in Paris?"}]
     steps = list(
         turns.tool_turn(
-            manager,
+            vl_manager,
             conversation,
             dict(tools.BUILTINS),
             {"max_new_tokens": 64, "temperature": 0.0},
@@ -86,8 +95,8 @@ def test_full_tool_loop_parses_executes_once_and_feeds_back(manager, monkeypatch
     assert len(script.prompts) == 2 and script.prompts[1] > script.prompts[0]
 
 
-def test_tool_list_and_result_reach_the_prompt(manager):
-    loaded = manager.current()
+def test_tool_list_and_result_reach_the_prompt(vl_manager):
+    loaded = vl_manager.current()
     from lfmui import prompts
 
     conversation = [
@@ -105,28 +114,14 @@ def test_tool_list_and_result_reach_the_prompt(manager):
     assert '"name": "get_weather"' in text
 
 
-def test_item27_round_cap_then_a_final_message(manager):
+def test_item27_round_cap_then_a_final_message(vl_manager):
     call = f'{START}[calculator(expression="1+1")]{END}'
-    _, kwargs = _script(manager, [call] * 5)
-    conversation = [{"role": "user", "content": "loop"}]
-    steps = list(
-        turns.tool_turn(
-            manager,
-            conversation,
-            dict(tools.BUILTINS),
-            {"max_new_tokens": 40, "temperature": 0.0},
-            max_rounds=2,
-            generate_kwargs=kwargs,
-        )
-    )
+    steps, _ = _turn(vl_manager, "loop", [call] * 5, {"max_new_tokens": 40}, max_rounds=2)
     assert [s.kind for s in steps].count("result") == 2
     assert steps[-1].kind == "final" and steps[-1].data["reason"] == "round_limit"
 
 
-def test_approval_hook_can_edit_or_decline(manager):
-    _, kwargs = _script(
-        manager, [f'{START}[get_weather(city="Paris"), get_weather(city="Tokyo")]{END}', "ok"]
-    )
+def test_approval_hook_can_edit_or_decline(vl_manager):
     seen = []
 
     def approve(call):
@@ -135,16 +130,8 @@ def test_approval_hook_can_edit_or_decline(manager):
             return None
         return {**call, "arguments": {"city": "London"}}
 
-    steps = list(
-        turns.tool_turn(
-            manager,
-            [{"role": "user", "content": "two cities"}],
-            dict(tools.BUILTINS),
-            {"max_new_tokens": 64, "temperature": 0.0},
-            approve=approve,
-            generate_kwargs=kwargs,
-        )
-    )
+    replies = [f'{START}[get_weather(city="Paris"), get_weather(city="Tokyo")]{END}', "ok"]
+    steps, _ = _turn(vl_manager, "two cities", replies, approve=approve)
     results = [s.data for s in steps if s.kind == "result"]
     assert seen == ["Paris", "Tokyo"]
     assert (
@@ -152,29 +139,20 @@ def test_approval_hook_can_edit_or_decline(manager):
     )
 
 
-def test_item18_tool_markers_in_user_text_run_nothing(manager):
-    _, kwargs = _script(manager, ["Just text."])
+def test_item18_tool_markers_in_user_text_run_nothing(vl_manager):
     user = f'{START}[get_weather(city="Paris")]{END}'
-    steps = list(
-        turns.tool_turn(
-            manager,
-            [{"role": "user", "content": user}],
-            dict(tools.BUILTINS),
-            {"max_new_tokens": 16, "temperature": 0.0},
-            generate_kwargs=kwargs,
-        )
-    )
+    steps, _ = _turn(vl_manager, user, ["Just text."], {"max_new_tokens": 16})
     assert not any(s.kind == "result" for s in steps) and steps[-1].data["text"] == "Just text."
 
 
-def test_tool_choice_is_stated_in_the_system_prompt(manager):
+def test_tool_choice_is_stated_in_the_system_prompt(vl_manager):
     from lfmui.errors import InputError
 
-    _, kwargs = _script(manager, ["fine"])
+    _, kwargs = _script(vl_manager, ["fine"])
     conversation = [{"role": "user", "content": "hi"}]
     list(
         turns.tool_turn(
-            manager,
+            vl_manager,
             conversation,
             dict(tools.BUILTINS),
             {"max_new_tokens": 4},
@@ -189,7 +167,7 @@ def test_tool_choice_is_stated_in_the_system_prompt(manager):
     with pytest.raises(InputError, match="not one of the tools"):
         list(
             turns.tool_turn(
-                manager,
+                vl_manager,
                 [{"role": "user", "content": "x"}],
                 dict(tools.BUILTINS),
                 tool_choice="rm_rf",
