@@ -188,12 +188,13 @@ def stream(
     from transformers import MaxTimeCriteria, StoppingCriteriaList
 
     stop = stop or threading.Event()
+    gone = threading.Event()  # the consumer went away; the caller's own `stop` stays untouched
     streamer = _TokenQueue()
     plan, _note = decode_plan(loaded)
     criteria = StoppingCriteriaList(
         [
             _stopping_criteria(
-                inputs["input_ids"].shape[0], loaded.model.device, stop, loaded.cancel
+                inputs["input_ids"].shape[0], loaded.model.device, stop, gone, loaded.cancel
             ),
             MaxTimeCriteria(settings.time_limit),
         ]
@@ -213,7 +214,7 @@ def stream(
     def run() -> None:
         timing["started"] = time.perf_counter()
         try:
-            if stop.is_set() or loaded.cancel.is_set():  # stopped while waiting for its turn
+            if stop.is_set() or gone.is_set() or loaded.cancel.is_set():  # stopped while queued
                 streamer.end()
                 return
             if on_cuda:
@@ -271,7 +272,7 @@ def stream(
         yield Event("metrics", data=metrics)
         yield Event("done", data={"reason": reason})
     finally:
-        stop.set()  # a consumer that went away (closed tab, cancel) stops the generation
+        gone.set()  # a consumer that went away (closed tab, cancel) stops the generation
         if not job.cancel():  # still queued: dropped; else wait for generate() to return
             job.result()  # run() reports its own failures, so this does not raise
 

@@ -153,45 +153,27 @@ def tool_turn(
     max_rounds: int = MAX_TOOL_ROUNDS,
     approve: Approve | None = None,
     generate_kwargs: dict[str, Any] | None = None,
+    tiling: dict[str, Any] | None = None,
 ) -> Iterator[Step]:
     """Generate, parse, execute, feed results back in the tool role; at most `max_rounds`.
 
     `approve` sees each call before it runs and returns it (edited or not), or None to decline.
     `conversation` is extended in place with the assistant and tool messages.
     """
-    schemas = [t.schema() for t in registry.values()]
-    note = tool_instruction(tool_choice, list(registry))
-    if tool_choice == "none":
-        schemas = []
-    if note:
-        _add_to_system(conversation, note)
-    image = _last_image(conversation)
+    schemas = prepare_tools(conversation, registry, tool_choice)
+    image = last_image(conversation)
     for round_no in range(1, max_rounds + 1):
-        raw, metrics, reason = "", {}, "eos"
-        for event in chat_turn(
-            manager,
-            conversation,
-            settings,
-            stop,
-            tools=schemas or None,
-            raw=True,
-            generate_kwargs=generate_kwargs,
+        parsed_step = None
+        for step in model_round(
+            manager, conversation, schemas, settings, stop, round_no, generate_kwargs, tiling
         ):
-            if event.kind == "text":
-                raw += event.text
-                yield Step("text", round_no, {"text": event.text})
-            elif event.kind == "metrics":
-                metrics = event.data
-            elif event.kind == "done":
-                reason = event.data["reason"]
-            elif event.kind == "error":
-                yield Step("error", round_no, {"error": "the model failed while generating"})
+            yield step
+            if step.kind == "error":
                 return
-        parsed = toolcalls.parse(raw, schemas)
-        yield Step(
-            "parsed",
-            round_no,
-            {"raw": raw, **parsed.to_json(), "metrics": metrics, "reason": reason},
+            parsed_step = step
+        raw, reason = parsed_step.data["raw"], parsed_step.data["reason"]
+        parsed = toolcalls.Parsed(
+            parsed_step.data["calls"], parsed_step.data["errors"], parsed_step.data["text"]
         )
         if reason == "stopped" or not (parsed.calls or parsed.errors):
             yield Step("final", round_no, {"text": parsed.text, "reason": reason})
@@ -208,6 +190,53 @@ def tool_turn(
             "reason": "round_limit",
         },
     )
+
+
+def prepare_tools(
+    conversation: list[dict[str, Any]], registry: dict[str, tools.Tool], tool_choice: str
+) -> list[dict[str, Any]]:
+    """The schemas for the prompt; the tool choice stated in the system turn (in place)."""
+    note = tool_instruction(tool_choice, list(registry))
+    if note:
+        _add_to_system(conversation, note)
+    return [] if tool_choice == "none" else [t.schema() for t in registry.values()]
+
+
+def model_round(
+    manager: ModelManager,
+    conversation: list[dict[str, Any]],
+    schemas: list[dict[str, Any]],
+    settings: dict[str, Any] | None,
+    stop: threading.Event | None,
+    round_no: int,
+    generate_kwargs: dict[str, Any] | None = None,
+    tiling: dict[str, Any] | None = None,
+) -> Iterator[Step]:
+    """One generation with the tool list: "text" steps, then "parsed" (or "error")."""
+    raw, metrics, reason = "", {}, "eos"
+    for event in chat_turn(
+        manager,
+        conversation,
+        settings,
+        stop,
+        tiling,
+        tools=schemas or None,
+        raw=True,
+        generate_kwargs=generate_kwargs,
+    ):
+        if event.kind == "text":
+            raw += event.text
+            yield Step("text", round_no, {"text": event.text})
+        elif event.kind == "metrics":
+            metrics = event.data
+        elif event.kind == "done":
+            reason = event.data["reason"]
+        elif event.kind == "error":
+            yield Step("error", round_no, {"error": "the model failed while generating"})
+            return
+    parsed = toolcalls.parse(raw, schemas)
+    data = {"raw": raw, **parsed.to_json(), "metrics": metrics, "reason": reason}
+    yield Step("parsed", round_no, data)
 
 
 def run_calls(
@@ -249,7 +278,7 @@ def _add_to_system(conversation: list[dict[str, Any]], note: str) -> None:
         conversation.insert(0, {"role": "system", "content": note})
 
 
-def _last_image(conversation: list[dict[str, Any]]) -> Any:
+def last_image(conversation: list[dict[str, Any]]) -> Any:
     for message in reversed(conversation):
         content = message["content"]
         if isinstance(content, list):

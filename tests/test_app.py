@@ -44,7 +44,15 @@ def client(server):
 
 def test_public_api_names(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/models", "/load_model", "/generate", "/last_metrics", "/plan_tiles"} <= names
+    assert {
+        "/models",
+        "/load_model",
+        "/generate",
+        "/last_metrics",
+        "/plan_tiles",
+        "/parse_tool_calls",
+        "/tool_turn",
+    } <= names
     assert not any(
         n.startswith(("/load", "/unload", "/on_submit", "/stop")) and n not in {"/load_model"}
         for n in names
@@ -296,3 +304,45 @@ def test_item16_generate_caps_images_per_request(client, tmp_path):
     Image.new("RGB", (32, 32)).save(image)
     with pytest.raises(AppError, match="at most 4"):
         client.predict("hi", [handle_file(str(image))] * 5, "", api_name="/generate")
+
+
+def test_parse_tool_calls_endpoint(client):
+    text = 'Sure.<|tool_call_start|>[get_weather(city="Paris", unit="kelvin")]<|tool_call_end|>'
+    parsed = client.predict(text, "", api_name="/parse_tool_calls")
+    assert parsed["calls"] == [] and "use one of" in parsed["errors"][0]
+    assert parsed["text"] == "Sure."
+    mine = json.dumps([{"name": "ping", "parameters": {"type": "object", "properties": {}}}])
+    parsed = client.predict(
+        "<|tool_call_start|>[ping()]<|tool_call_end|>", mine, api_name="/parse_tool_calls"
+    )
+    assert parsed["calls"] == [{"name": "ping", "arguments": {}}]
+
+
+def test_tool_turn_endpoint_runs_a_forced_call(client, server):
+    from scripted import scripted_generate
+
+    call = '<|tool_call_start|>[calculator(expression="6 * 7")]<|tool_call_end|>'
+    with scripted_generate(server[1].current(), [call, "The answer is 42."]):
+        trace = client.predict(
+            "What is 6 times 7?", "", '{"max_new_tokens": 48}', api_name="/tool_turn"
+        )
+    assert trace["rounds"][0]["calls"] == [
+        {"name": "calculator", "arguments": {"expression": "6 * 7"}}
+    ]
+    assert trace["rounds"][0]["results"][0]["output"] == "42"
+    assert trace["final"]["text"] == "The answer is 42." and trace["random_weights"]
+
+
+@pytest.mark.parametrize(
+    "tools_json,settings_json,message",
+    [
+        ("{bad", "", "not valid JSON"),
+        ("", '{"tool_choice": "rm"}', "not one of the tools"),
+        ("", '{"max_rounds": 50}', "max_rounds"),
+    ],
+)
+def test_tool_turn_endpoint_rejects_bad_input(client, tools_json, settings_json, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict("hi", tools_json, settings_json, api_name="/tool_turn")

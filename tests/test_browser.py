@@ -227,3 +227,71 @@ def test_chat_image_detail_preset_applies_to_the_next_message(page, tmp_path):
     footer.wait_for(timeout=60_000)
     image_tokens = int(footer.inner_text().split(" image)")[0].split("(")[-1])
     assert 0 < image_tokens <= 64  # the fast preset, not the model's 256-token default
+
+
+def test_tool_playground_shows_the_trace(page, app_state):
+    from scripted import scripted_generate
+
+    page.get_by_role("tab", name="Tool playground").click()
+    panel = page.locator("#tools-panel")
+    request = panel.get_by_label("Request")
+    request.fill("What is the weather in Paris, in fahrenheit?")
+    call = '<|tool_call_start|>[get_weather(city="Paris", unit="fahrenheit")]<|tool_call_end|>'
+    answer = "It is 64 F and partly cloudy in Paris (demo data)."
+    with scripted_generate(app_state.manager.current(), [call, answer]):
+        panel.get_by_role("button", name="Run").click()
+        trace = page.locator("#tool-trace")
+        trace.get_by_text("Final answer").wait_for(timeout=60_000)
+    text = trace.inner_text()
+    assert "<|tool_call_start|>" in text  # the raw model text, special tokens visible
+    assert '"city": "Paris"' in text and "get_weather" in text and '"temperature": 64' in text
+    assert answer in text and "noise from random weights" in text
+    page.screenshot(path=str(ARTIFACTS / "tools.png"), full_page=True)
+
+
+def test_chat_with_tools_shows_used_tool_messages(page, app_state):
+    from scripted import scripted_generate
+
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    if not page.get_by_label("Use tools").first.is_visible():
+        page.get_by_text("Generation settings").click()
+    page.get_by_label("Use tools").first.check()
+    call = '<|tool_call_start|>[calculator(expression="21 * 2")]<|tool_call_end|>'
+    with scripted_generate(app_state.manager.current(), [call, "That makes 42."]):
+        box = page.get_by_placeholder("Type a message, paste or drop an image…")
+        box.fill("What is 21 times 2?")
+        box.press("Enter")
+        page.get_by_text("That makes 42.").wait_for(timeout=60_000)
+    used = page.get_by_text("Used tool calculator")
+    assert used.count() == 1
+    page.get_by_text("prompt 1892").or_(page.get_by_text("tok/s")).last.wait_for(timeout=10_000)
+    page.wait_for_timeout(1000)  # the reply's last update has rendered
+    used.first.click()  # the collapsible ("done": closed) opens to show what went back
+    page.get_by_text('arguments: {"expression": "21 * 2"}').wait_for(timeout=5_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "chat-tools.png"), full_page=True)
+    page.get_by_label("Use tools").first.uncheck()
+
+
+def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
+    from scripted import scripted_generate
+
+    page.get_by_role("tab", name="Tool playground").click()
+    panel = page.locator("#tools-panel")
+    panel.get_by_label("manual").check()
+    panel.get_by_label("Request").fill("Weather in Tokyo?")
+    call = '<|tool_call_start|>[get_weather(city="Tokyo")]<|tool_call_end|>'
+    with scripted_generate(app_state.manager.current(), [call, "Noted."]) as script:
+        panel.get_by_role("button", name="Run").click()
+        send = panel.get_by_role("button", name="Send results")
+        send.wait_for(timeout=60_000)
+        editor = panel.locator(".cm-content").last
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type('[{"name": "get_weather", "output": {"sky": "edited by hand"}}]')
+        send.click()
+        page.locator("#tool-trace").get_by_text("Final answer").wait_for(timeout=60_000)
+    assert "edited by hand" in page.locator("#tool-trace").inner_text()
+    assert len(script.prompts) == 2  # the model ran again, after the edited result went back
+    panel.get_by_label("automatic").check()

@@ -7,36 +7,14 @@ then an answer): everything else (prompt, template, engine, parser, execution) i
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
-import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from scripted import Scripted
+from transformers import LogitsProcessorList
 
 from lfmui import tools, turns
 from lfmui.toolcalls import END, START
-
-
-class Scripted(LogitsProcessor):
-    """Forces reply i of `replies` on the i-th generate() call, then end of turn."""
-
-    def __init__(self, tokenizer, replies: list[str], eos: int) -> None:
-        self.scripts = [tokenizer.encode(r, add_special_tokens=False) + [eos] for r in replies]
-        self.call = -1
-        self.start = self.last = None
-        self.prompts: list[int] = []
-
-    def __call__(self, input_ids, scores):
-        length = input_ids.shape[1]
-        if self.last is None or length != self.last + 1:  # a new generate() call
-            self.call, self.start = self.call + 1, length
-            self.prompts.append(length)
-        self.last = length
-        step = length - self.start
-        script = self.scripts[min(self.call, len(self.scripts) - 1)]
-        forced = script[min(step, len(script) - 1)]
-        out = torch.full_like(scores, -float("inf"))
-        out[:, forced] = 0.0
-        return out
 
 
 def _turn(vl_manager, content, replies, settings=None, **options):
@@ -76,6 +54,7 @@ def test_full_tool_loop_parses_executes_once_and_feeds_back(vl_manager, monkeypa
             conversation,
             dict(tools.BUILTINS),
             {"max_new_tokens": 64, "temperature": 0.0},
+            threading.Event(),  # one Stop flag for the whole turn: not consumed by round 1
             generate_kwargs=kwargs,
         )
     )

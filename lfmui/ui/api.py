@@ -1,4 +1,5 @@
-"""The public API (gradio_client): /models, /load_model, /generate, /last_metrics, /plan_tiles.
+"""The public API (gradio_client): /models, /load_model, /generate, /last_metrics, /plan_tiles,
+/parse_tool_calls, /tool_turn.
 
 Names and shapes are fixed by DESIGN.md so scripts can rely on them. Errors reach the client as
 gr.Error with the same sentences the UI shows.
@@ -11,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import images, quant, turns
+from lfmui import images, quant, toolcalls, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import vision_tab
@@ -87,6 +88,42 @@ def build(manager: ModelManager) -> None:
             raise InputError("Send an image file.")
         return plan
 
+    @user_errors
+    def parse_tool_calls(text: str, tools_json: str) -> dict[str, Any]:
+        """Parse LFM2 tool calls out of model text: {calls, errors, text}. tools_json (a JSON
+        list of tool schemas; empty = the built-ins) validates the calls."""
+        if len(text or "") > 200_000:
+            raise InputError("The text is over 200,000 characters; send one model reply.")
+        schemas = [t.schema() for t in tools.registry_from_json(tools_json).values()]
+        return toolcalls.parse(text or "", schemas).to_json()
+
+    @user_errors
+    def tool_turn(prompt: str, tools_json: str, settings_json: str) -> dict[str, Any]:
+        """One full tool turn (automatic results) and its trace: the rounds with the raw model
+        text, parsed calls, errors and results, then the final answer."""
+        settings = parse_settings(settings_json)
+        choice = str(settings.pop("tool_choice", "auto"))
+        rounds = int(settings.pop("max_rounds", turns.MAX_TOOL_ROUNDS))
+        if not 1 <= rounds <= 5:
+            raise InputError("max_rounds must be between 1 and 5.")
+        if not (prompt or "").strip():
+            raise InputError("Send a request for the model.")
+        registry = tools.registry_from_json(tools_json)
+        conversation = [{"role": "user", "content": prompt}]
+        trace: dict[str, Any] = {"rounds": [], "final": None}
+        for step in turns.tool_turn(
+            manager, conversation, registry, settings, tool_choice=choice, max_rounds=rounds
+        ):
+            if step.kind == "parsed":
+                trace["rounds"].append({"round": step.round, **step.data, "results": []})
+            elif step.kind == "result":
+                trace["rounds"][-1]["results"].append(step.data)
+            elif step.kind in ("final", "error"):
+                trace["final"] = step.data
+        loaded = manager.current()
+        trace["random_weights"] = bool(loaded and loaded.spec.random_weights)
+        return trace
+
     def last_metrics(request: gr.Request) -> dict[str, Any]:
         """Metrics of this client's last /generate call."""
         return _last_metrics.get(request.session_hash, {})
@@ -94,6 +131,8 @@ def build(manager: ModelManager) -> None:
     gr.api(models, api_name="models")
     gr.api(load_model, api_name="load_model", **ACCELERATOR)
     gr.api(last_metrics, api_name="last_metrics")
+    gr.api(parse_tool_calls, api_name="parse_tool_calls")
+    gr.api(tool_turn, api_name="tool_turn", **ACCELERATOR)
     with gr.Column(visible=False):
         tile_image = gr.File(type="filepath", file_types=["image"])
         tile_settings = gr.Textbox()

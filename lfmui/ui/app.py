@@ -10,7 +10,7 @@ import gradio as gr
 
 from lfmui import engine, offline
 from lfmui.manager import ModelManager
-from lfmui.ui import api, chat_tab, models_tab, vision_tab
+from lfmui.ui import api, chat_tab, models_tab, tools_tab, vision_tab
 
 MAX_FILE_SIZE = "20mb"
 QUEUE_MAX_SIZE = 64
@@ -27,6 +27,8 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
                 chat = chat_tab.build(manager)
             with gr.Tab("Tiling inspector", id="inspector", elem_id="inspector-panel"):
                 inspector = vision_tab.build(manager)
+            with gr.Tab("Tool playground", id="tools", elem_id="tools-panel"):
+                tools_tab.build(manager)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, banner_box, startup_note)
         api.build(manager)

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import images, turns
+from lfmui import images, tools, turns
 from lfmui.errors import InputError, LfmuiError
 from lfmui.manager import ModelManager
 from lfmui.ui.queue import ACCELERATOR
@@ -36,6 +36,7 @@ def conversation_of(
         conversation.append({"role": "system", "content": system_prompt})
     for turn in turn_list:
         if turn["role"] == "assistant":
+            conversation.extend(turn.get("messages", []))  # its tool calls and results
             if turn["text"]:
                 conversation.append({"role": "assistant", "content": turn["text"]})
             continue
@@ -61,8 +62,10 @@ def stream_reply(
     settings: dict[str, Any],
     session: str,
     tiling: dict[str, Any] | None = None,
+    use_tools: bool = False,
 ):
-    """Append an assistant turn to `history` and stream the reply into it."""
+    """Append an assistant turn to `history` and stream the reply into it (with the built-in
+    tools when `use_tools`: their calls show as collapsible "Used tool" messages)."""
     loaded = manager.current()
     reads_images = loaded is None or loaded.spec.kind == "vl"
     stop = threading.Event()
@@ -80,15 +83,17 @@ def stream_reply(
             gr.Warning(f"{loaded.spec.id} reads text only: the images in this chat are not sent.")
         history.append(reply)
         yield history, to_chatbot(history)
+        if use_tools:
+            before = len(conversation)
+            for step in turns.tool_turn(
+                manager, conversation, dict(tools.BUILTINS), settings, stop, tiling=tiling
+            ):
+                apply_step(reply, step)
+                yield history, to_chatbot(history)
+            reply["messages"] = conversation[before:]
+            return
         for event in turns.chat_turn(manager, conversation, settings, stop, tiling):
-            if event.kind == "text":
-                reply["text"] += event.text
-            elif event.kind == "metrics":
-                reply["metrics"] = event.data
-            elif event.kind == "done":
-                reply["status"] = event.data["reason"]
-            elif event.kind == "error":
-                reply.update(status="error", error="the model failed while generating; try again")
+            apply_event(reply, event)
             yield history, to_chatbot(history)
     except LfmuiError as exc:
         if reply not in history:
@@ -100,6 +105,34 @@ def stream_reply(
             del _stops[session]
         if reply["status"] == "streaming":  # the client went away mid-reply
             reply["status"] = "stopped"
+
+
+def apply_event(reply: dict[str, Any], event: Any) -> None:
+    """An engine event folded into the assistant turn."""
+    if event.kind == "text":
+        reply["text"] += event.text
+    elif event.kind == "metrics":
+        reply["metrics"] = event.data
+    elif event.kind == "done":
+        reply["status"] = event.data["reason"]
+    elif event.kind == "error":
+        reply.update(status="error", error="the model failed while generating; try again")
+
+
+def apply_step(reply: dict[str, Any], step: Any) -> None:
+    """A tool-turn step folded into the assistant turn: calls and results become its tools."""
+    if step.kind == "text":
+        reply["text"] += step.data["text"]
+    elif step.kind == "parsed":
+        reply["metrics"] = step.data["metrics"]
+        if step.data["calls"] or step.data["errors"]:
+            reply["text"] = ""  # the call block: shown as "Used tool" messages instead
+    elif step.kind == "result":
+        reply.setdefault("tools", []).append(step.data)
+    elif step.kind == "final":
+        reply.update(text=step.data["text"], status=step.data["reason"])
+    elif step.kind == "error":
+        reply.update(status="error", error="the model failed while generating; try again")
 
 
 def build(manager: ModelManager) -> dict[str, Any]:
@@ -128,6 +161,9 @@ def build(manager: ModelManager) -> dict[str, Any]:
                 gr.Slider(1.0, 2.0, value=1.05, step=0.01, label="Repetition penalty"),
                 gr.Number(value=None, precision=0, label="Seed (empty = random)"),
             ]
+        use_tools = gr.Checkbox(
+            False, label="Use tools (the playground's built-ins: calculator, units, dates, …)"
+        )
     with gr.Accordion("Image detail", open=False):
         image_detail = TilingControls("applies to the next message you send")
         open_inspector = gr.Button("Open the tiling inspector", size="sm")
@@ -158,6 +194,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
             settings,
             request.session_hash,
             image_detail.values(data),
+            data[use_tools],
         ):
             yield *update, gr.skip()
 
@@ -175,6 +212,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
             settings_from(data),
             request.session_hash,
             image_detail.values(data),
+            data[use_tools],
         )
 
     def on_undo(history):
@@ -191,7 +229,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
         if flag is not None:
             flag.set()
 
-    inputs = {state, system_prompt, *controls, *image_detail.knobs}
+    inputs = {state, system_prompt, use_tools, *controls, *image_detail.knobs}
     box.submit(
         on_submit,
         {box, *inputs},

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ DONE_LABELS = {
     "max_tokens": "truncated: max new tokens reached",
     "time_limit": "truncated: time limit reached",
     "error": "failed",
+    "round_limit": "stopped: tool round limit reached",
 }
 
 
@@ -64,6 +67,8 @@ def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if turn["text"]:
                 messages.append({"role": "user", "content": turn["text"]})
             continue
+        for used in turn.get("tools", []):
+            messages.append(tool_message(used))
         text = turn["text"] or ("…" if turn.get("status") == "streaming" else "")
         footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"))
         if turn.get("error"):
@@ -74,6 +79,20 @@ def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text += f"\n\n<sub>{footer}</sub>"
         messages.append({"role": "assistant", "content": text})
     return messages
+
+
+def tool_message(used: dict[str, Any]) -> dict[str, Any]:
+    """A collapsible "Used tool" message: the call's arguments and what went back."""
+    arguments = json.dumps(used["arguments"], ensure_ascii=False)
+    output = used["output"]
+    fence = "`" * max(3, max((len(r) for r in re.findall(r"`+", output)), default=0) + 1)
+    body = f"arguments: `{arguments[:500]}`\n\n{fence}\n{output}\n{fence}"
+    mark = "" if used["ok"] else " (error)"
+    return {
+        "role": "assistant",
+        "content": body,
+        "metadata": {"title": f"Used tool {used['name']}{mark}", "status": "done"},
+    }
 
 
 def user_errors(fn: Callable) -> Callable:
