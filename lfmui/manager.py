@@ -259,6 +259,8 @@ class ModelManager:
         auto_processor = AutoProcessor if spec.kind == "vl" else AutoTokenizer
         local_only = {"local_files_only": True} if "local_files_only" in kwargs else {}
         model = auto_model.from_pretrained(location, **kwargs)
+        if level.post_load is not None:
+            level.post_load(model)
         model.eval()
         processor = auto_processor.from_pretrained(location, **local_only)
         return LoadedModel(

@@ -35,6 +35,7 @@ class QuantLevel:
     probe: Callable[[], Availability]
     kwargs: Callable[[], dict[str, Any]]
     note: str = ""
+    post_load: Callable[[Any], Any] | None = None  # runs on the loaded model (MoE experts)
 
 
 @cache
@@ -99,12 +100,33 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
     "fp16": QuantLevel("fp16", "fp16", "float16", False, _on_cpu_slow, _none),
     "fp32": QuantLevel("fp32", "fp32", "float32", False, _always, _none),
     "int8": QuantLevel(
-        "int8", "8-bit (bitsandbytes LLM.int8)", "bfloat16", True, _bitsandbytes, _bnb_8bit
+        "int8",
+        "8-bit (bitsandbytes LLM.int8)",
+        "bfloat16",
+        True,
+        _bitsandbytes,
+        _bnb_8bit,
+        "MoE experts: int8 rows",
+        lambda model: _experts(model, "int8"),
     ),
     "nf4": QuantLevel(
-        "nf4", "4-bit (bitsandbytes nf4)", "bfloat16", True, _bitsandbytes, _bnb_4bit
+        "nf4",
+        "4-bit (bitsandbytes nf4)",
+        "bfloat16",
+        True,
+        _bitsandbytes,
+        _bnb_4bit,
+        "MoE experts: NF4 blocks of 64",
+        lambda model: _experts(model, "nf4"),
     ),
 }
+
+
+def _experts(model: Any, kind: str) -> int:
+    """The 3-D MoE expert weights that bitsandbytes' Linear swap leaves in bf16, quantized."""
+    from lfmui.moe_quant import quantize_experts
+
+    return quantize_experts(model, kind)
 
 
 def default_quantization() -> str:

@@ -23,6 +23,16 @@ def test_every_level_loads_on_cuda(tiny_paths, model_id, level):
 
         linear = bnb.nn.Linear8bitLt if level == "int8" else bnb.nn.Linear4bit
         assert any(isinstance(m, linear) for m in loaded.model.modules())
+        if model_id == "lfm2-moe-tiny":
+            from lfmui.moe_quant import QuantizedExperts
+
+            experts = [m for m in loaded.model.modules() if isinstance(m, QuantizedExperts)]
+            assert experts and all(m.gate_up_proj_q.is_cuda for m in experts)
+    from lfmui import engine, prompts
+
+    inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "hi"}])
+    events = list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=8)))
+    assert events[-1].kind == "done"
     manager.unload()
 
 

@@ -1,0 +1,53 @@
+"""MoE expert quantization on CPU with the tiny offline MoE (bitsandbytes' functional API)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lfmui import moe_quant, offline, quant
+
+
+@pytest.fixture(scope="module")
+def moe_bf16(tiny_paths):
+    from transformers import AutoModelForCausalLM
+
+    path = offline.ensure_checkpoint("lfm2-moe-tiny")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+
+
+def _expert_bytes(model) -> int:
+    total = 0
+    for _, _, experts in moe_quant.expert_modules(model):
+        total += sum(t.numel() * t.element_size() for t in experts.parameters())
+    for module in model.modules():
+        if isinstance(module, moe_quant.QuantizedExperts):
+            total += sum(t.numel() * t.element_size() for t in module.buffers())
+    return total
+
+
+@pytest.mark.parametrize("kind,ceiling", [("int8", 0.6), ("nf4", 0.35)])
+def test_quantized_experts_shrink_and_keep_the_output(moe_bf16, kind, ceiling):
+    model = copy.deepcopy(moe_bf16)
+    before = _expert_bytes(model)
+    config = model.config
+    assert moe_quant.quantize_experts(model, kind) == (
+        config.num_hidden_layers - config.num_dense_layers
+    )
+    assert moe_quant.expert_modules(model) == []  # no bf16 expert weights left
+    assert _expert_bytes(model) <= ceiling * before
+    ids = torch.randint(20, 500, (1, 16))
+    with torch.no_grad():
+        expected, got = moe_bf16(ids).logits.float(), model(ids).logits.float()
+    cosine = torch.nn.functional.cosine_similarity(expected.flatten(), got.flatten(), dim=0)
+    assert cosine > 0.99
+    out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert out.shape[1] == 22
+
+
+def test_bitsandbytes_levels_quantize_the_experts_after_loading():
+    assert quant.QUANTIZATIONS["int8"].post_load is not None
+    assert quant.QUANTIZATIONS["nf4"].post_load is not None
+    assert quant.QUANTIZATIONS["bf16"].post_load is None
