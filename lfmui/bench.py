@@ -7,7 +7,8 @@ Cases so far:
 
 - ``seed``: the seed benchmark (one 1024x1024 image, a short prompt, 100 new tokens, greedy) through
   the app's engine and through plain ``model.generate`` with the same settings in the same process,
-  interleaved: TTFT and decode ms/token (medians) of each and their ratio.
+  interleaved: TTFT and decode ms/token (medians) of each and their ratio, resident and peak GiB.
+  For a text model (LFM2-8B-A1B) the same with a 512-token text prompt (``"case": "text"``).
 - ``presets``: one image (``--image-size``) and question at the model's default tiling and each
   preset (fast, balanced, detailed) through the app's chat turn: image tokens, TTFT.
 
@@ -138,10 +139,24 @@ def _image_question(size: int) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
 
 
-def run_seed(model_id: str, level: str, new_tokens: int, repeats: int, size: int) -> int:
+def _text_question(loaded, tokens: int) -> list[dict[str, Any]]:
+    """A user message of about `tokens` prompt tokens (the text-model case)."""
+    words = "The quick brown fox jumps over the lazy dog while the model reads on. "
+    text = words
+    while len(loaded.tokenizer(text, add_special_tokens=False).input_ids) < tokens - 20:
+        text += words
+    return [{"role": "user", "content": text + "Summarize this."}]
+
+
+def run_seed(
+    model_id: str, level: str, new_tokens: int, repeats: int, size: int, prompt_tokens: int = 512
+) -> int:
+    """The seed case for a VL model (one image), the text case for a text model (a prompt of
+    `prompt_tokens`): engine and plain generate, interleaved, in the same process."""
     manager, status = _warm_manager(model_id, level)
     with manager.lease() as loaded:
-        conversation = _image_question(size)
+        is_vl = loaded.spec.kind == "vl"
+        conversation = _image_question(size) if is_vl else _text_question(loaded, prompt_tokens)
         prepared = time.perf_counter()
         inputs = prompts.build_inputs(loaded, conversation)
         preprocess_s = time.perf_counter() - prepared
@@ -161,13 +176,13 @@ def run_seed(model_id: str, level: str, new_tokens: int, repeats: int, size: int
             (t - f) * 1000 / (new_tokens - 1) for t, f in zip(eng_total, eng_ttft, strict=True)
         ]
         record = {
-            "case": "seed",
+            "case": "seed" if is_vl else "text",
             "model": model_id,
             "quantization": level,
             "device": loaded.device,
             "decode": note,
             "input_tokens": int(inputs["input_ids"].shape[-1]),
-            "image_size": f"{size}x{size}",
+            "image_size": f"{size}x{size}" if is_vl else None,
             "new_tokens": new_tokens,
             "repeats": repeats,
             "preprocess_ms": round(preprocess_s * 1000, 1),
@@ -183,8 +198,9 @@ def run_seed(model_id: str, level: str, new_tokens: int, repeats: int, size: int
             record["plain_ms_per_token"] / record["engine_ms_per_token"], 3
         )
         record["ttft_delta_ms"] = round(record["engine_ttft_ms"] - record["plain_ttft_ms"], 2)
-        peak = memory_report(loaded).get("cuda_peak_bytes")
-        record["peak_gib"] = _gib(peak)
+        memory = memory_report(loaded)
+        record["peak_gib"] = _gib(memory.get("cuda_peak_bytes"))  # CUDA: peak allocated
+        record["rss_gib"] = _gib(memory.get("rss_bytes"))  # the process, CPU or CUDA
     _emit(record)
     manager.unload()
     return 0
@@ -255,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--prompt-tokens", type=int, default=512, help="text models' prompt")
     args = parser.parse_args(argv)
     if args.levels == "available":
         levels = [row["name"] for row in quant.availability_table() if row["available"]]
@@ -270,7 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
         for model_id in args.models.split(","):
             for level in levels:
-                code |= run_seed(model_id, level, args.new_tokens, args.repeats, args.image_size)
+                code |= run_seed(
+                    model_id,
+                    level,
+                    args.new_tokens,
+                    args.repeats,
+                    args.image_size,
+                    args.prompt_tokens,
+                )
     else:
         code = run_loads(args.models.split(","), levels, args.new_tokens)
     _emit({"case": "summary", "seconds": round(time.perf_counter() - started, 1), "exit": code})

@@ -104,6 +104,11 @@ def weight_bytes(model: Any) -> int:
             continue
         seen.add(id(tensor))
         total += tensor.numel() * tensor.element_size()
+    for module in model.modules():  # torch's dynamic int8 Linear packs its weights out of sight
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            weight, bias = module.weight(), module.bias()
+            total += weight.numel() * weight.element_size()
+            total += bias.numel() * bias.element_size() if bias is not None else 0
     return total
 
 

@@ -51,3 +51,33 @@ def test_bitsandbytes_levels_quantize_the_experts_after_loading():
     assert quant.QUANTIZATIONS["int8"].post_load is not None
     assert quant.QUANTIZATIONS["nf4"].post_load is not None
     assert quant.QUANTIZATIONS["bf16"].post_load is None
+
+
+def test_cpu_int8_level_shrinks_and_generates(tiny_paths):
+    from lfmui import engine, prompts
+    from lfmui.manager import ModelManager
+
+    manager = ModelManager()
+    if quant.cuda_available():  # on the GPU device: listed, and refused with the reason
+        from lfmui.errors import QuantizationUnavailable
+
+        with pytest.raises(QuantizationUnavailable, match="a CPU level"):
+            manager.load("lfm2-vl-tiny", "int8-cpu")
+        return
+    fp32 = manager.load("lfm2-vl-tiny", "fp32")["resident_bytes"]
+    status = manager.load("lfm2-vl-tiny", "int8-cpu")
+    assert status["quantization"] == "int8-cpu" and status["resident_bytes"] < fp32
+    loaded = manager.current()
+    packed = [m for m in loaded.model.modules() if hasattr(m, "_packed_params")]
+    assert packed and not any(
+        "vision_tower" in n for n, m in loaded.model.named_modules() if hasattr(m, "_packed_params")
+    )
+    inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "hello"}])
+    events = list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=6)))
+    assert events[-1].kind == "done"
+    manager.unload()
+
+
+def test_cpu_int8_level_is_refused_on_cuda(monkeypatch):
+    monkeypatch.setattr(quant, "cuda_available", lambda: True)
+    assert not quant.QUANTIZATIONS["int8-cpu"].probe().ok

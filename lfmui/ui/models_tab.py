@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import quant
+from lfmui import measured, quant
 from lfmui.manager import GIB, ModelManager
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
@@ -35,6 +35,8 @@ def status_card(manager: ModelManager) -> str:
             f"- resident weights: {status['resident_bytes'] / GIB:.3f} GiB",
             f"- load time: {status['load_seconds']:.2f} s",
         ]
+        if status.get("decode"):
+            lines.append(f"- decode: {status['decode']}")  # compiled, or why not
     if "cuda_allocated_bytes" in memory:
         lines.append(
             f"- CUDA allocated {memory['cuda_allocated_bytes'] / GIB:.2f} GiB, reserved "
@@ -74,6 +76,8 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
             gr.Markdown(quantization_table(), label="Quantization levels on this machine")
         with gr.Column(scale=3):
             card = gr.Markdown(status_card(manager), label="Status", container=True)
+            figures = gr.Markdown(measured.table(model.value), elem_id="measured-figures")
+    model.change(measured.table, model, figures, api_visibility="private")
 
     @user_errors
     def load(model_id: str, quantization: str, progress=gr.Progress()):  # noqa: B008

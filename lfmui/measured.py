@@ -1,0 +1,50 @@
+"""Figures measured with ``python -m lfmui.bench`` on the full-shape random-weight builds, shown in
+the Models tab beside each level. Only figures that hold for the current code are listed; a level
+missing here has not been measured since it last changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+H100 = "H100"
+CPU2 = "2-core CPU"
+
+# shape (catalog id of the hub model) -> rows; TTFT for the seed case (1024x1024 image) on GPU,
+# a 512x512 image on CPU; ms/token is the app's engine, median.
+MEASURED: dict[str, list[dict[str, Any]]] = {
+    "LFM2-VL-1.6B": [
+        {"level": "bf16", "device": H100, "gib": 3.009, "ttft_ms": 37.7, "ms_per_token": 3.31},
+        {"level": "fp16", "device": H100, "gib": 3.009},
+        {"level": "fp32", "device": H100, "gib": 6.017},
+        {"level": "int8", "device": H100, "gib": 1.635},
+        {"level": "nf4", "device": H100, "gib": 0.948},
+    ],
+    "LFM2-VL-450M": [
+        {"level": "fp32", "device": CPU2, "gib": 1.706, "ttft_ms": 2786, "ms_per_token": 107.2},
+        {"level": "int8-cpu", "device": CPU2, "gib": 0.966, "ttft_ms": 2386, "ms_per_token": 40.7},
+    ],
+    "LFM2-8B-A1B": [
+        {"level": "bf16", "device": H100, "gib": 15.534},
+        {"level": "fp16", "device": H100, "gib": 15.534},
+        {"level": "fp32", "device": H100, "gib": 31.069},
+    ],
+}
+
+
+def table(model_id: str) -> str:
+    """A Markdown table of the measured rows for `model_id` (its shape), or a line saying none."""
+    rows = MEASURED.get(model_id)
+    if not rows:
+        return "No measured figures for this model yet (`python -m lfmui.bench seed`)."
+    lines = [
+        f"Measured for the {model_id} shape (random weights, `python -m lfmui.bench seed`):",
+        "",
+        "| level | device | resident GiB | TTFT ms | decode ms/token |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ttft = row.get("ttft_ms", "not measured")
+        speed = row.get("ms_per_token", "not measured")
+        lines.append(f"| {row['level']} | {row['device']} | {row['gib']} | {ttft} | {speed} |")
+    return "\n".join(lines)
