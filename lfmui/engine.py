@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -314,6 +315,8 @@ def decode_plan(loaded: Any) -> tuple[dict[str, Any], str]:
     """Extra generate() kwargs for compiled decode where it pays, and a note saying which."""
     if loaded.device != "cuda":
         return {}, "eager decode: torch.compile does not pay on CPU"
+    if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"):
+        return {}, "eager decode: on ZeroGPU each request runs in a fresh GPU worker"
     if loaded.quantization not in ("bf16", "fp16"):
         return {}, f"eager decode: {loaded.quantization} layers do not compile"
     kwargs = {"cache_implementation": "static", "max_cache_len": STATIC_CACHE_LEN}

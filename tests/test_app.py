@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -346,3 +347,58 @@ def test_tool_turn_endpoint_rejects_bad_input(client, tools_json, settings_json,
 
     with pytest.raises(AppError, match=message):
         client.predict("hi", tools_json, settings_json, api_name="/tool_turn")
+
+
+def test_zerogpu_wraps_the_gpu_functions():
+    """With the spaces package and ZeroGPU's variable set, the app starts with its GPU entry
+    points wrapped by spaces.GPU and compiled decode off."""
+    code = (
+        "from lfmui.ui import build_app, gpu; from lfmui import engine; build_app(); "
+        "import types; "
+        "print(sorted(gpu.WRAPPED), all(hasattr(f, '__wrapped__') for f in gpu.WRAPPED.values()), "
+        "engine.decode_plan(types.SimpleNamespace(device='cuda', quantization='bf16'))[1], "
+        "gpu.duration([{'role': 'user', 'content': [{'type': 'image'}]}], "
+        "{'max_new_tokens': 200}))"
+    )
+    env = {
+        **os.environ,
+        "SPACES_ZERO_GPU": "true",
+        "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9",
+        "LFMUI_CACHE": os.environ["LFMUI_CACHE"],
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last == (
+        "['chat_turn', 'model_round', 'tool_turn'] True "
+        "eager decode: on ZeroGPU each request runs in a fresh GPU worker 23"
+    )
+    plain = subprocess.run(
+        [sys.executable, "-c", "from lfmui.ui import gpu; print(gpu.zerogpu(), gpu.WRAPPED)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert plain.stdout.strip() == "False {}"  # elsewhere the plain functions
+
+
+def test_readme_spaces_header_matches_the_pins():
+    header = (ROOT / "README.md").read_text().split("---")[1]
+    fields = dict(line.split(": ", 1) for line in header.strip().splitlines() if ": " in line)
+    pinned = next(
+        line.split("==")[1].strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("gradio==")
+    )
+    assert fields["sdk"] == "gradio" and fields["sdk_version"] == pinned
+    assert fields["app_file"] == "app.py" and len(fields["short_description"]) <= 60
+    for repo in ("LiquidAI/LFM2-VL-450M", "LiquidAI/LFM2-VL-1.6B", "LiquidAI/LFM2-8B-A1B"):
+        assert f"  - {repo}" in header

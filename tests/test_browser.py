@@ -6,6 +6,7 @@ Screenshots land in tests/artifacts/ (CI keeps them); the README's come from the
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
     page.get_by_role("tab", name="Chat").click()
     page.get_by_role("button", name="Clear", exact=True).last.click()
     page.get_by_text("Generation settings").click()
-    slider = page.get_by_label("range slider for Max new tokens")
+    slider = page.get_by_label("range slider for Max new tokens").first
     max_tokens = page.get_by_label("number input for Max new tokens")
     for _ in range(10):  # the accordion animates open; a fill during it can be undone
         slider.fill("4096")
@@ -287,11 +288,102 @@ def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
         send = panel.get_by_role("button", name="Send results")
         send.wait_for(timeout=60_000)
         editor = panel.locator(".cm-content").last
+        editor.get_by_text("demo table").wait_for(timeout=10_000)  # the prefilled result
+        page.wait_for_timeout(500)
         editor.click()
         page.keyboard.press("Control+A")
-        page.keyboard.type('[{"name": "get_weather", "output": {"sky": "edited by hand"}}]')
+        page.keyboard.insert_text('[{"name": "get_weather", "output": {"sky": "edited by hand"}}]')
+        assert "edited by hand" in editor.inner_text()
         send.click()
         page.locator("#tool-trace").get_by_text("Final answer").wait_for(timeout=60_000)
     assert "edited by hand" in page.locator("#tool-trace").inner_text()
     assert len(script.prompts) == 2  # the model ran again, after the edited result went back
     panel.get_by_label("automatic").check()
+
+
+def test_escape_stops_the_reply(page, app_state, tmp_path):
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    if not page.get_by_label("range slider for Max new tokens").first.is_visible():
+        page.get_by_text("Generation settings").click()
+    page.get_by_label("range slider for Max new tokens").first.fill("4096")
+    with app_state.reply_never_ends():
+        box = page.get_by_placeholder("Type a message, paste or drop an image…")
+        box.fill("Talk until I press Escape.")
+        box.press("Enter")
+        page.get_by_text("…").or_(page.locator(".bot-row")).last.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)
+        page.keyboard.press("Escape")
+        page.get_by_text("stopped ·").last.wait_for(timeout=5_000)
+    page.get_by_label("range slider for Max new tokens").first.fill("64")
+
+
+def test_export_and_reimport_a_session(page, tmp_path):
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    _send(page, _picture(tmp_path / "kept.png"), "Remember this picture.")
+    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
+    page.get_by_text("Session: export, import, copy as code").click()
+    page.get_by_role("button", name="Export session").click()
+    link = page.locator('a[download="lfmui-session.json"]').first
+    link.wait_for(timeout=10_000)
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "session.json"
+    download.value.save_as(saved)
+    bundle = json.loads(saved.read_text())
+    assert bundle["messages"][0]["text"] == "Remember this picture."
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    assert page.get_by_text("Remember this picture.").count() == 0
+    page.get_by_label("Import a session file").locator("input[type=file]").or_(
+        page.locator("input[type=file][accept*='.json']")
+    ).first.set_input_files(str(saved))
+    page.get_by_text("Remember this picture.").wait_for(timeout=10_000)
+    page.get_by_role("button", name="Show as code").click()
+    page.get_by_text("AutoModelForImageTextToText").first.wait_for(timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "session.png"), full_page=True)
+
+
+def test_dark_theme_and_phone_width(page, app_url):
+    page.get_by_role("button", name="Dark / light").click()
+    assert page.evaluate("document.body.classList.contains('dark')")
+    page.get_by_role("tab", name="Chat").click()
+    page.screenshot(path=str(ARTIFACTS / "dark.png"), full_page=False)
+    page.get_by_role("button", name="Dark / light").click()
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    phone.goto(app_url)
+    phone.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1  # nothing wider than the phone's screen
+    phone.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=False)
+    phone.close()
+
+
+def test_every_control_has_a_label(page):
+    """Every input, text area, select and text button we put on the Chat tab has a name a
+    screen reader can read (gradio's own icon and image buttons are left to gradio)."""
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_text("What does this chart show?").first.wait_for(timeout=10_000)
+    unlabeled = page.evaluate(
+        """() => [...document.querySelectorAll('input, textarea, select, button')]
+            .filter((el) => el.offsetParent !== null && el.type !== 'file')
+            .filter((el) => !el.classList.contains('icon-button') && !el.querySelector('img'))
+            .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                && !el.getAttribute('aria-labelledby') && !el.textContent.trim()
+                && !el.getAttribute('title') && !el.getAttribute('placeholder'))
+            .map((el) => el.outerHTML.slice(0, 300))"""
+    )
+    assert unlabeled == [], unlabeled
+
+
+def test_load_a_model_from_the_models_tab(page):
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#model-picker input").first.click()
+    page.get_by_role("option", name="lfm2-moe-tiny").first.click()
+    page.get_by_role("button", name="Load", exact=True).click()
+    page.get_by_text("lfm2-moe-tiny (offline, random weights) · fp32").wait_for(timeout=60_000)
+    page.locator("#model-picker input").first.click()
+    page.get_by_role("option", name="lfm2-vl-tiny").first.click()
+    page.get_by_role("button", name="Load", exact=True).click()
+    page.get_by_text("lfm2-vl-tiny (offline, random weights) · fp32").wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)

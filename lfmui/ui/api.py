@@ -15,7 +15,7 @@ import gradio as gr
 from lfmui import images, quant, toolcalls, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
-from lfmui.ui import vision_tab
+from lfmui.ui import gpu, vision_tab
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
@@ -65,7 +65,7 @@ def build(manager: ModelManager) -> None:
         parts.append({"type": "text", "text": prompt or ""})
         answer = ""
         conversation = [{"role": "user", "content": parts}]
-        for event in turns.chat_turn(manager, conversation, settings, tiling=cut):
+        for event in gpu.chat_turn(manager, conversation, settings, tiling=cut):
             if event.kind == "text":
                 answer += event.text
                 yield answer
@@ -111,7 +111,7 @@ def build(manager: ModelManager) -> None:
         registry = tools.registry_from_json(tools_json)
         conversation = [{"role": "user", "content": prompt}]
         trace: dict[str, Any] = {"rounds": [], "final": None}
-        for step in turns.tool_turn(
+        for step in gpu.tool_turn(
             manager, conversation, registry, settings, tool_choice=choice, max_rounds=rounds
         ):
             if step.kind == "parsed":
@@ -134,17 +134,19 @@ def build(manager: ModelManager) -> None:
     gr.api(parse_tool_calls, api_name="parse_tool_calls")
     gr.api(tool_turn, api_name="tool_turn", **ACCELERATOR)
     with gr.Column(visible=False):
-        tile_image = gr.File(type="filepath", file_types=["image"])
-        tile_settings = gr.Textbox()
-        tile_plan = gr.JSON()
-        tile_trigger = gr.Button()
+        tile_image = gr.File(type="filepath", file_types=["image"], label="Image")
+        tile_settings = gr.Textbox(label="Tiling JSON")
+        tile_plan = gr.JSON(label="Plan")
+        tile_trigger = gr.Button("Plan tiles")
     tile_trigger.click(plan_tiles, [tile_image, tile_settings], tile_plan, api_name="plan_tiles")
     with gr.Column(visible=False):
-        prompt = gr.Textbox()
-        files = gr.File(file_count="multiple", type="filepath", file_types=["image"])
-        settings = gr.Textbox()
-        answer = gr.Textbox()
-        trigger = gr.Button()
+        prompt = gr.Textbox(label="Prompt")
+        files = gr.File(
+            file_count="multiple", type="filepath", file_types=["image"], label="Images"
+        )
+        settings = gr.Textbox(label="Settings JSON")
+        answer = gr.Textbox(label="Answer")
+        trigger = gr.Button("Generate")
     trigger.click(
         generate,
         [prompt, files, settings],

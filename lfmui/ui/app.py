@@ -10,17 +10,36 @@ import gradio as gr
 
 from lfmui import engine, offline
 from lfmui.manager import ModelManager
-from lfmui.ui import api, chat_tab, models_tab, tools_tab, vision_tab
+from lfmui.ui import api, chat_tab, gpu, models_tab, tools_tab, vision_tab
 
 MAX_FILE_SIZE = "20mb"
+# Escape stops whatever is streaming (the visible Stop buttons); Enter sends (the message box's
+# own behaviour, Shift+Enter for a new line).
+KEYS = """<script>
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  document.querySelectorAll("button").forEach((b) => {
+    if (b.textContent.trim() === "Stop" && b.offsetParent !== null) b.click();
+  });
+});
+</script>"""
+TOGGLE_THEME = "() => { document.body.classList.toggle('dark'); }"
 QUEUE_MAX_SIZE = 64
 
 
 def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr.Blocks:
     """The lfmui app over `manager` (a fresh one with the built-in catalog by default)."""
     manager = manager or ModelManager(on_loaded=engine.warm_up)
+    gpu.bind(manager)
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
-        gr.Markdown("# lfmui · try Liquid AI's LFM2 models")
+        with gr.Row(equal_height=False):
+            gr.Markdown("# lfmui · try Liquid AI's LFM2 models")
+            theme = gr.Button("Dark / light", size="sm", scale=0, elem_id="theme-toggle")
+        theme.click(None, None, None, js=TOGGLE_THEME)
+        gr.Markdown(
+            "Enter sends, Shift+Enter starts a new line, Escape stops the reply.",
+            elem_id="shortcuts",
+        )
         banner_box = gr.Markdown(models_tab.banner(manager, startup_note))
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
@@ -79,4 +98,5 @@ def launch_settings(host: str = "127.0.0.1", port: int = 7860) -> dict[str, Any]
         "show_error": False,
         "blocked_paths": blocked,
         "footer_links": ["api"],
+        "head": KEYS,  # keyboard shortcuts
     }

@@ -8,6 +8,7 @@ which the engine checks at every generated token.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -15,11 +16,17 @@ import gradio as gr
 from lfmui import images, tools, turns
 from lfmui.errors import InputError, LfmuiError
 from lfmui.manager import ModelManager
+from lfmui.ui import gpu, session
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import to_chatbot, user_errors
 from lfmui.ui.vision_tab import TilingControls
 
 SAMPLING_FIELDS = ("max_new_tokens", "temperature", "min_p", "top_p", "repetition_penalty", "seed")
+EXAMPLES = [
+    str(Path(__file__).resolve().parents[2] / "assets" / "examples" / name)
+    for name in ("chart.png", "house.png")
+]
+HUB_FOR = {"vl": "LiquidAI/LFM2-VL-450M", "text": "LiquidAI/LFM2-8B-A1B"}  # offline builds
 _stops: dict[str, threading.Event] = {}  # session -> Stop flag of its running reply
 
 
@@ -84,15 +91,14 @@ def stream_reply(
         history.append(reply)
         yield history, to_chatbot(history)
         if use_tools:
-            before = len(conversation)
-            for step in turns.tool_turn(
-                manager, conversation, dict(tools.BUILTINS), settings, stop, tiling=tiling
+            registry = dict(tools.BUILTINS)
+            for step in gpu.tool_turn(
+                manager, conversation, registry, settings, stop, tiling=tiling
             ):
                 apply_step(reply, step)
                 yield history, to_chatbot(history)
-            reply["messages"] = conversation[before:]
             return
-        for event in turns.chat_turn(manager, conversation, settings, stop, tiling):
+        for event in gpu.chat_turn(manager, conversation, settings, stop, tiling):
             apply_event(reply, event)
             yield history, to_chatbot(history)
     except LfmuiError as exc:
@@ -127,8 +133,13 @@ def apply_step(reply: dict[str, Any], step: Any) -> None:
         reply["metrics"] = step.data["metrics"]
         if step.data["calls"] or step.data["errors"]:
             reply["text"] = ""  # the call block: shown as "Used tool" messages instead
+            reply.setdefault("messages", []).append(
+                {"role": "assistant", "content": step.data["raw"]}
+            )
     elif step.kind == "result":
         reply.setdefault("tools", []).append(step.data)
+        # later turns see the call and its result, as the model wrote and read them
+        reply.setdefault("messages", []).append({"role": "tool", "content": step.data["output"]})
     elif step.kind == "final":
         reply.update(text=step.data["text"], status=step.data["reason"])
     elif step.kind == "error":
@@ -142,8 +153,18 @@ def build(manager: ModelManager) -> dict[str, Any]:
         placeholder="Type a message, paste or drop an image…",
         file_types=["image"],
         file_count="multiple",
+        label="Message",
         show_label=False,
         sources=["upload"],
+    )
+    gr.Examples(
+        [
+            {"text": "What does this chart show? Which month is highest?", "files": [EXAMPLES[0]]},
+            {"text": "Describe this picture in one sentence.", "files": [EXAMPLES[1]]},
+            {"text": "Write a haiku about small, fast language models.", "files": []},
+        ],
+        inputs=box,
+        label="Examples (they fill the box; press Enter to send)",
     )
     with gr.Row():
         stop_button = gr.Button("Stop", variant="stop")
@@ -167,6 +188,15 @@ def build(manager: ModelManager) -> dict[str, Any]:
     with gr.Accordion("Image detail", open=False):
         image_detail = TilingControls("applies to the next message you send")
         open_inspector = gr.Button("Open the tiling inspector", size="sm")
+    with gr.Accordion("Session: export, import, copy as code", open=False):
+        with gr.Row():
+            export_button = gr.Button("Export session", size="sm")
+            code_button = gr.Button("Show as code", size="sm")
+        with gr.Row():
+            exported = gr.File(label="Exported session (download)", interactive=False)
+            imported = gr.File(label="Import a session file", file_types=[".json"])
+        transformers_box = gr.Code(language="python", label="transformers code", visible=False)
+        client_box = gr.Code(language="python", label="gradio_client code", visible=False)
 
     # Handlers take their inputs as one dict (a set of components): the six controls are read
     # in one place, and gradio still injects the request.
@@ -229,15 +259,87 @@ def build(manager: ModelManager) -> dict[str, Any]:
         if flag is not None:
             flag.set()
 
+    def bundle_of(data: dict) -> dict[str, Any]:
+        loaded = manager.current()
+        model = {"id": loaded.spec.id, "quantization": loaded.quantization} if loaded else {}
+        return session.export_session(
+            data[state],
+            model,
+            data[system_prompt],
+            settings_from(data),
+            image_detail.values(data),
+            data[use_tools],
+        )
+
+    @user_errors
+    def on_export(data: dict):
+        if not data[state]:
+            raise InputError("Nothing to export yet: send a message first.")
+        return session.write_bundle(bundle_of(data))
+
+    @user_errors
+    def on_show_code(data: dict, request: gr.Request):
+        loaded = manager.current()
+        if loaded is None:
+            raise InputError("Load a model first; the code names it.")
+        bundle = bundle_of(data)
+        repo = loaded.spec.location if loaded.spec.source == "hub" else HUB_FOR[loaded.spec.kind]
+        url = str(request.request.base_url) if request.request else "http://127.0.0.1:7860/"
+        return (
+            gr.Code(session.transformers_code(bundle, repo, loaded.spec.kind), visible=True),
+            gr.Code(session.client_code(bundle, url), visible=True),
+        )
+
+    @user_errors
+    def on_import(path: str | None):
+        if not path:
+            return [gr.skip()] * (3 + len(controls) + len(image_detail.knobs) + 2)
+        bundle = session.read_bundle(path)
+        restored = session.restore_turns(bundle)
+        loaded = manager.current()
+        wanted = bundle["model"].get("id")
+        if wanted and (loaded is None or loaded.spec.id != wanted):
+            gr.Warning(
+                f"This session was made with {wanted}; load it in the Models tab to continue it."
+            )
+        sampling, cut = bundle["sampling"], bundle["tiling"]
+        return [
+            restored,
+            to_chatbot(restored),
+            str(bundle.get("system_prompt", "")),
+            *(sampling.get(name, gr.skip()) for name in SAMPLING_FIELDS),
+            *(cut.get(name, gr.skip()) for name in session.TILING),
+            "custom",
+            bool(bundle.get("use_tools")),
+        ]
+
     inputs = {state, system_prompt, use_tools, *controls, *image_detail.knobs}
-    box.submit(
+    export_button.click(on_export, inputs, exported, api_visibility="private")
+    code_button.click(
+        on_show_code, inputs, [transformers_box, client_box], api_visibility="private"
+    )
+    imported.upload(
+        on_import,
+        imported,
+        [
+            state,
+            chatbot,
+            system_prompt,
+            *controls,
+            *image_detail.knobs,
+            image_detail.preset,
+            use_tools,
+        ],
+        api_visibility="private",
+    )
+    submitted = box.submit(
         on_submit,
         {box, *inputs},
         [state, chatbot, box],
         api_visibility="private",
         **ACCELERATOR,
     )
-    regenerate_button.click(
+    regenerated = regenerate_button.click(
         on_regenerate,
         inputs,
         [state, chatbot],
@@ -246,6 +348,8 @@ def build(manager: ModelManager) -> dict[str, Any]:
     )
     undo_button.click(on_undo, state, [state, chatbot, box], queue=False, api_visibility="private")
     stop_button.click(on_stop, None, None, queue=False, api_visibility="private")
+    if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
+        stop_button.click(None, None, None, cancels=[submitted, regenerated])
     clear_button.click(
         lambda: ([], []), None, [state, chatbot], queue=False, api_visibility="private"
     )

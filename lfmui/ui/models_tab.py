@@ -63,7 +63,10 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(
-                choices, value=loaded.spec.id if loaded else choices[0][1], label="Model"
+                choices,
+                value=loaded.spec.id if loaded else choices[0][1],
+                label="Model",
+                elem_id="model-picker",
             )
             level = gr.Radio(
                 [(q.label, q.name) for q in quant.QUANTIZATIONS.values()],

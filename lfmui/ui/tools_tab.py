@@ -18,6 +18,7 @@ import gradio as gr
 from lfmui import images, toolcalls, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
+from lfmui.ui import gpu
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
@@ -96,7 +97,7 @@ def run_rounds(manager, state, settings, stop, max_rounds, manual):
         number = len(state["rounds"]) + 1
         current = {"round": number, "raw": ""}
         state["rounds"].append(current)
-        for step in turns.model_round(
+        for step in gpu.model_round(
             manager, state["conversation"], state["schemas"], settings, stop, number
         ):
             if step.kind == "text":

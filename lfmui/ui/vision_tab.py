@@ -15,6 +15,7 @@ import gradio as gr
 from lfmui import images, tiling, turns
 from lfmui.errors import InputError, NoModelLoaded
 from lfmui.manager import ModelManager
+from lfmui.ui import gpu
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
@@ -144,7 +145,7 @@ def budget_ab(manager: ModelManager, path: str | None, question: str, new_tokens
         answer, metrics = "", {}
         row = [name, None, None, None, None, "…"]
         rows.append(row)
-        for event in turns.chat_turn(manager, conversation, settings, tiling=cut):
+        for event in gpu.chat_turn(manager, conversation, settings, tiling=cut):
             if event.kind == "text":
                 answer += event.text
                 row[5] = answer
