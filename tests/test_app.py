@@ -402,3 +402,40 @@ def test_readme_spaces_header_matches_the_pins():
     assert fields["app_file"] == "app.py" and len(fields["short_description"]) <= 60
     for repo in ("LiquidAI/LFM2-VL-450M", "LiquidAI/LFM2-VL-1.6B", "LiquidAI/LFM2-8B-A1B"):
         assert f"  - {repo}" in header
+
+
+def test_item05_served_settings_and_one_accelerator_group(tiny_paths):
+    """What the app is served with: upload cap, bounded queue, one concurrency group for every
+    event that uses the model, sanitized chat HTML, no flagging, no share link, no monitoring,
+    MCP off, model cache and repo blocked."""
+    import gradio as gr
+
+    from lfmui.offline import cache_dir
+    from lfmui.ui import build_app, launch_settings
+
+    demo = build_app()
+    settings = launch_settings()
+    assert settings["max_file_size"] == "20mb" and settings["share"] is False
+    assert settings["enable_monitoring"] is False and settings["mcp_server"] is False
+    assert {str(cache_dir()), str(ROOT)} <= set(settings["blocked_paths"])
+    assert demo._queue.max_size == 64
+    model_work = {
+        "on_submit",
+        "on_regenerate",
+        "generate",
+        "tool_turn",
+        "load_model",
+        "load",
+        "unload",
+        "on_run",
+        "on_send",
+        "on_compare",
+    }
+    groups = {
+        (f.concurrency_id, f.concurrency_limit) for f in demo.fns.values() if f.name in model_work
+    }
+    assert groups == {("accelerator", 4)}
+    blocks = list(demo.blocks.values())
+    chatbots = [b for b in blocks if isinstance(b, gr.Chatbot)]
+    assert chatbots and all(c.sanitize_html for c in chatbots)
+    assert not any(getattr(b, "value", None) == "Flag" for b in blocks)

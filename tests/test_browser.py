@@ -387,3 +387,33 @@ def test_load_a_model_from_the_models_tab(page):
     page.get_by_role("button", name="Load", exact=True).click()
     page.get_by_text("lfm2-vl-tiny (offline, random weights) · fp32").wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
+
+
+def test_item19_model_output_runs_nothing_and_fetches_nothing(page, app_state):
+    from scripted import scripted_generate
+
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    probe = "http://127.0.0.1:9/probe.png"
+    hostile = (
+        f"Look ![cat]({probe}) and <img src={probe} onerror=alert(1)> "
+        "<script>alert(2)</script> [click](javascript:alert(3)) done."
+    )
+    requests, dialogs = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("dialog", lambda d: dialogs.append(d.message) or d.dismiss())
+    with scripted_generate(app_state.manager.current(), [hostile]):
+        box = page.get_by_placeholder("Type a message, paste or drop an image…")
+        box.fill("Say something dangerous.")
+        box.press("Enter")
+        page.get_by_text("done.").last.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    assert not [u for u in requests if "probe.png" in u]  # no external image fetched
+    assert dialogs == []  # no script ran
+    bot = page.locator(".bot-row, [data-testid=bot]").last.inner_html()
+    assert (
+        "<script" not in bot
+        and "javascript:" not in bot
+        and "onerror" not in bot.split("&lt;img")[0]
+    )
+    assert page.get_by_text("<img src=").count() >= 1  # shown as text

@@ -69,7 +69,7 @@ def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for used in turn.get("tools", []):
             messages.append(tool_message(used))
-        text = turn["text"] or ("…" if turn.get("status") == "streaming" else "")
+        text = safe_markdown(turn["text"]) or ("…" if turn.get("status") == "streaming" else "")
         footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"))
         if turn.get("error"):
             footer = f"error: {turn['error']}"
@@ -79,6 +79,23 @@ def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text += f"\n\n<sub>{footer}</sub>"
         messages.append({"role": "assistant", "content": text})
     return messages
+
+
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]*)\)")
+
+
+_CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)
+
+
+def safe_markdown(text: str) -> str:
+    """Model output as Markdown that runs nothing and fetches nothing: HTML tags are shown as
+    text, and Markdown images become plain links (a browser would load them on sight). Code
+    blocks and spans are left as written: the renderer shows them literally anyway."""
+    pieces = _CODE.split(text)
+    for i in range(0, len(pieces), 2):  # the prose between code
+        prose = pieces[i].replace("&", "&amp;").replace("<", "&lt;")
+        pieces[i] = _MD_IMAGE.sub(lambda m: f"[image: {m.group(1) or 'link'}]({m.group(2)})", prose)
+    return "".join(pieces)
 
 
 def tool_message(used: dict[str, Any]) -> dict[str, Any]:

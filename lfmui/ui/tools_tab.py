@@ -20,7 +20,7 @@ from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
 from lfmui.ui.queue import ACCELERATOR
-from lfmui.ui.render import user_errors
+from lfmui.ui.render import safe_markdown, user_errors
 
 _stops: dict[str, threading.Event] = {}
 EXAMPLES_JSON = json.dumps([t.schema() for t in tools.BUILTINS.values()], indent=2)
@@ -55,7 +55,8 @@ def render_trace(rounds: list[dict[str, Any]], final: dict[str, Any] | None, noi
             parts.append(fenced(result["output"], "json" if result["ok"] else ""))
     if final is not None:
         label = "noise from random weights · " if noise else ""
-        parts += [f"#### Final answer ({label}{final.get('reason', 'eos')})", final["text"] or "—"]
+        answer = safe_markdown(final["text"]) or "—"
+        parts += [f"#### Final answer ({label}{final.get('reason', 'eos')})", answer]
     return "\n\n".join(parts)
 
 
