@@ -148,8 +148,11 @@ class ModelManager:
         """Use the resident model for one request; a switch waits for (or stops) the lease."""
         with self._state:
             loaded = self._current
-            if self._switching:
-                raise NoModelLoaded("A model switch is in progress; send again in a moment.")
+            if self._switching or (loaded is None and self.loading):
+                raise NoModelLoaded(
+                    f"A model switch is in progress ({self.loading or 'finishing'}); "
+                    "send again in a moment."
+                )
             if loaded is None:
                 raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
             loaded.leases += 1

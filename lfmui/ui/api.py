@@ -8,6 +8,7 @@ gr.Error with the same sentences the UI shows.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any
 
 import gradio as gr
@@ -19,7 +20,8 @@ from lfmui.ui import gpu, vision_tab
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
-_last_metrics: dict[str, dict[str, Any]] = {}
+MAX_SESSIONS_KEPT = 1000  # /last_metrics remembers this many clients, newest first
+_last_metrics: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
 
 def parse_settings(settings_json: str) -> dict[str, Any]:
@@ -71,6 +73,9 @@ def build(manager: ModelManager) -> None:
                 yield answer
             elif event.kind == "metrics":
                 _last_metrics[request.session_hash] = dict(event.data)
+                _last_metrics.move_to_end(request.session_hash)
+                while len(_last_metrics) > MAX_SESSIONS_KEPT:  # bounded across many clients
+                    _last_metrics.popitem(last=False)
             elif event.kind == "done":
                 _last_metrics.setdefault(request.session_hash, {})["done"] = event.data["reason"]
             elif event.kind == "error":

@@ -1,0 +1,246 @@
+"""A bounded load test through the real server: N gradio_client users for a fixed time.
+
+Each user loops: stream a /generate with an image (70%), cancel one mid-stream (10%), drop its
+client mid-stream (10%), or run a /tool_turn (10%); one more user switches the model's
+quantization every few seconds. Printed at the end (JSON): p50/p95/p99 of queue wait, TTFT and
+end-to-end time, errors by class, and thread count, RSS and temp-dir size at start, after
+warm-up and at the end. Pass: no unhandled errors, no deadlock, threads and RSS flat.
+
+CI runs it small (tests/test_load.py); by hand: ``python tests/load_test.py --clients 10
+--seconds 120``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+# errors the app gives on purpose while a switch runs: clear, expected under switching load
+EXPECTED = ("switch is in progress", "is loading")
+UNHANDLED = ("Something went wrong on the server", "failed while generating")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def _resources(pid: int, temp: Path) -> dict[str, float]:
+    """The server process's threads and RSS, and the size of its upload temp dir."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return {
+        "threads": process.num_threads(),
+        "rss_mib": round(process.memory_info().rss / 2**20, 1),
+        "temp_mib": round(_dir_bytes(temp) / 2**20, 2),
+    }
+
+
+def _serve(temp: Path) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on the offline tiny model, in its own process (so its resources are its
+    own), with its own gradio temp dir; returns once it answers."""
+    from gradio_client import Client
+
+    port = _free_port()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "app.py", "--offline", "--model", "lfm2-vl-tiny", "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            Client(url, verbose=False).predict("lfm2-vl-tiny", "fp32", api_name="/load_model")
+            return server, url
+        except Exception:
+            if server.poll() is not None:
+                raise RuntimeError("the app exited while starting") from None
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("the app did not start within 120 s")
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queue_wait: list[float] = []
+        self.ttft: list[float] = []
+        self.total: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.done: Counter[str] = Counter()
+
+    def error(self, exc: BaseException) -> None:
+        text = str(exc)
+        kind = (
+            "unhandled"
+            if any(u in text for u in UNHANDLED)
+            else (
+                "expected: " + next(e for e in EXPECTED if e in text)
+                if any(e in text for e in EXPECTED)
+                else f"other: {type(exc).__name__}: {text[:80]}"
+            )
+        )
+        with self.lock:
+            self.errors[kind] += 1
+
+
+def _user(url: str, image: str, deadline: float, stats: Stats, seed: int) -> None:
+    from gradio_client import Client, handle_file
+
+    rng = random.Random(seed)
+    client = Client(url, verbose=False)
+    while time.monotonic() < deadline:
+        action = rng.choices(["stream", "cancel", "disconnect", "tool"], [7, 1, 1, 1])[0]
+        settings = json.dumps({"max_new_tokens": rng.randint(4, 24), "temperature": 1.0})
+        started = time.monotonic()
+        try:
+            if action == "tool":
+                client.predict("What is 2 + 2?", "", settings, api_name="/tool_turn")
+            else:
+                job = client.submit(
+                    "Describe it.", [handle_file(image)], settings, api_name="/generate"
+                )
+                first = None
+                for _ in job:
+                    first = first or time.monotonic()
+                    if action == "cancel":
+                        job.cancel()
+                        break
+                    if action == "disconnect":
+                        client.close() if hasattr(client, "close") else None
+                        client = Client(url, verbose=False)  # a new tab
+                        break
+                if action == "stream" and first is not None:
+                    metrics = client.predict(api_name="/last_metrics")
+                    with stats.lock:
+                        stats.ttft.append(first - started)
+                        stats.queue_wait.append(metrics.get("queue_wait_s", 0.0))
+            with stats.lock:
+                stats.total.append(time.monotonic() - started)
+                stats.done[action] += 1
+        except Exception as exc:  # counted by class; the run goes on
+            stats.error(exc)
+
+
+def _switcher(url: str, deadline: float, stats: Stats, every: float) -> None:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    levels = ["bf16", "fp32"]
+    while time.monotonic() < deadline - every:
+        time.sleep(every)
+        try:
+            client.predict("lfm2-vl-tiny", levels[stats.done["switch"] % 2], api_name="/load_model")
+            with stats.lock:
+                stats.done["switch"] += 1
+        except Exception as exc:
+            stats.error(exc)
+
+
+def run(clients: int, seconds: float, switch_every: float = 4.0) -> dict:
+    """Serve the app in its own process, load it, report. Returns the summary."""
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="lfmui-load-"))
+    temp = folder / "gradio"
+    server, url = _serve(temp)
+    try:
+        image = folder / "load.png"
+        Image.effect_noise((320, 240), 40).convert("RGB").save(image)
+        start = _resources(server.pid, temp)
+        warm_until = time.monotonic() + max(8.0, seconds / 4)  # the same mix, shorter
+        warm = Stats()
+        warmers = [
+            threading.Thread(target=_user, args=(url, str(image), warm_until, warm, -i - 1))
+            for i in range(clients)
+        ]
+        warmers.append(threading.Thread(target=_switcher, args=(url, warm_until, warm, 3.0)))
+        for thread in warmers:
+            thread.start()
+        for thread in warmers:
+            thread.join(timeout=seconds + 60)
+        after_warmup = _resources(server.pid, temp)
+        stats = Stats()
+        deadline = time.monotonic() + seconds
+        threads = [
+            threading.Thread(target=_user, args=(url, str(image), deadline, stats, i), daemon=True)
+            for i in range(clients)
+        ]
+        threads.append(
+            threading.Thread(
+                target=_switcher, args=(url, deadline, stats, switch_every), daemon=True
+            )
+        )
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=seconds + 60)
+        deadlocked = sum(thread.is_alive() for thread in threads)
+        time.sleep(2.0)  # let the server finish its last replies
+        end = _resources(server.pid, temp)
+        alive = server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests": dict(stats.done),
+        "queue_wait_s": {q: _pct(stats.queue_wait, p) for q, p in _QS},
+        "ttft_s": {q: _pct(stats.ttft, p) for q, p in _QS},
+        "end_to_end_s": {q: _pct(stats.total, p) for q, p in _QS},
+        "errors": dict(stats.errors),
+        "unhandled_errors": stats.errors["unhandled"]
+        + sum(n for k, n in stats.errors.items() if k.startswith("other")),
+        "deadlocked_clients": deadlocked,
+        "server_alive": alive,
+        "server_resources": {"start": start, "after_warmup": after_warmup, "end": end},
+        "median_e2e_s": round(statistics.median(stats.total), 4) if stats.total else None,
+    }
+
+
+_QS = [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--switch-every", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    summary = run(args.clients, args.seconds, args.switch_every)
+    print(json.dumps(summary, indent=1))
+    return 0 if summary["unhandled_errors"] == 0 and not summary["deadlocked_clients"] else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
