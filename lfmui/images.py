@@ -9,6 +9,7 @@ belongs to tiling (``lfmui.tiling.fit``), since what it protects is the image-to
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -20,17 +21,27 @@ ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF"}
 
 
 def load_safe(path: str | Path):
-    """Open an uploaded image and return it as an RGB PIL image, or raise InputError."""
+    """Open an uploaded image and return it as an RGB PIL image, or raise InputError.
+
+    A chat sends its earlier images again on every turn: a file already read (same path, size
+    and modification time) is not decoded again. Callers must not modify the image in place.
+    """
+    file = Path(path)
+    try:
+        stat = file.stat()
+    except OSError:
+        raise InputError(
+            f"Could not read image '{file.name[:60]}': the upload is missing. Upload it again."
+        ) from None
+    return _decode(str(file), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _decode(path: str, size: int, _mtime_ns: int):
     from PIL import Image
 
     file = Path(path)
     name = file.name[:60]
-    try:
-        size = file.stat().st_size
-    except OSError:
-        raise InputError(
-            f"Could not read image '{name}': the upload is missing. Upload it again."
-        ) from None
     if size > MAX_FILE_BYTES:
         raise InputError(
             f"'{name}' is {size / 2**20:.0f} MB; "

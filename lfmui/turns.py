@@ -171,25 +171,32 @@ def tool_turn(
             if step.kind == "error":
                 return
             parsed_step = step
-        raw, reason = parsed_step.data["raw"], parsed_step.data["reason"]
-        parsed = toolcalls.Parsed(
-            parsed_step.data["calls"], parsed_step.data["errors"], parsed_step.data["text"]
-        )
-        if reason == "stopped" or not (parsed.calls or parsed.errors):
-            yield Step("final", round_no, {"text": parsed.text, "reason": reason})
+        data = parsed_step.data
+        if answered(data):
+            yield Step("final", round_no, {"text": data["text"], "reason": data["reason"]})
             return
-        conversation.append({"role": "assistant", "content": raw})
-        for result in run_calls(parsed, registry, approve, image):
-            conversation.append({"role": "tool", "content": result.output})
+        results = run_calls(data["calls"], data["errors"], registry, approve, image)
+        feed_back(conversation, data["raw"], [r.output for r in results])
+        for result in results:
             yield Step("result", round_no, result.to_json())
-    yield Step(
-        "final",
-        max_rounds,
-        {
-            "text": f"Stopped after {max_rounds} rounds of tool calls without a final answer.",
-            "reason": "round_limit",
-        },
-    )
+    yield Step("final", max_rounds, round_limit(max_rounds))
+
+
+def answered(parsed: dict[str, Any]) -> bool:
+    """A round's "parsed" data ends the turn: stopped, or no calls (and no bad ones) to run."""
+    return parsed["reason"] == "stopped" or not (parsed["calls"] or parsed["errors"])
+
+
+def feed_back(conversation: list[dict[str, Any]], raw: str, outputs: list[str]) -> None:
+    """The model's call turn as it wrote it, then each result in the tool role (in place)."""
+    conversation.append({"role": "assistant", "content": raw})
+    conversation.extend({"role": "tool", "content": output} for output in outputs)
+
+
+def round_limit(max_rounds: int) -> dict[str, Any]:
+    """The final step's data when the model is still calling tools after `max_rounds`."""
+    text = f"Stopped after {max_rounds} rounds of tool calls without a final answer."
+    return {"text": text, "reason": "round_limit"}
 
 
 def prepare_tools(
@@ -240,7 +247,8 @@ def model_round(
 
 
 def run_calls(
-    parsed: toolcalls.Parsed,
+    calls: list[dict[str, Any]],
+    errors: list[str],
     registry: dict[str, tools.Tool],
     approve: Approve | None = None,
     image: Any = None,
@@ -249,7 +257,7 @@ def run_calls(
     results = []
     token = tools.current_image.set(image)
     try:
-        for call in parsed.calls:
+        for call in calls:
             chosen = approve(call) if approve else call
             if chosen is None:
                 results.append(
@@ -265,7 +273,7 @@ def run_calls(
             results.append(tools.execute(chosen, registry))
     finally:
         tools.current_image.reset(token)
-    for error in parsed.errors:
+    for error in errors:
         results.append(tools.ToolResult("(invalid call)", {}, False, f"Error: {error}", 0.0))
     return results
 

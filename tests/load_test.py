@@ -99,15 +99,13 @@ class Stats:
 
     def error(self, exc: BaseException) -> None:
         text = str(exc)
-        kind = (
-            "unhandled"
-            if any(u in text for u in UNHANDLED)
-            else (
-                "expected: " + next(e for e in EXPECTED if e in text)
-                if any(e in text for e in EXPECTED)
-                else f"other: {type(exc).__name__}: {text[:80]}"
-            )
-        )
+        expected = next((e for e in EXPECTED if e in text), None)
+        if any(u in text for u in UNHANDLED):
+            kind = "unhandled"
+        elif expected:
+            kind = f"expected: {expected}"
+        else:
+            kind = f"other: {type(exc).__name__}: {text[:80]}"
         with self.lock:
             self.errors[kind] += 1
 

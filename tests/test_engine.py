@@ -186,7 +186,9 @@ def test_bad_settings_are_clear_errors(values):
         engine.Settings.from_dict(values)
 
 
-def test_metrics_report_queue_wait_while_another_reply_generates(loaded):
+def _hold_generation_thread(loaded):
+    """A long reply (and its Stop flag) that keeps the generation thread busy until stopped;
+    the caller takes its first text event."""
     long_stop = threading.Event()
     first = engine.stream(
         loaded,
@@ -195,6 +197,11 @@ def test_metrics_report_queue_wait_while_another_reply_generates(loaded):
         long_stop,
         extra_generate_kwargs={"min_new_tokens": 4096},
     )
+    return long_stop, first
+
+
+def test_metrics_report_queue_wait_while_another_reply_generates(loaded):
+    long_stop, first = _hold_generation_thread(loaded)
     next(e for e in first if e.kind == "text")  # the first reply holds the generation thread
     threading.Timer(0.5, long_stop.set).start()
     second = list(
@@ -212,14 +219,7 @@ def test_metrics_report_queue_wait_while_another_reply_generates(loaded):
 def test_reply_stopped_while_queued_never_runs_generate(loaded, monkeypatch):
     calls = []
     real_generate = loaded.model.generate
-    long_stop = threading.Event()
-    first = engine.stream(
-        loaded,
-        _inputs(loaded),
-        engine.Settings(max_new_tokens=4096, temperature=1.0),
-        long_stop,
-        extra_generate_kwargs={"min_new_tokens": 4096},
-    )
+    long_stop, first = _hold_generation_thread(loaded)
     next(e for e in first if e.kind == "text")
     monkeypatch.setattr(
         loaded.model, "generate", lambda **kw: calls.append(1) or real_generate(**kw)

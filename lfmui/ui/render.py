@@ -98,12 +98,18 @@ def safe_markdown(text: str) -> str:
     return "".join(pieces)
 
 
+def fenced(text: str, language: str = "") -> str:
+    """A Markdown code block that no backtick run inside `text` can close."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"
+
+
 def tool_message(used: dict[str, Any]) -> dict[str, Any]:
     """A collapsible "Used tool" message: the call's arguments and what went back."""
     arguments = json.dumps(used["arguments"], ensure_ascii=False)
     output = used["output"]
-    fence = "`" * max(3, max((len(r) for r in re.findall(r"`+", output)), default=0) + 1)
-    body = f"arguments: `{arguments[:500]}`\n\n{fence}\n{output}\n{fence}"
+    body = f"arguments: `{arguments[:500]}`\n\n{fenced(output)}"
     mark = "" if used["ok"] else " (error)"
     return {
         "role": "assistant",

@@ -9,28 +9,20 @@ implementation); "Send results" feeds the edited results back in the tool role a
 from __future__ import annotations
 
 import json
-import re
 import threading
 from typing import Any
 
 import gradio as gr
 
-from lfmui import images, toolcalls, tools, turns
+from lfmui import images, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
 from lfmui.ui.queue import ACCELERATOR
-from lfmui.ui.render import safe_markdown, user_errors
+from lfmui.ui.render import fenced, safe_markdown, user_errors
 
 _stops: dict[str, threading.Event] = {}
 EXAMPLES_JSON = json.dumps([t.schema() for t in tools.BUILTINS.values()], indent=2)
-
-
-def fenced(text: str, language: str = "") -> str:
-    """A Markdown code block that no backtick run inside `text` can close."""
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{language}\n{text}\n{fence}"
 
 
 def render_trace(rounds: list[dict[str, Any]], final: dict[str, Any] | None, noise: bool) -> str:
@@ -109,11 +101,11 @@ def run_rounds(manager, state, settings, stop, max_rounds, manual):
             else:
                 current.update(step.data)
             yield state, None
-        parsed = toolcalls.Parsed(current["calls"], current["errors"], current["text"])
-        if current["reason"] == "stopped" or not (parsed.calls or parsed.errors):
-            yield state, {"text": parsed.text, "reason": current["reason"]}
+        if turns.answered(current):
+            yield state, {"text": current["text"], "reason": current["reason"]}
             return
-        results = [r.to_json() for r in turns.run_calls(parsed, registry, None, image)]
+        ran = turns.run_calls(current["calls"], current["errors"], registry, None, image)
+        results = [r.to_json() for r in ran]
         if manual:
             state["pending"] = {"raw": current["raw"], "results": results}
             yield state, None
@@ -121,14 +113,11 @@ def run_rounds(manager, state, settings, stop, max_rounds, manual):
         current["results"] = results
         _feed_back(state["conversation"], current["raw"], results)
         yield state, None
-    text = f"Stopped after {max_rounds} rounds of tool calls without a final answer."
-    yield state, {"text": text, "reason": "round_limit"}
+    yield state, turns.round_limit(max_rounds)
 
 
 def _feed_back(conversation: list[dict], raw: str, results: list[dict[str, Any]]) -> None:
-    conversation.append({"role": "assistant", "content": raw})
-    for result in results:
-        conversation.append({"role": "tool", "content": result["output"]})
+    turns.feed_back(conversation, raw, [result["output"] for result in results])
 
 
 def edited_results(text: str, expected: int) -> list[dict[str, Any]]:
