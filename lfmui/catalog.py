@@ -42,6 +42,7 @@ class ModelSpec:
     processor_defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     note: str = ""
     listed: bool = True  # shown in the UI's picker (full-shape synthetic builds are not)
+    revision: str = "main"  # hub models: the branch, tag or commit to load
 
     @property
     def random_weights(self) -> bool:

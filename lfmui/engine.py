@@ -225,10 +225,14 @@ def stream(
             with torch.inference_mode():
                 loaded.model.generate(**kwargs)
         except BaseException as exc:  # reported to the consumer as an error event
-            failure.append(exc)
+            # Only its name and sentence are kept: the exception's traceback holds the frames
+            # of generate(), and with them the activations an out-of-memory must give back.
+            failure.append((type(exc).__name__, failure_message(exc)))
             streamer.end()
         finally:
             timing["peak_bytes"] = torch.cuda.max_memory_allocated() if on_cuda else process_rss()
+            if failure and on_cuda:
+                torch.cuda.empty_cache()  # the failed reply's blocks go back to the next one
 
     prompt_tokens = int(inputs["input_ids"].shape[-1])
     decoder = IncrementalDecoder(loaded.tokenizer, skip_special_tokens)
@@ -253,8 +257,9 @@ def stream(
         if tail:
             yield Event("text", tail)
         if failure:
-            log.warning("generate failed: %r", failure[0])
-            yield Event("error", data={"error": type(failure[0]).__name__})
+            name, message = failure[0]
+            log.warning("generate failed: %s", name)
+            yield Event("error", data={"error": name, "message": message})
             return
         job.result()  # generate() has returned: its timings are complete
         ended = time.perf_counter()
@@ -276,6 +281,22 @@ def stream(
         gone.set()  # a consumer that went away (closed tab, cancel) stops the generation
         if not job.cancel():  # still queued: dropped; else wait for generate() to return
             job.result()  # run() reports its own failures, so this does not raise
+
+
+GENERATE_FAILED = "The model failed while generating; try again."
+OUT_OF_MEMORY = (
+    "The accelerator ran out of memory on this reply. Lower the image detail, shorten the "
+    "chat, or load a smaller model or a 4-bit level, then send again."
+)
+
+
+def failure_message(exc: BaseException) -> str:
+    """The sentence a user reads when generate() raised `exc` (no type names, no paths)."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return OUT_OF_MEMORY
+    return GENERATE_FAILED
 
 
 _worker: concurrent.futures.ThreadPoolExecutor | None = None

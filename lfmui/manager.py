@@ -114,11 +114,23 @@ def weight_bytes(model: Any) -> int:
 
 def _free_accelerator() -> None:
     gc.collect()
+    _trim_heap()
     if quant.cuda_available():
         import torch
 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them per thread arena otherwise): a
+    switch frees hundreds of MB of CPU tensors, and without this the process's RSS creeps up
+    over many switches (measured in tests/load_test.py)."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 class ModelManager:
@@ -201,6 +213,7 @@ class ModelManager:
         previous = (current.spec.id, current.quantization) if current else None
         progress(0.3, "freeing the previous model" if current else "loading weights")
         self._retire_current()
+        failure = None
         try:
             progress(0.4, f"loading {spec.id} ({level.name})")
             loaded = self._load_weights(spec, level, location)
@@ -208,35 +221,43 @@ class ModelManager:
                 progress(0.9, "warming up (compiling the decode step)")
                 loaded.decode_note = self.on_loaded(loaded)
         except Exception as exc:
+            log.warning("load of %s failed: %s", spec.id, repr(exc))  # not exc: records live on
+            failure = _load_failure(spec, exc)
             loaded = None
+        if failure is not None:
+            # Out of the except block: the exception and its traceback (whose frames hold the
+            # partly loaded weights) are gone, so freeing them happens before the restore.
             _free_accelerator()
-            message = _load_failure(spec, exc)
             if previous:
-                message += self._restore(*previous)
-            log.warning("load of %s failed: %r", spec.id, exc)
-            raise ModelLoadError(message) from None
+                failure += self._restore(*previous)
+            raise ModelLoadError(failure)
         with self._state:
             self._current = loaded
         progress(1.0, f"{spec.id} loaded")
         return loaded.status()
 
     def _restore(self, model_id: str, quantization: str) -> str:
+        loaded = None
         try:
             spec = self.catalog.get(model_id)
             level = quant.resolve(quantization)
             loaded = self._load_weights(spec, level, self._locate(spec, _no_progress))
         except Exception as exc:  # restoring is best effort: say so, don't mask the first error
-            log.warning("could not restore %s: %r", model_id, exc)
-            _free_accelerator()
+            log.warning("could not restore %s: %s", model_id, repr(exc))
+        if loaded is None:
+            _free_accelerator()  # outside the except block, as in _load_locked
             return f" The previous model ({model_id}) could not be reloaded; load one again."
         with self._state:
             self._current = loaded
         return f" The previous model ({model_id}, {quantization}) is loaded again."
 
-    def _locate(self, spec: ModelSpec, progress: Progress) -> str:
-        """Where from_pretrained should read `spec` from; validates local files first."""
+    def _locate(self, spec: ModelSpec, progress: Progress) -> Location:
+        """Where from_pretrained should read `spec` from, checked before the resident model is
+        touched: local files and config.json, or for a hub model its config at the pinned
+        revision (from the cache when the Hub cannot be reached)."""
         if spec.source == "hub":
-            return spec.location
+            progress(0.1, f"checking {spec.location} on the Hugging Face Hub")
+            return _check_hub(spec)
         if spec.source == "offline":
             progress(0.1, f"preparing offline checkpoint {spec.id}")
             device = "cuda" if quant.cuda_available() else None
@@ -245,9 +266,9 @@ class ModelManager:
             path = Path(spec.location)
         checkpoint_kind(path)  # no config.json, invalid JSON, not LFM2: CheckpointError
         _check_config(path, spec)
-        return str(path)
+        return Location(str(path))
 
-    def _load_weights(self, spec: ModelSpec, level: quant.QuantLevel, location: str):
+    def _load_weights(self, spec: ModelSpec, level: quant.QuantLevel, location: Location):
         import torch
         from transformers import (
             AutoModelForCausalLM,
@@ -258,19 +279,17 @@ class ModelManager:
 
         started = time.perf_counter()
         cuda = quant.cuda_available()
-        kwargs: dict[str, Any] = {"dtype": getattr(torch, level.dtype), **level.kwargs()}
+        source = location.kwargs()
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, level.dtype), **level.kwargs(), **source}
         if cuda:
             kwargs["device_map"] = {"": 0}
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            kwargs["local_files_only"] = True
         auto_model = AutoModelForImageTextToText if spec.kind == "vl" else AutoModelForCausalLM
         auto_processor = AutoProcessor if spec.kind == "vl" else AutoTokenizer
-        local_only = {"local_files_only": True} if "local_files_only" in kwargs else {}
-        model = auto_model.from_pretrained(location, **kwargs)
+        model = auto_model.from_pretrained(location.path, **kwargs)
         if level.post_load is not None:
             level.post_load(model)
         model.eval()
-        processor = auto_processor.from_pretrained(location, **local_only)
+        processor = auto_processor.from_pretrained(location.path, **source)
         return LoadedModel(
             spec=spec,
             quantization=level.name,
@@ -306,6 +325,56 @@ class ModelManager:
 
 def _no_progress(_fraction: float, _message: str) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class Location:
+    """What from_pretrained reads: a directory, or a hub repo at a revision (maybe cache-only)."""
+
+    path: str
+    revision: str | None = None
+    local_only: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"revision": self.revision} if self.revision else {}
+        if self.local_only or os.environ.get("HF_HUB_OFFLINE") == "1":
+            kwargs["local_files_only"] = True
+        return kwargs
+
+
+def _check_hub(spec: ModelSpec, probe_seconds: float = 3.0) -> Location:
+    """The hub model's config at its revision, fetched (or read from the cache) now: an
+    unreachable Hub or a bad revision fails here, in seconds, with the old model untouched."""
+    from transformers import AutoConfig
+
+    offline_mode = os.environ.get("HF_HUB_OFFLINE") == "1"
+    # One quick probe instead of the hub client's retries (over 20 s on a dead network).
+    reachable = not offline_mode and _hub_reachable(spec.location, probe_seconds)
+    location = Location(spec.location, spec.revision, local_only=not reachable)
+    try:
+        AutoConfig.from_pretrained(location.path, **location.kwargs())
+    except Exception as exc:
+        raise ModelLoadError(_hub_failure(spec, exc, reachable)) from None
+    return location
+
+
+def _hub_failure(spec: ModelSpec, exc: BaseException, reachable: bool) -> str:
+    name = type(exc).__name__
+    if reachable and ("Revision" in name or "revision" in str(exc).lower()):
+        return (
+            f"{spec.location} has no revision '{spec.revision}'. Use a branch, tag or commit "
+            "that exists on the Hub."
+        )
+    if reachable:
+        return (
+            f"Could not read {spec.location} at revision '{spec.revision}' from the Hugging "
+            f"Face Hub ({name}). Try again, or load an offline model such as lfm2-vl-tiny."
+        )
+    return (
+        f"Could not download {spec.id} from the Hugging Face Hub (unreachable or offline), and "
+        f"revision '{spec.revision}' is not in the local cache. Check the network, or load an "
+        "offline model such as lfm2-vl-tiny."
+    )
 
 
 def _check_config(path: Path, spec: ModelSpec) -> None:

@@ -239,7 +239,7 @@ def model_round(
         elif event.kind == "done":
             reason = event.data["reason"]
         elif event.kind == "error":
-            yield Step("error", round_no, {"error": "the model failed while generating"})
+            yield Step("error", round_no, {"error": event.data["message"]})
             return
     parsed = toolcalls.parse(raw, schemas)
     data = {"raw": raw, **parsed.to_json(), "metrics": metrics, "reason": reason}

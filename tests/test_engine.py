@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
+import weakref
 
 import pytest
 from PIL import Image
@@ -32,7 +34,7 @@ def _worker_idle(timeout: float) -> bool:
     return engine.generation_worker().submit(lambda: None).result(timeout) is None
 
 
-def test_stop_mid_stream_ends_generation_within_two_seconds(loaded):
+def test_item29_stop_mid_stream_ends_generation_within_two_seconds(loaded):
     _worker_idle(5)
     baseline = threading.active_count()
     stop = threading.Event()
@@ -53,7 +55,7 @@ def test_stop_mid_stream_ends_generation_within_two_seconds(loaded):
     assert _worker_idle(2) and threading.active_count() == baseline
 
 
-def test_consumer_going_away_stops_generation(loaded):
+def test_item29_consumer_going_away_stops_generation(loaded):
     settings = engine.Settings(max_new_tokens=4096, temperature=1.0)
     stream = engine.stream(
         loaded, _inputs(loaded), settings, extra_generate_kwargs={"min_new_tokens": 4096}
@@ -65,7 +67,7 @@ def test_consumer_going_away_stops_generation(loaded):
 
 
 @pytest.mark.parametrize("limit", [1, 7, 30])
-def test_max_new_tokens_respected(loaded, limit):
+def test_item32_max_new_tokens_respected_and_marked(loaded, limit):
     settings = engine.Settings(max_new_tokens=limit, temperature=1.0, seed=3)
     events = list(
         engine.stream(
@@ -75,6 +77,24 @@ def test_max_new_tokens_respected(loaded, limit):
     metrics = next(e for e in events if e.kind == "metrics").data
     assert metrics["generated_tokens"] == limit
     assert events[-1].data["reason"] == "max_tokens"
+
+
+def test_item32_time_limit_ends_the_reply_marked_truncated(loaded):
+    from lfmui.ui.render import metrics_line
+
+    settings = engine.Settings(max_new_tokens=4096, temperature=1.0, time_limit=1.0)
+    started = time.monotonic()
+    events = list(
+        engine.stream(
+            loaded, _inputs(loaded), settings, extra_generate_kwargs={"min_new_tokens": 4096}
+        )
+    )
+    assert time.monotonic() - started < 3
+    metrics = next(e for e in events if e.kind == "metrics").data
+    assert events[-1].data["reason"] == "time_limit" and 1 < metrics["generated_tokens"] < 4096
+    line = metrics_line(metrics, "time_limit")
+    assert "truncated: time limit reached" in line
+    assert "truncated: max new tokens reached" in metrics_line(metrics, "max_tokens")
 
 
 def _text(loaded, settings):
@@ -107,16 +127,42 @@ def test_events_in_order_and_deltas_concatenate_to_decoded_output(loaded):
     assert "".join(e.text for e in events if e.kind == "text") == expected
 
 
-def test_exception_inside_generate_becomes_an_error_event(loaded, monkeypatch):
+@pytest.mark.parametrize(
+    ("kind", "text", "message"),
+    [
+        (
+            "OutOfMemoryError",
+            "CUDA out of memory. Tried to allocate 2.00 GiB",
+            engine.OUT_OF_MEMORY,
+        ),
+        ("MemoryError", "", engine.GENERATE_FAILED),
+        ("ValueError", "shapes do not match", engine.GENERATE_FAILED),
+    ],
+)
+def test_item30_exception_inside_generate_becomes_an_error_event(
+    loaded, monkeypatch, kind, text, message
+):
+    import builtins
+
+    import torch
+
+    failure_type = getattr(torch, kind, None) or getattr(builtins, kind)
+    held = []
+
     def broken_generate(**kwargs):
         kwargs["streamer"].put(kwargs["input_ids"])
-        raise RuntimeError("CUDA out of memory (simulated)")
+        activations = torch.ones(1024, 1024)  # what a failing step holds in its frame
+        held.append(weakref.ref(activations))
+        raise failure_type(text)
 
     monkeypatch.setattr(loaded.model, "generate", broken_generate)
     started = time.monotonic()
     events = list(engine.stream(loaded, _inputs(loaded), engine.Settings(max_new_tokens=8)))
     assert time.monotonic() - started < 2
-    assert events[-1].kind == "error" and events[-1].data["error"] == "RuntimeError"
+    assert events[-1].kind == "error" and events[-1].data["message"] == message
+    assert events[-1].data["error"] == kind
+    gc.collect()
+    assert held[0]() is None  # the failed step's tensors were not kept with the error
     monkeypatch.undo()
     assert _text(loaded, engine.Settings(max_new_tokens=4)) is not None  # still serving
 

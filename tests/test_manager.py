@@ -48,7 +48,7 @@ def manager(tiny_paths):
     manager.unload()
 
 
-def test_switch_vl_moe_vl_returns_memory_to_baseline(manager):
+def test_item33_twenty_switch_cycles_return_memory_to_baseline(manager):
     first = manager.current()
     baseline_bytes = first.weight_bytes
     model_ref = weakref.ref(first.model)
@@ -58,8 +58,10 @@ def test_switch_vl_moe_vl_returns_memory_to_baseline(manager):
     moe_ref = weakref.ref(manager.current().model)
     gc.collect()
     assert model_ref() is None  # the VL model was freed, not kept beside the MoE
+    manager.load("lfm2-vl-tiny", "fp32")
+    manager.load("lfm2-moe-tiny", "fp32")  # warm-up: allocator pools and caches fill once
     rss_before = process_rss()
-    for _ in range(3):
+    for _ in range(20):
         manager.load("lfm2-vl-tiny", "fp32")
         manager.load("lfm2-moe-tiny", "fp32")
     manager.load("lfm2-vl-tiny", "fp32")
@@ -67,7 +69,7 @@ def test_switch_vl_moe_vl_returns_memory_to_baseline(manager):
     assert moe_ref() is None
     assert manager.status()["resident_bytes"] == baseline_bytes
     assert manager.status()["memory"]["weights_bytes"] == baseline_bytes
-    assert process_rss() - rss_before < 64 * 2**20  # 7 more switches: no growth beyond noise
+    assert process_rss() - rss_before < 64 * 2**20  # 41 more switches: no growth beyond noise
     assert _reply(manager)
 
 
@@ -82,7 +84,7 @@ def test_switch_vl_moe_vl_returns_memory_to_baseline(manager):
         ("lfm2-moe-tiny", "int3", QuantizationUnavailable),
     ],
 )
-def test_bad_load_requests_keep_the_previous_model(manager, model_id, quantization, error):
+def test_item06_bad_load_requests_keep_the_previous_model(manager, model_id, quantization, error):
     with pytest.raises(error) as info:
         manager.load(model_id, quantization)
     assert "Pick" in str(info.value) or "Use one of" in str(info.value)
@@ -92,7 +94,7 @@ def test_bad_load_requests_keep_the_previous_model(manager, model_id, quantizati
 
 @pytest.mark.skipif(quant.cuda_available(), reason="the CPU case: CUDA levels unavailable")
 @pytest.mark.parametrize("level", ["int8", "nf4"])
-def test_unavailable_quantization_says_why(manager, level):
+def test_item36_unavailable_quantization_says_why(manager, level):
     with pytest.raises(QuantizationUnavailable, match="needs a CUDA GPU"):
         manager.load("lfm2-moe-tiny", level)
     assert manager.current().spec.id == "lfm2-vl-tiny"
@@ -120,7 +122,7 @@ def test_local_checkpoint_loads(manager, tiny_paths, tmp_path):
     "config_text",
     ["{not json", '{"model_type": "bert"}', "[]", '{"model_type": "lfm2_moe", "hidden_size": "x"}'],
 )
-def test_corrupt_config_keeps_the_previous_model(manager, tiny_paths, tmp_path, config_text):
+def test_item37_corrupt_config_keeps_the_previous_model(manager, tiny_paths, tmp_path, config_text):
     target = _local_copy(tiny_paths, tmp_path)
     spec = manager.catalog.add_local(target)
     (target / "config.json").write_text(config_text)
@@ -130,7 +132,7 @@ def test_corrupt_config_keeps_the_previous_model(manager, tiny_paths, tmp_path, 
     assert _reply(manager)
 
 
-def test_corrupt_weights_reload_the_previous_model(manager, tiny_paths, tmp_path):
+def test_item37_corrupt_weights_reload_the_previous_model(manager, tiny_paths, tmp_path):
     target = _local_copy(tiny_paths, tmp_path)
     spec = manager.catalog.add_local(target)
     (target / "model.safetensors").write_bytes(b"\x00" * 100)
@@ -143,7 +145,7 @@ def test_corrupt_weights_reload_the_previous_model(manager, tiny_paths, tmp_path
     assert _reply(manager)
 
 
-def test_second_load_while_loading_is_refused(manager, monkeypatch):
+def test_item34_second_load_while_loading_is_refused(manager, monkeypatch):
     entered, release = threading.Event(), threading.Event()
     real = manager._load_weights
 
@@ -164,7 +166,7 @@ def test_second_load_while_loading_is_refused(manager, monkeypatch):
     assert _reply(manager)
 
 
-def test_switch_waits_for_a_request_in_flight(manager):
+def test_item33_switch_waits_for_a_request_in_flight(manager):
     manager.drain_seconds = 5.0
     leased, finish = threading.Event(), threading.Event()
     seen = {}
@@ -188,7 +190,7 @@ def test_switch_waits_for_a_request_in_flight(manager):
     assert seen["weights_alive"] and manager.current().spec.id == "lfm2-moe-tiny"
 
 
-def test_switch_stops_a_long_generation_after_the_grace_period(manager):
+def test_item33_switch_stops_a_long_generation_after_the_grace_period(manager):
     manager.drain_seconds = 0.2
     events = []
 
@@ -224,7 +226,8 @@ def test_startup_falls_back_to_tiny_offline():
 
 def test_startup_without_network_is_quick(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    # nothing listens on the discard port
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr("lfmui.manager._hub_cached", lambda repo: False)
     started = time.monotonic()
     model_id, note = choose_startup_model(Catalog(), "LFM2-VL-1.6B", offline_mode=False)
@@ -238,3 +241,92 @@ def test_offline_models_listed_in_json(manager):
         e["id"] for e in entries
     }
     json.dumps(entries)
+
+
+def test_item35_out_of_memory_while_loading_frees_the_partial_weights(manager, monkeypatch):
+    """An out-of-memory after the weights are built (as a GPU load fails part-way): a clear
+    error, the partial model freed before the previous one is reloaded, another load right
+    after. tests/test_cuda.py has the real CUDA case."""
+    import torch
+
+    from lfmui import manager as manager_module
+
+    partial = []
+    real_weight_bytes = manager_module.weight_bytes
+
+    def out_of_memory(model):
+        if not partial:
+            partial.append(weakref.ref(model))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_weight_bytes(model)
+
+    monkeypatch.setattr(manager_module, "weight_bytes", out_of_memory)
+    freed_before_restore = []
+    real_restore = manager._restore
+
+    def restore(*args):
+        gc.collect()
+        freed_before_restore.append(partial[0]() is None)
+        return real_restore(*args)
+
+    monkeypatch.setattr(manager, "_restore", restore)
+    with pytest.raises(ModelLoadError) as info:
+        manager.load("lfm2-moe-tiny", "fp32")
+    message = str(info.value)
+    assert message.startswith("Not enough memory to load lfm2-moe-tiny; pick a smaller model")
+    assert "(lfm2-vl-tiny, fp32) is loaded again" in message and "Traceback" not in message
+    assert freed_before_restore == [True]
+    assert manager.current().spec.id == "lfm2-vl-tiny" and _reply(manager)
+    assert manager.load("lfm2-moe-tiny", "fp32")["model_id"] == "lfm2-moe-tiny"
+    assert _reply(manager)
+
+
+def _fake_hub_cache(tiny_paths, root, repo="LiquidAI/LFM2-VL-450M"):
+    """A Hugging Face cache holding `repo` at main (the tiny checkpoint's files)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_paths["lfm2-vl-tiny"], folder / "snapshots" / commit)
+    return root
+
+
+@pytest.fixture
+def dead_hub(monkeypatch, tmp_path):
+    """No offline flag, an empty cache, and a Hub endpoint where nothing listens."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_item37_unreachable_hub_is_a_quick_clear_error(manager, dead_hub):
+    before = manager.current()
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as info:
+        manager.load("LFM2-VL-450M", "fp32")
+    assert time.monotonic() - started < 10  # one short probe, not the client's retries
+    assert str(info.value).startswith(
+        "Could not download LFM2-VL-450M from the Hugging Face Hub (unreachable or offline)"
+    )
+    assert manager.current() is before  # never unloaded: the check came first
+    assert _reply(manager)
+
+
+def test_item37_unreachable_hub_loads_from_the_cache(manager, dead_hub, tiny_paths):
+    _fake_hub_cache(tiny_paths, dead_hub)
+    status = manager.load("LFM2-VL-450M", "fp32")
+    assert status["model_id"] == "LFM2-VL-450M" and status["quantization"] == "fp32"
+    assert _reply(manager)
+
+
+def test_item37_bad_revision_keeps_the_previous_model(manager, dead_hub, tiny_paths):
+    from dataclasses import replace
+
+    _fake_hub_cache(tiny_paths, dead_hub)
+    spec = manager.catalog.get("LFM2-VL-450M")
+    manager.catalog._specs["pinned"] = replace(spec, id="pinned", revision="v9-missing")
+    before = manager.current()
+    with pytest.raises(ModelLoadError, match="revision 'v9-missing' is not in the local cache"):
+        manager.load("pinned", "fp32")
+    assert manager.current() is before and _reply(manager)

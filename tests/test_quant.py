@@ -78,6 +78,29 @@ def test_cpu_int8_level_shrinks_and_generates(tiny_paths):
     manager.unload()
 
 
-def test_cpu_int8_level_is_refused_on_cuda(monkeypatch):
+def test_item36_cpu_int8_level_is_refused_on_cuda(monkeypatch):
     monkeypatch.setattr(quant, "cuda_available", lambda: True)
     assert not quant.QUANTIZATIONS["int8-cpu"].probe().ok
+
+
+def test_item36_without_bitsandbytes_the_levels_say_why(monkeypatch):
+    """A CUDA machine without the bitsandbytes package: int8 and nf4 are listed unavailable
+    with the install command, and asking for them is a clear error."""
+    import importlib.util
+
+    from lfmui.errors import QuantizationUnavailable
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(quant, "cuda_available", lambda: True)
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "bitsandbytes" else real_find_spec(name, *args),
+    )
+    table = {row["name"]: row for row in quant.availability_table()}
+    for name in ("int8", "nf4"):
+        assert not table[name]["available"]
+        assert table[name]["reason"] == "needs the bitsandbytes package: pip install bitsandbytes"
+        with pytest.raises(QuantizationUnavailable, match="pip install bitsandbytes"):
+            quant.resolve(name)
+    assert table["bf16"]["available"] and table["fp16"]["available"]

@@ -152,7 +152,7 @@ def budget_ab(manager: ModelManager, path: str | None, question: str, new_tokens
             elif event.kind == "metrics":
                 metrics = event.data
             elif event.kind == "error":
-                row[5] = "the model failed while generating"
+                row[5] = event.data["message"]
             yield rows
         if loaded.spec.random_weights:
             row[5] = f"[noise from random weights] {answer}"
