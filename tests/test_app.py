@@ -72,13 +72,97 @@ def test_models_lists_catalog_with_quantization_availability(client):
         assert not levels["nf4"]["available"] and "CUDA" in levels["nf4"]["reason"]
 
 
-@pytest.mark.parametrize("bad", ["org/evil", "/etc/passwd", "../x", "LiquidAI/LFM2-VL-450M"])
-def test_load_model_rejects_ids_outside_the_catalog(client, server, bad):
+@pytest.mark.parametrize(
+    "bad",
+    ["org/evil", "/etc/passwd", "../x", "LiquidAI/LFM2-VL-450M", "~/.cache", "lfm2-vl-tiny/.."],
+)
+def test_item06_load_model_rejects_ids_outside_the_catalog(client, server, bad, monkeypatch):
     from gradio_client.exceptions import AppError
 
+    import lfmui.manager
+    import lfmui.offline
+
+    touched = []  # anything that would fetch or build weights
+    monkeypatch.setattr(lfmui.offline, "ensure_checkpoint", lambda *a, **k: touched.append(a))
+    monkeypatch.setattr(lfmui.manager, "_check_hub", lambda *a, **k: touched.append(a))
+    monkeypatch.setattr(server[1], "_load_weights", lambda *a, **k: touched.append(a))
     with pytest.raises(AppError, match="not in the model catalog"):
         client.predict(bad, "fp32", api_name="/load_model")
-    assert server[1].current().spec.id == "lfm2-vl-tiny"
+    assert touched == [] and server[1].current().spec.id == "lfm2-vl-tiny"
+
+
+def test_item36_unavailable_levels_through_the_api_say_why(client, server):
+    from gradio_client.exceptions import AppError
+
+    levels = {q["name"]: q for q in client.predict(api_name="/models")[0]["quantizations"]}
+    unavailable = [name for name, level in levels.items() if not level["available"]]
+    assert unavailable  # CPU: int8 and nf4; CUDA: int8-cpu
+    for name in unavailable:
+        with pytest.raises(AppError, match="is not available here: ") as info:
+            client.predict("lfm2-vl-tiny", name, api_name="/load_model")
+        assert levels[name]["reason"] in str(info.value)
+    assert server[1].current().quantization == "fp32"
+    assert isinstance(client.predict("hi", [], '{"max_new_tokens": 2}', api_name="/generate"), str)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "refusal"),
+    [
+        ("x" * 1_000_000, "the limit is 100,000. Shorten the message"),
+        ("", "Send a prompt, an image, or both."),
+        ("  \n\t ", "Send a prompt, an image, or both."),
+        ("a\x00b\x00", None),  # NUL: a reply
+        ("مرحبا، ما هذا؟ \u202eabc\u202c שלום", None),  # RTL and bidi controls: a reply
+        ("😀" * 2000, None),
+    ],
+)
+def test_item17_long_empty_nul_and_rtl_messages(client, prompt, refusal):
+    """1 MB through the API: the length error (50 MB: tests/test_web.py, refused at 4 MB)."""
+    from gradio_client.exceptions import AppError
+
+    if refusal:
+        with pytest.raises(AppError, match=refusal.replace(".", r"\.")):
+            client.predict(prompt, [], '{"max_new_tokens": 4}', api_name="/generate")
+    else:
+        reply = client.predict(prompt, [], '{"max_new_tokens": 4}', api_name="/generate")
+        assert isinstance(reply, str)
+        metrics = client.predict(api_name="/last_metrics")
+        assert metrics["generated_tokens"] >= 1 and metrics["prompt_tokens"] > 1
+
+
+def test_item30_failures_inside_generate_fifty_times_then_it_serves(client, server, monkeypatch):
+    """generate() raising (an out-of-memory, then any error) 50 times: each reaches the client
+    as a clear error within seconds, no thread piles up, and the next request is answered."""
+    import threading
+    import time
+
+    import torch
+    from gradio_client.exceptions import AppError
+
+    from lfmui import engine
+
+    model = server[1].current().model
+    failures = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")] * 25
+    failures += [RuntimeError("device-side assert triggered")] * 25
+
+    def failing_generate(**kwargs):
+        raise failures.pop(0)
+
+    client.predict("warm", [], '{"max_new_tokens": 2}', api_name="/generate")
+    threads = threading.active_count()
+    monkeypatch.setattr(model, "generate", failing_generate)
+    slowest = 0.0
+    for attempt in range(50):
+        expected = engine.OUT_OF_MEMORY if attempt < 25 else engine.GENERATE_FAILED
+        started = time.monotonic()
+        with pytest.raises(AppError) as info:
+            client.predict("hi", [], '{"max_new_tokens": 4}', api_name="/generate")
+        slowest = max(slowest, time.monotonic() - started)
+        assert str(info.value) == expected
+    assert slowest < 5
+    assert threading.active_count() <= threads + 2  # no pile-up
+    monkeypatch.undo()
+    assert isinstance(client.predict("hi", [], '{"max_new_tokens": 4}', api_name="/generate"), str)
 
 
 def test_generate_streams_and_reports_metrics(client, tmp_path):
@@ -123,7 +207,7 @@ def test_load_model_switches_and_reports_status(client, server):
     assert status["model_id"] == "lfm2-vl-tiny"
 
 
-def test_launch_settings_lock_the_server_down(monkeypatch):
+def test_item05_launch_settings_and_vibe_mode_refusal(monkeypatch):
     from lfmui.offline import cache_dir
     from lfmui.ui import launch_settings
 
@@ -165,7 +249,7 @@ def test_only_the_ui_package_imports_gradio():
     assert offenders == []
 
 
-def test_no_trust_remote_code_anywhere():
+def test_item06_no_trust_remote_code_anywhere():
     for path in [*(ROOT / "lfmui").rglob("*.py"), ROOT / "app.py"]:
         assert "trust_remote_code" not in path.read_text(), path
 
@@ -236,7 +320,7 @@ def test_python_app_py_serves_the_offline_model(tmp_path):
         proc.wait(10)
 
 
-def test_generate_streams_then_a_cancelled_one_frees_the_generator(client):
+def test_item29_a_cancelled_api_stream_frees_the_generation_thread(client):
     import time
 
     from lfmui import engine

@@ -61,6 +61,8 @@ def build(manager: ModelManager) -> None:
         settings = parse_settings(settings_json)
         cut = settings.pop("tiling", None)  # image detail for this request, e.g. {"max_tiles": 4}
         files = list(image_files or [])
+        if not (prompt or "").strip() and not files:
+            raise InputError("Send a prompt, an image, or both.")
         if len(files) > turns.MAX_IMAGES_PER_MESSAGE:
             raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
         parts = [{"type": "image", "image": images.load_safe(f)} for f in files]
@@ -79,7 +81,7 @@ def build(manager: ModelManager) -> None:
             elif event.kind == "done":
                 _last_metrics.setdefault(request.session_hash, {})["done"] = event.data["reason"]
             elif event.kind == "error":
-                raise gr.Error("The model failed while generating; try again.")
+                raise gr.Error(event.data["message"])
         yield answer
 
     @user_errors

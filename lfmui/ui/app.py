@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from lfmui import engine, offline
 from lfmui.manager import ModelManager
 from lfmui.ui import api, chat_tab, gpu, models_tab, tools_tab, vision_tab
+from lfmui.ui.guard import RequestGuard
 
 MAX_FILE_SIZE = "20mb"
 # Escape stops whatever is streaming (the visible Stop buttons); Enter sends (the message box's
@@ -99,4 +101,5 @@ def launch_settings(host: str = "127.0.0.1", port: int = 7860) -> dict[str, Any]
         "blocked_paths": blocked,
         "footer_links": ["api"],
         "head": KEYS,  # keyboard shortcuts
+        "app_kwargs": {"middleware": [Middleware(RequestGuard)]},  # body cap, no inline files
     }

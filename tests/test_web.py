@@ -1,0 +1,217 @@
+"""The web surface of `python app.py` in its own process: the file route, the upload cap,
+inline images through the API, and uploaded active content (CHECKLIST items 1-4)."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from load_test import _serve
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_paths):
+    """The app, with its own gradio temp dir and its own TMPDIR (to see what uploads leave)."""
+    folder = Path(tempfile.mkdtemp(prefix="lfmui-web-"))
+    tmpdir = folder / "tmp"
+    tmpdir.mkdir()
+    server, url = _serve(folder / "gradio", TMPDIR=str(tmpdir))
+    yield url, folder
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A GET with the path sent exactly as written (no client-side ../ folding)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def _still_serves(url: str) -> None:
+    from gradio_client import Client
+
+    assert Client(url, verbose=False).predict(api_name="/models")[0]["id"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/etc/passwd",
+        "../../../../etc/passwd",
+        "%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/tmp/../etc/passwd",
+        "/proc/self/environ",
+        "app.py",
+        str(ROOT / "app.py"),
+        ".env",
+        str(ROOT / ".env"),
+        "requirements.txt",
+        "MODEL_CONFIG",  # the offline model's config.json in the model cache
+        "MODEL_DIR",
+    ],
+)
+def test_item01_file_route_refuses_everything_but_uploads(served, tiny_paths, target):
+    url, _ = served
+    model_dir = tiny_paths["lfm2-vl-tiny"]
+    target = target.replace("MODEL_CONFIG", f"{model_dir}/config.json")
+    target = target.replace("MODEL_DIR", model_dir)
+    status, _, body = _get(url, f"/gradio_api/file={target}")
+    assert status == 403, (target, status, body[:200])
+    assert body.startswith(b'{"detail":"File not allowed')  # no content, only the refusal
+    assert b"root:" not in body and b"model_type" not in body
+
+
+def test_item02_upload_over_the_cap_is_413_and_leaves_no_file(served):
+    import httpx
+
+    url, folder = served
+    before = _files(folder)
+    payload = os.urandom(21 * 2**20)  # the cap is 20 MB
+    response = httpx.post(
+        f"{url}/gradio_api/upload", files={"files": ("big.png", payload, "image/png")}, timeout=60
+    )
+    assert response.status_code == 413
+    assert "maximum allowed size" in response.text
+    assert _files(folder) == before  # nothing left in gradio's temp dir or in TMPDIR
+    small = httpx.post(
+        f"{url}/gradio_api/upload", files={"files": ("ok.png", b"x" * 1000, "image/png")}
+    )
+    assert small.status_code == 200  # the cap, not a broken route
+    _still_serves(url)
+
+
+def _png_data_url(size: int | None = None) -> str:
+    if size is None:
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), "red").save(buffer, "PNG")
+        data = buffer.getvalue()
+    else:
+        data = os.urandom(size)
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    ("size", "status", "says"),
+    [
+        (None, 400, "Images sent inline as data: URLs are refused"),
+        (30 * 2**20, 413, "The request is over 4 MB"),
+    ],
+)
+def test_item03_inline_base64_images_are_refused(served, size, status, says):
+    import httpx
+
+    url, folder = served
+    before = _files(folder)
+    for key in ("path", "url"):
+        image = {key: _png_data_url(size), "meta": {"_type": "gradio.FileData"}}
+        if key == "url":
+            image["path"] = "inline.png"
+        response = httpx.post(
+            f"{url}/gradio_api/call/generate",
+            json={"data": ["What is this?", [image], '{"max_new_tokens": 4}']},
+            timeout=60,
+        )
+        assert response.status_code == status and says in response.json()["detail"]
+        assert "upload" in response.json()["detail"]  # what to do instead
+    assert _files(folder) == before  # nothing decoded or stored
+    _still_serves(url)
+
+
+def test_item17_a_50_mb_message_is_refused_before_it_is_read(served):
+    import httpx
+
+    url, _ = served
+    response = httpx.post(
+        f"{url}/gradio_api/call/generate",
+        json={"data": ["x" * 50_000_000, [], ""]},
+        timeout=60,
+    )
+    assert response.status_code == 413
+    assert "at most 100,000 characters" in response.json()["detail"]
+    _still_serves(url)
+
+
+ACTIVE = {
+    "page.html": (b"<script>document.title='ran'; alert('html ran')</script>", "text/html"),
+    "drawing.svg": (
+        b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(\'svg ran\')">'
+        b"<script>alert('svg script ran')</script></svg>",
+        "image/svg+xml",
+    ),
+    "code.js": (b"alert('js ran')", "text/javascript"),
+}
+
+
+def _upload(url: str, name: str) -> str:
+    import httpx
+
+    content, mime = ACTIVE[name]
+    response = httpx.post(f"{url}/gradio_api/upload", files={"files": (name, content, mime)})
+    assert response.status_code == 200
+    return response.json()[0]
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_item04_uploaded_active_content_is_served_as_a_download(served, name):
+    url, _ = served
+    status, headers, body = _get(url, f"/gradio_api/file={_upload(url, name)}")
+    assert status == 200 and body == ACTIVE[name][0]
+    assert headers["content-disposition"].startswith("attachment")
+    assert headers["content-type"] == "application/octet-stream"  # never html, svg or script
+    assert headers["x-content-type-options"] == "nosniff"  # nor run as a <script> source
+
+
+@pytest.mark.browser
+def test_item04_opening_an_uploaded_page_runs_nothing(served):
+    """Opened in a real browser: the upload's URL downloads; no script, no dialog."""
+    from playwright.sync_api import Error, sync_playwright
+
+    url, _ = served
+    links = [f"{url}/gradio_api/file={_upload(url, name)}" for name in sorted(ACTIVE)]
+    dialogs: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"]
+        )
+        page = browser.new_page(accept_downloads=True)
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        for link in links:
+            page.goto("about:blank")
+            try:
+                with page.expect_download(timeout=10_000):
+                    page.goto(link)
+            except Error as exc:  # "Download is starting": the navigation became a download
+                assert "Download" in str(exc), exc
+            page.wait_for_timeout(300)
+            assert page.title() != "ran" and page.url == "about:blank"
+        # as an <img>, <iframe> and <script> of a page of the app's own origin
+        page.goto(url)
+        page.evaluate(
+            """(links) => {
+                for (const link of links) {
+                    const img = document.createElement("img"); img.src = link;
+                    const frame = document.createElement("iframe"); frame.src = link;
+                    const script = document.createElement("script"); script.src = link;
+                    document.body.append(img, frame, script);
+                }
+            }""",
+            links,
+        )
+        page.wait_for_timeout(1500)
+        browser.close()
+    assert dialogs == []
