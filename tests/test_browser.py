@@ -25,15 +25,33 @@ class AppState:
         self.manager = manager
 
     @contextlib.contextmanager
-    def reply_never_ends(self):
+    def reply_never_ends(self, seconds_per_token: float = 0.0):
         """Replies run to max_new_tokens: generate's own min_new_tokens logits processor masks
-        end-of-sequence, so a Stop test does not depend on when random weights emit it."""
-        config = self.manager.current().model.generation_config
-        config.min_new_tokens = 4096
+        end-of-sequence, so a Stop test does not depend on when random weights emit it. With
+        `seconds_per_token`, each step also waits that long (the tiny model writes 4096 tokens
+        in seconds), so a reply outlasts a test's clicks."""
+        import functools
+        import time
+
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        class Slow(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                time.sleep(seconds_per_token)
+                return scores
+
+        model = self.manager.current().model
+        model.generation_config.min_new_tokens = 4096
+        if seconds_per_token:
+            model.generate = functools.partial(
+                model.generate, logits_processor=LogitsProcessorList([Slow()])
+            )
         try:
             yield
         finally:
-            config.min_new_tokens = None
+            model.generation_config.min_new_tokens = None
+            if seconds_per_token:
+                del model.generate  # back to the class's method
 
     def generation_thread_idle(self, timeout: float) -> bool:
         from lfmui import engine
@@ -104,6 +122,20 @@ def _send(page, image, text):
     box.press("Enter")
 
 
+def _max_new_tokens(page, value: int) -> None:
+    """Set the Max new tokens slider and wait until the app has taken the value."""
+    slider = page.get_by_label("range slider for Max new tokens").first
+    if not slider.is_visible():
+        page.get_by_text("Generation settings").click()
+    number = page.get_by_label("number input for Max new tokens").first
+    for _ in range(10):  # the accordion animates open; a fill during it can be undone
+        slider.fill(str(value))
+        page.wait_for_timeout(300)
+        if number.input_value() == str(value):
+            return
+    assert number.input_value() == str(value)
+
+
 def test_chat_streams_a_reply_with_an_image(page, tmp_path):
     assert page.get_by_text("random weights: replies are noise").first.is_visible()
     _send(page, _picture(tmp_path / "sun.png"), "What is in this picture?")
@@ -138,15 +170,7 @@ def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
     """Paste an image, send, watch the reply grow, press Stop: the reply ends as stopped."""
     page.get_by_role("tab", name="Chat").click()
     page.get_by_role("button", name="Clear", exact=True).last.click()
-    page.get_by_text("Generation settings").click()
-    slider = page.get_by_label("range slider for Max new tokens").first
-    max_tokens = page.get_by_label("number input for Max new tokens")
-    for _ in range(10):  # the accordion animates open; a fill during it can be undone
-        slider.fill("4096")
-        page.wait_for_timeout(300)
-        if max_tokens.input_value() == "4096":
-            break
-    assert max_tokens.input_value() == "4096"
+    _max_new_tokens(page, 4096)
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     data = _picture(tmp_path / "pasted.png").read_bytes()
     box.evaluate(
@@ -179,7 +203,7 @@ def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
     assert app_state.generation_thread_idle(timeout=2)
     assert page.get_by_text("Describe this picture at length.").count() == 1
     page.screenshot(path=str(ARTIFACTS / "chat-stop.png"), full_page=True)
-    slider.fill("64")  # later tests get short replies again
+    _max_new_tokens(page, 64)  # later tests get short replies again
 
 
 def test_tiling_inspector_draws_the_plan_and_follows_the_sliders(page, tmp_path):
@@ -222,7 +246,7 @@ def test_chat_image_detail_preset_applies_to_the_next_message(page, tmp_path):
     if not page.get_by_label("fast").first.is_visible():
         accordion.click()
     page.get_by_label("fast").first.check()
-    page.get_by_label("number input for Max new tokens").first.wait_for()
+    _max_new_tokens(page, 64)
     _send(page, _picture(tmp_path / "fast.png"), "Quick look, please.")
     footer = page.get_by_text("image) ·").last
     footer.wait_for(timeout=60_000)
@@ -304,9 +328,7 @@ def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
 def test_escape_stops_the_reply(page, app_state, tmp_path):
     page.get_by_role("tab", name="Chat").click()
     page.get_by_role("button", name="Clear", exact=True).last.click()
-    if not page.get_by_label("range slider for Max new tokens").first.is_visible():
-        page.get_by_text("Generation settings").click()
-    page.get_by_label("range slider for Max new tokens").first.fill("4096")
+    _max_new_tokens(page, 4096)
     with app_state.reply_never_ends():
         box = page.get_by_placeholder("Type a message, paste or drop an image…")
         box.fill("Talk until I press Escape.")
@@ -315,7 +337,66 @@ def test_escape_stops_the_reply(page, app_state, tmp_path):
         page.wait_for_timeout(1500)
         page.keyboard.press("Escape")
         page.get_by_text("stopped ·").last.wait_for(timeout=5_000)
-    page.get_by_label("range slider for Max new tokens").first.fill("64")
+    _max_new_tokens(page, 64)
+
+
+def test_item31_one_reply_per_chat_while_it_streams(page, app_state):
+    """Enter and Regenerate while a reply streams: no second generation, the typed text stays
+    in the box, the history keeps one message and one reply; after Stop it sends."""
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    _max_new_tokens(page, 4096)
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    users, bots = page.locator("[data-testid=user]"), page.locator("[data-testid=bot]")
+    with app_state.reply_never_ends(seconds_per_token=0.02):
+        box.fill("The first message.")
+        box.press("Enter")
+        bots.last.wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        box.fill("A second message typed while the first reply streams.")
+        box.press("Enter")
+        page.get_by_role("button", name="Regenerate").click()
+        page.get_by_text("A reply is still streaming in this chat").first.wait_for(timeout=10_000)
+        assert box.input_value() == "A second message typed while the first reply streams."
+        assert users.count() == 1 and bots.count() == 1
+        page.screenshot(path=str(ARTIFACTS / "busy.png"), full_page=True)
+        page.keyboard.press("Escape")
+        page.get_by_text("stopped ·").last.wait_for(timeout=5_000)
+    assert app_state.generation_thread_idle(5)
+    _max_new_tokens(page, 16)
+    box.press("Enter")
+    page.get_by_text("A second message typed while").last.wait_for(timeout=10_000)
+    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
+    assert users.count() == 2 and bots.count() == 2
+    assert [u.inner_text().strip() for u in users.all()] == [
+        "The first message.",
+        "A second message typed while the first reply streams.",
+    ]
+    _max_new_tokens(page, 64)
+
+
+def test_item08_a_refused_image_keeps_the_chat_and_the_box(page, tmp_path):
+    """A refusal is a warning toast; the chat and the message box (text and attachment) stay
+    on screen as they were (a gr.Error would draw an Error badge over both)."""
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    box.fill("Hello.")
+    box.press("Enter")
+    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
+    users = page.locator("[data-testid=user]")
+    before = users.count()
+    assert before == 1
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    _send(page, bad, "Is this picture readable?")
+    page.get_by_text("Could not read image 'broken.png'").first.wait_for(timeout=10_000)
+    assert box.input_value() == "Is this picture readable?"
+    assert users.count() == before and users.first.is_visible()
+    assert page.get_by_text("Error", exact=True).count() == 0
+    page.screenshot(path=str(ARTIFACTS / "refused.png"), full_page=True)
+    page.reload()  # a fresh session for the tests after (the box still holds the bad file)
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
 
 
 def test_export_and_reimport_a_session(page, tmp_path):

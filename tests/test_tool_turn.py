@@ -156,3 +156,66 @@ def test_tool_choice_is_stated_in_the_system_prompt(vl_manager):
                 tool_choice="rm_rf",
             )
         )
+
+
+def test_item38_two_sessions_in_parallel_never_cross(vl_manager, tmp_path):
+    """Two sessions at once, each with its own image: each tool call reads its own image, each
+    conversation gets only its own messages, each chat reply counts its own image's tokens."""
+    from PIL import Image
+
+    from lfmui.ui import chat_tab
+
+    pictures = {"a": Image.new("RGB", (300, 200), "red"), "b": Image.new("RGB", (520, 700), "blue")}
+    colour = {"a": "#ff0000", "b": "#0000ff"}
+    out: dict[str, dict] = {}
+
+    def session(name: str) -> None:
+        content = [
+            {"type": "image", "image": pictures[name]},
+            {"type": "text", "text": f"What is in picture {name}?"},
+        ]
+        replies = [f"{START}[image_facts()]{END}", f"Session {name}."]
+        steps, conversation = _turn(vl_manager, content, replies, {"max_new_tokens": 32})
+        out[name] = {"steps": steps, "conversation": conversation}
+
+    def chat(name: str, path: str) -> None:
+        history = [{"role": "user", "text": f"Describe picture {name}.", "images": [path]}]
+        settings = {"max_new_tokens": 4, "temperature": 1.0}
+        for _ in chat_tab.stream_reply(vl_manager, history, "", settings, threading.Event()):
+            pass
+        out[f"chat-{name}"] = history
+
+    workers = [threading.Thread(target=session, args=(n,)) for n in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    for name in "ab":
+        result = next(s for s in out[name]["steps"] if s.kind == "result").data
+        facts = json.loads(result["output"])
+        assert (facts["width"], facts["height"]) == pictures[name].size
+        assert facts["dominant_colours"][0]["hex"] == colour[name]
+        final = next(s for s in out[name]["steps"] if s.kind == "final").data
+        assert final["text"] == f"Session {name}."
+        text = json.dumps(out[name]["conversation"], default=str)
+        assert f"picture {name}" in text and f"picture {'ab'.replace(name, '')}" not in text
+
+    paths = {}
+    for name in "ab":
+        paths[name] = str(tmp_path / f"{name}.png")
+        pictures[name].save(paths[name])
+    alone = {}
+    for name in "ab":
+        chat(name, paths[name])
+        alone[name] = out[f"chat-{name}"][-1]["metrics"]["image_tokens"]
+    assert alone["a"] != alone["b"]
+    workers = [threading.Thread(target=chat, args=(n, paths[n])) for n in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    for name in "ab":
+        history = out[f"chat-{name}"]
+        assert [t["role"] for t in history] == ["user", "assistant"]
+        assert history[0]["images"] == [paths[name]]
+        assert history[1]["metrics"]["image_tokens"] == alone[name]

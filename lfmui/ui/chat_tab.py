@@ -7,7 +7,10 @@ which the engine checks at every generated token.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from lfmui.errors import InputError, LfmuiError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu, session
 from lfmui.ui.queue import ACCELERATOR
-from lfmui.ui.render import to_chatbot, user_errors
+from lfmui.ui.render import kept_on_error, to_chatbot, user_errors
 from lfmui.ui.vision_tab import TilingControls
 
 SAMPLING_FIELDS = ("max_new_tokens", "temperature", "min_p", "top_p", "repetition_penalty", "seed")
@@ -27,7 +30,41 @@ EXAMPLES = [
     for name in ("chart.png", "house.png")
 ]
 HUB_FOR = {"vl": "LiquidAI/LFM2-VL-450M", "text": "LiquidAI/LFM2-8B-A1B"}  # offline builds
-_stops: dict[str, threading.Event] = {}  # session -> Stop flag of its running reply
+BUSY = "A reply is still streaming in this chat; wait for it or press Stop, then send again."
+
+
+class Reply:
+    """A session's running reply: its Stop flag. The generator that streams the reply holds it;
+    the registry holds only a weak reference, so an abandoned generator frees the session."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+
+
+_replies: dict[str, weakref.ref] = {}  # session -> its running Reply
+_replies_lock = threading.Lock()
+
+
+def running(session: str) -> Reply | None:
+    ref = _replies.get(session)
+    return ref() if ref is not None else None
+
+
+@contextlib.contextmanager
+def one_reply(session: str) -> Iterator[Reply]:
+    """A new reply in `session`: one per session at a time (a second Send or Regenerate while
+    one streams is refused, and the chat and the message box are left as they were)."""
+    with _replies_lock:
+        if running(session) is not None:
+            raise InputError(BUSY)
+        reply = Reply()
+        _replies[session] = weakref.ref(reply)
+    try:
+        yield reply
+    finally:
+        with _replies_lock:
+            if running(session) is reply:
+                del _replies[session]
 
 
 def conversation_of(
@@ -67,7 +104,7 @@ def stream_reply(
     history: list,
     system_prompt: str,
     settings: dict[str, Any],
-    session: str,
+    stop: threading.Event,
     tiling: dict[str, Any] | None = None,
     use_tools: bool = False,
 ):
@@ -75,8 +112,6 @@ def stream_reply(
     tools when `use_tools`: their calls show as collapsible "Used tool" messages)."""
     loaded = manager.current()
     reads_images = loaded is None or loaded.spec.kind == "vl"
-    stop = threading.Event()
-    _stops[session] = stop
     reply = {
         "role": "assistant",
         "text": "",
@@ -107,8 +142,6 @@ def stream_reply(
         reply.update(status="error", error=str(exc))
         yield history, to_chatbot(history)
     finally:
-        if _stops.get(session) is stop:
-            del _stops[session]
         if reply["status"] == "streaming":  # the client went away mid-reply
             reply["status"] = "stopped"
 
@@ -122,7 +155,7 @@ def apply_event(reply: dict[str, Any], event: Any) -> None:
     elif event.kind == "done":
         reply["status"] = event.data["reason"]
     elif event.kind == "error":
-        reply.update(status="error", error="the model failed while generating; try again")
+        reply.update(status="error", error=event.data["message"])
 
 
 def apply_step(reply: dict[str, Any], step: Any) -> None:
@@ -143,7 +176,7 @@ def apply_step(reply: dict[str, Any], step: Any) -> None:
     elif step.kind == "final":
         reply.update(text=step.data["text"], status=step.data["reason"])
     elif step.kind == "error":
-        reply.update(status="error", error="the model failed while generating; try again")
+        reply.update(status="error", error=step.data["error"])
 
 
 def build(manager: ModelManager) -> dict[str, Any]:
@@ -203,7 +236,13 @@ def build(manager: ModelManager) -> dict[str, Any]:
     def settings_from(data: dict) -> dict[str, Any]:
         return settings_of([data[c] for c in controls])
 
-    @user_errors
+    def reply_into(history: list, data: dict, stop: threading.Event):
+        settings, detail = settings_from(data), image_detail.values(data)
+        return stream_reply(
+            manager, history, data[system_prompt], settings, stop, detail, data[use_tools]
+        )
+
+    @kept_on_error(outputs=3)
     def on_submit(data: dict, request: gr.Request):
         message = data[box] or {}
         text = message.get("text", "") or ""
@@ -214,36 +253,21 @@ def build(manager: ModelManager) -> dict[str, Any]:
             raise InputError(f"Attach at most {turns.MAX_IMAGES_PER_MESSAGE} images per message.")
         for path in files:
             images.load_safe(path)  # reject bad images before the message joins the history
-        history = [*data[state], {"role": "user", "text": text, "images": files}]
-        yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
-        settings = settings_from(data)
-        for update in stream_reply(
-            manager,
-            history,
-            data[system_prompt],
-            settings,
-            request.session_hash,
-            image_detail.values(data),
-            data[use_tools],
-        ):
-            yield *update, gr.skip()
+        with one_reply(request.session_hash) as reply:  # before the box empties
+            history = [*data[state], {"role": "user", "text": text, "images": files}]
+            yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
+            for update in reply_into(history, data, reply.stop):
+                yield *update, gr.skip()
 
-    @user_errors
+    @kept_on_error(outputs=2)
     def on_regenerate(data: dict, request: gr.Request):
         history = list(data[state])
         while history and history[-1]["role"] == "assistant":
             history.pop()
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
-        yield from stream_reply(
-            manager,
-            history,
-            data[system_prompt],
-            settings_from(data),
-            request.session_hash,
-            image_detail.values(data),
-            data[use_tools],
-        )
+        with one_reply(request.session_hash) as reply:
+            yield from reply_into(history, data, reply.stop)
 
     def on_undo(history):
         history = list(history)
@@ -255,9 +279,9 @@ def build(manager: ModelManager) -> dict[str, Any]:
         return history, to_chatbot(history), {"text": last["text"], "files": last["images"]}
 
     def on_stop(request: gr.Request) -> None:
-        flag = _stops.get(request.session_hash)
-        if flag is not None:
-            flag.set()
+        reply = running(request.session_hash)
+        if reply is not None:
+            reply.stop.set()
 
     def bundle_of(data: dict) -> dict[str, Any]:
         loaded = manager.current()

@@ -150,6 +150,25 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def kept_on_error(outputs: int) -> Callable[[Callable], Callable]:
+    """For the chat's streaming events: a refusal (our error) is a warning toast and every
+    output stays as it was. A gr.Error would draw an "Error" badge over the outputs, hiding the
+    chat and the message box (and what the user typed) until the next update."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def refusing(*args: Any, **kwargs: Any):
+            try:
+                yield from fn(*args, **kwargs)
+            except LfmuiError as exc:
+                gr.Warning(str(exc))
+                yield (gr.skip(),) * outputs
+
+        return user_errors(refusing)  # anything else: logged, a safe line
+
+    return decorate
+
+
 def _is_generator(fn: Callable) -> bool:
     import inspect
 
