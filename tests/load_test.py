@@ -53,14 +53,14 @@ def _resources(pid: int, temp: Path) -> dict[str, float]:
     }
 
 
-def _serve(temp: Path) -> tuple[subprocess.Popen, str]:
+def _serve(temp: Path, **env_extra: str) -> tuple[subprocess.Popen, str]:
     """`python app.py` on the offline tiny model, in its own process (so its resources are its
     own), with its own gradio temp dir; returns once it answers."""
     from gradio_client import Client
 
     port = _free_port()
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "HF_HUB_OFFLINE": "1", **env_extra}
     server = subprocess.Popen(
         [sys.executable, "app.py", "--offline", "--model", "lfm2-vl-tiny", "--port", str(port)],
         cwd=root,
@@ -163,7 +163,42 @@ def _switcher(url: str, deadline: float, stats: Stats, every: float) -> None:
             stats.error(exc)
 
 
-def run(clients: int, seconds: float, switch_every: float = 4.0) -> dict:
+def _sampler(pid: int, temp: Path, until: threading.Event, every: float, out: list) -> None:
+    """Sample the server's resources every `every` seconds until `until` is set."""
+    started = time.monotonic()
+    while not until.wait(every):
+        try:
+            out.append({"t": round(time.monotonic() - started), **_resources(pid, temp)})
+        except Exception:  # the server went away: the summary says so
+            return
+
+
+def _trend(samples: list[dict]) -> dict[str, float | None]:
+    """RSS and threads over the measured run: first and last quarter medians (MiB, count)."""
+    if len(samples) < 4:
+        return {"rss_first_quarter_mib": None, "rss_last_quarter_mib": None}
+    quarter = max(1, len(samples) // 4)
+    first, last = samples[:quarter], samples[-quarter:]
+    return {
+        "rss_first_quarter_mib": statistics.median(s["rss_mib"] for s in first),
+        "rss_last_quarter_mib": statistics.median(s["rss_mib"] for s in last),
+        "rss_max_mib": max(s["rss_mib"] for s in samples),
+        "rss_slope_mib_per_min": round(_slope(samples) * 60, 2),
+        "threads_max": max(s["threads"] for s in samples),
+        "temp_max_mib": max(s["temp_mib"] for s in samples),
+    }
+
+
+def _slope(samples: list[dict]) -> float:
+    """Least-squares RSS growth over the run, MiB per second."""
+    ts = [s["t"] for s in samples]
+    rss = [s["rss_mib"] for s in samples]
+    mean_t, mean_r = statistics.fmean(ts), statistics.fmean(rss)
+    spread = sum((t - mean_t) ** 2 for t in ts)
+    return sum((t - mean_t) * (r - mean_r) for t, r in zip(ts, rss, strict=True)) / spread
+
+
+def run(clients: int, seconds: float, switch_every: float = 4.0, sample_every: float = 5.0) -> dict:
     """Serve the app in its own process, load it, report. Returns the summary."""
     from PIL import Image
 
@@ -186,6 +221,12 @@ def run(clients: int, seconds: float, switch_every: float = 4.0) -> dict:
         for thread in warmers:
             thread.join(timeout=seconds + 60)
         after_warmup = _resources(server.pid, temp)
+        samples: list[dict] = []
+        sampling = threading.Event()
+        sampler = threading.Thread(
+            target=_sampler, args=(server.pid, temp, sampling, sample_every, samples), daemon=True
+        )
+        sampler.start()
         stats = Stats()
         deadline = time.monotonic() + seconds
         threads = [
@@ -202,6 +243,7 @@ def run(clients: int, seconds: float, switch_every: float = 4.0) -> dict:
         for thread in threads:
             thread.join(timeout=seconds + 60)
         deadlocked = sum(thread.is_alive() for thread in threads)
+        sampling.set()
         time.sleep(2.0)  # let the server finish its last replies
         end = _resources(server.pid, temp)
         alive = server.poll() is None
@@ -221,6 +263,8 @@ def run(clients: int, seconds: float, switch_every: float = 4.0) -> dict:
         "deadlocked_clients": deadlocked,
         "server_alive": alive,
         "server_resources": {"start": start, "after_warmup": after_warmup, "end": end},
+        "trend": _trend(samples),
+        "samples": samples,
         "median_e2e_s": round(statistics.median(stats.total), 4) if stats.total else None,
     }
 
@@ -233,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--switch-every", type=float, default=5.0)
+    parser.add_argument("--sample-every", type=float, default=5.0)
     args = parser.parse_args(argv)
-    summary = run(args.clients, args.seconds, args.switch_every)
+    summary = run(args.clients, args.seconds, args.switch_every, args.sample_every)
     print(json.dumps(summary, indent=1))
     return 0 if summary["unhandled_errors"] == 0 and not summary["deadlocked_clients"] else 1
 

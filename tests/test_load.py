@@ -8,7 +8,7 @@ import json
 from load_test import run
 
 
-def test_load_small(tiny_paths):
+def test_item39_load_small(tiny_paths):
     summary = run(clients=3, seconds=15, switch_every=4)
     print(json.dumps(summary))  # the figures, in CI's log
     assert summary["unhandled_errors"] == 0, summary["errors"]
