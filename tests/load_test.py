@@ -173,6 +173,17 @@ def _sampler(pid: int, temp: Path, until: threading.Event, every: float, out: li
             return
 
 
+def _settle(pid: int, temp: Path, threads: int, seconds: float = 20.0) -> dict[str, float]:
+    """Resources once idle worker threads have retired (anyio's pool lets an idle thread go
+    after 10 s): a leaked thread stays, a pool that grew for the load does not."""
+    deadline = time.monotonic() + seconds
+    while True:
+        now = _resources(pid, temp)
+        if now["threads"] <= threads or time.monotonic() > deadline:
+            return now
+        time.sleep(1.0)
+
+
 def _trend(samples: list[dict]) -> dict[str, float | None]:
     """RSS and threads over the measured run: first and last quarter medians (MiB, count)."""
     if len(samples) < 4:
@@ -246,6 +257,7 @@ def run(clients: int, seconds: float, switch_every: float = 4.0, sample_every: f
         sampling.set()
         time.sleep(2.0)  # let the server finish its last replies
         end = _resources(server.pid, temp)
+        settled = _settle(server.pid, temp, after_warmup["threads"])
         alive = server.poll() is None
     finally:
         server.terminate()
@@ -262,7 +274,12 @@ def run(clients: int, seconds: float, switch_every: float = 4.0, sample_every: f
         + sum(n for k, n in stats.errors.items() if k.startswith("other")),
         "deadlocked_clients": deadlocked,
         "server_alive": alive,
-        "server_resources": {"start": start, "after_warmup": after_warmup, "end": end},
+        "server_resources": {
+            "start": start,
+            "after_warmup": after_warmup,
+            "end": end,
+            "settled": settled,
+        },
         "trend": _trend(samples),
         "samples": samples,
         "median_e2e_s": round(statistics.median(stats.total), 4) if stats.total else None,
