@@ -12,6 +12,7 @@ previous model is loaded again. A second load while one runs is refused with a c
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -126,11 +127,21 @@ def _trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them per thread arena otherwise): a
     switch frees hundreds of MB of CPU tensors, and without this the process's RSS creeps up
     over many switches (measured in tests/load_test.py)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig); None elsewhere."""
     import ctypes
     import ctypes.util
 
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        return None
 
 
 class ModelManager:

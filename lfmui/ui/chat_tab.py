@@ -7,10 +7,7 @@ which the engine checks at every generated token.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ from lfmui import images, tools, turns
 from lfmui.errors import InputError, LfmuiError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu, session
-from lfmui.ui.queue import ACCELERATOR
+from lfmui.ui.queue import ACCELERATOR, Running
 from lfmui.ui.render import kept_on_error, to_chatbot, user_errors
 from lfmui.ui.vision_tab import TilingControls
 
@@ -30,41 +27,9 @@ EXAMPLES = [
     for name in ("chart.png", "house.png")
 ]
 HUB_FOR = {"vl": "LiquidAI/LFM2-VL-450M", "text": "LiquidAI/LFM2-8B-A1B"}  # offline builds
-BUSY = "A reply is still streaming in this chat; wait for it or press Stop, then send again."
-
-
-class Reply:
-    """A session's running reply: its Stop flag. The generator that streams the reply holds it;
-    the registry holds only a weak reference, so an abandoned generator frees the session."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-
-
-_replies: dict[str, weakref.ref] = {}  # session -> its running Reply
-_replies_lock = threading.Lock()
-
-
-def running(session: str) -> Reply | None:
-    ref = _replies.get(session)
-    return ref() if ref is not None else None
-
-
-@contextlib.contextmanager
-def one_reply(session: str) -> Iterator[Reply]:
-    """A new reply in `session`: one per session at a time (a second Send or Regenerate while
-    one streams is refused, and the chat and the message box are left as they were)."""
-    with _replies_lock:
-        if running(session) is not None:
-            raise InputError(BUSY)
-        reply = Reply()
-        _replies[session] = weakref.ref(reply)
-    try:
-        yield reply
-    finally:
-        with _replies_lock:
-            if running(session) is reply:
-                del _replies[session]
+_replies = Running(  # the chat's running reply per session
+    "A reply is still streaming in this chat; wait for it or press Stop, then send again."
+)
 
 
 def conversation_of(
@@ -253,10 +218,10 @@ def build(manager: ModelManager) -> dict[str, Any]:
             raise InputError(f"Attach at most {turns.MAX_IMAGES_PER_MESSAGE} images per message.")
         for path in files:
             images.load_safe(path)  # reject bad images before the message joins the history
-        with one_reply(request.session_hash) as reply:  # before the box empties
+        with _replies.one(request.session_hash) as stop:  # before the box empties
             history = [*data[state], {"role": "user", "text": text, "images": files}]
             yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
-            for update in reply_into(history, data, reply.stop):
+            for update in reply_into(history, data, stop):
                 yield *update, gr.skip()
 
     @kept_on_error(outputs=2)
@@ -266,8 +231,8 @@ def build(manager: ModelManager) -> dict[str, Any]:
             history.pop()
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
-        with one_reply(request.session_hash) as reply:
-            yield from reply_into(history, data, reply.stop)
+        with _replies.one(request.session_hash) as stop:
+            yield from reply_into(history, data, stop)
 
     def on_undo(history):
         history = list(history)
@@ -279,9 +244,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
         return history, to_chatbot(history), {"text": last["text"], "files": last["images"]}
 
     def on_stop(request: gr.Request) -> None:
-        reply = running(request.session_hash)
-        if reply is not None:
-            reply.stop.set()
+        _replies.stop(request.session_hash)
 
     def bundle_of(data: dict) -> dict[str, Any]:
         loaded = manager.current()

@@ -4,9 +4,55 @@ Every event that loads, unloads or generates joins the "accelerator" group. The 
 few events at once so the next request's image preprocessing overlaps the current reply; the
 engine's single generation thread still runs one generate() at a time, and the time a reply
 waits for it is reported as its queue wait. gradio takes the smallest limit any event of a group
-names, so each event names this one.
+names, so each event names this one. Within a tab, a session runs one reply at a time
+(`Running`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
+from collections.abc import Iterator
+
+from lfmui.errors import InputError
+
 ACCELERATOR = {"concurrency_id": "accelerator", "concurrency_limit": 4}
+
+
+class Running:
+    """Each session's running reply in one tab, by its Stop flag: one at a time per session.
+
+    The generator that streams a reply holds its flag; this registry holds only a weak
+    reference, so a generator that is dropped without being closed frees the session too.
+    """
+
+    def __init__(self, busy: str) -> None:
+        self.busy = busy  # what a second request while one runs is told
+        self._flags: dict[str, weakref.ref[threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def flag(self, session: str) -> threading.Event | None:
+        ref = self._flags.get(session)
+        return ref() if ref is not None else None
+
+    def stop(self, session: str) -> None:
+        flag = self.flag(session)
+        if flag is not None:
+            flag.set()
+
+    @contextlib.contextmanager
+    def one(self, session: str) -> Iterator[threading.Event]:
+        """The Stop flag of a new reply in `session`; a second one while it runs is refused
+        (before any output changes, so the chat and the message box stay as they were)."""
+        with self._lock:
+            if self.flag(session) is not None:
+                raise InputError(self.busy)
+            flag = threading.Event()
+            self._flags[session] = weakref.ref(flag)
+        try:
+            yield flag
+        finally:
+            with self._lock:
+                if self.flag(session) is flag:
+                    del self._flags[session]

@@ -9,7 +9,6 @@ implementation); "Send results" feeds the edited results back in the tool role a
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import gradio as gr
@@ -18,10 +17,12 @@ from lfmui import images, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
-from lfmui.ui.queue import ACCELERATOR
+from lfmui.ui.queue import ACCELERATOR, Running
 from lfmui.ui.render import fenced, safe_markdown, user_errors
 
-_stops: dict[str, threading.Event] = {}
+_runs = Running(  # the playground's running tool turn per session
+    "A tool turn is still running here; wait for it or press Stop, then run again."
+)
 EXAMPLES_JSON = json.dumps([t.schema() for t in tools.BUILTINS.values()], indent=2)
 
 
@@ -197,10 +198,8 @@ def build(manager: ModelManager) -> None:
             trace = gr.Markdown(elem_id="tool-trace")
 
     def stream(run_state, data, session):
-        stop_flag = threading.Event()
-        _stops[session] = stop_flag
         settings = {"max_new_tokens": int(data[new_tokens]), "temperature": 0.0}
-        try:
+        with _runs.one(session) as stop_flag:
             for current, final in run_rounds(
                 manager,
                 run_state,
@@ -219,9 +218,6 @@ def build(manager: ModelManager) -> None:
                     ),
                     gr.Button(visible=bool(waiting)),
                 )
-        finally:
-            if _stops.get(session) is stop_flag:
-                del _stops[session]
 
     @user_errors
     def on_run(data: dict, request: gr.Request):
@@ -245,9 +241,7 @@ def build(manager: ModelManager) -> None:
         yield from stream(run_state, data, request.session_hash)
 
     def on_stop(request: gr.Request) -> None:
-        flag = _stops.get(request.session_hash)
-        if flag is not None:
-            flag.set()
+        _runs.stop(request.session_hash)
 
     def on_tools_change(text: str):
         try:
