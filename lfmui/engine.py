@@ -192,12 +192,13 @@ def stream(
     gone = threading.Event()  # the consumer went away; the caller's own `stop` stays untouched
     streamer = _TokenQueue()
     plan, _note = decode_plan(loaded)
+    time_cap = MaxTimeCriteria(settings.time_limit)  # its clock starts with generate(), below
     criteria = StoppingCriteriaList(
         [
             _stopping_criteria(
                 inputs["input_ids"].shape[0], loaded.model.device, stop, gone, loaded.cancel
             ),
-            MaxTimeCriteria(settings.time_limit),
+            time_cap,
         ]
     )
     kwargs = {
@@ -214,6 +215,9 @@ def stream(
 
     def run() -> None:
         timing["started"] = time.perf_counter()
+        # The cap counts generation time, as the done reason does: a reply that waited its turn
+        # was cut early and then reported as "eos" (CI caught it).
+        time_cap.initial_timestamp = time.time()
         try:
             if stop.is_set() or gone.is_set() or loaded.cancel.is_set():  # stopped while queued
                 streamer.end()

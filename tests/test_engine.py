@@ -276,3 +276,20 @@ def test_reply_stopped_while_queued_never_runs_generate(loaded, monkeypatch):
     events = list(engine.stream(loaded, _inputs(loaded), engine.Settings(), queued_stop))
     first.close()
     assert events[-1].data["reason"] == "stopped" and calls == []
+
+
+def test_item32_time_limit_counts_from_generate_not_from_the_queue(loaded):
+    """A reply that waited its turn still gets its full time cap, and is marked time_limit."""
+    long_stop, first = _hold_generation_thread(loaded)
+    next(e for e in first if e.kind == "text")
+    threading.Timer(1.5, long_stop.set).start()  # the queued reply waits 1.5 s, over its cap
+    settings = engine.Settings(max_new_tokens=4096, temperature=1.0, time_limit=1.0)
+    events = list(
+        engine.stream(
+            loaded, _inputs(loaded), settings, extra_generate_kwargs={"min_new_tokens": 4096}
+        )
+    )
+    first.close()
+    metrics = next(e for e in events if e.kind == "metrics").data
+    assert metrics["queue_wait_s"] > 1.0
+    assert events[-1].data["reason"] == "time_limit" and metrics["generated_tokens"] > 10
