@@ -11,6 +11,13 @@ Cases so far:
   For a text model (LFM2-8B-A1B) the same with a 512-token text prompt (``"case": "text"``).
 - ``presets``: one image (``--image-size``) and question at the model's default tiling and each
   preset (fast, balanced, detailed) through the app's chat turn: image tokens, TTFT.
+- ``ops``: aten operations and host syncs of one decode step (the model's forward for one new
+  token after a 16-token prompt), per level, and each level's operations against bf16's from the
+  same run. Defaults to ``lfm2-moe-replica``, the 8B's 24-layer, 32-expert layout at tiny widths.
+
+Every case that loads reports ``load_peak_gib``: the tensor-memory peak of the load above what
+was allocated before it (CUDA allocator counters, or torch's CPU allocation events; see
+``lfmui.meters``), beside the ``resident_gib`` that stays.
 
 Models default to the offline builds (tiny on CPU; ``--models`` picks full-shape synthetic ones).
 """
@@ -24,7 +31,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from lfmui import engine, prompts, quant
+from lfmui import engine, meters, prompts, quant
 from lfmui.catalog import Catalog
 from lfmui.errors import LfmuiError
 from lfmui.manager import GIB, ModelManager, memory_report
@@ -57,6 +64,15 @@ def _smoke_generate(manager: ModelManager, new_tokens: int) -> dict[str, Any]:
     }
 
 
+def _load(manager: ModelManager, model_id: str, level: str) -> dict[str, Any]:
+    """Load through the manager (the app's path) and report its status with the load's peak
+    (above what is allocated with no model resident: a switch's freeing is not counted)."""
+    manager.unload()
+    with meters.tensor_peak() as peak:
+        status = manager.load(model_id, level)
+    return {**status, "load_peak_bytes": peak.bytes, "load_peak_gib": _gib(peak.bytes)}
+
+
 def run_loads(models: list[str], levels: list[str], new_tokens: int) -> int:
     catalog = Catalog()
     catalog.show_all()
@@ -66,12 +82,13 @@ def run_loads(models: list[str], levels: list[str], new_tokens: int) -> int:
         for level in levels:
             record: dict[str, Any] = {"case": "load", "model": model_id, "quantization": level}
             try:
-                status = manager.load(model_id, level)
+                status = _load(manager, model_id, level)
                 memory = memory_report(manager.current())
                 record.update(
                     ok=True,
                     device=status["device"],
                     resident_gib=round(status["resident_bytes"] / GIB, 3),
+                    load_peak_gib=status["load_peak_gib"],
                     load_s=status["load_seconds"],
                     cuda_allocated_gib=_gib(memory.get("cuda_allocated_bytes")),
                     cuda_peak_gib=_gib(memory.get("cuda_peak_bytes")),
@@ -127,7 +144,7 @@ def _warm_manager(model_id: str, level: str) -> tuple[ModelManager, dict[str, An
     catalog = Catalog()
     catalog.show_all()
     manager = ModelManager(catalog, on_loaded=engine.warm_up)
-    return manager, manager.load(model_id, level)
+    return manager, _load(manager, model_id, level)
 
 
 def _image_question(size: int) -> list[dict[str, Any]]:
@@ -192,6 +209,7 @@ def run_seed(
             "engine_ms_per_token_p90": round(sorted(eng_ms)[int(0.9 * (len(eng_ms) - 1))], 3),
             "plain_ms_per_token": round(_median(plain_ms), 3),
             "resident_gib": round(status["resident_bytes"] / GIB, 3),
+            "load_peak_gib": status["load_peak_gib"],
             "load_s": status["load_seconds"],
         }
         record["engine_over_plain_speed"] = round(
@@ -249,6 +267,53 @@ def run_presets(model_id: str, level: str, repeats: int, size: int) -> int:
     return 0
 
 
+def decode_step_ops(loaded, prompt_tokens: int = 16) -> meters.OpCount:
+    """Operations and host syncs of the model's forward for one new token (after a prompt)."""
+    import torch
+
+    model = loaded.model
+    ids = torch.randint(20, 500, (1, prompt_tokens), device=model.device)
+    with torch.inference_mode():
+        for _ in range(2):  # the first step warms lazily built state (rotary caches, kernels)
+            out = model(ids, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+            with meters.count_ops() as count:
+                model(token, past_key_values=out.past_key_values, use_cache=True)
+    return count
+
+
+def run_ops(models: list[str], levels: list[str]) -> int:
+    catalog = Catalog()
+    catalog.show_all()
+    manager = ModelManager(catalog)
+    for model_id in models:
+        bf16_ops = None
+        for level in levels:
+            status = _load(manager, model_id, level)
+            with manager.lease() as loaded:
+                count = decode_step_ops(loaded)
+            bf16_ops = count.ops if level == "bf16" else bf16_ops
+            _emit(
+                {
+                    "case": "ops",
+                    "model": model_id,
+                    "quantization": level,
+                    "device": status["device"],
+                    "ops_per_token": count.ops,
+                    "syncs_per_token": count.syncs,
+                    "ops_over_bf16": round(count.ops / bf16_ops, 3) if bf16_ops else None,
+                    "resident_gib": round(status["resident_bytes"] / GIB, 4),
+                    "load_peak_gib": status["load_peak_gib"],
+                    "load_peak_over_resident": round(
+                        status["load_peak_bytes"] / status["resident_bytes"], 3
+                    ),
+                    "top_ops": dict(count.by_name.most_common(6)),
+                }
+            )
+        manager.unload()
+    return 0
+
+
 def _gib(value: int | None) -> float | None:
     return round(value / GIB, 3) if value is not None else None
 
@@ -259,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("case", choices=["loads", "seed", "presets"])
+    parser.add_argument("case", choices=["loads", "seed", "presets", "ops"])
     parser.add_argument(
-        "--models", default="lfm2-vl-tiny,lfm2-moe-tiny", help="comma-separated catalog ids"
+        "--models",
+        default=None,
+        help="comma-separated catalog ids (default: lfm2-vl-tiny,lfm2-moe-tiny; ops: "
+        "lfm2-moe-replica)",
     )
     parser.add_argument(
         "--levels",
@@ -277,15 +345,19 @@ def main(argv: list[str] | None = None) -> int:
         levels = [row["name"] for row in quant.availability_table() if row["available"]]
     else:
         levels = args.levels.split(",")
+    default_models = "lfm2-moe-replica" if args.case == "ops" else "lfm2-vl-tiny,lfm2-moe-tiny"
+    models = (args.models or default_models).split(",")
     started = time.perf_counter()
-    if args.case == "presets":
+    if args.case == "ops":
+        code = run_ops(models, ["bf16", *[level for level in levels if level != "bf16"]])
+    elif args.case == "presets":
         code = 0
-        for model_id in args.models.split(","):
+        for model_id in models:
             for level in levels:
                 code |= run_presets(model_id, level, args.repeats, args.image_size)
     elif args.case == "seed":
         code = 0
-        for model_id in args.models.split(","):
+        for model_id in models:
             for level in levels:
                 code |= run_seed(
                     model_id,
@@ -296,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.prompt_tokens,
                 )
     else:
-        code = run_loads(args.models.split(","), levels, args.new_tokens)
+        code = run_loads(models, levels, args.new_tokens)
     _emit({"case": "summary", "seconds": round(time.perf_counter() - started, 1), "exit": code})
     return code
 

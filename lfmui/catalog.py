@@ -128,6 +128,9 @@ OFFLINE_MODELS = (
     _offline("lfm2-moe-tiny", "lfm2-moe-tiny (offline, random weights)", "text"),
     # Full-shape synthetic builds for benchmarks: hidden from the picker (an 8B fp32 build needs
     # more memory than a laptop has); `--synthetic` lists them.
+    _offline(
+        "lfm2-moe-replica", "LFM2-8B-A1B layout at tiny widths (random weights)", "text", False
+    ),
     _offline("lfm2-vl-450m-synthetic", "LFM2-VL-450M shape (random weights)", "vl", False),
     _offline("lfm2-vl-1.6b-synthetic", "LFM2-VL-1.6B shape (random weights)", "vl", False),
     _offline("lfm2-8b-a1b-synthetic", "LFM2-8B-A1B shape (random weights)", "text", False),

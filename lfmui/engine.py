@@ -344,6 +344,10 @@ def decode_plan(loaded: Any) -> tuple[dict[str, Any], str]:
         return {}, "eager decode: on ZeroGPU each request runs in a fresh GPU worker"
     if loaded.quantization not in ("bf16", "fp16"):
         return {}, f"eager decode: {loaded.quantization} layers do not compile"
+    if loaded.quantization == "fp16" and getattr(loaded.model.config, "num_experts", None):
+        # transformers' grouped experts fall back to a loop that reads expert counts on the
+        # host (.tolist()) for anything but bf16: CUDA graphs cannot capture it
+        return {}, "eager decode: fp16 experts do not compile (bf16 does)"
     kwargs = {"cache_implementation": "static", "max_cache_len": STATIC_CACHE_LEN}
     return kwargs, "compiled decode: static cache + torch.compile"
 

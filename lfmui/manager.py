@@ -220,7 +220,12 @@ class ModelManager:
         if current and current.spec.id == spec.id and current.quantization == level.name:
             return current.status()
         progress(0.05, f"checking {spec.id}")
-        location = self._locate(spec, progress)
+        try:
+            location = self._locate(spec, progress)
+        except LfmuiError:
+            raise
+        except Exception as exc:  # building an offline checkpoint ran out of memory, say
+            raise ModelLoadError(_load_failure(spec, exc)) from None
         previous = (current.spec.id, current.quantization) if current else None
         progress(0.3, "freeing the previous model" if current else "loading weights")
         self._retire_current()

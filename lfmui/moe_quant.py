@@ -1,17 +1,23 @@
-"""Quantized mixture-of-experts weights for the 8-bit and 4-bit levels.
+"""Quantized mixture-of-experts weights for the 8-bit and 4-bit levels, quantized while loading.
 
-bitsandbytes' from_pretrained path replaces nn.Linear layers only; LFM2-8B-A1B keeps its 32
-experts per layer as two 3-D parameters (``gate_up_proj`` [E, 2I, H] and ``down_proj``
-[E, H, I]) that it leaves in bf16: 14.94 of the model's 15.54 GiB stay unquantized (FACTS.md).
-``quantize_experts`` swaps each experts module for ``QuantizedExperts``, which holds the same
-weights quantized per expert with bitsandbytes' functional API:
+LFM2-8B-A1B keeps its 32 experts per layer as two 3-D parameters (``gate_up_proj`` [E, 2I, H]
+and ``down_proj`` [E, H, I]), 14.94 of the model's 15.54 GiB in bf16 (FACTS.md); bitsandbytes'
+from_pretrained path swaps nn.Linear layers only and would leave them in bf16.
 
-- int8: rows of int8 with an absmax scale per row (``int8_vectorwise_quant``), dequantized per
-  hit expert in the compute dtype;
-- nf4: NF4 blocks of 64 (``quantize_4bit``), multiplied with ``matmul_4bit`` (a fused 4-bit
-  GEMV for a single decode token on CUDA; dequantize-then-matmul for prefill and on CPU).
+Loading: ``bnb_config(kind)`` is a BitsAndBytesConfig whose quantizer (a subclass of
+transformers' own bitsandbytes quantizer, registered below) also claims the expert weights. The
+loader hands it each layer's merged expert tensor as it is read; it is quantized on the spot and
+the bf16 copy is dropped, so the load never holds more than one layer's experts in bf16 (peak
+about 1.25x the quantized size on the 8B's layout, against 3.4x when quantizing afterwards).
 
-Routing is untouched: the forward is the transformers loop over the experts that tokens hit.
+- int8: rows of int8 with one scale per row (absmax / 127), in the compute dtype;
+- nf4: bitsandbytes NF4 blocks of 64 (``quantize_4bit``), one expert at a time.
+
+Forward (``QuantizedExperts``): routing is untouched. A decode step (tokens x top-k <= experts)
+gathers the chosen experts' packed weights by index, dequantizes just those and runs one batched
+matmul: no host sync, nothing data-dependent, so CUDA graphs can capture it. A prefill walks the
+experts that tokens hit (transformers' own loop), dequantizing one expert at a time: it syncs
+per expert, once per prompt, and never holds more than one expert in the compute dtype.
 """
 
 from __future__ import annotations
@@ -23,97 +29,238 @@ from torch import nn
 
 Kind = Literal["int8", "nf4"]
 BLOCKSIZE = 64
-_NAMES = ("gate_up_proj", "down_proj")
+EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
+_METHOD = {"int8": "lfmui_bnb_8bit", "nf4": "lfmui_bnb_4bit"}
 
 
 class QuantizedExperts(nn.Module):
-    """A drop-in for transformers' Lfm2MoeExperts with quantized expert weights."""
+    """A drop-in for transformers' Lfm2MoeExperts holding quantized expert weights."""
 
-    def __init__(self, experts: nn.Module, kind: Kind) -> None:
+    def __init__(
+        self, kind: Kind, act_fn: Any, dtype: torch.dtype, weights: dict[str, tuple]
+    ) -> None:
         super().__init__()
-        import bitsandbytes.functional as bnbf
-
         self.kind = kind
-        self.num_experts = experts.num_experts
-        self.act_fn = experts.act_fn
-        self.compute_dtype = experts.gate_up_proj.dtype
-        self._template: dict[str, Any] = {}
-        for name in _NAMES:
-            weights = getattr(experts, name).data
-            packed, scales = [], []
-            for expert in weights:  # one expert at a time: peak memory stays one expert's
-                if kind == "int8":
-                    rows, row_scales, _ = bnbf.int8_vectorwise_quant(expert.to(torch.float16))
-                    packed.append(rows)
-                    scales.append(row_scales)
-                else:
-                    blocks, state = bnbf.quantize_4bit(
-                        expert, blocksize=BLOCKSIZE, quant_type="nf4"
-                    )
-                    packed.append(blocks)
-                    scales.append(state.absmax)
-                    self._template[name] = state
-            self.register_buffer(f"{name}_q", torch.stack(packed))
-            self.register_buffer(f"{name}_scale", torch.stack(scales))
-            setattr(experts, name, None)  # the bf16 copy goes as soon as its layer is done
+        self.act_fn = act_fn
+        self.compute_dtype = dtype
+        self.shapes: dict[str, tuple[int, int]] = {}
+        for name, (packed, scale, shape) in weights.items():
+            self.register_buffer(f"{name}_q", packed)
+            self.register_buffer(f"{name}_scale", scale)
+            self.shapes[name] = shape
+        self.num_experts = packed.shape[0]
 
-    def _linear(self, name: str, expert: int, x: torch.Tensor) -> torch.Tensor:
-        packed = getattr(self, f"{name}_q")[expert]
-        scale = getattr(self, f"{name}_scale")[expert]
+    def weight(self, name: str, experts: torch.Tensor | int) -> torch.Tensor:
+        """The dequantized weights of `experts` (an index or a 1-D index tensor): [.., N, K]."""
+        packed = getattr(self, f"{name}_q")[experts]
+        scale = getattr(self, f"{name}_scale")[experts]
         if self.kind == "int8":
-            weight = packed.to(x.dtype) * (scale / 127.0).to(x.dtype)[:, None]
-            return nn.functional.linear(x, weight)
-        import bitsandbytes as bnb
-        from bitsandbytes.functional import QuantState
-
-        template = self._template[name]
-        state = QuantState(
-            absmax=scale,
-            shape=template.shape,
-            code=template.code.to(scale.device),
-            blocksize=BLOCKSIZE,
-            quant_type="nf4",
-            dtype=x.dtype,
-        )
-        return bnb.matmul_4bit(x, packed.t(), quant_state=state)
+            return packed.to(self.compute_dtype) * scale.unsqueeze(-1)
+        return _dequantize_nf4(packed, scale, (*packed.shape[:-1], *self.shapes[name]), self)
 
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
+        tokens, top_k = top_k_index.shape
+        if tokens * top_k <= self.num_experts:  # decided on shapes alone: no sync
+            return self._gathered(hidden_states, top_k_index, top_k_weights)
+        return self._looped(hidden_states, top_k_index, top_k_weights)
+
+    def _matvec(self, name: str, experts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Row s of the result is expert experts[s]'s weight times x[s]."""
+        if self.kind == "int8":  # the row scale applies after the product: no scaled copy
+            packed = getattr(self, f"{name}_q")[experts].to(x.dtype)
+            product = torch.bmm(packed, x.unsqueeze(-1)).squeeze(-1)
+            return product * getattr(self, f"{name}_scale")[experts]
+        return torch.bmm(self.weight(name, experts), x.unsqueeze(-1)).squeeze(-1)
+
+    def _gathered(self, hidden_states, top_k_index, top_k_weights) -> torch.Tensor:
+        tokens, top_k = top_k_index.shape
+        experts = top_k_index.reshape(-1)
+        x = hidden_states.repeat_interleave(top_k, dim=0)
+        gate, up = self._matvec("gate_up_proj", experts, x).chunk(2, dim=-1)
+        out = self._matvec("down_proj", experts, self.act_fn(gate) * up)
+        out = out * top_k_weights.reshape(-1, 1)
+        return out.view(tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
+
+    def _looped(self, hidden_states, top_k_index, top_k_weights) -> torch.Tensor:
         final = torch.zeros_like(hidden_states)
-        with torch.no_grad():
-            mask = nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1)
-            mask = mask.permute(2, 1, 0)
-            hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
-        for expert in hit.flatten().tolist():
-            if expert == self.num_experts:
-                continue
+        mask = nn.functional.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)
+        for expert in mask.sum(dim=(1, 2)).nonzero().flatten().tolist():
             top_k_pos, token_idx = torch.where(mask[expert])
-            state = hidden_states[token_idx]
-            gate, up = self._linear("gate_up_proj", expert, state).chunk(2, dim=-1)
-            out = self._linear("down_proj", expert, self.act_fn(gate) * up)
+            state = hidden_states[token_idx].to(self.compute_dtype)
+            gate, up = nn.functional.linear(state, self.weight("gate_up_proj", expert)).chunk(2, -1)
+            out = nn.functional.linear(self.act_fn(gate) * up, self.weight("down_proj", expert))
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
 
 
+def _dequantize_nf4(packed, absmax, shape, module) -> torch.Tensor:
+    from bitsandbytes.functional import QuantState, dequantize_4bit
+
+    state = QuantState(
+        absmax=absmax.reshape(-1),
+        shape=torch.Size(shape),
+        blocksize=BLOCKSIZE,
+        quant_type="nf4",
+        dtype=module.compute_dtype,
+    )
+    return dequantize_4bit(packed.reshape(-1, 1), state)
+
+
+def quantize(weights: torch.Tensor, kind: Kind) -> tuple[torch.Tensor, torch.Tensor]:
+    """[E, N, K] weights -> (packed, scales), one expert at a time so that no full-precision
+    copy of more than one expert exists."""
+    packed, scales = [], []
+    for expert in weights:
+        if kind == "int8":
+            absmax = expert.float().abs().amax(dim=1).clamp(min=1e-12)
+            rows = torch.round(expert.float() * (127.0 / absmax).unsqueeze(1)).to(torch.int8)
+            packed.append(rows)
+            scales.append((absmax / 127.0).to(weights.dtype))
+        else:
+            from bitsandbytes.functional import quantize_4bit
+
+            blocks, state = quantize_4bit(expert, blocksize=BLOCKSIZE, quant_type="nf4")
+            packed.append(blocks.view(-1))
+            scales.append(state.absmax)
+    return torch.stack(packed), torch.stack(scales)
+
+
+def is_expert_weight(model: nn.Module, param_name: str) -> bool:
+    """Whether `param_name` is one of the 3-D expert weights of a mixture-of-experts layer."""
+    module_name, _, attribute = param_name.rpartition(".")
+    if attribute not in EXPERT_WEIGHTS:
+        return False
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        return False
+    weights = getattr(module, attribute, None)
+    return isinstance(weights, torch.Tensor) and weights.dim() == 3
+
+
 def expert_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent, attribute, experts) for every 3-D experts module in `model`."""
+    """(parent, attribute, experts) for every experts module still holding 3-D weights."""
     found = []
     for parent in model.modules():
         child = getattr(parent, "experts", None)
         weights = getattr(child, "gate_up_proj", None) if isinstance(child, nn.Module) else None
-        if weights is not None and weights.dim() == 3:
+        if isinstance(weights, torch.Tensor) and weights.dim() == 3:
             found.append((parent, "experts", child))
     return found
 
 
-def quantize_experts(model: nn.Module, kind: Kind) -> int:
-    """Swap every experts module of `model` for a quantized one; returns how many."""
-    modules = expert_modules(model)
-    for parent, attribute, experts in modules:
+# ---- transformers' loader hook -----------------------------------------------------------------
+
+
+def bnb_config(kind: Kind, skip_modules: list[str]) -> Any:
+    """A BitsAndBytesConfig (int8: LLM.int8 without the outlier split; nf4) whose quantizer also
+    quantizes 3-D expert weights while loading."""
+    from transformers import BitsAndBytesConfig
+
+    _register()
+    if kind == "int8":
+        # threshold 0: the outlier split checks every activation on the host (a sync per
+        # layer: 66 per token on the 8B) and is meant for models past 6.7B dense parameters.
+        config = BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_threshold=0.0, llm_int8_skip_modules=skip_modules
+        )
+    else:
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=False,
+            llm_int8_skip_modules=skip_modules,
+        )
+    config.quant_method = _METHOD[kind]
+    return config
+
+
+def _quantize_op(kind: Kind, linear_op: Any) -> Any:
+    from transformers.core_model_loading import ConversionOps
+
+    class QuantizeExperts(ConversionOps):
+        """The loader's quantize step: expert weights here, the rest to bitsandbytes' own."""
+
+        def convert(self, input_dict: dict[str, Any], model=None, **kwargs) -> dict[str, Any]:
+            return _convert(kind, linear_op, input_dict, model, kwargs)
+
+    return QuantizeExperts()
+
+
+def _convert(kind: Kind, linear_op: Any, input_dict: dict, model: nn.Module, kwargs: dict) -> dict:
+    result = {}
+    for name, value in input_dict.items():
+        value = value[0] if isinstance(value, list) else value
+        if not is_expert_weight(model, name):
+            result.update(linear_op.convert({name: value}, model=model, **kwargs))
+            continue
+        module_name, _, attribute = name.rpartition(".")
+        module = model.get_submodule(module_name)
         with torch.no_grad():
-            setattr(parent, attribute, QuantizedExperts(experts, kind))
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return len(modules)
+            packed, scale = quantize(value, kind)
+        # kept off the module's buffers: the loader re-initializes buffers it did not load
+        module.lfmui_quantized = {
+            **getattr(module, "lfmui_quantized", {}),
+            attribute: (scale, tuple(value.shape[1:]), value.dtype),
+        }
+        result[name] = packed  # stands in for the bf16 weight until _swap_experts
+    return result
+
+
+def _swap_experts(model: nn.Module, kind: Kind) -> int:
+    """After loading: each experts module holding packed weights becomes a QuantizedExperts."""
+    count = 0
+    for parent in list(model.modules()):
+        experts = getattr(parent, "experts", None)
+        quantized = getattr(experts, "lfmui_quantized", None)
+        if not quantized:
+            continue
+        weights = {
+            name: (getattr(experts, name).data, scale, shape)
+            for name, (scale, shape, _) in quantized.items()
+        }
+        dtype = quantized["gate_up_proj"][2]
+        parent.experts = QuantizedExperts(kind, experts.act_fn, dtype, weights)
+        count += 1
+    return count
+
+
+def _quantizer_class(base: type, kind: Kind) -> type:
+    class ExpertsQuantizer(base):
+        """transformers' bitsandbytes quantizer, claiming the 3-D expert weights too."""
+
+        def preprocess_model(self, model, **kwargs):
+            from transformers.utils.quantization_config import QuantizationMethod
+
+            super().preprocess_model(model, **kwargs)
+            # transformers' guards for bitsandbytes models (.to(), .cuda()) key on this name
+            model.quantization_method = QuantizationMethod.BITS_AND_BYTES
+
+        def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+            return is_expert_weight(model, param_name) or super().param_needs_quantization(
+                model, param_name, **kwargs
+            )
+
+        def get_quantize_ops(self):
+            return _quantize_op(kind, super().get_quantize_ops())
+
+        def _process_model_after_weight_loading(self, model, **kwargs):
+            _swap_experts(model, kind)
+            return super()._process_model_after_weight_loading(model, **kwargs)
+
+    ExpertsQuantizer.__name__ = f"Experts{base.__name__}"
+    return ExpertsQuantizer
+
+
+def _register() -> None:
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantizer
+    from transformers.quantizers.quantizer_bnb_4bit import Bnb4BitHfQuantizer
+    from transformers.quantizers.quantizer_bnb_8bit import Bnb8BitHfQuantizer
+
+    for kind, base in (("int8", Bnb8BitHfQuantizer), ("nf4", Bnb4BitHfQuantizer)):
+        if _METHOD[kind] not in AUTO_QUANTIZER_MAPPING:
+            register_quantizer(_METHOD[kind])(_quantizer_class(base, kind))

@@ -6,6 +6,7 @@ cache directory (``LFMUI_CACHE`` or ``~/.cache/lfmui``) and returns its path; th
 loads it through exactly the from_pretrained / AutoProcessor path a downloaded model takes.
 
 - ``lfm2-vl-tiny`` / ``lfm2-moe-tiny``: a few MB, built in seconds (tests, no-network default);
+- ``lfm2-moe-replica``: LFM2-8B-A1B's layout (24 layers, 32 experts, top-4) at tiny widths, 18 MB;
 - ``lfm2-vl-450m-synthetic``, ``lfm2-vl-1.6b-synthetic``, ``lfm2-8b-a1b-synthetic``: the published
   shapes from ``lfm2_shapes.json`` (LM parameter counts match the real models exactly), for
   benchmarks.
@@ -136,6 +137,16 @@ TINY_MOE = {
     "num_dense_layers": 1,
     "layer_types": ["conv", "full_attention", "conv"],
 }
+# The 8B's layout (24 layers: 18 conv + 6 attention, 2 dense, 32 experts, top-4) at tiny widths:
+# what depends on the layout (operations per token, expert routing, load peaks) measured in seconds.
+REPLICA_WIDTHS = {
+    "vocab_size": 1024,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "moe_intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 SHAPE_OF_BUILD = {
     "lfm2-vl-450m-synthetic": "LFM2-VL-450M",
     "lfm2-vl-1.6b-synthetic": "LFM2-VL-1.6B",
@@ -152,7 +163,7 @@ def cache_dir() -> Path:
 
 
 def build_names() -> tuple[str, ...]:
-    return ("lfm2-vl-tiny", "lfm2-moe-tiny", *SHAPE_OF_BUILD)
+    return ("lfm2-vl-tiny", "lfm2-moe-tiny", "lfm2-moe-replica", *SHAPE_OF_BUILD)
 
 
 def shape_config(name: str) -> dict[str, Any]:
@@ -161,6 +172,8 @@ def shape_config(name: str) -> dict[str, Any]:
         return TINY_VL
     if name == "lfm2-moe-tiny":
         return TINY_MOE
+    if name == "lfm2-moe-replica":
+        return {**shape_config("lfm2-8b-a1b-synthetic"), **REPLICA_WIDTHS}
     if name in SHAPE_OF_BUILD:
         return json.loads(SHAPES_FILE.read_text())[SHAPE_OF_BUILD[name]]
     raise KeyError(name)

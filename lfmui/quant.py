@@ -8,6 +8,7 @@ the Models tab shows beside every level it cannot offer.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -15,9 +16,16 @@ from typing import Any
 
 from lfmui.errors import QuantizationUnavailable
 
-# Modules kept in bf16 under bitsandbytes: the vision tower and projector are small and
-# precision-sensitive, and bitsandbytes' int8 path fails on SigLIP2's patch embedding.
-BNB_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head"]
+# Modules every quantized level leaves unquantized: the vision tower and projector are small and
+# precision-sensitive (bitsandbytes' int8 fails on SigLIP2's patch embedding, nf4 on its pixels),
+# and the LM head is tied to the embeddings. transformers matches these from the start of a
+# module's full name at a dot boundary, or as a suffix (``should_convert_module``); a test checks
+# them against the module names of all three models.
+SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+# bitsandbytes warns on every int8 layer call with bf16 inputs (66 lines per token on the 8B)
+# and on import about optional kernels: its errors still show.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -31,11 +39,10 @@ class QuantLevel:
     name: str
     label: str
     dtype: str  # torch dtype name of the unquantized parts
-    needs_cuda: bool
     probe: Callable[[], Availability]
     kwargs: Callable[[], dict[str, Any]]
     note: str = ""
-    post_load: Callable[[Any], Any] | None = None  # runs on the loaded model (MoE experts)
+    post_load: Callable[[Any], Any] | None = None  # runs on the loaded model
 
 
 @cache
@@ -59,36 +66,47 @@ def _on_cpu_slow() -> Availability:
 
 
 def _bitsandbytes() -> Availability:
-    if not cuda_available():
-        return Availability(False, "needs a CUDA GPU (bitsandbytes quantizes on the GPU)")
     if importlib.util.find_spec("bitsandbytes") is None:
         return Availability(False, "needs the bitsandbytes package: pip install bitsandbytes")
-    return Availability(True)
+    failure = _bitsandbytes_fails("cuda" if cuda_available() else "cpu")
+    if failure:
+        return Availability(False, f"bitsandbytes cannot run here ({failure})")
+    if cuda_available():
+        return Availability(True)
+    return Availability(True, "runs on CPU, slower per token than fp32; for fitting memory")
 
 
-def _bnb_8bit() -> dict[str, Any]:
-    from transformers import BitsAndBytesConfig
+@cache
+def _bitsandbytes_fails(device: str) -> str:
+    """'' when bitsandbytes quantizes and multiplies on `device`, else why not (tried once)."""
+    try:
+        import torch
+        from bitsandbytes.functional import quantize_4bit
 
-    return {
-        "quantization_config": BitsAndBytesConfig(
-            load_in_8bit=True, llm_int8_skip_modules=BNB_SKIP_MODULES
-        )
-    }
+        weight = torch.ones(64, 64, dtype=torch.bfloat16, device=device)
+        import bitsandbytes as bnb
+
+        packed, state = quantize_4bit(weight, blocksize=64, quant_type="nf4")
+        bnb.matmul_4bit(torch.ones(1, 64, dtype=torch.bfloat16, device=device), packed.t(), state)
+    except Exception as exc:  # any failure (missing native library, no kernel) is a reason
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return ""
 
 
-def _bnb_4bit() -> dict[str, Any]:
-    import torch
-    from transformers import BitsAndBytesConfig
+def _bnb(kind: str) -> Callable[[], dict[str, Any]]:
+    def kwargs() -> dict[str, Any]:
+        from lfmui.moe_quant import bnb_config
 
-    return {
-        "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=False,
-            llm_int8_skip_modules=BNB_SKIP_MODULES,
-        )
-    }
+        return {"quantization_config": bnb_config(kind, SKIP_MODULES)}
+
+    return kwargs
+
+
+def should_quantize(module_name: str) -> bool:
+    """Whether a quantized level converts the module called `module_name` (SKIP_MODULES)."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    return should_convert_module(module_name, SKIP_MODULES)
 
 
 def _none() -> dict[str, Any]:
@@ -109,11 +127,10 @@ def _dynamic_int8(model: Any) -> Any:
     import torch
 
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-    skip = tuple(m for m in BNB_SKIP_MODULES if m != "lm_head")  # the vision tower reads
-    spec = {  # its patch embedding's weight.dtype, which a packed Linear does not have
-        name: qconfig
+    spec = {  # the vision tower reads its patch embedding's weight.dtype, which a packed
+        name: qconfig  # Linear does not have; the tied LM head is quantized here (measured)
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not any(part in name for part in skip)
+        if isinstance(module, torch.nn.Linear) and (name == "lm_head" or should_quantize(name))
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized tensors are deprecated upstream; still the
@@ -122,47 +139,37 @@ def _dynamic_int8(model: Any) -> Any:
 
 
 QUANTIZATIONS: dict[str, QuantLevel] = {
-    "bf16": QuantLevel("bf16", "bf16", "bfloat16", False, _on_cpu_slow, _none),
-    "fp16": QuantLevel("fp16", "fp16", "float16", False, _on_cpu_slow, _none),
-    "fp32": QuantLevel("fp32", "fp32", "float32", False, _always, _none),
+    "bf16": QuantLevel("bf16", "bf16", "bfloat16", _on_cpu_slow, _none),
+    "fp16": QuantLevel("fp16", "fp16", "float16", _on_cpu_slow, _none),
+    "fp32": QuantLevel("fp32", "fp32", "float32", _always, _none),
     "int8": QuantLevel(
         "int8",
         "8-bit (bitsandbytes LLM.int8)",
         "bfloat16",
-        True,
         _bitsandbytes,
-        _bnb_8bit,
-        "MoE experts: int8 rows",
-        lambda model: _experts(model, "int8"),
+        _bnb("int8"),
+        "about half of bf16's memory; decode slower than bf16 (no compiled decode); "
+        "MoE experts int8 per row, quantized while loading",
     ),
     "nf4": QuantLevel(
         "nf4",
         "4-bit (bitsandbytes nf4)",
         "bfloat16",
-        True,
         _bitsandbytes,
-        _bnb_4bit,
-        "MoE experts: NF4 blocks of 64",
-        lambda model: _experts(model, "nf4"),
+        _bnb("nf4"),
+        "about a third of bf16's memory, the level that fits small GPUs; decode slower than "
+        "bf16 (no compiled decode); MoE experts NF4, quantized while loading",
     ),
     "int8-cpu": QuantLevel(
         "int8-cpu",
         "8-bit on CPU (torch dynamic int8)",
         "float32",
-        False,
         _cpu_only,
         _none,
         "Linear layers int8 per channel, activations quantized on the fly",
         _dynamic_int8,
     ),
 }
-
-
-def _experts(model: Any, kind: str) -> int:
-    """The 3-D MoE expert weights that bitsandbytes' Linear swap leaves in bf16, quantized."""
-    from lfmui.moe_quant import quantize_experts
-
-    return quantize_experts(model, kind)
 
 
 def default_quantization() -> str:
@@ -200,6 +207,7 @@ def availability_table() -> list[dict[str, Any]]:
                 "label": level.label,
                 "available": available.ok,
                 "reason": available.reason,
+                "note": level.note,
             }
         )
     return rows

@@ -415,7 +415,9 @@ def test_export_and_reimport_a_session(page, tmp_path):
     bundle = json.loads(saved.read_text())
     assert bundle["messages"][0]["text"] == "Remember this picture."
     page.get_by_role("button", name="Clear", exact=True).last.click()
-    assert page.get_by_text("Remember this picture.").count() == 0
+    from playwright.sync_api import expect  # waits for the cleared chat (a bare count raced)
+
+    expect(page.get_by_text("Remember this picture.")).to_have_count(0, timeout=10_000)
     page.get_by_label("Import a session file").locator("input[type=file]").or_(
         page.locator("input[type=file][accept*='.json']")
     ).first.set_input_files(str(saved))

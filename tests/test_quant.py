@@ -1,61 +1,173 @@
-"""MoE expert quantization on CPU with the tiny offline MoE (bitsandbytes' functional API)."""
+"""Quantized levels on CPU, where bitsandbytes runs too: what stays unquantized, images through
+int8 and nf4, the MoE experts quantized while loading, and a decode step without host syncs."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 
-from lfmui import moe_quant, offline, quant
+from lfmui import bench, meters, moe_quant, offline, quant
+from lfmui.manager import ModelManager
+
+BNB_LEVELS = ["int8", "nf4"]
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0)
+
+
+def _is_vision(name: str) -> bool:
+    return name.startswith(("model.vision_tower.", "model.multi_modal_projector."))
+
+
+@pytest.mark.parametrize("build", offline.SHAPE_OF_BUILD)
+def test_skip_modules_match_the_module_names_of_all_three_models(build):
+    """transformers anchors skip patterns at the start of the full name (or matches a suffix):
+    every Linear of the vision tower and projector is skipped, every language Linear is not."""
+    config = offline.make_config(offline.shape_config(build))
+    with torch.device("meta"):
+        model = offline.model_class(config)(config)
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    language = [n for n in names if not _is_vision(n) and n != "lm_head"]
+    assert language and all(quant.should_quantize(n) for n in language)
+    vision = [n for n in names if _is_vision(n)]
+    assert (len(vision) > 0) == (config.model_type == "lfm2_vl")
+    assert not any(quant.should_quantize(n) for n in [*vision, "lm_head"])
 
 
 @pytest.fixture(scope="module")
-def moe_bf16(tiny_paths):
-    from transformers import AutoModelForCausalLM
-
-    path = offline.ensure_checkpoint("lfm2-moe-tiny")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-
-
-def _expert_bytes(model) -> int:
-    total = 0
-    for _, _, experts in moe_quant.expert_modules(model):
-        total += sum(t.numel() * t.element_size() for t in experts.parameters())
-    for module in model.modules():
-        if isinstance(module, moe_quant.QuantizedExperts):
-            total += sum(t.numel() * t.element_size() for t in module.buffers())
-    return total
+def bnb_manager(tiny_paths):
+    manager = ModelManager()
+    yield manager
+    manager.unload()
 
 
-@pytest.mark.parametrize("kind,ceiling", [("int8", 0.6), ("nf4", 0.35)])
-def test_quantized_experts_shrink_and_keep_the_output(moe_bf16, kind, ceiling):
-    model = copy.deepcopy(moe_bf16)
-    before = _expert_bytes(model)
-    config = model.config
-    assert moe_quant.quantize_experts(model, kind) == (
-        config.num_hidden_layers - config.num_dense_layers
-    )
-    assert moe_quant.expert_modules(model) == []  # no bf16 expert weights left
-    assert _expert_bytes(model) <= ceiling * before
+@pytest.mark.parametrize("level", BNB_LEVELS)
+def test_quantized_levels_read_an_image_on_cpu(bnb_manager, level, caplog):
+    import bitsandbytes as bnb
+    from PIL import Image
+
+    from lfmui import engine, prompts
+
+    status = bnb_manager.load("lfm2-vl-tiny", level)
+    assert status["device"] == "cpu" and status["quantization"] == level
+    model = bnb_manager.current().model
+    quantized = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
+    for part in (model.model.vision_tower, model.model.multi_modal_projector):
+        linears = [m for m in part.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and not any(isinstance(m, quantized) for m in linears)
+    assert any(isinstance(m, quantized) for m in model.model.language_model.modules())
+    picture = Image.effect_noise((300, 200), 60).convert("RGB")
+    content = [{"type": "image", "image": picture}, {"type": "text", "text": "What is it?"}]
+    with bnb_manager.lease() as loaded:
+        inputs = prompts.build_inputs(loaded, [{"role": "user", "content": content}])
+        assert (inputs["input_ids"] == 396).sum() > 0  # the image's tokens are in the prompt
+        settings = engine.Settings(max_new_tokens=6)
+        extra = {"min_new_tokens": 6}
+        with caplog.at_level("WARNING"):
+            events = list(engine.stream(loaded, inputs, settings, extra_generate_kwargs=extra))
+    assert not [r for r in caplog.records if r.name.startswith("bitsandbytes")]  # quiet log
+    assert events[-1].kind == "done", events[-1].data
+    metrics = next(e.data for e in events if e.kind == "metrics")
+    assert metrics["generated_tokens"] == 6
+
+
+@pytest.mark.parametrize("build", ["lfm2-vl-tiny", "lfm2-moe-tiny"])
+@pytest.mark.parametrize("level", BNB_LEVELS)
+def test_quantized_levels_keep_the_next_token_logits(tiny_paths, build, level):
+    """Quality guard: next-token logits against bf16, cosine at least 0.99."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if build == "lfm2-vl-tiny" else AutoModelForCausalLM
+    path = offline.ensure_checkpoint(build)
+    reference = auto.from_pretrained(path, dtype=torch.bfloat16).eval()
+    model = auto.from_pretrained(path, dtype=torch.bfloat16, **quant.resolve(level).kwargs())
     ids = torch.randint(20, 500, (1, 16))
     with torch.no_grad():
-        expected, got = moe_bf16(ids).logits.float(), model(ids).logits.float()
-    cosine = torch.nn.functional.cosine_similarity(expected.flatten(), got.flatten(), dim=0)
-    assert cosine > 0.99
-    out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    assert out.shape[1] == 22
+        assert _cosine(reference(ids).logits[0, -1], model(ids).logits[0, -1]) >= 0.99
 
 
-def test_bitsandbytes_levels_quantize_the_experts_after_loading():
-    assert quant.QUANTIZATIONS["int8"].post_load is not None
-    assert quant.QUANTIZATIONS["nf4"].post_load is not None
-    assert quant.QUANTIZATIONS["bf16"].post_load is None
+@pytest.fixture(scope="module")
+def replica(tiny_paths):
+    """LFM2-8B-A1B's layout (24 layers, 32 experts, top-4) at tiny widths, in full precision."""
+    from transformers import AutoModelForCausalLM
+
+    path = offline.ensure_checkpoint("lfm2-moe-replica")
+    return path, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("level", BNB_LEVELS)
+def test_moe_experts_are_quantized_while_loading(replica, level):
+    """The load never holds the experts in full precision: its peak stays within 1.3x of what
+    the quantized model keeps (quantizing after a bf16 load peaked at the bf16 size, 3.5x)."""
+    manager = ModelManager()
+    manager.catalog.show_all()
+    with meters.tensor_peak("cpu") as peak:
+        status = manager.load("lfm2-moe-replica", level)
+    model = manager.current().model
+    config = model.config
+    experts = [m for m in model.modules() if isinstance(m, moe_quant.QuantizedExperts)]
+    assert len(experts) == config.num_hidden_layers - config.num_dense_layers
+    assert moe_quant.expert_modules(model) == []  # no full-precision 3-D expert weights left
+    assert peak.bytes <= 1.3 * status["resident_bytes"]
+    full = moe_quant.expert_modules(replica[1])
+    bf16_experts = 2 * sum(m.gate_up_proj.numel() + m.down_proj.numel() for _, _, m in full)
+    assert peak.bytes < bf16_experts  # the bf16 experts alone would exceed it
+    manager.unload()
+
+
+@pytest.mark.parametrize("level", BNB_LEVELS)
+def test_decode_and_prefill_paths_agree_with_full_precision(replica, level):
+    """The sync-free gathered path (decode) and the per-expert loop (prefill) compute the same
+    thing, and both stay close to the full-precision experts."""
+    from transformers import AutoModelForCausalLM
+
+    path, reference = replica
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, **quant.resolve(level).kwargs()
+    )
+    experts = model.model.layers[3].feed_forward.experts
+    full = reference.model.layers[3].feed_forward.experts
+    assert isinstance(experts, moe_quant.QuantizedExperts)
+    torch.manual_seed(0)
+    x = torch.randn(6, model.config.hidden_size)
+    top_k = torch.stack([torch.randperm(32)[:4] for _ in range(6)])
+    weights = torch.rand(6, 4).softmax(-1)
+    looped = experts._looped(x, top_k, weights)
+    one_by_one = [experts(x[i, None], top_k[i, None], weights[i, None]) for i in range(6)]
+    gathered = torch.cat(one_by_one)
+    torch.testing.assert_close(gathered, looped, rtol=1e-4, atol=1e-5)
+    assert _cosine(looped, full(x, top_k, weights)) >= (0.999 if level == "int8" else 0.97)
+
+
+def test_a_quantized_decode_step_has_no_host_sync_and_few_more_ops(tiny_paths):
+    """On the 8B's layout: at int8 and nf4, at most 2 host syncs per decoded token (there are
+    none) and at most 1.2x bf16's operations."""
+    manager = ModelManager()
+    manager.catalog.show_all()
+    counts = {}
+    for level in ["bf16", *BNB_LEVELS]:
+        manager.load("lfm2-moe-replica", level)
+        with manager.lease() as loaded:
+            counts[level] = bench.decode_step_ops(loaded)
+    manager.unload()
+    assert counts["bf16"].ops > 1000  # a real forward was counted
+    for level in BNB_LEVELS:
+        assert counts[level].syncs <= 2, counts[level].by_name
+        assert counts[level].ops <= 1.2 * counts["bf16"].ops
+
+
+def test_the_op_counter_sees_host_syncs():
+    """The meter itself: the loop transformers' eager experts use is counted as syncing."""
+    mask = torch.tensor([[1, 0], [0, 1]])
+    with meters.count_ops() as count:
+        for expert in mask.sum(0).nonzero().flatten().tolist():
+            torch.where(mask[:, expert])
+    assert count.syncs == 1 + 1 + 2  # nonzero, tolist, and a nonzero inside each where
 
 
 def test_cpu_int8_level_shrinks_and_generates(tiny_paths):
     from lfmui import engine, prompts
-    from lfmui.manager import ModelManager
 
     manager = ModelManager()
     if quant.cuda_available():  # on the GPU device: listed, and refused with the reason
@@ -68,10 +180,8 @@ def test_cpu_int8_level_shrinks_and_generates(tiny_paths):
     status = manager.load("lfm2-vl-tiny", "int8-cpu")
     assert status["quantization"] == "int8-cpu" and status["resident_bytes"] < fp32
     loaded = manager.current()
-    packed = [m for m in loaded.model.modules() if hasattr(m, "_packed_params")]
-    assert packed and not any(
-        "vision_tower" in n for n, m in loaded.model.named_modules() if hasattr(m, "_packed_params")
-    )
+    packed = [n for n, m in loaded.model.named_modules() if hasattr(m, "_packed_params")]
+    assert packed and not any(_is_vision(n) for n in packed)
     inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "hello"}])
     events = list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=6)))
     assert events[-1].kind == "done"
@@ -84,23 +194,56 @@ def test_item36_cpu_int8_level_is_refused_on_cuda(monkeypatch):
 
 
 def test_item36_without_bitsandbytes_the_levels_say_why(monkeypatch):
-    """A CUDA machine without the bitsandbytes package: int8 and nf4 are listed unavailable
-    with the install command, and asking for them is a clear error."""
+    """A machine without the bitsandbytes package: int8 and nf4 are listed unavailable with the
+    install command, and asking for them is a clear error."""
     import importlib.util
 
     from lfmui.errors import QuantizationUnavailable
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(quant, "cuda_available", lambda: True)
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
         lambda name, *args: None if name == "bitsandbytes" else real_find_spec(name, *args),
     )
     table = {row["name"]: row for row in quant.availability_table()}
-    for name in ("int8", "nf4"):
+    for name in BNB_LEVELS:
         assert not table[name]["available"]
         assert table[name]["reason"] == "needs the bitsandbytes package: pip install bitsandbytes"
         with pytest.raises(QuantizationUnavailable, match="pip install bitsandbytes"):
             quant.resolve(name)
-    assert table["bf16"]["available"] and table["fp16"]["available"]
+    assert table["bf16"]["available"] and table["fp32"]["available"]
+
+
+def test_bitsandbytes_that_cannot_run_is_found_before_loading(monkeypatch):
+    """The probe runs bitsandbytes once on this device: a broken native library or a device
+    without kernels is a reason, not a failed load."""
+    import bitsandbytes.functional
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this device")
+
+    quant._bitsandbytes_fails.cache_clear()
+    monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", broken)
+    try:
+        reason = quant.QUANTIZATIONS["nf4"].probe().reason
+        assert reason == "bitsandbytes cannot run here (RuntimeError: no kernel for this device)"
+    finally:
+        monkeypatch.undo()
+        quant._bitsandbytes_fails.cache_clear()
+    assert quant.QUANTIZATIONS["nf4"].probe().ok  # a working bitsandbytes is found again
+
+
+def test_a_quantized_load_that_fails_keeps_the_previous_model(vl_manager, monkeypatch):
+    """bitsandbytes failing inside the load (past the probe): a clear error, and the previous
+    model is loaded again and answers."""
+    from lfmui.errors import ModelLoadError
+
+    def broken(kind, linear_op, input_dict, model, kwargs):
+        raise RuntimeError("bitsandbytes kernel failed")
+
+    monkeypatch.setattr(moe_quant, "_convert", broken)
+    with pytest.raises(ModelLoadError, match="previous model .*lfm2-vl-tiny.* is loaded again"):
+        vl_manager.load("lfm2-moe-tiny", "nf4")
+    assert vl_manager.current().spec.id == "lfm2-vl-tiny"
+    assert vl_manager.current().quantization == "fp32"

@@ -13,10 +13,11 @@ from lfmui.ui.render import user_errors
 
 
 def quantization_table() -> str:
-    rows = ["| level | here | note |", "|---|---|---|"]
+    rows = ["| level | here | what it costs |", "|---|---|---|"]
     for row in quant.availability_table():
         mark = "✓ yes" if row["available"] else "✗ no"
-        rows.append(f"| {row['label']} | {mark} | {row['reason']} |")
+        said = "; ".join(part for part in (row["reason"], row["note"]) if part)
+        rows.append(f"| {row['label']} | {mark} | {said} |")
     return "\n".join(rows)
 
 
