@@ -293,11 +293,14 @@ def _write_checkpoint(name: str, target: Path, device: str | None) -> None:
     torch.manual_seed(0)
     tiny = name.endswith("-tiny")
     dtype = torch.float32 if tiny else torch.bfloat16  # the hub checkpoints ship in bf16
-    with torch.device(device or "cpu"):
-        model = model_class(config)._from_config(config, dtype=dtype)
-    model.generation_config = _generation_config(shape["kind"])
-    model.save_pretrained(target)
-    del model
+    if shape["kind"] == "moe" and not tiny and name != "lfm2-moe-replica":
+        _write_by_blocks(config, target, dtype)  # the 8B: 16.7 GB in bf16 never held at once
+    else:
+        with torch.device(device or "cpu"):
+            model = model_class(config)._from_config(config, dtype=dtype)
+        model.generation_config = _generation_config(shape["kind"])
+        model.save_pretrained(target)
+        del model
     if device and device.startswith("cuda"):
         torch.cuda.empty_cache()  # the build's weights must not count against the load after it
     if shape["kind"] == "vl":
@@ -309,6 +312,65 @@ def _write_checkpoint(name: str, target: Path, device: str | None) -> None:
         processor.save_pretrained(target)
     else:
         tokenizer.save_pretrained(target)
+
+
+def _blocks(module: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(name, module) pieces that hold every parameter once: each entry of a ModuleList, and
+    each other module with no ModuleList inside it."""
+    from torch import nn
+
+    pieces = []
+    for name, child in module.named_children():
+        full = f"{prefix}{name}"
+        if isinstance(child, nn.ModuleList):
+            pieces += [(f"{full}.{i}", entry) for i, entry in enumerate(child)]
+        elif any(isinstance(m, nn.ModuleList) for m in child.modules()):
+            pieces += _blocks(child, f"{full}.")
+        else:
+            pieces.append((full, child))
+    return pieces
+
+
+def _write_by_blocks(config: Any, target: Path, dtype: Any) -> None:
+    """Random weights drawn one block (a decoder layer, the embeddings) at a time, each written
+    as its own safetensors shard in the hub's layout (per-expert tensors): the build holds one
+    layer, never the model (the 8B in bf16 is 16.7 GB; building it whole was killed here)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers.core_model_loading import revert_weight_conversion
+
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    tied = (
+        set(getattr(model, "_tied_weights_keys", None) or {})
+        if config.tie_word_embeddings
+        else set()
+    )
+    pieces = [(n, m) for n, m in _blocks(model) if any(True for _ in m.parameters())]
+    weight_map: dict[str, str] = {}
+    for number, (name, block) in enumerate(pieces, start=1):
+        block.to_empty(device="cpu")
+        with torch.no_grad():
+            for module in block.modules():
+                model._init_weights(module)
+        state = {
+            f"{name}.{key}": value.to(dtype)
+            for key, value in block.state_dict().items()
+            if f"{name}.{key}" not in tied
+        }
+        state = revert_weight_conversion(model, state)
+        shard = f"model-{number:05d}-of-{len(pieces):05d}.safetensors"
+        save_file(
+            {k: v.contiguous().clone() for k, v in state.items()}, target / shard, {"format": "pt"}
+        )
+        weight_map.update(dict.fromkeys(state, shard))
+        block.to("meta")  # the next block reuses the memory
+        del state
+    index = {"metadata": {}, "weight_map": weight_map}
+    (target / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config.dtype = dtype
+    config.save_pretrained(target)
+    _generation_config("moe").save_pretrained(target)
 
 
 def is_built(path: Path) -> bool:

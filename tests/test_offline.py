@@ -203,3 +203,27 @@ def test_rebuild_when_marker_is_stale(tmp_path, monkeypatch):
     assert not offline.is_built(path)
     assert offline.is_built(offline.ensure_checkpoint("lfm2-moe-tiny"))
     assert not list(tmp_path.glob(".lfm2-moe-tiny-*"))  # no temporary build left behind
+
+
+def test_a_checkpoint_written_block_by_block_loads_whole(tmp_path):
+    """The 8B's builder (one decoder layer in memory at a time), run on the 8B's layout at tiny
+    widths: a shard per block in the hub's per-expert layout, and from_pretrained finds every
+    weight, none missing or unexpected, with random (not empty) values."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = offline.make_config(offline.shape_config("lfm2-moe-replica"))
+    torch.manual_seed(0)
+    offline._write_by_blocks(config, tmp_path, torch.bfloat16)
+    weight_map = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(weight_map.values())) == config.num_hidden_layers + 2  # + embeddings, norm
+    assert "model.layers.3.feed_forward.experts.31.w2.weight" in weight_map  # per-expert keys
+    model, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.bfloat16, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    experts = model.model.layers[3].feed_forward.experts.gate_up_proj
+    assert experts.shape == (32, 2 * 64, 64) and 0.01 < experts.float().std() < 0.03
+    assert model.model.embedding_norm.weight.float().eq(1).all()  # norms start at one
