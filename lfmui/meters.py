@@ -2,9 +2,15 @@
 
 - ``tensor_peak()``: the peak bytes of tensor memory a block allocated above what was allocated
   when it began. CUDA: the caching allocator's own counters. CPU: the allocation events of
-  torch's profiler, whose CPU allocator reports a running total with every allocation and free.
+  torch's profiler, whose CPU allocator reports a running total with every allocation and free
+  made on the calling thread (the profiler records no allocations on other threads: transformers'
+  loader uses a thread pool unless ``HF_DEACTIVATE_ASYNC_LOAD=1``, and always loads quantized
+  levels on the calling thread).
   Memory-mapped checkpoint pages are not tensor allocations and are not counted: they are the
   kernel's reclaimable page cache, not memory a load can be killed for.
+- ``rss_peak()``: the process's resident-set high-water mark (VmHWM) over the block, reset at its
+  start through /proc/self/clear_refs; None where the kernel offers neither. It counts mapped
+  checkpoint pages too, as the kernel's memory accounting does.
 - ``count_ops()``: the aten operations a block dispatches (counted where they enter the
   dispatcher, so a custom op such as bitsandbytes' counts once) and how many of them make the
   host wait for the device: data-dependent results (nonzero, a tensor read as a Python number or
@@ -68,6 +74,28 @@ def tensor_peak(device: str | None = None) -> Iterator[Peak]:
         _, size, total = events[0]
         start = total - size
         peak.bytes = max(0, max(total for _, _, total in events) - start)
+
+
+@contextlib.contextmanager
+def rss_peak() -> Iterator[Peak]:
+    """The process's peak resident set over the block, in the yielded Peak (0: not measurable)."""
+    peak = Peak(device="cpu")
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        yield peak
+        return
+    yield peak
+    peak.bytes = _status_kib("VmHWM") * 1024
+
+
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return 0
 
 
 def _allocations(nodes: Any) -> Iterator[tuple[int, int, int]]:

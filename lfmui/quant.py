@@ -73,7 +73,7 @@ def _bitsandbytes() -> Availability:
         return Availability(False, f"bitsandbytes cannot run here ({failure})")
     if cuda_available():
         return Availability(True)
-    return Availability(True, "runs on CPU, slower per token than fp32; for fitting memory")
+    return Availability(True, "runs on CPU through bitsandbytes' CPU kernels")
 
 
 @cache
@@ -148,7 +148,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "bfloat16",
         _bitsandbytes,
         _bnb("int8"),
-        "about half of bf16's memory; decode slower than bf16 (no compiled decode); "
+        "about half of bf16's memory; on a GPU decode is slower than bf16's compiled decode; "
         "MoE experts int8 per row, quantized while loading",
     ),
     "nf4": QuantLevel(
@@ -157,8 +157,8 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "bfloat16",
         _bitsandbytes,
         _bnb("nf4"),
-        "about a third of bf16's memory, the level that fits small GPUs; decode slower than "
-        "bf16 (no compiled decode); MoE experts NF4, quantized while loading",
+        "about a third of bf16's memory, the level that fits small GPUs; on a GPU decode is "
+        "slower than bf16's compiled decode; MoE experts NF4, quantized while loading",
     ),
     "int8-cpu": QuantLevel(
         "int8-cpu",

@@ -157,6 +157,20 @@ def test_a_quantized_decode_step_has_no_host_sync_and_few_more_ops(tiny_paths):
         assert counts[level].ops <= 1.2 * counts["bf16"].ops
 
 
+def test_the_memory_meters_see_a_transient_allocation():
+    """What a block allocates and frees again still counts as its peak."""
+    from lfmui.manager import process_rss
+
+    before = process_rss()
+    with meters.rss_peak() as rss, meters.tensor_peak("cpu") as peak:
+        kept = torch.ones(4 * 2**20, dtype=torch.uint8)
+        transient = torch.ones(64 * 2**20, dtype=torch.uint8)
+        del transient
+    assert 68 * 2**20 <= peak.bytes < 70 * 2**20
+    assert rss.bytes >= before + 60 * 2**20
+    assert kept.sum() == kept.numel()
+
+
 def test_the_op_counter_sees_host_syncs():
     """The meter itself: the loop transformers' eager experts use is counted as syncing."""
     mask = torch.tensor([[1, 0], [0, 1]])
