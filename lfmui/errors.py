@@ -41,3 +41,7 @@ class GenerationError(LfmuiError):
 
 class InputError(LfmuiError):
     """A bad request: settings out of range, text too long, wrong modality."""
+
+
+class InsufficientMemory(LfmuiError):
+    """A load refused before it starts: the model at that level would not fit here."""

@@ -221,7 +221,11 @@ class ModelManager:
             return current.status()
         progress(0.05, f"checking {spec.id}")
         try:
-            location = self._locate(spec, progress)
+            # an offline build is checked before it is built; a hub or local model once its
+            # config.json is at hand (no weights are fetched before the check)
+            location = None if spec.source == "offline" else self._locate(spec, progress)
+            self._check_memory(spec, level, current, location)
+            location = location or self._locate(spec, progress)
         except LfmuiError:
             raise
         except Exception as exc:  # building an offline checkpoint ran out of memory, say
@@ -251,6 +255,23 @@ class ModelManager:
             self._current = loaded
         progress(1.0, f"{spec.id} loaded")
         return loaded.status()
+
+    def levels(self, model_id: str) -> list[dict[str, Any]]:
+        """Every quantization level for `model_id`: runs here, memory estimate, fits now."""
+        from lfmui import memory
+
+        current = self._current
+        device = "cuda" if quant.cuda_available() else "cpu"
+        freed = current.weight_bytes if current else 0
+        return memory.levels_for(self.catalog.get(model_id), device, freed)
+
+    def _check_memory(self, spec, level, current, location) -> None:
+        """Refuse at once (InsufficientMemory) a model and level that would not fit here."""
+        from lfmui import memory
+
+        config = memory.config_of(spec, location)
+        device = "cuda" if quant.cuda_available() else "cpu"
+        memory.check(spec.id, config, level, device, current.weight_bytes if current else 0)
 
     def _restore(self, model_id: str, quantization: str) -> str:
         loaded = None

@@ -29,6 +29,9 @@ MEASURED: dict[str, list[dict[str, Any]]] = {
         {"level": "bf16", "device": H100, "gib": 15.534},
         {"level": "fp16", "device": H100, "gib": 15.534},
         {"level": "fp32", "device": H100, "gib": 31.069},
+        # loads --models lfm2-8b-a1b-synthetic --levels nf4,int8 (quantized while loading)
+        {"level": "int8", "device": CPU2, "gib": 7.901},
+        {"level": "nf4", "device": CPU2, "gib": 4.525},
     ],
 }
 

@@ -35,12 +35,33 @@ class Availability:
 
 
 @dataclass(frozen=True)
+class Footprint:
+    """Bytes a level keeps per parameter of each class of ``memory.Layout``."""
+
+    linear: float  # a converted Linear layer's weight
+    other: float  # what the level leaves as it is (embeddings, norms, the vision tower)
+    linear_row: float = 0  # per output row of a converted Linear (scales)
+    experts: float | None = None  # 3-D expert weights (None: as `other`)
+    expert_row: float = 0
+    head: float = 0  # a tied LM head (0: shared with the embeddings)
+    activation: float = 2  # bytes per activation (cache, hidden states)
+
+
+def _plain(size: float) -> Footprint:
+    return Footprint(linear=size, other=size, experts=size, activation=size)
+
+
+NF4_BYTES = 0.5 + 4 / 64  # a nibble per weight and a float32 absmax per block of 64
+
+
+@dataclass(frozen=True)
 class QuantLevel:
     name: str
     label: str
     dtype: str  # torch dtype name of the unquantized parts
     probe: Callable[[], Availability]
     kwargs: Callable[[], dict[str, Any]]
+    footprint: Footprint
     note: str = ""
     post_load: Callable[[Any], Any] | None = None  # runs on the loaded model
 
@@ -139,15 +160,16 @@ def _dynamic_int8(model: Any) -> Any:
 
 
 QUANTIZATIONS: dict[str, QuantLevel] = {
-    "bf16": QuantLevel("bf16", "bf16", "bfloat16", _on_cpu_slow, _none),
-    "fp16": QuantLevel("fp16", "fp16", "float16", _on_cpu_slow, _none),
-    "fp32": QuantLevel("fp32", "fp32", "float32", _always, _none),
+    "bf16": QuantLevel("bf16", "bf16", "bfloat16", _on_cpu_slow, _none, _plain(2)),
+    "fp16": QuantLevel("fp16", "fp16", "float16", _on_cpu_slow, _none, _plain(2)),
+    "fp32": QuantLevel("fp32", "fp32", "float32", _always, _none, _plain(4)),
     "int8": QuantLevel(
         "int8",
         "8-bit (bitsandbytes LLM.int8)",
         "bfloat16",
         _bitsandbytes,
         _bnb("int8"),
+        Footprint(linear=1, linear_row=4, experts=1, expert_row=2, other=2),
         "about half of bf16's memory; on a GPU decode is slower than bf16's compiled decode; "
         "MoE experts int8 per row, quantized while loading",
     ),
@@ -157,6 +179,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "bfloat16",
         _bitsandbytes,
         _bnb("nf4"),
+        Footprint(linear=NF4_BYTES, experts=NF4_BYTES, other=2),
         "about a third of bf16's memory, the level that fits small GPUs; on a GPU decode is "
         "slower than bf16's compiled decode; MoE experts NF4, quantized while loading",
     ),
@@ -166,6 +189,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "float32",
         _cpu_only,
         _none,
+        Footprint(linear=1, linear_row=16, head=1, experts=4, other=4, activation=4),
         "Linear layers int8 per channel, activations quantized on the fly",
         _dynamic_int8,
     ),

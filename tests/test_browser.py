@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -164,6 +165,33 @@ def test_models_tab_shows_status_and_levels(page):
     assert page.get_by_text("lfm2-vl-tiny (offline, random weights)").first.is_visible()
     assert page.get_by_text("4-bit (bitsandbytes nf4)").first.is_visible()
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
+
+
+def test_models_tab_marks_which_levels_fit(page, monkeypatch):
+    """On a 16 GB machine (14 GiB free), LFM2-8B-A1B: fp32 and bf16 marked too big, the 4-bit
+    and 8-bit levels marked as fitting, each with its estimate, before anything is clicked."""
+    from playwright.sync_api import expect
+
+    from lfmui import memory
+
+    monkeypatch.setattr(memory, "meminfo_available", lambda: 14 * 2**30)
+    monkeypatch.setattr(memory, "cgroup_headroom", lambda: None)
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#model-picker input").click()
+    page.get_by_role("option", name="LFM2-8B-A1B (mixture of experts, text only)").click()
+    table = page.locator("#level-table")
+
+    def row(label: str):
+        return table.get_by_role("row", name=re.compile("^" + re.escape(label)))
+
+    expect(table).to_contain_text("memory (14.0 GiB free)", timeout=10_000)
+    expect(row("fp32 ")).to_contain_text("✗ too big: ~32.0 GiB")
+    expect(row("bf16 ")).to_contain_text("✗ too big")
+    expect(row("4-bit (bitsandbytes nf4)")).to_contain_text("✓ fits: ~")
+    expect(row("8-bit (bitsandbytes")).to_contain_text("✓ fits: ~")
+    page.screenshot(path=str(ARTIFACTS / "fits.png"), full_page=True)
+    page.locator("#model-picker input").click()  # back to the resident model for what follows
+    page.get_by_role("option", name="lfm2-vl-tiny (offline, random weights)").click()
 
 
 def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import images, quant, toolcalls, tools, turns
+from lfmui import images, toolcalls, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu, vision_tab
@@ -44,9 +44,12 @@ def build(manager: ModelManager) -> None:
     """Register the API endpoints (call inside the Blocks context)."""
 
     def models() -> list[dict[str, Any]]:
-        """The catalog, with the quantization levels available on this machine."""
-        levels = quant.availability_table()
-        return [{**spec.to_json(), "quantizations": levels} for spec in manager.catalog.listed()]
+        """The catalog, with each quantization level: available here, its memory estimate,
+        and whether the model fits at it now."""
+        return [
+            {**spec.to_json(), "quantizations": manager.levels(spec.id)}
+            for spec in manager.catalog.listed()
+        ]
 
     @user_errors
     def load_model(model_id: str, quantization: str) -> dict[str, Any]:

@@ -12,13 +12,22 @@ from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
 
-def quantization_table() -> str:
-    rows = ["| level | here | what it costs |", "|---|---|---|"]
-    for row in quant.availability_table():
-        mark = "✓ yes" if row["available"] else "✗ no"
+def quantization_table(manager: ModelManager, model_id: str) -> str:
+    """Each level: whether `model_id` fits at it here now (with its estimate), what it costs,
+    or why this machine cannot run it."""
+    rows = manager.levels(model_id)
+    free = rows[0]["available_gib"]
+    lines = [f"| level | memory ({free:.1f} GiB free) | notes |", "|---|---|---|"]
+    for row in rows:
+        if not row["available"]:
+            room = "✗ not here"
+        elif row["fits"] is None:
+            room = "checked when loading"
+        else:
+            room = f"{'✓ fits' if row['fits'] else '✗ too big'}: ~{row['estimate_gib']:.1f} GiB"
         said = "; ".join(part for part in (row["reason"], row["note"]) if part)
-        rows.append(f"| {row['label']} | {mark} | {said} |")
-    return "\n".join(rows)
+        lines.append(f"| {row['label']} | {room} | {said} |")
+    return "\n".join(lines)
 
 
 def status_card(manager: ModelManager) -> str:
@@ -77,28 +86,35 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
             with gr.Row():
                 load_button = gr.Button("Load", variant="primary")
                 unload_button = gr.Button("Unload")
-            gr.Markdown(quantization_table(), label="Quantization levels on this machine")
         with gr.Column(scale=3):
             card = gr.Markdown(status_card(manager), label="Status", container=True)
             figures = gr.Markdown(measured.table(model.value), elem_id="measured-figures")
+    levels = gr.Markdown(
+        quantization_table(manager, model.value),
+        label="Quantization levels on this machine",
+        elem_id="level-table",
+    )
     model.change(measured.table, model, figures, api_visibility="private")
+    model.change(
+        lambda model_id: quantization_table(manager, model_id),
+        model,
+        levels,
+        api_visibility="private",
+    )
 
     @user_errors
     def load(model_id: str, quantization: str, progress=gr.Progress()):  # noqa: B008
         manager.load(model_id, quantization, progress=lambda f, m: progress(f, desc=m))
-        return status_card(manager), banner(manager)
+        return status_card(manager), banner(manager), quantization_table(manager, model_id)
 
     @user_errors
-    def unload():
+    def unload(model_id: str):
         manager.unload()
-        return status_card(manager), banner(manager)
+        return status_card(manager), banner(manager), quantization_table(manager, model_id)
 
+    outputs = [card, banner_box, levels]  # what fits changes with what is resident
     load_event = load_button.click(
-        load,
-        [model, level],
-        [card, banner_box],
-        api_visibility="private",
-        **ACCELERATOR,
+        load, [model, level], outputs, api_visibility="private", **ACCELERATOR
     )
-    unload_button.click(unload, None, [card, banner_box], api_visibility="private", **ACCELERATOR)
+    unload_button.click(unload, model, outputs, api_visibility="private", **ACCELERATOR)
     return {"model": model, "card": card, "loaded": load_event}

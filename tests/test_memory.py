@@ -1,0 +1,117 @@
+"""Memory pre-flight: estimates against what loads really keep, what is available (cgroups
+included), and refusals that come at once and leave the previous model serving."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from lfmui import memory, offline, quant
+from lfmui.catalog import Catalog
+from lfmui.errors import InsufficientMemory
+from lfmui.manager import ModelManager
+
+GIB = 2**30
+HERE = [name for name, level in quant.QUANTIZATIONS.items() if level.probe().ok]
+
+
+@pytest.fixture(scope="module")
+def every_build():
+    catalog = Catalog()
+    catalog.show_all()
+    manager = ModelManager(catalog)
+    yield manager
+    manager.unload()
+
+
+@pytest.mark.parametrize(
+    "model_id", ["lfm2-vl-tiny", "lfm2-moe-tiny", "lfm2-moe-replica", "lfm2-vl-450m-synthetic"]
+)
+@pytest.mark.parametrize("level", HERE)
+def test_the_estimate_is_within_15_percent_of_what_loads_keep(every_build, model_id, level):
+    config = offline.make_config(offline.shape_config(model_id))
+    estimate = memory.estimate(config, quant.QUANTIZATIONS[level]).weights
+    resident = every_build.load(model_id, level)["resident_bytes"]
+    assert abs(estimate - resident) <= 0.15 * resident, (estimate, resident)
+
+
+def test_the_8b_estimates_match_the_published_and_measured_sizes():
+    """bf16 15.54 GiB (FACTS.md); nf4 4.525 and int8 7.901 GiB resident, measured here with
+    `python -m lfmui.bench loads --models lfm2-8b-a1b-synthetic --levels nf4,int8`."""
+    config = offline.make_config(offline.shape_config("lfm2-8b-a1b-synthetic"))
+    measured = {"bf16": 15.54, "nf4": 4.525, "int8": 7.901}
+    for level, gib in measured.items():
+        estimate = memory.estimate(config, quant.QUANTIZATIONS[level]).weights / GIB
+        assert abs(estimate - gib) <= 0.15 * gib, (level, estimate)
+
+
+def test_a_load_that_does_not_fit_is_refused_at_once_and_nothing_is_built(vl_manager, monkeypatch):
+    """The 8B at fp32 on a 16 GB machine: refused within a second with the estimate, what is
+    available and what to pick instead; no checkpoint is built; the previous model answers."""
+    from lfmui import engine, prompts
+
+    monkeypatch.setattr(memory, "meminfo_available", lambda: 14 * GIB)
+    monkeypatch.setattr(memory, "cgroup_headroom", lambda: None)
+    built = []
+    monkeypatch.setattr(offline, "ensure_checkpoint", lambda *a, **k: built.append(a))
+    vl_manager.catalog.show_all()
+    started = time.perf_counter()
+    with pytest.raises(InsufficientMemory) as refused:
+        vl_manager.load("lfm2-8b-a1b-synthetic", "fp32")
+    assert time.perf_counter() - started < 1.0
+    message = str(refused.value)
+    assert "needs about 32.0 GiB" in message and "available memory here is 14.0 GiB" in message
+    assert "Pick nf4 (about" in message or "Pick int8 (about" in message
+    assert built == []
+    loaded = vl_manager.current()
+    assert loaded.spec.id == "lfm2-vl-tiny"
+    inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "still there?"}])
+    assert list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=2)))[-1].kind == "done"
+
+
+def test_the_resident_model_counts_as_freed_by_a_switch(monkeypatch):
+    monkeypatch.setattr(memory, "meminfo_available", lambda: 3 * GIB)
+    monkeypatch.setattr(memory, "cgroup_headroom", lambda: None)
+    assert memory.available("cpu", freed_by_switch=2 * GIB).bytes == 5 * GIB
+
+
+def _cgroup_v2(root, limit: str, current: int, inactive: int) -> None:
+    (root / "memory.max").write_text(limit + "\n")
+    (root / "memory.current").write_text(f"{current}\n")
+    (root / "memory.stat").write_text(f"anon {current - inactive}\ninactive_file {inactive}\n")
+
+
+def test_a_cgroup_v2_limit_below_the_machine_is_respected(tmp_path, monkeypatch):
+    _cgroup_v2(tmp_path, str(8 * GIB), current=3 * GIB, inactive=1 * GIB)
+    assert memory.cgroup_headroom(str(tmp_path)) == 6 * GIB  # page cache can be reclaimed
+    monkeypatch.setattr(memory, "cgroup_headroom", lambda: 6 * GIB)
+    monkeypatch.setattr(memory, "meminfo_available", lambda: 20 * GIB)
+    room = memory.available("cpu")
+    assert room.bytes == 6 * GIB and room.source == "the container's memory limit"
+
+
+def test_an_unlimited_or_missing_cgroup_is_no_limit(tmp_path):
+    _cgroup_v2(tmp_path, "max", current=GIB, inactive=0)
+    assert memory.cgroup_headroom(str(tmp_path)) is None
+    assert memory.cgroup_headroom(str(tmp_path / "nowhere")) is None
+
+
+def test_a_cgroup_v1_limit_is_read_too(tmp_path):
+    v1 = tmp_path / "memory"
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text(f"{4 * GIB}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{2 * GIB}\n")
+    (v1 / "memory.stat").write_text(f"total_inactive_file {GIB // 2}\n")
+    assert memory.cgroup_headroom(str(tmp_path)) == 2 * GIB + GIB // 2
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert memory.cgroup_headroom(str(tmp_path)) is None
+
+
+def test_every_level_of_every_listed_model_says_whether_it_fits(vl_manager, monkeypatch):
+    monkeypatch.setattr(memory, "meminfo_available", lambda: 14 * GIB)
+    monkeypatch.setattr(memory, "cgroup_headroom", lambda: None)
+    rows = {row["name"]: row for row in vl_manager.levels("LFM2-8B-A1B")}
+    assert rows["fp32"]["fits"] is False and rows["nf4"]["fits"] is True
+    assert rows["nf4"]["estimate_gib"] < rows["int8"]["estimate_gib"] < rows["bf16"]["estimate_gib"]
+    assert all(row["available_gib"] >= 14.0 for row in rows.values())  # + the tiny model's
