@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lfmui import offline, quant
+from lfmui import memory, offline, quant
 from lfmui.catalog import Catalog, ModelSpec, checkpoint_kind
 from lfmui.errors import (
     CheckpointError,
@@ -127,20 +127,20 @@ def _trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them per thread arena otherwise): a
     switch frees hundreds of MB of CPU tensors, and without this the process's RSS creeps up
     over many switches (measured in tests/load_test.py)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    c = libc()
+    if c is not None and hasattr(c, "malloc_trim"):  # glibc's; musl has none
+        c.malloc_trim(0)
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, looked up once (find_library runs ldconfig); None elsewhere."""
+def libc() -> Any:
+    """The C library, looked up once (find_library runs ldconfig); None where there is none."""
     import ctypes
     import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # Windows: no libc to call
         return None
 
 
@@ -258,8 +258,6 @@ class ModelManager:
 
     def levels(self, model_id: str) -> list[dict[str, Any]]:
         """Every quantization level for `model_id`: runs here, memory estimate, fits now."""
-        from lfmui import memory
-
         current = self._current
         device = "cuda" if quant.cuda_available() else "cpu"
         freed = current.weight_bytes if current else 0
@@ -267,8 +265,6 @@ class ModelManager:
 
     def _check_memory(self, spec, level, current, location) -> None:
         """Refuse at once (InsufficientMemory) a model and level that would not fit here."""
-        from lfmui import memory
-
         config = memory.config_of(spec, location)
         device = "cuda" if quant.cuda_available() else "cpu"
         memory.check(spec.id, config, level, device, current.weight_bytes if current else 0)
@@ -325,6 +321,7 @@ class ModelManager:
         model = auto_model.from_pretrained(location.path, **kwargs)
         if level.post_load is not None:
             level.post_load(model)
+        memory.release_checkpoint_mapping(model)
         model.eval()
         processor = auto_processor.from_pretrained(location.path, **source)
         return LoadedModel(

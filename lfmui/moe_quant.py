@@ -27,6 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lfmui import memory
+
 Kind = Literal["int8", "nf4"]
 BLOCKSIZE = 64
 EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
@@ -208,6 +210,8 @@ def _convert(kind: Kind, linear_op: Any, input_dict: dict, model: nn.Module, kwa
             attribute: (scale, tuple(value.shape[1:]), value.dtype),
         }
         result[name] = packed  # stands in for the bf16 weight until _swap_experts
+        del value
+        memory.drop_checkpoint_pages()  # this layer's bf16 pages have been read: let them go
     return result
 
 

@@ -115,3 +115,20 @@ def test_every_level_of_every_listed_model_says_whether_it_fits(vl_manager, monk
     assert rows["fp32"]["fits"] is False and rows["nf4"]["fits"] is True
     assert rows["nf4"]["estimate_gib"] < rows["int8"]["estimate_gib"] < rows["bf16"]["estimate_gib"]
     assert all(row["available_gib"] >= 14.0 for row in rows.values())  # + the tiny model's
+
+
+def _mapped_checkpoints() -> list[str]:
+    with open("/proc/self/maps") as maps:
+        return [line.split()[5] for line in maps if line.rstrip().endswith(".safetensors")]
+
+
+def test_a_quantized_load_lets_go_of_the_checkpoint_mapping(every_build):
+    """LFM2-VL-450M at int8: the vision tower's bf16 weights were views of the mapped
+    checkpoint and kept the whole file (every page the loader read) resident; they are copied
+    and the file is unmapped. At bf16 the mapping is the model itself and stays."""
+    every_build.load("lfm2-vl-450m-synthetic", "int8")
+    assert not [path for path in _mapped_checkpoints() if "lfm2-vl-450m-synthetic" in path]
+    tower = every_build.current().model.model.vision_tower
+    assert next(tower.parameters()).dtype.is_floating_point  # still there, in its own memory
+    every_build.load("lfm2-vl-450m-synthetic", "bf16")
+    assert [path for path in _mapped_checkpoints() if "lfm2-vl-450m-synthetic" in path]
