@@ -320,8 +320,10 @@ class ModelManager:
         auto_processor = AutoProcessor if spec.kind == "vl" else AutoTokenizer
         model = auto_model.from_pretrained(location.path, **kwargs)
         if level.post_load is not None:
-            level.post_load(model)
+            level.post_load(model)  # int8-cpu: the fp32 weights it replaced are freed here
         memory.release_checkpoint_mapping(model)
+        gc.collect()  # what conversions freed while loading goes back to the system
+        _trim_heap()
         model.eval()
         processor = auto_processor.from_pretrained(location.path, **source)
         return LoadedModel(
