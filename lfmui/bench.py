@@ -96,6 +96,7 @@ def run_loads(models: list[str], levels: list[str], new_tokens: int) -> int:
                 memory = memory_report(manager.current())
                 record.update(
                     ok=True,
+                    resolved=status["quantization"],
                     device=status["device"],
                     resident_gib=round(status["resident_bytes"] / GIB, 3),
                     load_peak_gib=status["load_peak_gib"],
@@ -207,6 +208,7 @@ def run_seed(
             "case": "seed" if is_vl else "text",
             "model": model_id,
             "quantization": level,
+            "resolved": status["quantization"],  # what "auto" picked here
             "device": loaded.device,
             "decode": note,
             "input_tokens": int(inputs["input_ids"].shape[-1]),
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--levels",
         default="available",
-        help=f"comma-separated levels ({', '.join(quant.QUANTIZATIONS)}) or 'available'",
+        help=f"comma-separated levels (auto, {', '.join(quant.QUANTIZATIONS)}) or 'available'",
     )
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)

@@ -215,16 +215,16 @@ class ModelManager:
 
     def _load_locked(self, model_id: str, quantization: str | None, progress: Progress) -> dict:
         spec = self.catalog.get(model_id)
-        level = quant.resolve(quantization)
         current = self._current
-        if current and current.spec.id == spec.id and current.quantization == level.name:
-            return current.status()
-        progress(0.05, f"checking {spec.id}")
         try:
-            # an offline build is checked before it is built; a hub or local model once its
-            # config.json is at hand (no weights are fetched before the check)
-            location = None if spec.source == "offline" else self._locate(spec, progress)
-            self._check_memory(spec, level, current, location)
+            # The memory check needs the config alone: an offline build is checked before it is
+            # built, a hub model before its weights are fetched; a checkpoint of unknown shape
+            # (a local directory) is located first to read its config.json.
+            location = self._locate(spec, progress) if memory.config_of(spec) is None else None
+            level = self._fitting_level(spec, quantization, current, location)
+            if current and current.spec.id == spec.id and current.quantization == level.name:
+                return current.status()
+            progress(0.05, f"checking {spec.id}")
             location = location or self._locate(spec, progress)
         except LfmuiError:
             raise
@@ -263,11 +263,23 @@ class ModelManager:
         freed = current.weight_bytes if current else 0
         return memory.levels_for(self.catalog.get(model_id), device, freed)
 
-    def _check_memory(self, spec, level, current, location) -> None:
-        """Refuse at once (InsufficientMemory) a model and level that would not fit here."""
+    def _fitting_level(self, spec, quantization, current, location) -> quant.QuantLevel:
+        """The level to load: the one asked for, refused at once (InsufficientMemory) when it
+        would not fit; for "auto", the fastest here that fits (quant.AUTO_ORDER)."""
         config = memory.config_of(spec, location)
         device = "cuda" if quant.cuda_available() else "cpu"
-        memory.check(spec.id, config, level, device, current.weight_bytes if current else 0)
+        freed = current.weight_bytes if current else 0
+        if quantization not in (None, "", "auto"):
+            level = quant.resolve(quantization)
+            memory.check(spec.id, config, level, device, freed)
+            return level
+        candidates = quant.auto_levels()
+        for level in candidates:
+            if memory.fits(config, level, device, freed):
+                return level
+        smallest = min(candidates, key=lambda lv: memory.estimate(config, lv).total)
+        memory.check(spec.id, config, smallest, device, freed)  # raises: nothing fits here
+        return smallest
 
     def _restore(self, model_id: str, quantization: str) -> str:
         loaded = None

@@ -178,6 +178,10 @@ def _headroom(limit_file: Path, usage_file: Path, stat_file: Path, reclaimable: 
         return None
 
 
+def fits(config: Any, level: Any, device: str, freed: int = 0) -> bool:
+    return estimate(config, level).total <= available(device, freed).bytes
+
+
 def check(model_label: str, config: Any, level: Any, device: str, freed: int = 0) -> Estimate:
     """The estimate when `level` fits here; else InsufficientMemory saying what does."""
     from lfmui import quant

@@ -196,8 +196,23 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
 }
 
 
+# What "auto" loads: the first of these that runs here and fits, the fastest first. CPU, one
+# run of `python -m lfmui.bench seed` on LFM2-VL-450M (lfmui/measured.py): int8-cpu 39.8 ms per
+# token, nf4 46.6, int8 69.2, fp32 73.3; on LFM2-8B-A1B nf4 decodes faster than int8 and
+# int8-cpu (fp32 experts) does not fit 16 GB. CUDA: bf16 has the compiled decode; nf4 decoded
+# faster than int8 in FACTS.md's anchors.
+AUTO_ORDER = {"cuda": ("bf16", "nf4", "int8"), "cpu": ("int8-cpu", "nf4", "int8", "fp32")}
+
+
+def auto_levels() -> list[QuantLevel]:
+    """The levels "auto" may pick here, in its order, that this machine can run."""
+    order = AUTO_ORDER["cuda" if cuda_available() else "cpu"]
+    return [QUANTIZATIONS[name] for name in order if QUANTIZATIONS[name].probe().ok]
+
+
 def default_quantization() -> str:
-    """CUDA: bf16. CPU: fp32 (bf16 prefill measured 6.5x slower on the 2-core CPU)."""
+    """CUDA: bf16. CPU: fp32 (bf16 prefill measured 6.5x slower on the 2-core CPU). The level
+    an unquantized load uses; "auto" goes further and picks by speed and fit (AUTO_ORDER)."""
     return "bf16" if cuda_available() else "fp32"
 
 

@@ -488,13 +488,19 @@ def test_every_control_has_a_label(page):
 
 
 def test_load_a_model_from_the_models_tab(page):
+    """Load with the default choice, auto (the fastest level here that fits), then fp32."""
+    from lfmui import quant
+
+    fastest = quant.auto_levels()[0].name  # the tiny models fit at any level
     page.get_by_role("tab", name="Models").click()
     page.locator("#model-picker input").first.click()
     page.get_by_role("option", name="lfm2-moe-tiny").first.click()
     page.get_by_role("button", name="Load", exact=True).click()
-    page.get_by_text("lfm2-moe-tiny (offline, random weights) · fp32").wait_for(timeout=60_000)
+    status = f"lfm2-moe-tiny (offline, random weights) · {fastest}"
+    page.get_by_text(status).wait_for(timeout=60_000)
     page.locator("#model-picker input").first.click()
     page.get_by_role("option", name="lfm2-vl-tiny").first.click()
+    page.get_by_role("radio", name="fp32").check()
     page.get_by_role("button", name="Load", exact=True).click()
     page.get_by_text("lfm2-vl-tiny (offline, random weights) · fp32").wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)

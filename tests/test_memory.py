@@ -132,3 +132,45 @@ def test_a_quantized_load_lets_go_of_the_checkpoint_mapping(every_build):
     assert next(tower.parameters()).dtype.is_floating_point  # still there, in its own memory
     every_build.load("lfm2-vl-450m-synthetic", "bf16")
     assert [path for path in _mapped_checkpoints() if "lfm2-vl-450m-synthetic" in path]
+
+
+@pytest.mark.parametrize(
+    ("model_id", "free_gib", "picked"),
+    [
+        ("lfm2-8b-a1b-synthetic", 14, "nf4"),  # int8-cpu keeps fp32 experts: 31 GiB
+        ("lfm2-8b-a1b-synthetic", 12, "nf4"),
+        ("lfm2-vl-450m-synthetic", 14, "int8-cpu"),  # the fastest on this CPU
+        ("lfm2-vl-450m-synthetic", 1.5, "nf4"),  # int8-cpu needs ~1.8 GiB, nf4 ~1.1
+    ],
+)
+def test_auto_loads_the_fastest_level_that_fits(monkeypatch, model_id, free_gib, picked):
+    """What auto hands to the loader (recorded there: nothing is built or loaded)."""
+    from lfmui.errors import ModelLoadError
+
+    if quant.cuda_available():
+        pytest.skip("the CPU order; CUDA's starts with bf16")
+    monkeypatch.setattr(memory, "meminfo_available", lambda: int(free_gib * GIB))
+    monkeypatch.setattr(memory, "cgroup_headroom", lambda: None)
+    catalog = Catalog()
+    catalog.show_all()
+    manager = ModelManager(catalog)
+    asked = []
+
+    def record(spec, level, location):
+        asked.append(level.name)
+        raise RuntimeError("recorded, not loaded")
+
+    monkeypatch.setattr(manager, "_load_weights", record)
+    monkeypatch.setattr(manager, "_locate", lambda spec, progress: None)
+    with pytest.raises(ModelLoadError):
+        manager.load(model_id, "auto")
+    assert asked == [picked]
+
+
+def test_auto_says_so_when_nothing_fits(vl_manager, monkeypatch):
+    monkeypatch.setattr(memory, "meminfo_available", lambda: 1 * GIB)
+    monkeypatch.setattr(memory, "cgroup_headroom", lambda: None)
+    vl_manager.catalog.show_all()
+    with pytest.raises(InsufficientMemory, match="No level of this model fits here"):
+        vl_manager.load("lfm2-8b-a1b-synthetic", "auto")
+    assert vl_manager.current().spec.id == "lfm2-vl-tiny"

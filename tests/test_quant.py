@@ -87,6 +87,22 @@ def test_quantized_levels_keep_the_next_token_logits(tiny_paths, build, level):
         assert _cosine(reference(ids).logits[0, -1], model(ids).logits[0, -1]) >= 0.99
 
 
+@pytest.mark.parametrize("build", ["lfm2-vl-tiny", "lfm2-moe-tiny"])
+def test_cpu_int8_keeps_the_next_token_logits(tiny_paths, build):
+    """Quality guard for the level auto picks on CPU: logits against fp32, cosine >= 0.99."""
+    if quant.cuda_available():
+        pytest.skip("int8-cpu is a CPU level")
+    manager = ModelManager()
+    ids = torch.randint(20, 500, (1, 16))
+    logits = {}
+    for level in ("fp32", "int8-cpu"):
+        manager.load(build, level)
+        with torch.no_grad():
+            logits[level] = manager.current().model(ids).logits[0, -1]
+    manager.unload()
+    assert _cosine(logits["fp32"], logits["int8-cpu"]) >= 0.99
+
+
 @pytest.fixture(scope="module")
 def replica(tiny_paths):
     """LFM2-8B-A1B's layout (24 layers, 32 experts, top-4) at tiny widths, in full precision."""

@@ -79,8 +79,9 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
                 elem_id="model-picker",
             )
             level = gr.Radio(
-                [(q.label, q.name) for q in quant.QUANTIZATIONS.values()],
-                value=quant.default_quantization(),
+                [("auto: the fastest that fits", "auto")]
+                + [(q.label, q.name) for q in quant.QUANTIZATIONS.values()],
+                value="auto",
                 label="Quantization",
             )
             with gr.Row():
