@@ -140,6 +140,22 @@ def _cpu_only() -> Availability:
     return Availability(True)
 
 
+def _cpu_with_bf16() -> Availability:
+    if cuda_available():
+        return Availability(False, "a CPU level; on a GPU pick bf16, int8 or nf4")
+    from lfmui.cpu_int8 import cpu_computes_bf16
+
+    if not cpu_computes_bf16():
+        return Availability(False, "needs a CPU with bf16 arithmetic (AVX-512 BF16 or AMX)")
+    return Availability(True)
+
+
+def _int8_bf16(model: Any) -> int:
+    from lfmui.cpu_int8 import quantize
+
+    return quantize(model)
+
+
 def _dynamic_int8(model: Any) -> Any:
     """torch's dynamic int8 for every nn.Linear (per-channel weights, fbgemm kernels): a
     quarter of fp32's bytes to read per decoded token, which is what bounds CPU decode."""
@@ -183,6 +199,16 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "about a third of bf16's memory, the level that fits small GPUs; on a GPU decode is "
         "slower than bf16's compiled decode; MoE experts NF4, quantized while loading",
     ),
+    "int8-bf16": QuantLevel(
+        "int8-bf16",
+        "8-bit weights, bf16 compute (CPU)",
+        "bfloat16",
+        _cpu_with_bf16,
+        _none,
+        Footprint(linear=1, linear_row=2, head=1, experts=2, other=2),
+        "int8 weights per row read by torch's int8 kernel at decode, bf16 prefill",
+        _int8_bf16,
+    ),
     "int8-cpu": QuantLevel(
         "int8-cpu",
         "8-bit on CPU (torch dynamic int8)",
@@ -197,11 +223,15 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
 
 
 # What "auto" loads: the first of these that runs here and fits, the fastest first. CPU, one
-# run of `python -m lfmui.bench seed` on LFM2-VL-450M (lfmui/measured.py): int8-cpu 39.8 ms per
-# token, nf4 46.6, int8 69.2, fp32 73.3; on LFM2-8B-A1B nf4 decodes faster than int8 and
-# int8-cpu (fp32 experts) does not fit 16 GB. CUDA: bf16 has the compiled decode; nf4 decoded
+# run of `python -m lfmui.bench seed` on LFM2-VL-450M (lfmui/measured.py): int8-bf16 first
+# where the CPU computes in bf16, then int8-cpu 39.8 ms per token, nf4 46.6, int8 69.2, fp32
+# 73.3; on LFM2-8B-A1B nf4 decodes faster than int8, and the levels that keep experts in full
+# precision (int8-bf16, int8-cpu) do not fit 16 GB. CUDA: bf16 has the compiled decode; nf4 decoded
 # faster than int8 in FACTS.md's anchors.
-AUTO_ORDER = {"cuda": ("bf16", "nf4", "int8"), "cpu": ("int8-cpu", "nf4", "int8", "fp32")}
+AUTO_ORDER = {
+    "cuda": ("bf16", "nf4", "int8"),
+    "cpu": ("int8-bf16", "int8-cpu", "nf4", "int8", "fp32"),
+}
 
 
 def auto_levels() -> list[QuantLevel]:

@@ -9,7 +9,7 @@ from lfmui import engine, prompts, quant
 from lfmui.manager import ModelManager
 
 pytestmark = pytest.mark.cuda
-GPU_LEVELS = [name for name in quant.QUANTIZATIONS if name != "int8-cpu"]
+GPU_LEVELS = [name for name, level in quant.QUANTIZATIONS.items() if level.probe().ok]
 
 
 def _allocated() -> int:

@@ -9,6 +9,7 @@ import pytest
 
 from lfmui import memory, offline, quant
 from lfmui.catalog import Catalog
+from lfmui.cpu_int8 import cpu_computes_bf16
 from lfmui.errors import InsufficientMemory
 from lfmui.manager import ModelManager
 
@@ -137,10 +138,10 @@ def test_a_quantized_load_lets_go_of_the_checkpoint_mapping(every_build):
 @pytest.mark.parametrize(
     ("model_id", "free_gib", "picked"),
     [
-        ("lfm2-8b-a1b-synthetic", 14, "nf4"),  # int8-cpu keeps fp32 experts: 31 GiB
+        ("lfm2-8b-a1b-synthetic", 14, "nf4"),  # int8-bf16 and int8-cpu keep full experts
         ("lfm2-8b-a1b-synthetic", 12, "nf4"),
-        ("lfm2-vl-450m-synthetic", 14, "int8-cpu"),  # the fastest on this CPU
-        ("lfm2-vl-450m-synthetic", 1.5, "nf4"),  # int8-cpu needs ~1.8 GiB, nf4 ~1.1
+        ("lfm2-vl-450m-synthetic", 14, "int8-bf16" if cpu_computes_bf16() else "int8-cpu"),
+        ("lfm2-vl-450m-synthetic", 1.2, "nf4"),  # int8-bf16 needs ~1.3 GiB, nf4 ~1.1
     ],
 )
 def test_auto_loads_the_fastest_level_that_fits(monkeypatch, model_id, free_gib, picked):

@@ -87,20 +87,64 @@ def test_quantized_levels_keep_the_next_token_logits(tiny_paths, build, level):
         assert _cosine(reference(ids).logits[0, -1], model(ids).logits[0, -1]) >= 0.99
 
 
+CPU_LEVELS = [name for name in ("int8-bf16", "int8-cpu") if quant.QUANTIZATIONS[name].probe().ok]
+
+
 @pytest.mark.parametrize("build", ["lfm2-vl-tiny", "lfm2-moe-tiny"])
-def test_cpu_int8_keeps_the_next_token_logits(tiny_paths, build):
-    """Quality guard for the level auto picks on CPU: logits against fp32, cosine >= 0.99."""
-    if quant.cuda_available():
-        pytest.skip("int8-cpu is a CPU level")
+@pytest.mark.parametrize("level", CPU_LEVELS)
+def test_cpu_levels_keep_the_next_token_logits(tiny_paths, build, level):
+    """Quality guard for the levels auto picks on CPU: logits against fp32, cosine >= 0.99."""
     manager = ModelManager()
     ids = torch.randint(20, 500, (1, 16))
     logits = {}
-    for level in ("fp32", "int8-cpu"):
-        manager.load(build, level)
+    for name in ("fp32", level):
+        manager.load(build, name)
         with torch.no_grad():
-            logits[level] = manager.current().model(ids).logits[0, -1]
+            logits[name] = manager.current().model(ids).logits[0, -1].float()
     manager.unload()
-    assert _cosine(logits["fp32"], logits["int8-cpu"]) >= 0.99
+    assert _cosine(logits["fp32"], logits[level]) >= 0.99
+
+
+def test_int8_bf16_reads_an_image(bnb_manager):
+    """Where the CPU computes in bf16: the image path works, the vision tower stays bf16.
+    Elsewhere (a GPU, or a CPU without bf16 arithmetic) the level is refused with the reason."""
+    from PIL import Image
+
+    from lfmui import engine, prompts
+    from lfmui.cpu_int8 import Int8Linear
+    from lfmui.errors import QuantizationUnavailable
+
+    if "int8-bf16" not in CPU_LEVELS:
+        with pytest.raises(QuantizationUnavailable, match="bf16 arithmetic|a CPU level"):
+            bnb_manager.load("lfm2-vl-tiny", "int8-bf16")
+        return
+    bnb_manager.load("lfm2-vl-tiny", "int8-bf16")
+    model = bnb_manager.current().model
+    tower = [m for m in model.model.vision_tower.modules() if isinstance(m, torch.nn.Linear)]
+    assert tower and next(model.model.vision_tower.parameters()).dtype == torch.bfloat16
+    assert isinstance(model.lm_head, Int8Linear)
+    picture = Image.effect_noise((300, 200), 60).convert("RGB")
+    content = [{"type": "image", "image": picture}, {"type": "text", "text": "What is it?"}]
+    with bnb_manager.lease() as loaded:
+        inputs = prompts.build_inputs(loaded, [{"role": "user", "content": content}])
+        events = list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=6)))
+    assert events[-1].kind == "done", events[-1].data
+
+
+def test_int8_bf16_decode_and_prefill_paths_agree():
+    """The int8 kernel (a few rows) and dequantize + bf16 GEMM (a prompt) give one answer,
+    close to the full-precision layer."""
+    from lfmui.cpu_int8 import DECODE_ROWS, Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 512, bias=True)
+    quantized = Int8Linear(linear)
+    x = torch.randn(DECODE_ROWS + 4, 256)
+    prompt = quantized(x)  # dequantize + GEMM
+    steps = torch.cat([quantized(x[i : i + 1]) for i in range(len(x))])  # the int8 kernel
+    torch.testing.assert_close(steps, prompt, rtol=0.02, atol=0.02)
+    assert _cosine(prompt, linear(x)) >= 0.999
+    assert quantized.weight_q.dtype == torch.int8 and not hasattr(quantized, "weight")
 
 
 @pytest.fixture(scope="module")
