@@ -12,7 +12,6 @@ previous model is loaded again. A second load while one runs is refused with a c
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
 import os
@@ -127,21 +126,9 @@ def _trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them per thread arena otherwise): a
     switch frees hundreds of MB of CPU tensors, and without this the process's RSS creeps up
     over many switches (measured in tests/load_test.py)."""
-    c = libc()
+    c = memory.libc()
     if c is not None and hasattr(c, "malloc_trim"):  # glibc's; musl has none
         c.malloc_trim(0)
-
-
-@functools.cache
-def libc() -> Any:
-    """The C library, looked up once (find_library runs ldconfig); None where there is none."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:  # Windows: no libc to call
-        return None
 
 
 class ModelManager:

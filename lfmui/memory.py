@@ -264,14 +264,24 @@ def _checkpoint_ranges(maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
     return ranges
 
 
+@functools.cache
+def libc() -> Any:
+    """The C library, looked up once (find_library runs ldconfig); None where there is none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # Windows: no libc to call
+        return None
+
+
 def drop_checkpoint_pages() -> None:
     """Take the mapped checkpoint pages read so far out of the resident set (madvise
     MADV_DONTNEED; the mapping is read-only, so a later read faults the same bytes back in from
     the file). Called after each quantized layer: a quantized load of the 8B otherwise holds
     every bf16 page it has read until the loader closes the files."""
     import ctypes
-
-    from lfmui.manager import libc
 
     c = libc()
     if c is None or not hasattr(c, "madvise"):
