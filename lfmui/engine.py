@@ -318,7 +318,29 @@ def generation_worker() -> concurrent.futures.ThreadPoolExecutor:
     with _worker_lock:
         if _worker is None:
             _worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lfmui-generate")
+            _use_the_cores(_worker)
         return _worker
+
+
+def _use_the_cores(worker: concurrent.futures.ThreadPoolExecutor) -> None:
+    """An OpenMP team as wide as the cores on the generation thread, teams of one elsewhere
+    (lfmui/__init__.py says why). torch.set_num_threads sets the calling thread's team and the
+    default that threads yet to start take up, so the worker widens its own team, then this
+    thread sets the default back to one. A user's OMP_NUM_THREADS is left to rule."""
+    import torch
+
+    import lfmui
+
+    if lfmui.USER_THREADS is not None:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    def widen() -> None:
+        torch.get_num_threads()  # torch's per-thread set-up first: it would apply the default
+        torch.set_num_threads(cores or 1)
+
+    worker.submit(widen).result()
+    torch.set_num_threads(1)
 
 
 def _drain(tokens: queue.Queue) -> tuple[list[int], bool]:

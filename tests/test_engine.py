@@ -293,3 +293,23 @@ def test_item32_time_limit_counts_from_generate_not_from_the_queue(loaded):
     metrics = next(e for e in events if e.kind == "metrics").data
     assert metrics["queue_wait_s"] > 1.0
     assert events[-1].data["reason"] == "time_limit" and metrics["generated_tokens"] > 10
+
+
+def test_only_the_generation_thread_runs_a_wide_openmp_team():
+    """Teams of one everywhere but the generation thread (lfmui/__init__.py): a thread started
+    later (a request's preprocessing) does not widen again what the worker set."""
+    import os
+
+    import torch
+
+    import lfmui
+
+    wide = engine.generation_worker().submit(torch.get_num_threads).result()
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    if lfmui.USER_THREADS is not None:  # the user's OMP_NUM_THREADS rules everywhere
+        assert wide == later[0] == int(lfmui.USER_THREADS)
+    else:
+        assert wide == len(os.sched_getaffinity(0)) and later == [1]
