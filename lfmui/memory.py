@@ -43,12 +43,13 @@ class Layout:
 
 @dataclass(frozen=True)
 class Estimate:
-    weights: int
-    runtime: int
+    weights: int  # what the model keeps
+    runtime: int  # the context's cache, a prefill's activations, slack
+    loading: int = 0  # what a quantize-after-loading level holds on the way (0: no more)
 
     @property
     def total(self) -> int:
-        return self.weights + self.runtime
+        return max(self.weights, self.loading) + self.runtime
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ def estimate(config: Any, level: Any) -> Estimate:
     activation = price.activation
     cache = 2 * shape.attention_layers * shape.kv_width * CONTEXT_TOKENS * activation
     prefill = 8 * PREFILL_TOKENS * shape.hidden * activation  # a few live hidden states
-    return Estimate(int(weights), int(cache + prefill + MARGIN_BYTES))
+    loading = (shape.linear + shape.experts + shape.other) * price.load
+    return Estimate(int(weights), int(cache + prefill + MARGIN_BYTES), int(loading))
 
 
 def available(device: str, freed_by_switch: int = 0) -> Available:

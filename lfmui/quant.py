@@ -45,6 +45,9 @@ class Footprint:
     expert_row: float = 0
     head: float = 0  # a tied LM head (0: shared with the embeddings)
     activation: float = 2  # bytes per activation (cache, hidden states)
+    # a level that quantizes after a full-precision load holds every parameter at this many
+    # bytes first (the loaded weights and the checkpoint's pages); 0: quantized while loading
+    load: float = 0
 
 
 def _plain(size: float) -> Footprint:
@@ -83,7 +86,11 @@ def _always() -> Availability:
 def _on_cpu_slow() -> Availability:
     if cuda_available():
         return Availability(True)
-    return Availability(True, "runs on CPU but slowly; fp32 is the fast choice on CPU")
+    from lfmui.cpu_int8 import cpu_computes_bf16
+
+    if cpu_computes_bf16():  # measured on an AMX CPU: VL-450M TTFT 0.39 s against fp32's 1.50
+        return Availability(True, "this CPU computes in bf16: faster than fp32 here")
+    return Availability(True, "runs on CPU but slowly (no bf16 arithmetic); fp32 is faster here")
 
 
 def _bitsandbytes() -> Availability:
@@ -205,7 +212,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "bfloat16",
         _cpu_with_bf16,
         _none,
-        Footprint(linear=1, linear_row=2, head=1, experts=2, other=2),
+        Footprint(linear=1, linear_row=2, head=1, experts=2, other=2, load=2),
         "int8 weights per row read by torch's int8 kernel at decode, bf16 prefill",
         _int8_bf16,
     ),
@@ -215,22 +222,23 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "float32",
         _cpu_only,
         _none,
-        Footprint(linear=1, linear_row=16, head=1, experts=4, other=4, activation=4),
+        Footprint(linear=1, linear_row=16, head=1, experts=4, other=4, activation=4, load=6),
         "Linear layers int8 per channel, activations quantized on the fly",
         _dynamic_int8,
     ),
 }
 
 
-# What "auto" loads: the first of these that runs here and fits, the fastest first. CPU, one
-# run of `python -m lfmui.bench seed` on LFM2-VL-450M (lfmui/measured.py): int8-bf16 first
-# where the CPU computes in bf16, then int8-cpu 39.8 ms per token, nf4 46.6, int8 69.2, fp32
-# 73.3; on LFM2-8B-A1B nf4 decodes faster than int8, and the levels that keep experts in full
-# precision (int8-bf16, int8-cpu) do not fit 16 GB. CUDA: bf16 has the compiled decode; nf4 decoded
-# faster than int8 in FACTS.md's anchors.
+# What "auto" loads: the first of these that runs here and fits, the fastest reply first
+# (`python -m lfmui.bench seed`, a 512 px image; lfmui/measured.py). CPU: int8-cpu decodes
+# fastest (VL-450M 25.0 ms/token against fp32's 58.6; VL-1.6B 60.2) and int8-bf16 reads images
+# fastest (TTFT 0.43 s against 0.87 s; 1.9 s against 3.6 s): for a reply of 100 tokens or more
+# int8-cpu wins, and int8-bf16 fits where int8-cpu's fp32 load does not. On LFM2-8B-A1B nf4
+# decodes faster than int8; the levels that keep experts in full precision do not fit 16 GB.
+# CUDA: bf16 has the compiled decode; nf4 decoded faster than int8 in FACTS.md's anchors.
 AUTO_ORDER = {
     "cuda": ("bf16", "nf4", "int8"),
-    "cpu": ("int8-bf16", "int8-cpu", "nf4", "int8", "fp32"),
+    "cpu": ("int8-cpu", "int8-bf16", "nf4", "int8", "fp32"),
 }
 
 
