@@ -108,12 +108,11 @@ def _bitsandbytes() -> Availability:
 def _bitsandbytes_fails(device: str) -> str:
     """'' when bitsandbytes quantizes and multiplies on `device`, else why not (tried once)."""
     try:
+        import bitsandbytes as bnb
         import torch
         from bitsandbytes.functional import quantize_4bit
 
         weight = torch.ones(64, 64, dtype=torch.bfloat16, device=device)
-        import bitsandbytes as bnb
-
         packed, state = quantize_4bit(weight, blocksize=64, quant_type="nf4")
         bnb.matmul_4bit(torch.ones(1, 64, dtype=torch.bfloat16, device=device), packed.t(), state)
     except Exception as exc:  # any failure (missing native library, no kernel) is a reason
@@ -248,27 +247,20 @@ def auto_levels() -> list[QuantLevel]:
     return [QUANTIZATIONS[name] for name in order if QUANTIZATIONS[name].probe().ok]
 
 
-def default_quantization() -> str:
-    """CUDA: bf16. CPU: fp32 (bf16 prefill measured 6.5x slower on the 2-core CPU). The level
-    an unquantized load uses; "auto" goes further and picks by speed and fit (AUTO_ORDER)."""
-    return "bf16" if cuda_available() else "fp32"
-
-
-def resolve(name: str | None) -> QuantLevel:
-    """The level called `name` ("auto"/None: the default here), or a clear error."""
-    if name in (None, "", "auto"):
-        name = default_quantization()
+def resolve(name: str) -> QuantLevel:
+    """The level called `name`, or a clear error ("auto" is the manager's: it needs the model
+    to know what fits)."""
     level = QUANTIZATIONS.get(name) if isinstance(name, str) else None
     if level is None:
         raise QuantizationUnavailable(
             f"'{str(name)[:40]}' is not a quantization level. "
-            f"Use one of: {', '.join(QUANTIZATIONS)}."
+            f"Use one of: auto, {', '.join(QUANTIZATIONS)}."
         )
     available = level.probe()
     if not available.ok:
         raise QuantizationUnavailable(
             f"{level.label} is not available here: {available.reason}. "
-            f"Pick {default_quantization()} instead."
+            "Pick auto (the fastest level that fits here) instead."
         )
     return level
 
