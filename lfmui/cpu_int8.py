@@ -16,6 +16,7 @@ the embeddings, gets an int8 copy of its own (the embeddings stay bf16 for the l
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -66,6 +67,7 @@ def quantize(model: nn.Module) -> int:
     return swapped
 
 
+@functools.cache
 def cpu_computes_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 beats
     fp32; without it bf16 is emulated and several times slower."""

@@ -207,8 +207,11 @@ class ModelManager:
             # The memory check needs the config alone: an offline build is checked before it is
             # built, a hub model before its weights are fetched; a checkpoint of unknown shape
             # (a local directory) is located first to read its config.json.
-            location = self._locate(spec, progress) if memory.config_of(spec) is None else None
-            level = self._fitting_level(spec, quantization, current, location)
+            config, location = memory.config_of(spec), None
+            if config is None:
+                location = self._locate(spec, progress)
+                config = memory.config_of(spec, location)
+            level = self._fitting_level(spec, config, quantization)
             if current and current.spec.id == spec.id and current.quantization == level.name:
                 return current.status()
             progress(0.05, f"checking {spec.id}")
@@ -245,24 +248,25 @@ class ModelManager:
 
     def levels(self, model_id: str) -> list[dict[str, Any]]:
         """Every quantization level for `model_id`: runs here, memory estimate, fits now."""
-        current = self._current
-        device = "cuda" if quant.cuda_available() else "cpu"
-        freed = current.weight_bytes if current else 0
-        return memory.levels_for(self.catalog.get(model_id), device, freed)
+        return memory.levels_for(self.catalog.get(model_id), *self._room())
 
-    def _fitting_level(self, spec, quantization, current, location) -> quant.QuantLevel:
+    def _room(self) -> tuple[str, int]:
+        """The device a load goes to, and the bytes the resident model frees on a switch."""
+        current = self._current
+        return "cuda" if quant.cuda_available() else "cpu", current.weight_bytes if current else 0
+
+    def _fitting_level(self, spec, config, quantization) -> quant.QuantLevel:
         """The level to load: the one asked for, refused at once (InsufficientMemory) when it
         would not fit; for "auto", the fastest here that fits (quant.AUTO_ORDER)."""
-        config = memory.config_of(spec, location)
-        device = "cuda" if quant.cuda_available() else "cpu"
-        freed = current.weight_bytes if current else 0
+        device, freed = self._room()
         if quantization not in (None, "", "auto"):
             level = quant.resolve(quantization)
             memory.check(spec.id, config, level, device, freed)
             return level
+        room = memory.available(device, freed).bytes
         candidates = quant.auto_levels()
         for level in candidates:
-            if memory.fits(config, level, device, freed):
+            if memory.estimate(config, level).total <= room:
                 return level
         smallest = min(candidates, key=lambda lv: memory.estimate(config, lv).total)
         memory.check(spec.id, config, smallest, device, freed)  # raises: nothing fits here

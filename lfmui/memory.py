@@ -4,8 +4,8 @@ before anything is built, downloaded or loaded when it will not fit.
 The estimate reads the model's config alone: the model is laid out on the meta device (no
 memory), each parameter is classed by what the quantized levels do to it (``Layout``), and the
 level's ``Footprint`` (in ``quant.QUANTIZATIONS``) prices each class. Runtime headroom covers the
-context's cache, a long prefill's activations and, on vision-language models, the largest image
-the tiling allows. What is available: on CPU the smaller of MemAvailable and the cgroup's limit
+context's cache and a long prefill's activations (an image at the detailed preset is within
+it). What is available: on CPU the smaller of MemAvailable and the cgroup's limit
 less its unreclaimable use (v2 or v1); on CUDA the free device memory. The resident model's own
 weights count as available: a switch frees them before the new model loads.
 """
@@ -38,7 +38,6 @@ class Layout:
     attention_layers: int
     kv_width: int  # key/value heads x head size, per attention layer
     hidden: int
-    vision: bool
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,6 @@ def layout(config_json: str) -> Layout:
         attention_layers=len(attention),
         kv_width=text.num_key_value_heads * head_dim,
         hidden=text.hidden_size,
-        vision=config.model_type == "lfm2_vl",
     )
 
 
@@ -113,7 +111,7 @@ def estimate(config: Any, level: Any) -> Estimate:
     weights = (
         shape.linear * price.linear
         + shape.linear_rows * price.linear_row
-        + shape.experts * (price.other if price.experts is None else price.experts)
+        + shape.experts * price.experts
         + shape.expert_rows * price.expert_row
         + shape.head * price.head
         + shape.other * price.other
@@ -180,10 +178,6 @@ def _headroom(limit_file: Path, usage_file: Path, stat_file: Path, reclaimable: 
         return None
 
 
-def fits(config: Any, level: Any, device: str, freed: int = 0) -> bool:
-    return estimate(config, level).total <= available(device, freed).bytes
-
-
 def check(model_label: str, config: Any, level: Any, device: str, freed: int = 0) -> Estimate:
     """The estimate when `level` fits here; else InsufficientMemory saying what does."""
     from lfmui import quant
@@ -210,18 +204,24 @@ def check(model_label: str, config: Any, level: Any, device: str, freed: int = 0
     )
 
 
-def config_of(spec: Any, location: Any | None = None) -> Any | None:
-    """A model's config without its weights: the published shape of a catalog model or an
-    offline build, else the config.json of `location` (a manager Location, already checked)."""
+@functools.cache
+def _published_shapes() -> dict[str, Any]:
     import json
 
     from lfmui import offline
 
-    shapes = json.loads(offline.SHAPES_FILE.read_text())
+    return json.loads(offline.SHAPES_FILE.read_text())
+
+
+def config_of(spec: Any, location: Any | None = None) -> Any | None:
+    """A model's config without its weights: the published shape of a catalog model or an
+    offline build, else the config.json of `location` (a manager Location, already checked)."""
+    from lfmui import offline
+
     if spec.source == "offline":
         return offline.make_config(offline.shape_config(spec.location))
-    if location is None and spec.id in shapes:  # the hub models' published shapes
-        return offline.make_config(shapes[spec.id])
+    if location is None and spec.id in _published_shapes():  # the hub models' shapes
+        return offline.make_config(_published_shapes()[spec.id])
     if location is None:
         return None
     from transformers import AutoConfig

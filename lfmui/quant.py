@@ -40,8 +40,8 @@ class Footprint:
 
     linear: float  # a converted Linear layer's weight
     other: float  # what the level leaves as it is (embeddings, norms, the vision tower)
+    experts: float  # 3-D expert weights
     linear_row: float = 0  # per output row of a converted Linear (scales)
-    experts: float | None = None  # 3-D expert weights (None: as `other`)
     expert_row: float = 0
     head: float = 0  # a tied LM head (0: shared with the embeddings)
     activation: float = 2  # bytes per activation (cache, hidden states)
@@ -201,7 +201,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "bfloat16",
         _bitsandbytes,
         _bnb("nf4"),
-        Footprint(linear=NF4_BYTES, experts=NF4_BYTES, other=2),
+        Footprint(linear=NF4_BYTES, other=2, experts=NF4_BYTES),
         "about a third of bf16's memory, the level that fits small GPUs; on a GPU decode is "
         "slower than bf16's compiled decode; MoE experts NF4, quantized while loading",
     ),
