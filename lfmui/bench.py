@@ -15,11 +15,17 @@ Cases so far:
   token after a 16-token prompt), per level, and each level's operations against bf16's from the
   same run. Defaults to ``lfm2-moe-replica``, the 8B's 24-layer, 32-expert layout at tiny widths.
 
-Every case that loads reports ``load_peak_gib``: the tensor-memory peak of the load above what
-was allocated before it (CUDA allocator counters, or torch's CPU allocation events; see
-``lfmui.meters``), beside the ``resident_gib`` that stays; weights kept as views of the
-memory-mapped checkpoint (bf16 read as bf16 on CPU) are file pages, not allocations, and
-``load_peak_rss_gib`` (the process's RSS high-water mark during the load) counts them. The
+- ``llamacpp``: the peer on CPU. lfmui's engine at ``--levels`` (default auto) and llama.cpp at
+  each ``--gguf`` level (Q8_0, Q4_0, F16; converted with llama.cpp's own tools from the same
+  checkpoints), the same text prompt length, new tokens and cores, one after the other in one
+  process: TTFT, decode ms/token and lfmui's ms/token over llama.cpp's (``lfmui.llamacpp``).
+
+Every case that loads reports ``load_peak_rss_gib`` (the process's RSS high-water mark during
+the load: what the kernel sees, checkpoint pages included) and ``load_peak_gib``: the
+tensor-memory peak of the load above what was allocated before it, from CUDA's allocator
+counters, or on CPU from torch's allocation events (``lfmui.meters``), which only ``ops``
+records there (the profiler's records would swell the RSS the other cases report). ``seed``
+adds ``peak_rss_gib``: the high-water mark of the load and of the generation together. The
 bench loads on one thread (``HF_DEACTIVATE_ASYNC_LOAD=1``) so that the CPU meter sees every
 allocation; transformers loads the quantized levels that way in any case.
 
@@ -29,11 +35,14 @@ Models default to the offline builds (tiny on CPU; ``--models`` picks full-shape
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from lfmui import engine, meters, prompts, quant
@@ -69,18 +78,30 @@ def _smoke_generate(manager: ModelManager, new_tokens: int) -> dict[str, Any]:
     }
 
 
-def _load(manager: ModelManager, model_id: str, level: str) -> dict[str, Any]:
+def _load(
+    manager: ModelManager, model_id: str, level: str, tensors: bool | None = None
+) -> dict[str, Any]:
     """Load through the manager (the app's path) and report its status with the load's peak
-    (above what is allocated with no model resident: a switch's freeing is not counted)."""
+    (above what is allocated with no model resident: a switch's freeing is not counted).
+    On CPU the tensor peak comes from the profiler, whose event records themselves take memory
+    (a VL-450M int8-cpu load: RSS peak 6.2 GiB under it, 3.4 without), so it is metered only
+    where asked (`tensors`; default: on CUDA, where the allocator's counters cost nothing)."""
     manager.unload()
-    with meters.rss_peak() as rss, meters.tensor_peak() as peak:
+    tensors = quant.cuda_available() if tensors is None else tensors
+    with meters.rss_peak() as rss, meters.tensor_peak() if tensors else _nothing() as peak:
         status = manager.load(model_id, level)
     return {
         **status,
-        "load_peak_bytes": peak.bytes,
-        "load_peak_gib": _gib(peak.bytes),
+        "load_peak_bytes": peak.bytes if peak else None,
+        "load_peak_gib": _gib(peak.bytes) if peak else None,
+        "load_peak_rss_bytes": rss.bytes,
         "load_peak_rss_gib": _gib(rss.bytes) if rss.bytes else None,
     }
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
 
 
 def run_loads(models: list[str], levels: list[str], new_tokens: int) -> int:
@@ -201,13 +222,14 @@ def run_seed(
         preprocess_s = time.perf_counter() - prepared
         extra, note = engine.decode_plan(loaded)
         plain_ttft, plain_total, eng_ttft, eng_total = [], [], [], []
-        _plain_generate(loaded, inputs, new_tokens, extra)  # warm the prefill shapes too
-        for _ in range(repeats):
-            plain_ttft.append(_plain_generate(loaded, inputs, 1, extra))
-            plain_total.append(_plain_generate(loaded, inputs, new_tokens, extra))
-            ttft, total = _engine_generate(loaded, inputs, new_tokens)
-            eng_ttft.append(ttft)
-            eng_total.append(total)
+        with meters.rss_peak() as generating:
+            _plain_generate(loaded, inputs, new_tokens, extra)  # warm the prefill shapes too
+            for _ in range(repeats):
+                plain_ttft.append(_plain_generate(loaded, inputs, 1, extra))
+                plain_total.append(_plain_generate(loaded, inputs, new_tokens, extra))
+                ttft, total = _engine_generate(loaded, inputs, new_tokens)
+                eng_ttft.append(ttft)
+                eng_total.append(total)
         plain_ms = [
             (t - f) * 1000 / (new_tokens - 1) for t, f in zip(plain_total, plain_ttft, strict=True)
         ]
@@ -235,6 +257,9 @@ def run_seed(
             "load_peak_gib": status["load_peak_gib"],
             "load_peak_rss_gib": status["load_peak_rss_gib"],
             "load_s": status["load_seconds"],
+            # the RSS high-water mark of the load and of the generation: what a 16 GB Space
+            # must hold (None where /proc cannot tell)
+            "peak_rss_gib": _gib(max(status["load_peak_rss_bytes"], generating.bytes)) or None,
         }
         record["engine_over_plain_speed"] = round(
             record["plain_ms_per_token"] / record["engine_ms_per_token"], 3
@@ -313,7 +338,7 @@ def run_ops(models: list[str], levels: list[str]) -> int:
     for model_id in models:
         bf16_ops = None
         for level in levels:
-            status = _load(manager, model_id, level)
+            status = _load(manager, model_id, level, tensors=True)
             with manager.lease() as loaded:
                 count = decode_step_ops(loaded)
             bf16_ops = count.ops if level == "bf16" else bf16_ops
@@ -338,6 +363,60 @@ def run_ops(models: list[str], levels: list[str]) -> int:
     return 0
 
 
+def run_llamacpp(
+    models: list[str],
+    level: str,
+    files: list[str],
+    new_tokens: int,
+    repeats: int,
+    prompt_tokens: int,
+    tree: str | None,
+) -> int:
+    """lfmui's engine at `level` and llama.cpp at each GGUF level in `files`, one after the
+    other in this process: the same text prompt length, new tokens and cores (lfmui.llamacpp)."""
+    from lfmui import llamacpp, offline
+
+    why = llamacpp.missing(tree)
+    if why:
+        _emit({"case": "llamacpp", "ok": False, "error": why})
+        return 1
+    work = offline.cache_dir() / "gguf"
+    for model_id in models:
+        manager, status = _warm_manager(model_id, level)
+        with manager.lease() as loaded:
+            checkpoint = Path(loaded.model.name_or_path)  # the synthetic build's folder
+            inputs = prompts.build_inputs(loaded, _text_question(loaded, prompt_tokens))
+            runs = [_engine_generate(loaded, inputs, new_tokens) for _ in range(repeats + 1)][1:]
+        manager.unload()
+        ours = _median([(total - first) * 1000 / (new_tokens - 1) for first, total in runs])
+        base = {"case": "llamacpp", "model": model_id, "new_tokens": new_tokens}
+        base["prompt_tokens"] = int(inputs["input_ids"].shape[-1])
+        _emit(
+            {
+                **base,
+                "engine": "lfmui",
+                "quantization": level,
+                "resolved": status["quantization"],
+                "ttft_ms": round(_median([first for first, _ in runs]) * 1000, 2),
+                "ms_per_token": round(ours, 3),
+                "resident_gib": round(status["resident_bytes"] / GIB, 3),
+            }
+        )
+        for name in files:
+            path = llamacpp.gguf(checkpoint, name, tree, work)
+            measured = llamacpp.bench(path, tree, base["prompt_tokens"], new_tokens, repeats)
+            _emit(
+                {
+                    **base,
+                    "engine": "llama.cpp",
+                    "quantization": name.upper(),
+                    **measured,
+                    "lfmui_over_llamacpp": round(ours / measured["ms_per_token"], 3),
+                }
+            )
+    return 0
+
+
 def _gib(value: int | None) -> float | None:
     return round(value / GIB, 3) if value is not None else None
 
@@ -348,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("case", choices=["loads", "seed", "presets", "ops"])
+    parser.add_argument("case", choices=["loads", "seed", "presets", "ops", "llamacpp"])
     parser.add_argument(
         "--models",
         default=None,
@@ -364,16 +443,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--prompt-tokens", type=int, default=512, help="text models' prompt")
+    parser.add_argument(
+        "--llama-cpp", default=None, help="llamacpp: a llama.cpp source tree (its converter)"
+    )
+    parser.add_argument("--gguf", default="q8_0,q4_0,f16", help="llamacpp: the GGUF levels")
     args = parser.parse_args(argv)
     os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"  # every load allocation on the metered thread
     if args.levels == "available":
         levels = [row["name"] for row in quant.availability_table() if row["available"]]
     else:
         levels = args.levels.split(",")
-    default_models = "lfm2-moe-replica" if args.case == "ops" else "lfm2-vl-tiny,lfm2-moe-tiny"
+    default_models = {
+        "ops": "lfm2-moe-replica",
+        "llamacpp": "lfm2-vl-450m-synthetic,lfm2-8b-a1b-synthetic",
+    }.get(args.case, "lfm2-vl-tiny,lfm2-moe-tiny")
     models = (args.models or default_models).split(",")
     started = time.perf_counter()
-    if args.case == "ops":
+    if args.case == "llamacpp":
+        level = "auto" if args.levels == "available" else args.levels
+        code = run_llamacpp(
+            models,
+            level,
+            args.gguf.split(","),
+            args.new_tokens,
+            args.repeats,
+            args.prompt_tokens,
+            args.llama_cpp,
+        )
+    elif args.case == "ops":
         code = run_ops(models, ["bf16", *[level for level in levels if level != "bf16"]])
     elif args.case == "presets":
         code = 0

@@ -52,6 +52,59 @@ class Int8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
+def _int8_mm(rows: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """rows [M, K] (bf16) times int8 weights [N, K] with a bf16 scale per row: [M, N]."""
+    if rows.shape[0] <= DECODE_ROWS:
+        return torch.ops.aten._weight_int8pack_mm(rows, packed, scale)
+    return nn.functional.linear(rows, packed.to(torch.bfloat16) * scale[:, None])
+
+
+class Int8Experts(nn.Module):
+    """A drop-in for transformers' Lfm2MoeExperts with int8 expert weights (quantized while
+    loading, ``moe_quant.int8_experts_config``), computed like Int8Linear: each chosen expert
+    reads its own int8 rows, nothing is gathered or copied. The expert ids go to the host
+    (``tolist``): on a CPU that is a read, not a device sync."""
+
+    compute_dtype = torch.bfloat16
+
+    def __init__(self, act_fn: object, dtype: torch.dtype, weights: dict[str, tuple]) -> None:
+        super().__init__()
+        self.act_fn = act_fn
+        for name, (packed, scale, _shape) in weights.items():
+            self.register_buffer(f"{name}_q", packed)
+            self.register_buffer(f"{name}_scale", scale.to(torch.bfloat16))
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        x = hidden_states.to(self.compute_dtype)
+        weights = top_k_weights.to(self.compute_dtype)
+        if x.shape[0] == 1:  # a decode step: the fewest ops
+            final = None
+            for slot, expert in enumerate(top_k_index[0].tolist()):
+                out = self._expert(x, expert) * weights[0, slot]
+                final = out if final is None else final + out
+            return final.to(hidden_states.dtype)
+        final = torch.zeros_like(x)
+        hits: dict[int, list[tuple[int, int]]] = {}  # expert -> (token, slot)
+        for token, experts in enumerate(top_k_index.tolist()):
+            for slot, expert in enumerate(experts):
+                hits.setdefault(expert, []).append((token, slot))
+        for expert, pairs in hits.items():
+            tokens = torch.tensor([t for t, _ in pairs])
+            slots = torch.tensor([s for _, s in pairs])
+            out = self._expert(x[tokens], expert) * weights[tokens, slots, None]
+            final.index_add_(0, tokens, out)
+        return final.to(hidden_states.dtype)
+
+    def _expert(self, rows: torch.Tensor, expert: int) -> torch.Tensor:
+        gate_up = _int8_mm(rows, self.gate_up_proj_q[expert], self.gate_up_proj_scale[expert])
+        gate, up = gate_up.chunk(2, dim=-1)
+        return _int8_mm(
+            self.act_fn(gate) * up, self.down_proj_q[expert], self.down_proj_scale[expert]
+        )
+
+
 def quantize(model: nn.Module) -> int:
     """Swap the language model's Linear layers and the LM head for Int8Linear; returns how
     many. Runs after a bf16 load: each bf16 weight goes as its int8 copy comes."""

@@ -22,6 +22,7 @@ from lfmui.errors import InsufficientMemory
 GIB = 1024**3
 CONTEXT_TOKENS = 8192  # the engine's static cache length: what one reply may reach
 PREFILL_TOKENS = 4096  # a long prompt (an image at the detailed preset, or a long chat)
+VISION_MODULES = ("model.vision_tower.", "model.multi_modal_projector.")
 MARGIN_BYTES = 512 * 2**20  # allocator slack, the tokenizer and processor, Python objects
 
 
@@ -34,7 +35,8 @@ class Layout:
     experts: int  # 3-D mixture-of-experts weights
     expert_rows: int
     head: int  # an LM head tied to the embeddings (stored once; int8-cpu packs a copy)
-    other: int  # everything kept as it is: embeddings, norms, convs, the vision tower
+    vision: int  # the vision tower and projector (VL models), which no level quantizes
+    other: int  # everything else kept as it is: embeddings, norms, convs
     attention_layers: int
     kv_width: int  # key/value heads x head size, per attention layer
     hidden: int
@@ -75,6 +77,7 @@ def layout(config_json: str) -> Layout:
     with torch.device("meta"):
         model = model_class(config)(config)
     counts = dict.fromkeys(("linear", "linear_rows", "experts", "expert_rows", "head"), 0)
+    vision = 0
     counted: set[int] = set()
     for name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
@@ -88,6 +91,8 @@ def layout(config_json: str) -> Layout:
             elif param.dim() == 3 and name.endswith("experts"):
                 counts["experts"] += param.numel()
                 counts["expert_rows"] += param.shape[0] * param.shape[1]
+            elif name.startswith(VISION_MODULES):
+                vision += param.numel()
     total = sum(p.numel() for p in model.parameters())  # tied parameters once
     head = getattr(model, "lm_head", None)
     if head is not None and head.weight is model.get_input_embeddings().weight:
@@ -97,7 +102,8 @@ def layout(config_json: str) -> Layout:
     head_dim = text.hidden_size // text.num_attention_heads
     return Layout(
         **counts,
-        other=total - counts["linear"] - counts["experts"],
+        vision=vision,
+        other=total - counts["linear"] - counts["experts"] - vision,
         attention_layers=len(attention),
         kv_width=text.num_key_value_heads * head_dim,
         hidden=text.hidden_size,
@@ -115,11 +121,13 @@ def estimate(config: Any, level: Any) -> Estimate:
         + shape.expert_rows * price.expert_row
         + shape.head * price.head
         + shape.other * price.other
+        + shape.vision * (price.other if price.vision is None else price.vision)
     )
     activation = price.activation
     cache = 2 * shape.attention_layers * shape.kv_width * CONTEXT_TOKENS * activation
     prefill = 8 * PREFILL_TOKENS * shape.hidden * activation  # a few live hidden states
-    loading = (shape.linear + shape.experts + shape.other) * price.load
+    loading = (shape.linear + shape.other + shape.vision) * price.load
+    loading += shape.experts * price.load_experts
     return Estimate(int(weights), int(cache + prefill + MARGIN_BYTES), int(loading))
 
 

@@ -13,6 +13,10 @@ about 1.25x the quantized size on the 8B's layout, against 3.4x when quantizing 
 - int8: rows of int8 with one scale per row (absmax / 127), in the compute dtype;
 - nf4: bitsandbytes NF4 blocks of 64 (``quantize_4bit``), one expert at a time.
 
+The CPU level int8-bf16 uses the same loader hook through a quantizer of its own
+(``int8_experts_config``) that claims the expert weights only (its Linear layers become int8
+after loading); ``cpu_int8.Int8Experts`` computes with the int8 rows.
+
 Forward (``QuantizedExperts``): routing is untouched. A decode step (tokens x top-k <= experts)
 gathers the chosen experts' packed weights by index, dequantizes just those and runs one batched
 matmul: no host sync, nothing data-dependent, so CUDA graphs can capture it. A prefill walks the
@@ -33,6 +37,7 @@ Kind = Literal["int8", "nf4"]
 BLOCKSIZE = 64
 EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
 _METHOD = {"int8": "lfmui_bnb_8bit", "nf4": "lfmui_bnb_4bit"}
+_INT8_EXPERTS = "lfmui_int8_experts"
 
 
 class QuantizedExperts(nn.Module):
@@ -215,8 +220,12 @@ def _convert(kind: Kind, linear_op: Any, input_dict: dict, model: nn.Module, kwa
     return result
 
 
-def _swap_experts(model: nn.Module, kind: Kind) -> int:
-    """After loading: each experts module holding packed weights becomes a QuantizedExperts."""
+def _swap_experts(model: nn.Module, kind: Kind, factory: Any = None) -> int:
+    """After loading: each experts module holding packed weights becomes a QuantizedExperts
+    (or what `factory(act_fn, dtype, weights)` makes)."""
+    factory = factory or (
+        lambda act_fn, dtype, weights: QuantizedExperts(kind, act_fn, dtype, weights)
+    )
     count = 0
     for parent in list(model.modules()):
         experts = getattr(parent, "experts", None)
@@ -228,7 +237,7 @@ def _swap_experts(model: nn.Module, kind: Kind) -> int:
             for name, (scale, shape, _) in quantized.items()
         }
         dtype = quantized["gate_up_proj"][2]
-        parent.experts = QuantizedExperts(kind, experts.act_fn, dtype, weights)
+        parent.experts = factory(experts.act_fn, dtype, weights)
         count += 1
     return count
 
@@ -260,6 +269,51 @@ def _quantizer_class(base: type, kind: Kind) -> type:
     return ExpertsQuantizer
 
 
+def int8_experts_config() -> Any:
+    """A quantization config that converts nothing but the 3-D expert weights, to int8 rows
+    while loading, for the CPU level int8-bf16 (``cpu_int8.Int8Experts`` computes with them)."""
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+
+    _register()
+
+    class Int8ExpertsConfig(QuantizationConfigMixin):
+        def __init__(self) -> None:
+            self.quant_method = _INT8_EXPERTS
+
+    return Int8ExpertsConfig()
+
+
+def _experts_only_quantizer() -> type:
+    from transformers.quantizers.base import HfQuantizer
+
+    from lfmui.cpu_int8 import Int8Experts
+
+    class Int8ExpertsQuantizer(HfQuantizer):
+        """Claims the 3-D expert weights only; the Linear layers load as they are."""
+
+        def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+            return is_expert_weight(model, param_name)
+
+        def _process_model_before_weight_loading(self, model, **kwargs):
+            return model
+
+        def _process_model_after_weight_loading(self, model, **kwargs):
+            _swap_experts(model, "int8", Int8Experts)
+            return model
+
+        def get_quantize_ops(self):
+            return _quantize_op("int8", None)
+
+        def is_serializable(self, **kwargs) -> bool:
+            return False
+
+        @property
+        def is_trainable(self) -> bool:
+            return False
+
+    return Int8ExpertsQuantizer
+
+
 def _register() -> None:
     from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantizer
     from transformers.quantizers.quantizer_bnb_4bit import Bnb4BitHfQuantizer
@@ -268,3 +322,5 @@ def _register() -> None:
     for kind, base in (("int8", Bnb8BitHfQuantizer), ("nf4", Bnb4BitHfQuantizer)):
         if _METHOD[kind] not in AUTO_QUANTIZER_MAPPING:
             register_quantizer(_METHOD[kind])(_quantizer_class(base, kind))
+    if _INT8_EXPERTS not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(_INT8_EXPERTS)(_experts_only_quantizer())

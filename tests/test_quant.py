@@ -321,3 +321,42 @@ def test_a_quantized_load_that_fails_keeps_the_previous_model(vl_manager, monkey
         vl_manager.load("lfm2-moe-tiny", "nf4")
     assert vl_manager.current().spec.id == "lfm2-vl-tiny"
     assert vl_manager.current().quantization == "fp32"
+
+
+def test_int8_experts_are_quantized_while_loading_and_agree_with_full_precision(replica):
+    """int8-bf16's experts (the quantizer that claims only the 3-D expert weights): int8 while
+    loading, so the load peaks near what it keeps and below the bf16 experts alone; a decode
+    step (one token, the int8 kernel per chosen expert) and a prompt (experts by the tokens they
+    got) compute the same thing, close to the full-precision experts."""
+    from transformers import AutoModelForCausalLM
+
+    from lfmui.cpu_int8 import Int8Experts
+
+    path, reference = replica
+    with meters.tensor_peak("cpu") as peak:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.bfloat16, quantization_config=moe_quant.int8_experts_config()
+        )
+    config = model.config
+    experts = [m for m in model.modules() if isinstance(m, Int8Experts)]
+    assert len(experts) == config.num_hidden_layers - config.num_dense_layers
+    assert moe_quant.expert_modules(model) == []
+    assert all(type(m) is torch.nn.Linear for m in [model.lm_head])  # Linears load as they are
+    kept = sum(b.numel() * b.element_size() for b in model.buffers())
+    kept += sum(p.numel() * p.element_size() for p in model.parameters())
+    assert peak.bytes <= 1.3 * kept
+    full = moe_quant.expert_modules(reference)
+    bf16_experts = 2 * sum(m.gate_up_proj.numel() + m.down_proj.numel() for _, _, m in full)
+    assert peak.bytes < bf16_experts
+
+    layer = model.model.layers[3].feed_forward.experts
+    torch.manual_seed(0)
+    x = torch.randn(12, config.hidden_size)
+    top_k = torch.stack([torch.randperm(32)[:4] for _ in range(12)])
+    weights = torch.rand(12, 4).softmax(-1)
+    prompt = layer(x, top_k, weights)
+    steps = torch.cat([layer(x[i, None], top_k[i, None], weights[i, None]) for i in range(12)])
+    torch.testing.assert_close(steps, prompt, rtol=0.03, atol=0.03)
+    expected = reference.model.layers[3].feed_forward.experts(x, top_k, weights)
+    assert _cosine(prompt, expected) >= 0.999
+    assert _cosine(steps, expected) >= 0.999
