@@ -16,9 +16,6 @@ the embeddings, gets an int8 copy of its own (the embeddings stay bf16 for the l
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -118,17 +115,3 @@ def quantize(model: nn.Module) -> int:
                 setattr(parent, name, Int8Linear(child))
                 swapped += 1
     return swapped
-
-
-@functools.cache
-def cpu_computes_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 beats
-    fp32; without it bf16 is emulated and several times slower."""
-    try:
-        flags = next(
-            (line for line in Path(cpuinfo).read_text().splitlines() if line.startswith("flags")),
-            "",
-        ).split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from lfmui.errors import QuantizationUnavailable
@@ -81,6 +82,20 @@ def cuda_available() -> bool:
         return False
 
 
+@cache
+def cpu_computes_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 beats
+    fp32; without it bf16 is emulated and several times slower."""
+    try:
+        flags = next(
+            (line for line in Path(cpuinfo).read_text().splitlines() if line.startswith("flags")),
+            "",
+        ).split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _always() -> Availability:
     return Availability(True)
 
@@ -88,8 +103,6 @@ def _always() -> Availability:
 def _on_cpu_slow() -> Availability:
     if cuda_available():
         return Availability(True)
-    from lfmui.cpu_int8 import cpu_computes_bf16
-
     if cpu_computes_bf16():  # measured on an AMX CPU: VL-450M TTFT 0.39 s against fp32's 1.50
         return Availability(True, "this CPU computes in bf16: faster than fp32 here")
     return Availability(True, "runs on CPU but slowly (no bf16 arithmetic); fp32 is faster here")
@@ -151,17 +164,9 @@ def _cpu_only() -> Availability:
 def _cpu_with_bf16() -> Availability:
     if cuda_available():
         return Availability(False, "a CPU level; on a GPU pick bf16, int8 or nf4")
-    from lfmui.cpu_int8 import cpu_computes_bf16
-
     if not cpu_computes_bf16():
         return Availability(False, "needs a CPU with bf16 arithmetic (AVX-512 BF16 or AMX)")
     return Availability(True)
-
-
-def _cpu_bf16() -> bool:
-    from lfmui.cpu_int8 import cpu_computes_bf16
-
-    return cpu_computes_bf16()
 
 
 def _int8_experts() -> dict[str, Any]:
@@ -203,7 +208,7 @@ def _vision_in_bf16(model: Any) -> None:
     faster than fp32. The projector's output goes back to fp32 as transformers merges it."""
     import torch
 
-    if not _cpu_bf16():
+    if not cpu_computes_bf16():
         return
     for name in ("vision_tower", "multi_modal_projector"):
         part = getattr(getattr(model, "model", model), name, None)
@@ -261,7 +266,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
             activation=4,
             load=6,
             load_experts=6,
-            vision=2 if _cpu_bf16() else 4,  # _vision_in_bf16
+            vision=2 if cpu_computes_bf16() else 4,  # _vision_in_bf16
         ),
         "Linear layers int8 per channel, activations quantized on the fly",
         _dynamic_int8,

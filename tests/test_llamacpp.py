@@ -15,9 +15,9 @@ def test_staging_names_the_architecture_the_converter_reads(tmp_path):
     staged_moe = llamacpp._staging(moe, tmp_path)
     vl_config = json.loads((staged_vl / "config.json").read_text())
     assert vl_config["text_config"]["architectures"] == ["Lfm2ForCausalLM"]
-    assert vl_config["architectures"] == json.loads((vl / "config.json").read_text())[
-        "architectures"
-    ]
+    assert (
+        vl_config["architectures"] == json.loads((vl / "config.json").read_text())["architectures"]
+    )
     moe_config = json.loads((staged_moe / "config.json").read_text())
     assert moe_config["architectures"] == ["Lfm2MoeForCausalLM"]
     for staged, source in ((staged_vl, vl), (staged_moe, moe)):  # the weights are the build's

@@ -9,9 +9,9 @@ import pytest
 
 from lfmui import memory, offline, quant
 from lfmui.catalog import Catalog
-from lfmui.cpu_int8 import cpu_computes_bf16
 from lfmui.errors import InsufficientMemory
 from lfmui.manager import ModelManager
+from lfmui.quant import cpu_computes_bf16
 
 GIB = 2**30
 HERE = [name for name, level in quant.QUANTIZATIONS.items() if level.probe().ok]
