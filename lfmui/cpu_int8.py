@@ -39,11 +39,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if rows.shape[0] <= DECODE_ROWS:
-            out = torch.ops.aten._weight_int8pack_mm(rows, self.weight_q, self.scale)
-        else:
-            weight = self.weight_q.to(torch.bfloat16) * self.scale[:, None]
-            out = nn.functional.linear(rows, weight)
+        out = _int8_mm(rows, self.weight_q, self.scale)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -62,8 +58,6 @@ class Int8Experts(nn.Module):
     reads its own int8 rows, nothing is gathered or copied. The expert ids go to the host
     (``tolist``): on a CPU that is a read, not a device sync."""
 
-    compute_dtype = torch.bfloat16
-
     def __init__(self, act_fn: object, dtype: torch.dtype, weights: dict[str, tuple]) -> None:
         super().__init__()
         self.act_fn = act_fn
@@ -74,8 +68,8 @@ class Int8Experts(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
-        x = hidden_states.to(self.compute_dtype)
-        weights = top_k_weights.to(self.compute_dtype)
+        x = hidden_states.to(torch.bfloat16)
+        weights = top_k_weights.to(torch.bfloat16)
         if x.shape[0] == 1:  # a decode step: the fewest ops
             final = None
             for slot, expert in enumerate(top_k_index[0].tolist()):
