@@ -127,7 +127,9 @@ def estimate(config: Any, level: Any) -> Estimate:
     cache = 2 * shape.attention_layers * shape.kv_width * CONTEXT_TOKENS * activation
     prefill = 8 * PREFILL_TOKENS * shape.hidden * activation  # a few live hidden states
     loading = (shape.linear + shape.other + shape.vision) * price.load
-    loading += shape.experts * price.load_experts
+    # experts quantized while loading sit beside the full-precision rest at their own size
+    loading += shape.experts * (price.load_experts or price.experts)
+    loading += shape.expert_rows * price.expert_row * (not price.load_experts)
     return Estimate(int(weights), int(cache + prefill + MARGIN_BYTES), int(loading))
 
 

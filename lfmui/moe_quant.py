@@ -13,9 +13,9 @@ about 1.25x the quantized size on the 8B's layout, against 3.4x when quantizing 
 - int8: rows of int8 with one scale per row (absmax / 127), in the compute dtype;
 - nf4: bitsandbytes NF4 blocks of 64 (``quantize_4bit``), one expert at a time.
 
-The CPU level int8-bf16 uses the same loader hook through a quantizer of its own
-(``int8_experts_config``) that claims the expert weights only (its Linear layers become int8
-after loading); ``cpu_int8.Int8Experts`` computes with the int8 rows.
+The CPU levels int8-bf16 and int4-bf16 use the same loader hook through quantizers of their
+own (``experts_config``) that claim the expert weights only (their Linear layers are packed
+after loading); ``cpu_weights.QuantExperts`` computes with the packed weights.
 
 Forward (``QuantizedExperts``): routing is untouched. A decode step (tokens x top-k <= experts)
 gathers the chosen experts' packed weights by index, dequantizes just those and runs one batched
@@ -37,7 +37,7 @@ Kind = Literal["int8", "nf4"]
 BLOCKSIZE = 64
 EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
 _METHOD = {"int8": "lfmui_bnb_8bit", "nf4": "lfmui_bnb_4bit"}
-_INT8_EXPERTS = "lfmui_int8_experts"
+_CPU_EXPERTS = {"int8": "lfmui_int8_experts", "int4": "lfmui_int4_experts"}  # cpu_weights.PACKINGS
 
 
 class QuantizedExperts(nn.Module):
@@ -186,19 +186,24 @@ def bnb_config(kind: Kind, skip_modules: list[str]) -> Any:
     return config
 
 
-def _quantize_op(kind: Kind, linear_op: Any) -> Any:
+Packer = Any  # [E, N, K] weights -> (packed, scales)
+
+
+def _quantize_op(pack: Packer, linear_op: Any) -> Any:
     from transformers.core_model_loading import ConversionOps
 
     class QuantizeExperts(ConversionOps):
         """The loader's quantize step: expert weights here, the rest to bitsandbytes' own."""
 
         def convert(self, input_dict: dict[str, Any], model=None, **kwargs) -> dict[str, Any]:
-            return _convert(kind, linear_op, input_dict, model, kwargs)
+            return _convert(pack, linear_op, input_dict, model, kwargs)
 
     return QuantizeExperts()
 
 
-def _convert(kind: Kind, linear_op: Any, input_dict: dict, model: nn.Module, kwargs: dict) -> dict:
+def _convert(
+    pack: Packer, linear_op: Any, input_dict: dict, model: nn.Module, kwargs: dict
+) -> dict:
     result = {}
     for name, value in input_dict.items():
         value = value[0] if isinstance(value, list) else value
@@ -208,7 +213,7 @@ def _convert(kind: Kind, linear_op: Any, input_dict: dict, model: nn.Module, kwa
         module_name, _, attribute = name.rpartition(".")
         module = model.get_submodule(module_name)
         with torch.no_grad():
-            packed, scale = quantize(value, kind)
+            packed, scale = pack(value)
         # kept off the module's buffers: the loader re-initializes buffers it did not load
         module.lfmui_quantized = {
             **getattr(module, "lfmui_quantized", {}),
@@ -220,7 +225,7 @@ def _convert(kind: Kind, linear_op: Any, input_dict: dict, model: nn.Module, kwa
     return result
 
 
-def _swap_experts(model: nn.Module, kind: Kind, factory: Any = None) -> int:
+def _swap_experts(model: nn.Module, kind: str, factory: Any = None) -> int:
     """After loading: each experts module holding packed weights becomes a QuantizedExperts
     (or what `factory(act_fn, dtype, weights)` makes)."""
     factory = factory or (
@@ -259,7 +264,7 @@ def _quantizer_class(base: type, kind: Kind) -> type:
             )
 
         def get_quantize_ops(self):
-            return _quantize_op(kind, super().get_quantize_ops())
+            return _quantize_op(lambda weights: quantize(weights, kind), super().get_quantize_ops())
 
         def _process_model_after_weight_loading(self, model, **kwargs):
             _swap_experts(model, kind)
@@ -269,26 +274,28 @@ def _quantizer_class(base: type, kind: Kind) -> type:
     return ExpertsQuantizer
 
 
-def int8_experts_config() -> Any:
-    """A quantization config that converts nothing but the 3-D expert weights, to int8 rows
-    while loading, for the CPU level int8-bf16 (``cpu_int8.Int8Experts`` computes with them)."""
+def experts_config(packing: str) -> Any:
+    """A quantization config that converts nothing but the 3-D expert weights, packed while
+    loading (``cpu_weights.PACKINGS[packing]``), for the CPU levels int8-bf16 and int4-bf16."""
     from transformers.utils.quantization_config import QuantizationConfigMixin
 
     _register()
 
-    class Int8ExpertsConfig(QuantizationConfigMixin):
+    class ExpertsConfig(QuantizationConfigMixin):
         def __init__(self) -> None:
-            self.quant_method = _INT8_EXPERTS
+            self.quant_method = _CPU_EXPERTS[packing]
 
-    return Int8ExpertsConfig()
+    return ExpertsConfig()
 
 
-def _experts_only_quantizer() -> type:
+def _experts_only_quantizer(packing_name: str) -> type:
     from transformers.quantizers.base import HfQuantizer
 
-    from lfmui.cpu_int8 import Int8Experts
+    from lfmui.cpu_weights import PACKINGS, QuantExperts, pack_experts
 
-    class Int8ExpertsQuantizer(HfQuantizer):
+    packing = PACKINGS[packing_name]
+
+    class ExpertsOnlyQuantizer(HfQuantizer):
         """Claims the 3-D expert weights only; the Linear layers load as they are."""
 
         def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
@@ -298,11 +305,13 @@ def _experts_only_quantizer() -> type:
             return model
 
         def _process_model_after_weight_loading(self, model, **kwargs):
-            _swap_experts(model, "int8", Int8Experts)
+            _swap_experts(
+                model, packing_name, lambda act_fn, _dtype, w: QuantExperts(packing, act_fn, w)
+            )
             return model
 
         def get_quantize_ops(self):
-            return _quantize_op("int8", None)
+            return _quantize_op(lambda weights: pack_experts(weights, packing), None)
 
         def is_serializable(self, **kwargs) -> bool:
             return False
@@ -311,7 +320,8 @@ def _experts_only_quantizer() -> type:
         def is_trainable(self) -> bool:
             return False
 
-    return Int8ExpertsQuantizer
+    ExpertsOnlyQuantizer.__name__ = f"{packing_name.capitalize()}ExpertsQuantizer"
+    return ExpertsOnlyQuantizer
 
 
 def _register() -> None:
@@ -322,5 +332,6 @@ def _register() -> None:
     for kind, base in (("int8", Bnb8BitHfQuantizer), ("nf4", Bnb4BitHfQuantizer)):
         if _METHOD[kind] not in AUTO_QUANTIZER_MAPPING:
             register_quantizer(_METHOD[kind])(_quantizer_class(base, kind))
-    if _INT8_EXPERTS not in AUTO_QUANTIZER_MAPPING:
-        register_quantizer(_INT8_EXPERTS)(_experts_only_quantizer())
+    for packing, method in _CPU_EXPERTS.items():
+        if method not in AUTO_QUANTIZER_MAPPING:
+            register_quantizer(method)(_experts_only_quantizer(packing))

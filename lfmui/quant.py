@@ -58,6 +58,7 @@ def _plain(size: float) -> Footprint:
 
 
 NF4_BYTES = 0.5 + 4 / 64  # a nibble per weight and a float32 absmax per block of 64
+INT4_BYTES = 0.5 + 4 / 32  # a nibble per weight, a bf16 scale and zero per group of 32
 
 
 @dataclass(frozen=True)
@@ -169,16 +170,36 @@ def _cpu_with_bf16() -> Availability:
     return Availability(True)
 
 
-def _int8_experts() -> dict[str, Any]:
-    from lfmui.moe_quant import int8_experts_config
+def _cpu_int4() -> Availability:
+    available = _cpu_with_bf16()
+    if not available.ok:
+        return available
+    from lfmui.cpu_weights import int4_fails
 
-    return {"quantization_config": int8_experts_config()}
+    failure = int4_fails()
+    return (
+        Availability(False, f"torch's CPU int4 kernel cannot run here ({failure})")
+        if (failure)
+        else available
+    )
 
 
-def _int8_bf16(model: Any) -> int:
-    from lfmui.cpu_int8 import quantize
+def _packed_experts(packing: str) -> Callable[[], dict[str, Any]]:
+    def kwargs() -> dict[str, Any]:
+        from lfmui.moe_quant import experts_config
 
-    return quantize(model)
+        return {"quantization_config": experts_config(packing)}
+
+    return kwargs
+
+
+def _packed_linears(packing: str) -> Callable[[Any], int]:
+    def post_load(model: Any) -> int:
+        from lfmui.cpu_weights import PACKINGS, quantize
+
+        return quantize(model, PACKINGS[packing])
+
+    return post_load
 
 
 def _dynamic_int8(model: Any) -> Any:
@@ -245,11 +266,22 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "8-bit weights, bf16 compute (CPU)",
         "bfloat16",
         _cpu_with_bf16,
-        _int8_experts,
+        _packed_experts("int8"),
         Footprint(linear=1, linear_row=2, head=1, experts=1, expert_row=2, other=2, load=2),
         "int8 weights per row read by torch's int8 kernel at decode, bf16 prefill; MoE experts "
         "int8, quantized while loading",
-        _int8_bf16,
+        _packed_linears("int8"),
+    ),
+    "int4-bf16": QuantLevel(
+        "int4-bf16",
+        "4-bit weights, bf16 compute (CPU)",
+        "bfloat16",
+        _cpu_int4,
+        _packed_experts("int4"),
+        Footprint(linear=INT4_BYTES, head=INT4_BYTES, experts=INT4_BYTES, other=2, load=2),
+        "int4 weights in groups of 32 read by torch's int4 kernel at decode, bf16 prefill; "
+        "MoE experts int4, quantized while loading",
+        _packed_linears("int4"),
     ),
     "int8-cpu": QuantLevel(
         "int8-cpu",
@@ -275,16 +307,16 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
 
 
 # What "auto" loads: the first of these that runs here and fits, the fastest reply first
-# (`python -m lfmui.bench seed`, a 512 px image; lfmui/measured.py). CPU: int8-cpu decodes
-# fastest (VL-450M 25.0 ms/token against fp32's 58.6; VL-1.6B 60.2) and int8-bf16 reads images
-# fastest (TTFT 0.43 s against 0.87 s; 1.9 s against 3.6 s): for a reply of 100 tokens or more
-# int8-cpu wins, and int8-bf16 fits where int8-cpu's fp32 load does not. On LFM2-8B-A1B
-# int8-cpu keeps fp32 experts (33 GB) and never fits; int8-bf16 quantizes them while loading
-# (8.0 GiB, load RSS peak 11.1, 162 ms/token) and decodes 5x faster than nf4 (~790).
+# (`python -m lfmui.bench seed`, a 512 px image; lfmui/measured.py). CPU, VL-450M in one run:
+# int8-cpu TTFT 509 ms and 27.0 ms/token, int4-bf16 717 ms and 24.3, fp32 1268 and 62.5: for
+# a reply of 100 tokens the two quantized levels tie and int8-cpu keeps 8 bits. On
+# LFM2-8B-A1B int8-cpu keeps fp32 experts (33 GB) and never fits; int4-bf16 packs them while
+# loading (5.1 GiB, RSS peak 7.7, TTFT 7.5 s after 544 tokens, 90 ms/token) and replies to
+# 100 tokens in 16.5 s against int8-bf16's 21 s (162 ms/token) and nf4's ~80 s.
 # CUDA: bf16 has the compiled decode; nf4 decoded faster than int8 in FACTS.md's anchors.
 AUTO_ORDER = {
     "cuda": ("bf16", "nf4", "int8"),
-    "cpu": ("int8-cpu", "int8-bf16", "nf4", "int8", "fp32"),
+    "cpu": ("int8-cpu", "int4-bf16", "int8-bf16", "nf4", "int8", "fp32"),
 }
 
 

@@ -65,7 +65,16 @@ def test_models_lists_catalog_with_quantization_availability(client):
     ids = {m["id"] for m in models}
     assert {"LFM2-VL-450M", "LFM2-VL-1.6B", "LFM2-8B-A1B", "lfm2-vl-tiny", "lfm2-moe-tiny"} <= ids
     levels = {q["name"]: q for q in models[0]["quantizations"]}
-    assert set(levels) == {"bf16", "fp16", "fp32", "int8", "nf4", "int8-bf16", "int8-cpu"}
+    assert set(levels) == {
+        "bf16",
+        "fp16",
+        "fp32",
+        "int8",
+        "nf4",
+        "int8-bf16",
+        "int4-bf16",
+        "int8-cpu",
+    }
     assert all(levels[name]["note"] for name in ("int8", "nf4", "int8-cpu"))  # what each costs
     import torch
 

@@ -38,11 +38,11 @@ def test_the_estimate_is_within_15_percent_of_what_loads_keep(every_build, model
 
 
 def test_the_8b_estimates_match_the_published_and_measured_sizes():
-    """bf16 15.54 GiB (FACTS.md); nf4 4.525, int8 7.901 and int8-bf16 8.027 GiB resident,
-    measured here with `python -m lfmui.bench loads --models lfm2-8b-a1b-synthetic --levels
-    nf4,int8,int8-bf16`."""
+    """bf16 15.54 GiB (FACTS.md); nf4 4.525, int8 7.901, int8-bf16 8.027 and int4-bf16 5.107
+    GiB resident, measured here with `python -m lfmui.bench loads --models
+    lfm2-8b-a1b-synthetic --levels nf4,int8,int8-bf16` (int4-bf16: `seed`)."""
     config = offline.make_config(offline.shape_config("lfm2-8b-a1b-synthetic"))
-    measured = {"bf16": 15.54, "nf4": 4.525, "int8": 7.901, "int8-bf16": 8.027}
+    measured = {"bf16": 15.54, "nf4": 4.525, "int8": 7.901, "int8-bf16": 8.027, "int4-bf16": 5.107}
     for level, gib in measured.items():
         estimate = memory.estimate(config, quant.QUANTIZATIONS[level]).weights / GIB
         assert abs(estimate - gib) <= 0.15 * gib, (level, estimate)
@@ -139,13 +139,13 @@ def test_a_quantized_load_lets_go_of_the_checkpoint_mapping(every_build):
 @pytest.mark.parametrize(
     ("model_id", "free_gib", "picked"),
     [
-        # int8-cpu keeps full-precision experts; int8-bf16 quantizes them while loading
-        ("lfm2-8b-a1b-synthetic", 14, "int8-bf16" if cpu_computes_bf16() else "nf4"),
-        ("lfm2-8b-a1b-synthetic", 10, "int8-bf16" if cpu_computes_bf16() else "nf4"),
-        ("lfm2-8b-a1b-synthetic", 7, "nf4"),
+        # int8-cpu keeps full-precision experts; int4-bf16 packs them while loading
+        ("lfm2-8b-a1b-synthetic", 14, "int4-bf16" if cpu_computes_bf16() else "nf4"),
+        ("lfm2-8b-a1b-synthetic", 8, "int4-bf16" if cpu_computes_bf16() else "nf4"),
+        ("lfm2-8b-a1b-synthetic", 6, "nf4"),  # int4-bf16 needs ~6.9 (bf16 Linears first)
         ("lfm2-vl-450m-synthetic", 14, "int8-cpu"),  # the fastest reply here
-        ("lfm2-vl-450m-synthetic", 2.0, "int8-bf16" if cpu_computes_bf16() else "nf4"),
-        ("lfm2-vl-450m-synthetic", 1.2, "nf4"),  # int8-cpu loads fp32 first: ~3.4 GiB
+        ("lfm2-vl-450m-synthetic", 2.5, "int4-bf16" if cpu_computes_bf16() else "nf4"),
+        ("lfm2-vl-450m-synthetic", 1.3, "nf4"),  # int8-cpu loads fp32 first: ~3.4 GiB
     ],
 )
 def test_auto_loads_the_fastest_level_that_fits(monkeypatch, model_id, free_gib, picked):

@@ -1,0 +1,232 @@
+"""Weight-only int8 and int4 layers for CPUs that compute in bf16 (AVX-512 BF16, AMX).
+
+Decode on a CPU reads every weight once per token, so it is bound by bytes and by the kernel
+that unpacks them; prefill is bound by arithmetic, where bf16 on these CPUs is several times
+faster than fp32 (LFM2-VL-450M and a 512 px image on the project's 2-core box: TTFT 1.50 s in
+fp32, 0.39 s in bf16). A ``Packing`` is one weight format: how [N, K] weights are packed, how a
+few rows (a decode step) multiply with the packed weights through torch's own CPU kernel, and
+how a prompt's worth of rows does it (unpack to bf16, then the bf16 GEMM). ``PACKINGS`` holds
+the two formats; ``weight_mm`` makes the decode/prefill choice for both.
+
+- int8: one row of int8 per output with a bf16 scale (absmax / 127), read by
+  ``torch.ops.aten._weight_int8pack_mm``.
+- int4: groups of 32 along K, asymmetric (a bf16 scale and zero per group, like torchao's
+  int4 weight-only), packed by ``_convert_weight_to_int4pack_for_cpu`` and read by
+  ``_weight_int4pack_mm_for_cpu``. The prompt path unpacks torch's packed layout (blocks of 64
+  outputs, two nibbles a byte); ``int4_fails()`` checks that layout on this torch once, and a
+  layer whose shape the kernel cannot take stays int8.
+
+Measured on the 2-core box, the 450M language model's 81 matmuls of one decode step: int8
+26.7 ms, int4 16.2-17.4 ms; the 8B's 96 expert products a token: int8 75 ms, int4 47 ms.
+
+``QuantLinear`` replaces a Linear; ``QuantExperts`` replaces transformers' Lfm2MoeExperts, its
+expert weights packed while loading (``moe_quant.experts_config``). The vision tower and
+projector stay bf16 (``quant.SKIP_MODULES``); the LM head, tied to the embeddings, gets a packed
+copy of its own (the embeddings stay bf16 for the lookup).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import nn
+
+GROUP = 32  # int4 group size along K (llama.cpp's Q4_0 uses blocks of 32 too)
+_BLOCK_N = 64  # outputs per block in torch's packed int4 layout on AVX-512
+
+
+@dataclass(frozen=True)
+class Packing:
+    name: str
+    pack: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # [N, K] -> (q, scales)
+    kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # few rows
+    unpack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # -> bf16 [N, K] (maybe a view)
+    decode_rows: int  # up to this many rows the kernel beats unpack + bf16 GEMM (measured)
+    fits: Callable[[int, int], bool]  # whether an [N, K] weight can take this packing
+
+
+def _pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    absmax = weight.float().abs().amax(dim=1).clamp(min=1e-12)
+    rows = torch.round(weight.float() * (127.0 / absmax)[:, None]).to(torch.int8)
+    return rows, (absmax / 127.0).to(torch.bfloat16)
+
+
+def _int8_kernel(rows: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(rows, q, scale)
+
+
+def _unpack_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.to(torch.bfloat16) * scale[:, None]
+
+
+def _pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = weight.shape
+    groups = weight.float().reshape(n, k // GROUP, GROUP)
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).clamp(min=1e-8)
+    q = torch.clamp(torch.round((groups - low) / scale), 0, 15).to(torch.int32).reshape(n, k)
+    zero = low + 8 * scale  # the kernel computes (q - 8) * scale + zero
+    scale_zero = torch.cat([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2), scale_zero
+
+
+def _int4_kernel(rows: torch.Tensor, q: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, q, GROUP, scale_zero)
+
+
+def _unpack_int4(q: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
+    """torch's packed int4 to bf16, written K-major and returned as an [N, K] view for
+    F.linear (3584x2048: 3.1 ms against int8's 1.4)."""
+    n, k = q.shape[0], q.shape[1] * 2
+    groups = scale_zero.shape[0]
+    blocks = q.view(n // _BLOCK_N, k, _BLOCK_N // 2)  # low nibble: output d, high: d + 32
+    nibbles = torch.cat([blocks & 15, blocks >> 4], dim=2).permute(1, 0, 2)
+    nibbles = nibbles.reshape(groups, k // groups, n).to(torch.bfloat16)
+    scale = scale_zero[..., 0].contiguous()  # strided scales make addcmul 5x slower
+    offset = scale_zero[..., 1] - 8 * scale
+    weight = torch.addcmul(offset.unsqueeze(1), nibbles, scale.unsqueeze(1))
+    return weight.view(k, n).t()
+
+
+PACKINGS: dict[str, Packing] = {
+    # decode_rows: up to where the kernel beats unpack + bf16 GEMM (3584x2048 on the 2-core
+    # box, ms at 8/16/24/32/48 rows: int8 0.7/1.4/2.0/2.7/4.5 against 1.8/2.1/2.0/2.0/2.5;
+    # int4 0.7/1.3/2.0/2.5/3.8 against 4.2/4.2/4.2/4.5/4.2); the rows an expert gets of a
+    # prompt often fall below it
+    "int8": Packing("int8", _pack_int8, _int8_kernel, _unpack_int8, 8, lambda n, k: True),
+    "int4": Packing(
+        "int4",
+        _pack_int4,
+        _int4_kernel,
+        _unpack_int4,
+        40,
+        lambda n, k: n % _BLOCK_N == 0 and k % GROUP == 0,
+    ),
+}
+
+
+@cache
+def int4_fails() -> str:
+    """'' when this torch packs int4 in the layout ``_unpack_int4`` reads and its kernel agrees
+    with it, else why not (checked once, on a small weight)."""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(128, 64, generator=generator)
+        q, scale_zero = _pack_int4(weight)
+        unpacked = _unpack_int4(q, scale_zero).float()
+        rows = torch.randn(2, 64, generator=generator).to(torch.bfloat16)
+        product = _int4_kernel(rows, q, scale_zero).float()
+    except Exception as exc:  # a torch without the CPU int4 kernel
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    close = nn.functional.cosine_similarity(unpacked.flatten(), weight.flatten(), dim=0) > 0.99
+    if not close or not torch.allclose(product, rows.float() @ unpacked.t(), rtol=0.02, atol=0.1):
+        return "this torch packs int4 weights in a layout lfmui does not read"
+    return ""
+
+
+def weight_mm(packing: Packing, rows: torch.Tensor, q: torch.Tensor, scales: torch.Tensor):
+    """rows [M, K] (bf16) times a packed [N, K] weight: [M, N]."""
+    if rows.shape[0] <= packing.decode_rows:
+        return packing.kernel(rows, q, scales)
+    return nn.functional.linear(rows, packing.unpack(q, scales))
+
+
+class QuantLinear(nn.Module):
+    """A Linear whose weight is packed (``PACKINGS``), computed in bf16."""
+
+    def __init__(self, linear: nn.Linear, packing: Packing) -> None:
+        super().__init__()
+        self.packing = packing
+        weight_q, scales = packing.pack(linear.weight.detach())
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("scale", scales)
+        bias = linear.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.bfloat16), False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = weight_mm(self.packing, rows, self.weight_q, self.scale)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, {self.packing.name}"
+
+
+class QuantExperts(nn.Module):
+    """A drop-in for transformers' Lfm2MoeExperts with packed expert weights (packed while
+    loading), computed like QuantLinear: each chosen expert reads its own packed weights,
+    nothing is gathered or copied. The expert ids go to the host (``tolist``): on a CPU that is
+    a read, not a device sync."""
+
+    def __init__(self, packing: Packing, act_fn: object, weights: dict[str, tuple]) -> None:
+        super().__init__()
+        self.packing = packing
+        self.act_fn = act_fn
+        for name, (packed, scale, _shape) in weights.items():
+            self.register_buffer(f"{name}_q", packed)
+            self.register_buffer(f"{name}_scale", scale.to(torch.bfloat16))
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        x = hidden_states.to(torch.bfloat16)
+        weights = top_k_weights.to(torch.bfloat16)
+        if x.shape[0] == 1:  # a decode step: the fewest ops
+            final = None
+            for slot, expert in enumerate(top_k_index[0].tolist()):
+                out = self._expert(x, expert) * weights[0, slot]
+                final = out if final is None else final + out
+            return final.to(hidden_states.dtype)
+        final = torch.zeros_like(x)
+        hits: dict[int, list[tuple[int, int]]] = {}  # expert -> (token, slot)
+        for token, experts in enumerate(top_k_index.tolist()):
+            for slot, expert in enumerate(experts):
+                hits.setdefault(expert, []).append((token, slot))
+        for expert, pairs in hits.items():
+            tokens = torch.tensor([t for t, _ in pairs])
+            slots = torch.tensor([s for _, s in pairs])
+            out = self._expert(x[tokens], expert) * weights[tokens, slots, None]
+            final.index_add_(0, tokens, out)
+        return final.to(hidden_states.dtype)
+
+    def _expert(self, rows: torch.Tensor, expert: int) -> torch.Tensor:
+        gate_up = weight_mm(
+            self.packing, rows, self.gate_up_proj_q[expert], self.gate_up_proj_scale[expert]
+        )
+        gate, up = gate_up.chunk(2, dim=-1)
+        return weight_mm(
+            self.packing,
+            self.act_fn(gate) * up,
+            self.down_proj_q[expert],
+            self.down_proj_scale[expert],
+        )
+
+
+def pack_experts(weights: torch.Tensor, packing: Packing) -> tuple[torch.Tensor, torch.Tensor]:
+    """[E, N, K] weights -> stacked (packed, scales), one expert at a time so that no
+    full-precision copy of more than one expert exists."""
+    packed, scales = zip(*(packing.pack(expert) for expert in weights), strict=True)
+    return torch.stack(packed), torch.stack(scales)
+
+
+def quantize(model: nn.Module, packing: Packing) -> int:
+    """Swap the language model's Linear layers and the LM head for QuantLinear (int8 where
+    `packing` cannot take a layer's shape); returns how many. Runs after a bf16 load: each bf16
+    weight goes as its packed copy comes."""
+    from lfmui.quant import should_quantize
+
+    swapped = 0
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if type(child) is nn.Linear and (full == "lm_head" or should_quantize(full)):
+                fits = packing.fits(child.out_features, child.in_features)
+                setattr(parent, name, QuantLinear(child, packing if fits else PACKINGS["int8"]))
+                swapped += 1
+    return swapped
