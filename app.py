@@ -15,7 +15,8 @@ from pathlib import Path
 from lfmui import engine, quant
 from lfmui.catalog import Catalog
 from lfmui.errors import LfmuiError
-from lfmui.manager import ModelManager, choose_startup_model
+from lfmui.hub import choose_startup_model
+from lfmui.manager import ModelManager
 from lfmui.ui import build_app, launch_settings
 
 demo = build_app()

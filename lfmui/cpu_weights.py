@@ -215,17 +215,15 @@ def pack_experts(weights: torch.Tensor, packing: Packing) -> tuple[torch.Tensor,
     return torch.stack(packed), torch.stack(scales)
 
 
-def quantize(model: nn.Module, packing: Packing) -> int:
-    """Swap the language model's Linear layers and the LM head for QuantLinear (int8 where
-    `packing` cannot take a layer's shape); returns how many. Runs after a bf16 load: each bf16
-    weight goes as its packed copy comes."""
-    from lfmui.quant import should_quantize
-
+def quantize(model: nn.Module, packing: Packing, converts: Callable[[str], bool]) -> int:
+    """Swap the Linear layers whose names `converts` accepts (``quant.should_quantize``) and
+    the LM head for QuantLinear (int8 where `packing` cannot take a layer's shape); returns
+    how many. Runs after a bf16 load: each bf16 weight goes as its packed copy comes."""
     swapped = 0
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             full = f"{parent_name}.{name}" if parent_name else name
-            if type(child) is nn.Linear and (full == "lm_head" or should_quantize(full)):
+            if type(child) is nn.Linear and (full == "lm_head" or converts(full)):
                 fits = packing.fits(child.out_features, child.in_features)
                 setattr(parent, name, QuantLinear(child, packing if fits else PACKINGS["int8"]))
                 swapped += 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import os
 import queue
 import threading
@@ -21,8 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lfmui.errors import InputError
-from lfmui.manager import process_rss
+from lfmui.heap import process_rss
+from lfmui.settings import Settings
 
 log = logging.getLogger(__name__)
 EventKind = Literal["text", "metrics", "done", "error"]
@@ -36,76 +35,6 @@ class Event:
     kind: EventKind
     text: str = ""
     data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Validated generation settings."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.1
-    min_p: float = 0.15
-    top_p: float = 1.0
-    repetition_penalty: float = 1.05
-    seed: int | None = None
-    time_limit: float = 120.0
-
-    def __post_init__(self) -> None:
-        _check("max_new_tokens", self.max_new_tokens, 1, 4096)
-        _check("temperature", self.temperature, 0.0, 2.0)
-        _check("min_p", self.min_p, 0.0, 1.0)
-        _check("top_p", self.top_p, 0.01, 1.0)
-        _check("repetition_penalty", self.repetition_penalty, 1.0, 2.0)
-        _check("time_limit", self.time_limit, 1.0, 600.0)
-        if self.seed is not None:
-            _check("seed", self.seed, 0, 2**32 - 1)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], defaults: dict[str, Any] | None = None) -> Settings:
-        known = {k: v for k, v in {**(defaults or {}), **values}.items() if k in _FIELDS}
-        unknown = sorted(set(values) - _FIELDS)
-        if unknown:
-            raise InputError(
-                f"Unknown setting(s): {', '.join(unknown)[:100]}. "
-                f"Known: {', '.join(sorted(_FIELDS))}."
-            )
-        try:
-            typed = {k: _CASTS[k](v) if v is not None else None for k, v in known.items()}
-        except (TypeError, ValueError):
-            raise InputError("Settings must be numbers (seed: an integer or null).") from None
-        return cls(**typed)
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        sampling = self.temperature > 0
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": sampling,
-            "repetition_penalty": self.repetition_penalty,
-        }
-        if sampling:
-            kwargs.update(temperature=self.temperature, min_p=self.min_p or None, top_p=self.top_p)
-        else:  # greedy: unset the checkpoint's sampling defaults so transformers doesn't warn
-            kwargs.update(temperature=None, top_p=None, top_k=None, min_p=None)
-        return kwargs
-
-
-def _check(name: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(f"{name} must be a finite number between {low} and {high}.")
-    if not low <= value <= high:
-        raise InputError(f"{name} is {value}; use a value between {low} and {high}.")
-
-
-_CASTS = {
-    "max_new_tokens": int,
-    "temperature": float,
-    "min_p": float,
-    "top_p": float,
-    "repetition_penalty": float,
-    "seed": int,
-    "time_limit": float,
-}
-_FIELDS = set(_CASTS)
 
 
 class _TokenQueue:

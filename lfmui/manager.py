@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lfmui import memory, offline, quant
+from lfmui import heap, hub, memory, offline, quant
 from lfmui.catalog import Catalog, ModelSpec, checkpoint_kind
 from lfmui.errors import (
     CheckpointError,
@@ -74,63 +73,6 @@ class LoadedModel:
         }
 
 
-def process_rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def memory_report(loaded: LoadedModel | None = None) -> dict[str, Any]:
-    """Resident weight bytes and, on CUDA, allocated/reserved/peak; on CPU, the process RSS."""
-    report: dict[str, Any] = {"weights_bytes": loaded.weight_bytes if loaded else 0}
-    if quant.cuda_available():
-        import torch
-
-        report.update(
-            cuda_allocated_bytes=torch.cuda.memory_allocated(),
-            cuda_reserved_bytes=torch.cuda.memory_reserved(),
-            cuda_peak_bytes=torch.cuda.max_memory_allocated(),
-        )
-    report["rss_bytes"] = process_rss()
-    return report
-
-
-def weight_bytes(model: Any) -> int:
-    """Bytes held by parameters and buffers (packed sizes for quantized weights)."""
-    seen: set[int] = set()
-    total = 0
-    for tensor in (*model.parameters(), *model.buffers()):
-        if id(tensor) in seen:  # tied embeddings count once
-            continue
-        seen.add(id(tensor))
-        total += tensor.numel() * tensor.element_size()
-    for module in model.modules():  # torch's dynamic int8 Linear packs its weights out of sight
-        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
-            weight, bias = module.weight(), module.bias()
-            total += weight.numel() * weight.element_size()
-            total += bias.numel() * bias.element_size() if bias is not None else 0
-    return total
-
-
-def _free_accelerator() -> None:
-    gc.collect()
-    _trim_heap()
-    if quant.cuda_available():
-        import torch
-
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them per thread arena otherwise): a
-    switch frees hundreds of MB of CPU tensors, and without this the process's RSS creeps up
-    over many switches (measured in tests/load_test.py)."""
-    c = memory.libc()
-    if c is not None and hasattr(c, "malloc_trim"):  # glibc's; musl has none
-        c.malloc_trim(0)
-
-
 class ModelManager:
     """Holds one model; loads, switches and unloads it under a lock."""
 
@@ -139,10 +81,12 @@ class ModelManager:
         catalog: Catalog | None = None,
         drain_seconds: float = 10.0,
         on_loaded: Callable[[LoadedModel], str] | None = None,
+        stop_seconds: float = 30.0,
     ) -> None:
         self.catalog = catalog or Catalog()
         self.on_loaded = on_loaded  # e.g. engine.warm_up: compile before the first request
-        self.drain_seconds = drain_seconds
+        self.drain_seconds = drain_seconds  # requests in flight finish within this
+        self.stop_seconds = stop_seconds  # then, asked to stop, they let go within this
         self._load_lock = threading.Lock()
         self._state = threading.Condition()
         self._current: LoadedModel | None = None
@@ -177,7 +121,8 @@ class ModelManager:
         loaded = self._current
         status: dict[str, Any] = loaded.status() if loaded else {"model_id": None}
         status["loading"] = self.loading
-        status["memory"] = memory_report(loaded)
+        weights = loaded.weight_bytes if loaded else 0
+        status["memory"] = heap.memory_report(weights, quant.cuda_available())
         return status
 
     # ---- loading --------------------------------------------------------------------------
@@ -190,10 +135,12 @@ class ModelManager:
                 f"{self.loading or 'Another model'} is loading; wait for it to finish, then retry."
             )
         try:
-            self.loading = str(model_id)[:80]
+            with self._state:
+                self.loading = str(model_id)[:80]
             return self._load_locked(model_id, quantization, progress or _no_progress)
         finally:
-            self.loading = None
+            with self._state:
+                self.loading = None
             self._load_lock.release()
 
     def unload(self) -> None:
@@ -237,7 +184,7 @@ class ModelManager:
         if failure is not None:
             # Out of the except block: the exception and its traceback (whose frames hold the
             # partly loaded weights) are gone, so freeing them happens before the restore.
-            _free_accelerator()
+            heap.free_accelerator(quant.cuda_available())
             if previous:
                 failure += self._restore(*previous)
             raise ModelLoadError(failure)
@@ -281,19 +228,21 @@ class ModelManager:
         except Exception as exc:  # restoring is best effort: say so, don't mask the first error
             log.warning("could not restore %s: %s", model_id, repr(exc))
         if loaded is None:
-            _free_accelerator()  # outside the except block, as in _load_locked
+            heap.free_accelerator(
+                quant.cuda_available()
+            )  # outside the except block, as in _load_locked
             return f" The previous model ({model_id}) could not be reloaded; load one again."
         with self._state:
             self._current = loaded
         return f" The previous model ({model_id}, {quantization}) is loaded again."
 
-    def _locate(self, spec: ModelSpec, progress: Progress) -> Location:
+    def _locate(self, spec: ModelSpec, progress: Progress) -> hub.Location:
         """Where from_pretrained should read `spec` from, checked before the resident model is
         touched: local files and config.json, or for a hub model its config at the pinned
         revision (from the cache when the Hub cannot be reached)."""
         if spec.source == "hub":
             progress(0.1, f"checking {spec.location} on the Hugging Face Hub")
-            return _check_hub(spec)
+            return hub.check(spec)
         if spec.source == "offline":
             progress(0.1, f"preparing offline checkpoint {spec.id}")
             device = "cuda" if quant.cuda_available() else None
@@ -302,9 +251,9 @@ class ModelManager:
             path = Path(spec.location)
         checkpoint_kind(path)  # no config.json, invalid JSON, not LFM2: CheckpointError
         _check_config(path, spec)
-        return Location(str(path))
+        return hub.Location(str(path))
 
-    def _load_weights(self, spec: ModelSpec, level: quant.QuantLevel, location: Location):
+    def _load_weights(self, spec: ModelSpec, level: quant.QuantLevel, location: hub.Location):
         import torch
         from transformers import (
             AutoModelForCausalLM,
@@ -324,9 +273,9 @@ class ModelManager:
         model = auto_model.from_pretrained(location.path, **kwargs)
         if level.post_load is not None:
             level.post_load(model)  # int8-cpu: the fp32 weights it replaced are freed here
-        memory.release_checkpoint_mapping(model)
+        heap.release_checkpoint_mapping(model)
         gc.collect()  # what conversions freed while loading goes back to the system
-        _trim_heap()
+        heap.trim_heap()
         model.eval()
         processor = auto_processor.from_pretrained(location.path, **source)
         return LoadedModel(
@@ -337,83 +286,38 @@ class ModelManager:
             device="cuda" if cuda else "cpu",
             dtype=level.dtype,
             load_seconds=time.perf_counter() - started,
-            weight_bytes=weight_bytes(model),
+            weight_bytes=heap.weight_bytes(model),
         )
 
     def _retire_current(self) -> None:
-        """Drain leases (grace period, then ask them to stop), then free the resident model."""
+        """Drain leases (grace period, then ask them to stop), then free the resident model.
+        A lease that outlasts both (a request stuck outside generation) ends the switch with
+        ModelLoadError, the resident model still serving."""
         with self._state:
             loaded = self._current
             if loaded is None:
                 return
             self._switching = True
             try:
-                deadline = time.monotonic() + self.drain_seconds
-                while loaded.leases and time.monotonic() < deadline:
-                    self._state.wait(timeout=0.1)
-                if loaded.leases:
+                if not self._state.wait_for(lambda: not loaded.leases, self.drain_seconds):
                     loaded.cancel.set()  # generations stop at their next token
-                    self._state.wait_for(lambda: loaded.leases == 0)
+                    if not self._state.wait_for(lambda: not loaded.leases, self.stop_seconds):
+                        loaded.cancel.clear()
+                        raise ModelLoadError(
+                            f"{loaded.leases} request(s) still use {loaded.spec.id} and did not "
+                            f"stop within {self.drain_seconds + self.stop_seconds:g} s, so it "
+                            "keeps serving. Stop or close the running replies, then load again."
+                        )
                 self._current = None
             finally:
                 self._switching = False
         loaded.model = None
         loaded.processor = None  # the LoadedModel may outlive this call; its weights don't
-        _free_accelerator()
+        heap.free_accelerator(quant.cuda_available())
 
 
 def _no_progress(_fraction: float, _message: str) -> None:
     return None
-
-
-@dataclass(frozen=True)
-class Location:
-    """What from_pretrained reads: a directory, or a hub repo at a revision (maybe cache-only)."""
-
-    path: str
-    revision: str | None = None
-    local_only: bool = False
-
-    def kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"revision": self.revision} if self.revision else {}
-        if self.local_only or os.environ.get("HF_HUB_OFFLINE") == "1":
-            kwargs["local_files_only"] = True
-        return kwargs
-
-
-def _check_hub(spec: ModelSpec, probe_seconds: float = 3.0) -> Location:
-    """The hub model's config at its revision, fetched (or read from the cache) now: an
-    unreachable Hub or a bad revision fails here, in seconds, with the old model untouched."""
-    from transformers import AutoConfig
-
-    offline_mode = os.environ.get("HF_HUB_OFFLINE") == "1"
-    # One quick probe instead of the hub client's retries (over 20 s on a dead network).
-    reachable = not offline_mode and _hub_reachable(spec.location, probe_seconds)
-    location = Location(spec.location, spec.revision, local_only=not reachable)
-    try:
-        AutoConfig.from_pretrained(location.path, **location.kwargs())
-    except Exception as exc:
-        raise ModelLoadError(_hub_failure(spec, exc, reachable)) from None
-    return location
-
-
-def _hub_failure(spec: ModelSpec, exc: BaseException, reachable: bool) -> str:
-    name = type(exc).__name__
-    if reachable and ("Revision" in name or "revision" in str(exc).lower()):
-        return (
-            f"{spec.location} has no revision '{spec.revision}'. Use a branch, tag or commit "
-            "that exists on the Hub."
-        )
-    if reachable:
-        return (
-            f"Could not read {spec.location} at revision '{spec.revision}' from the Hugging "
-            f"Face Hub ({name}). Try again, or load an offline model such as lfm2-vl-tiny."
-        )
-    return (
-        f"Could not download {spec.id} from the Hugging Face Hub (unreachable or offline), and "
-        f"revision '{spec.revision}' is not in the local cache. Check the network, or load an "
-        "offline model such as lfm2-vl-tiny."
-    )
 
 
 def _check_config(path: Path, spec: ModelSpec) -> None:
@@ -444,53 +348,3 @@ def _load_failure(spec: ModelSpec, exc: BaseException) -> str:
         f"Loading {spec.id} failed ({type(exc).__name__}); its checkpoint may be incomplete or "
         "corrupt. Rebuild or re-download it, or pick another model."
     )
-
-
-def choose_startup_model(
-    catalog: Catalog, requested: str | None, offline_mode: bool, probe_seconds: float = 3.0
-) -> tuple[str, str]:
-    """The model to load at start and a banner ("" when none): hub default or offline fallback."""
-    from lfmui.catalog import DEFAULT_MODEL, OFFLINE_DEFAULT
-
-    model_id = requested or DEFAULT_MODEL
-    spec = catalog.get(model_id)
-    if spec.source != "hub":
-        return model_id, ""
-    if offline_mode or os.environ.get("HF_HUB_OFFLINE") == "1":
-        reason = "offline mode"
-    elif _hub_cached(spec.location) or _hub_reachable(spec.location, probe_seconds):
-        return model_id, ""
-    else:
-        reason = "the Hugging Face Hub cannot be reached"
-    return OFFLINE_DEFAULT, (
-        f"{reason}: loaded {OFFLINE_DEFAULT} instead of {model_id}. "
-        f"It has {catalog.get(OFFLINE_DEFAULT).note}."
-    )
-
-
-def _hub_cached(repo: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
-    except Exception:
-        return False
-
-
-def _hub_reachable(repo: str, seconds: float) -> bool:
-    """One quick metadata request with a short timeout, so a dead network costs seconds."""
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            from huggingface_hub import HfApi
-
-            HfApi().model_info(repo, timeout=seconds)
-            result.append(True)
-        except Exception:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(seconds + 0.5)  # DNS stalls can outlast the HTTP timeout: don't wait for them
-    return bool(result and result[0])

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lfmui import memory
+from lfmui import heap
 
 Kind = Literal["int8", "nf4"]
 BLOCKSIZE = 64
@@ -221,7 +221,7 @@ def _convert(
         }
         result[name] = packed  # stands in for the bf16 weight until _swap_experts
         del value
-        memory.drop_checkpoint_pages()  # this layer's bf16 pages have been read: let them go
+        heap.drop_checkpoint_pages()  # this layer's bf16 pages have been read: let them go
     return result
 
 

@@ -162,10 +162,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LFMUI_CACHE") or Path.home() / ".cache" / "lfmui")
 
 
-def build_names() -> tuple[str, ...]:
-    return ("lfm2-vl-tiny", "lfm2-moe-tiny", "lfm2-moe-replica", *SHAPE_OF_BUILD)
-
-
 def shape_config(name: str) -> dict[str, Any]:
     """The raw shape dict of an offline build (tiny ones inline, full ones from the JSON file)."""
     if name == "lfm2-vl-tiny":

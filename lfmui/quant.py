@@ -197,7 +197,7 @@ def _packed_linears(packing: str) -> Callable[[Any], int]:
     def post_load(model: Any) -> int:
         from lfmui.cpu_weights import PACKINGS, quantize
 
-        return quantize(model, PACKINGS[packing])
+        return quantize(model, PACKINGS[packing], should_quantize)
 
     return post_load
 

@@ -21,18 +21,11 @@ from typing import Any
 
 from lfmui import images, tools
 from lfmui.errors import InputError
+from lfmui.settings import SAMPLING
+from lfmui.tiling import FIELDS as TILING_FIELDS
 
 FORMAT = "lfmui-session/1"
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
-SAMPLING = ("max_new_tokens", "temperature", "min_p", "top_p", "repetition_penalty", "seed")
-TILING = (
-    "do_image_splitting",
-    "min_tiles",
-    "max_tiles",
-    "use_thumbnail",
-    "min_image_tokens",
-    "max_image_tokens",
-)
 
 
 def versions() -> dict[str, str]:
@@ -74,7 +67,7 @@ def export_session(
         "model": model,
         "system_prompt": system_prompt,
         "sampling": {k: sampling.get(k) for k in SAMPLING},
-        "tiling": {k: tiling.get(k) for k in TILING},
+        "tiling": {k: tiling.get(k) for k in TILING_FIELDS},
         "use_tools": bool(use_tools),
         "tools": [t.schema() for t in tools.BUILTINS.values()] if use_tools else [],
         "versions": versions(),

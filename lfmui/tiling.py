@@ -16,7 +16,7 @@ least 32 px, so a 1x65500 image would cost about 4,000 tokens against a 256 budg
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from lfmui.errors import InputError
@@ -28,20 +28,25 @@ TOKEN_PX = 32  # one image token covers 32x32 px of the resized image (patch 16,
 TILE_TOKENS = 256  # a 512 px tile
 MAX_ASPECT = 16  # longer images are padded to 16:1
 MAX_LONG_SIDE = 4096  # before padding (10 tiles of 512 px is the processor's widest grid)
-LIMITS = {"min_tiles": (1, 10), "max_tiles": (1, 10), "min_image_tokens": (16, 256)}
-LIMITS["max_image_tokens"] = (16, 1024)
+
+
+def _knob(default: Any, label: str, low: int | None = None, high: int | None = None, step: int = 1):
+    """A Tiling field with what its control shows: label, and the range of a whole number."""
+    return field(default=default, metadata={"label": label, "range": (low, high), "step": step})
 
 
 @dataclass(frozen=True)
 class Tiling:
-    """How one image is cut and how many tokens it may cost."""
+    """How one image is cut and how many tokens it may cost: the one definition of the six
+    knobs (names, types, defaults, ranges, labels) that the controls, the session file and
+    the API's documented keys are read from."""
 
-    do_image_splitting: bool = True
-    min_tiles: int = 2
-    max_tiles: int = 10
-    use_thumbnail: bool = True
-    min_image_tokens: int = 64
-    max_image_tokens: int = 256
+    do_image_splitting: bool = _knob(True, "Cut large images into 512 px tiles")
+    min_tiles: int = _knob(2, "Min tiles", 1, 10)
+    max_tiles: int = _knob(10, "Max tiles", 1, 10)
+    use_thumbnail: bool = _knob(True, "Add a thumbnail of the whole image")
+    min_image_tokens: int = _knob(64, "Min image tokens", 16, 256, 16)
+    max_image_tokens: int = _knob(256, "Max image tokens", 16, 1024, 16)
 
     def __post_init__(self) -> None:
         for name in ("do_image_splitting", "use_thumbnail"):
@@ -73,7 +78,7 @@ class Tiling:
     def from_processor(cls, processor: Any) -> Tiling:
         """The loaded model's own defaults (its processor config)."""
         source = getattr(processor, "image_processor", processor)
-        values = {name: getattr(source, name) for name in _FIELDS}
+        values = {name: getattr(source, name) for name in FIELDS}
         values["min_image_tokens"] = max(values["min_image_tokens"], LIMITS["min_image_tokens"][0])
         return cls(**values)
 
@@ -84,11 +89,11 @@ class Tiling:
             return defaults or cls()
         if not isinstance(values, dict):
             raise InputError('Tiling settings must be a JSON object, e.g. {"max_tiles": 4}.')
-        unknown = sorted(set(values) - set(_FIELDS))
+        unknown = sorted(set(values) - set(FIELDS))
         if unknown:
             raise InputError(
                 f"Unknown tiling setting(s): {', '.join(map(str, unknown))[:100]}. "
-                f"Known: {', '.join(_FIELDS)}."
+                f"Known: {', '.join(FIELDS)}."
             )
         typed = {}
         for name, value in values.items():
@@ -107,11 +112,13 @@ class Tiling:
         return max(tiled, self.max_image_tokens)
 
 
-_FIELDS = tuple(Tiling.__dataclass_fields__)
-_FLAGS = ("do_image_splitting", "use_thumbnail")
+FIELDS = tuple(Tiling.__dataclass_fields__)
+KNOBS = {name: dict(f.metadata) for name, f in Tiling.__dataclass_fields__.items()}
+LIMITS = {name: knob["range"] for name, knob in KNOBS.items() if knob["range"][0] is not None}
+_FLAGS = tuple(name for name in FIELDS if name not in LIMITS)
 
 PRESETS = {
-    "fast": Tiling(False, 1, 1, False, 32, 64),
+    "fast": Tiling(False, 1, 1, False, 32, 64),  # in FIELDS' order
     "balanced": Tiling(False, 1, 1, False, 64, 128),
     "detailed": Tiling(True, 2, 4, True, 128, 256),
 }

@@ -44,7 +44,6 @@ class Parsed:
     calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments"}
     errors: list[str] = field(default_factory=list)
     text: str = ""  # the reply without its call blocks
-    blocks: list[str] = field(default_factory=list)  # the raw block bodies, in order
 
     def to_json(self) -> dict[str, Any]:
         return {"calls": self.calls, "errors": self.errors, "text": self.text}
@@ -63,7 +62,6 @@ def parse(text: str, tools: list[dict[str, Any]] | None = None) -> Parsed:
         if kind == "text":
             remaining.append(chunk)
             continue
-        result.blocks.append(chunk)
         try:
             calls = parse_block(chunk)
         except CallError as exc:
@@ -250,77 +248,55 @@ def _bind(call: dict[str, Any], schema: dict[str, Any] | None) -> dict[str, Any]
     return arguments
 
 
-_TYPES = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "array": (list,),
-    "object": (dict,),
-    "null": (type(None),),
-}
-
-
 def validate(call: dict[str, Any], schema: dict[str, Any] | None) -> list[str]:
-    """Errors of `call` against its tool's JSON schema (a subset: type, enum, required,
-    properties, items, additionalProperties false by default)."""
+    """Errors of `call` against its tool's JSON schema (jsonschema, draft 2020-12), as
+    sentences the model can act on. Objects that declare properties take no others unless
+    they say so (``additionalProperties: false`` is set where the schema is silent)."""
+    from jsonschema import Draft202012Validator
+
     name = call["name"]
     if schema is None:
         return [f"Unknown tool '{name[:60]}'. Call one of the tools in the list."]
-    parameters = schema.get("parameters") or {"type": "object", "properties": {}}
-    return [f"{name}: {p}" for p in _check(call["arguments"], parameters, "arguments")]
+    parameters = closed(schema.get("parameters") or {"type": "object", "properties": {}})
+    validator = Draft202012Validator(parameters)
+    errors = sorted(validator.iter_errors(call["arguments"]), key=lambda e: list(e.path))
+    return [f"{name}: {_sentence(error)}" for error in errors]
 
 
-def _check(value: Any, schema: dict[str, Any], path: str) -> list[str]:
-    wanted = schema.get("type")
-    if wanted:
+def closed(schema: Any) -> Any:
+    """`schema` with ``additionalProperties: false`` on every object that declares properties
+    and does not say otherwise (a copy)."""
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: closed(value) for key, value in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def _sentence(error: Any) -> str:
+    path = "arguments" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
+    value, kind = error.instance, error.validator
+    if kind == "type":
+        wanted = error.validator_value
         kinds = wanted if isinstance(wanted, list) else [wanted]
-        ok = any(
-            isinstance(value, _TYPES.get(k, object))
-            and not (k in ("integer", "number") and isinstance(value, bool))
-            for k in kinds
-        )
-        if not ok:
-            return [f"{path} should be {' or '.join(kinds)}, got {_kind(value)}."]
-    if "enum" in schema and value not in schema["enum"]:
-        options = ", ".join(map(repr, schema["enum"]))[:200]
-        return [f"{path} is {value!r}; use one of {options}."]
-    problems: list[str] = []
-    if isinstance(value, dict) and (wanted == "object" or "properties" in schema):
-        properties = schema.get("properties", {})
-        for required in schema.get("required", []):
-            if required not in value:
-                problems.append(f"{path}.{required} is required.")
-        for key, item in value.items():
-            if key in properties:
-                problems += _check(item, properties[key], f"{path}.{key}")
-            elif schema.get("additionalProperties", False) is False:
-                problems.append(f"{path}.{key} is not a parameter of this tool.")
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            problems += _check(item, schema["items"], f"{path}[{i}]")
-    return problems
+        return f"{path} should be {' or '.join(kinds)}, got {_kind(value)}."
+    if kind == "enum":
+        options = ", ".join(map(repr, error.validator_value))[:200]
+        return f"{path} is {value!r}; use one of {options}."
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        return " ".join(f"{path}.{k} is required." for k in missing)
+    if kind == "additionalProperties":
+        known = error.schema.get("properties", {})
+        extra = [k for k in value if k not in known]
+        return " ".join(f"{path}.{k} is not a parameter of this tool." for k in extra)
+    return f"{path}: {error.message[:300]}."
 
 
 def _kind(value: Any) -> str:
-    for name, types in _TYPES.items():
-        if isinstance(value, types) and not (name == "integer" and isinstance(value, bool)):
-            return name
-    return type(value).__name__
-
-
-def format_calls(calls: list[dict[str, Any]]) -> str:
-    """Calls written back in LFM2's own syntax (for an assistant turn in the history)."""
-    parts = []
-    for call in calls:
-        args = ", ".join(f"{k}={_py(v)}" for k, v in call["arguments"].items())
-        parts.append(f"{call['name']}({args})")
-    return f"{START}[{', '.join(parts)}]{END}"
-
-
-def _py(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_py(k)}: {_py(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_py(v) for v in value) + "]"
-    return repr(value)
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+    names.update({dict: "object", type(None): "null"})
+    return names.get(type(value), type(value).__name__)

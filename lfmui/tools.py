@@ -1,11 +1,12 @@
 """Tools: plain typed Python functions whose signature and docstring are the JSON schema.
 
-``Tool.from_function`` reads a function's type hints (str, int, float, bool, list[...], dict,
-Literal[...], optional via a default) and its docstring (first paragraph = description, an
-``Args:`` section = parameter descriptions). ``execute`` runs a parsed call with a timeout and an
-output cap; an unknown tool, bad arguments, a tool that raises or one that hangs all become a
-``ToolResult`` the model reads, never an exception in the loop. The built-ins are pure and safe:
-no I/O, no network, bounded work.
+``Tool.from_function`` is transformers' ``get_json_schema``: the function's type hints and its
+Google-style docstring (first paragraph = description, ``Args:`` = parameter descriptions).
+``execute`` runs a parsed call with a timeout and an output cap; an unknown tool, bad arguments,
+a tool that raises or one that hangs all become a ``ToolResult`` the model reads, never an
+exception in the loop. A Python thread cannot be killed: a tool that hangs past its timeout keeps
+one of the pool's 4 workers until it returns (the built-ins cannot hang: they are pure, with no
+I/O, no network and bounded work).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import ast
 import concurrent.futures
 import contextvars
 import datetime as dt
-import inspect
+import functools
 import json
 import math
 import operator
 import re
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,19 +46,12 @@ class Tool:
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any]) -> Tool:
-        hints = typing.get_type_hints(fn)
-        doc = inspect.getdoc(fn) or ""
-        described = _arg_docs(doc)
-        properties, required = {}, []
-        for name, param in inspect.signature(fn).parameters.items():
-            prop = _json_type(hints.get(name, str))
-            if name in described:
-                prop["description"] = described[name]
-            properties[name] = prop
-            if param.default is inspect.Parameter.empty:
-                required.append(name)
-        parameters = {"type": "object", "properties": properties, "required": required}
-        return cls(fn.__name__, doc.split("\n\n")[0].strip(), parameters, fn)
+        """transformers' ``get_json_schema``: type hints (unions, Literal, lists, dicts) and a
+        Google-style docstring (every argument described under ``Args:``)."""
+        from transformers.utils.chat_template_utils import get_json_schema
+
+        schema = get_json_schema(fn)["function"]
+        return cls(schema["name"], schema["description"], schema["parameters"], fn)
 
     @classmethod
     def from_schema(cls, schema: Any) -> Tool:
@@ -74,34 +67,7 @@ class Tool:
         if not isinstance(parameters.get("properties", {}), dict):
             raise InputError(f'{name}: "parameters.properties" must be an object.')
         description = str(schema.get("description", ""))[:1000]
-        return cls(name, description, parameters, BUILTINS[name].fn if name in BUILTINS else None)
-
-
-def _arg_docs(doc: str) -> dict[str, str]:
-    out, section = {}, False
-    for line in doc.splitlines():
-        if line.strip() in ("Args:", "Arguments:"):
-            section = True
-        elif section and (match := re.match(r"\s+(\w+)(?: \(.*?\))?: (.+)", line)):
-            out[match.group(1)] = match.group(2).strip()
-        elif section and line and not line.startswith(" "):
-            section = False
-    return out
-
-
-def _json_type(hint: Any) -> dict[str, Any]:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        return {"type": _json_type(type(args[0]))["type"], "enum": list(args)}
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        kinds = [a for a in args if a is not type(None)]
-        return _json_type(kinds[0]) if kinds else {"type": "null"}
-    if origin is list:
-        return {"type": "array", "items": _json_type(args[0])} if args else {"type": "array"}
-    if origin is dict or hint is dict:
-        return {"type": "object"}
-    simple = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
-    return {"type": simple.get(hint, "string")}
+        return cls(name, description, parameters, _builtin_fn(name))
 
 
 @dataclass
@@ -158,6 +124,10 @@ def execute(
     except ValueError:
         return result(False, f"Error: {name} returned a value that is not valid JSON.")
     return result(True, text)
+
+
+def _builtin_fn(name: str) -> Callable[..., Any] | None:
+    return next((f for f in _BUILTIN_FUNCTIONS if f.__name__ == name), None)
 
 
 def _cap(text: str, limit: int) -> str:
@@ -352,16 +322,26 @@ def image_facts() -> dict[str, Any]:
     return {"width": image.width, "height": image.height, "dominant_colours": colours}
 
 
-BUILTINS: dict[str, Tool] = {
-    fn.__name__: Tool.from_function(fn)
-    for fn in (calculator, convert_units, date_math, get_weather, search_docs, image_facts)
-}
+_BUILTIN_FUNCTIONS = (calculator, convert_units, date_math, get_weather, search_docs, image_facts)
+
+
+@functools.cache
+def builtins() -> dict[str, Tool]:
+    """The built-in tools by name (their schemas made on first use: get_json_schema comes
+    with transformers, which importing this module does not pull in)."""
+    return {fn.__name__: Tool.from_function(fn) for fn in _BUILTIN_FUNCTIONS}
+
+
+def __getattr__(name: str) -> Any:  # ``tools.BUILTINS``, made on first use
+    if name == "BUILTINS":
+        return builtins()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def registry_from_json(tools_json: str) -> dict[str, Tool]:
     """Tools from the playground's JSON (a list of schemas); empty means the built-ins."""
     if not tools_json or not tools_json.strip():
-        return dict(BUILTINS)
+        return dict(builtins())
     if len(tools_json) > 50_000:
         raise InputError("The tool definitions are over 50,000 characters; keep them short.")
     try:

@@ -10,12 +10,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from lfmui import engine, prompts, toolcalls, tools
+from lfmui import engine, images, prompts, toolcalls, tools
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
-from lfmui.tiling import Tiling
+from lfmui.tiling import Tiling, plan_tiles
 
 MAX_PROMPT_CHARS = 100_000
 MAX_IMAGES_PER_MESSAGE = 4
@@ -25,6 +25,7 @@ MAX_IMAGES_PER_CHAT = 12
 def chat_turn(
     manager: ModelManager,
     conversation: list[dict[str, Any]],
+    *,
     settings: dict[str, Any] | None = None,
     stop: threading.Event | None = None,
     tiling: dict[str, Any] | None = None,
@@ -55,6 +56,51 @@ def chat_turn(
             extra_generate_kwargs=generate_kwargs,
             extra_metrics=preprocess,
         )
+
+
+def user_message(text: str, paths: list[str]) -> dict[str, Any]:
+    """A user message: its images read through the safe intake (images.load_safe), then the
+    text."""
+    parts: list[dict[str, Any]] = [{"type": "image", "image": images.load_safe(p)} for p in paths]
+    parts.append({"type": "text", "text": text})
+    return {"role": "user", "content": parts}
+
+
+def conversation_of(
+    chat: list[dict[str, Any]], system_prompt: str, reads_images: bool
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The model conversation from a chat's turns ({"role", "text", "images"} for the user;
+    "text" and the tool "messages" it exchanged for the assistant), and the indexes of the
+    user turns whose images were left out because the model reads text only."""
+    conversation: list[dict[str, Any]] = []
+    dropped: list[int] = []
+    if system_prompt.strip():
+        conversation.append({"role": "system", "content": system_prompt})
+    for number, turn in enumerate(chat):
+        if turn["role"] == "assistant":
+            conversation.extend(turn.get("messages", []))  # its tool calls and results
+            if turn["text"]:
+                conversation.append({"role": "assistant", "content": turn["text"]})
+            continue
+        paths = list(turn.get("images", []))
+        if paths and not reads_images:
+            dropped.append(number)
+        conversation.append(user_message(turn["text"], paths if reads_images else []))
+    return conversation, dropped
+
+
+def inspect_image(
+    manager: ModelManager, path: str, values: dict[str, Any] | None
+) -> tuple[Any, dict[str, Any]]:
+    """The picture at `path` (safe intake) and how the loaded VL model's processor cuts it
+    under `values` over its defaults: grid, tiles, thumbnail, image tokens (tiling.plan_tiles)."""
+    picture = images.load_safe(path)
+    with manager.lease() as loaded:
+        if loaded.spec.kind != "vl":
+            raise InputError(f"{loaded.spec.id} reads text only; load a vision-language model.")
+        cut = tiling_of(loaded, values)
+        plan = plan_tiles(loaded.processor, picture, cut, context_tokens(loaded))
+    return picture, plan
 
 
 def tiling_of(loaded: Any, values: dict[str, Any] | None) -> Tiling | None:
@@ -116,17 +162,174 @@ Approve = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
-class Step:
-    """One thing that happened in a tool turn.
+class Text:
+    """A delta of the model's raw output (tool-call markers visible)."""
 
-    kinds: "text" (a delta of the model's raw output, markers visible), "parsed" (raw text,
-    calls, errors, remaining text, metrics, done reason), "result" (one tool result), "final"
-    (the answer, or why the loop ended), "error" (the model failed).
-    """
-
-    kind: str
     round: int
-    data: dict[str, Any] = field(default_factory=dict)
+    text: str
+    kind: ClassVar[str] = "text"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A model round, parsed: the raw text, its calls and errors, the remaining text."""
+
+    round: int
+    raw: str
+    calls: list[dict[str, Any]]
+    errors: list[str]
+    text: str
+    metrics: dict[str, Any]
+    reason: str  # the engine's done reason: eos, length, stopped
+    kind: ClassVar[str] = "parsed"
+
+    @property
+    def answered(self) -> bool:
+        """Whether this round ends the turn: stopped, or no calls (and no bad ones) to run."""
+        return self.reason == "stopped" or not (self.calls or self.errors)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One tool result, fed back to the model in the tool role."""
+
+    round: int
+    result: tools.ToolResult
+    kind: ClassVar[str] = "result"
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The round's results, computed but not fed back: review them, then ``ToolTurn.resume``."""
+
+    round: int
+    results: list[tools.ToolResult]
+    kind: ClassVar[str] = "paused"
+
+
+@dataclass(frozen=True)
+class Final:
+    """The answer, or why the loop ended (reason "round_limit")."""
+
+    round: int
+    text: str
+    reason: str
+    kind: ClassVar[str] = "final"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The model failed; the turn ends."""
+
+    round: int
+    error: str
+    kind: ClassVar[str] = "error"
+
+
+Step = Text | Parsed | Result | Paused | Final | Failed
+
+
+@dataclass
+class Round:
+    """What one round of a tool turn did: the raw text so far, its parse and its results."""
+
+    number: int
+    raw: str = ""
+    parsed: Parsed | None = None
+    results: list[tools.ToolResult] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        parsed = self.parsed
+        fields = (
+            {}
+            if parsed is None
+            else {
+                "calls": parsed.calls,
+                "errors": parsed.errors,
+                "text": parsed.text,
+                "metrics": parsed.metrics,
+                "reason": parsed.reason,
+            }
+        )
+        results = [r.to_json() for r in self.results]
+        return {"round": self.number, "raw": self.raw, **fields, "results": results}
+
+
+@dataclass
+class ToolTurn:
+    """A tool turn's state, changed only by ``apply``: the conversation (extended with each
+    round's call and results), the rounds so far, the results waiting for review
+    (``pending``) and the end (``final``). Steps from a GPU worker process apply the same way
+    on this side."""
+
+    conversation: list[dict[str, Any]]
+    registry: dict[str, tools.Tool]
+    schemas: list[dict[str, Any]]
+    max_rounds: int = MAX_TOOL_ROUNDS
+    rounds: list[Round] = field(default_factory=list)
+    pending: list[tools.ToolResult] | None = None
+    final: Final | Failed | None = None
+
+    @classmethod
+    def start(
+        cls,
+        conversation: list[dict[str, Any]],
+        registry: dict[str, tools.Tool],
+        tool_choice: str = "auto",
+        max_rounds: int = MAX_TOOL_ROUNDS,
+    ) -> ToolTurn:
+        """A turn over `conversation` (the last message is the user's) with `registry`'s
+        tools; the tool choice is stated in the system turn."""
+        if not 1 <= max_rounds <= 5:
+            raise InputError("max_rounds must be between 1 and 5.")
+        note = tool_instruction(tool_choice, list(registry))
+        if note:
+            _add_to_system(conversation, note)
+        schemas = [] if tool_choice == "none" else [t.schema() for t in registry.values()]
+        return cls(conversation, registry, schemas, max_rounds)
+
+    def apply(self, step: Step) -> None:
+        if isinstance(step, Text | Parsed) and (
+            not self.rounds or self.rounds[-1].number != step.round
+        ):
+            self.rounds.append(Round(step.round))
+        current = self.rounds[-1] if self.rounds else None
+        if isinstance(step, Text):
+            current.raw += step.text
+        elif isinstance(step, Parsed):
+            current.raw, current.parsed = step.raw, step
+        elif isinstance(step, Result):
+            if not current.results:  # the model's call turn as it wrote it, once a round
+                self.conversation.append({"role": "assistant", "content": current.raw})
+            current.results.append(step.result)
+            self.conversation.append({"role": "tool", "content": step.result.output})
+        elif isinstance(step, Paused):
+            self.pending = list(step.results)
+        else:
+            self.final = step
+
+    def resume(self, results: list[tools.ToolResult]) -> list[Result]:
+        """Feed the paused round's results back (edited or not); ``run_tool_turn`` goes on."""
+        if self.pending is None:
+            raise InputError("There are no tool results waiting to be sent.")
+        if len(results) != len(self.pending):
+            raise InputError(
+                f"Send {len(self.pending)} result(s), one per call, in order; got {len(results)}."
+            )
+        self.pending = None
+        steps = [Result(self.rounds[-1].number, result) for result in results]
+        for step in steps:
+            self.apply(step)
+        return steps
+
+    def to_json(self) -> dict[str, Any]:
+        """The trace: each round's raw text, parsed calls, errors and results, then the end."""
+        final = None
+        if isinstance(self.final, Final):
+            final = {"text": self.final.text, "reason": self.final.reason}
+        elif isinstance(self.final, Failed):
+            final = {"error": self.final.error}
+        return {"rounds": [r.to_json() for r in self.rounds], "final": final}
 
 
 def tool_instruction(choice: str, names: list[str]) -> str:
@@ -143,107 +346,99 @@ def tool_instruction(choice: str, names: list[str]) -> str:
     return f"Call the tool {choice} before you answer."
 
 
-def tool_turn(
+def run_tool_turn(
     manager: ModelManager,
-    conversation: list[dict[str, Any]],
-    registry: dict[str, tools.Tool],
+    turn: ToolTurn,
+    *,
     settings: dict[str, Any] | None = None,
     stop: threading.Event | None = None,
-    tool_choice: str = "auto",
-    max_rounds: int = MAX_TOOL_ROUNDS,
+    pause: bool = False,
     approve: Approve | None = None,
     generate_kwargs: dict[str, Any] | None = None,
     tiling: dict[str, Any] | None = None,
 ) -> Iterator[Step]:
-    """Generate, parse, execute, feed results back in the tool role; at most `max_rounds`.
+    """Generate, parse, execute, feed results back in the tool role, until an answer or
+    `turn.max_rounds`; each step is applied to `turn` as it is yielded.
 
-    `approve` sees each call before it runs and returns it (edited or not), or None to decline.
-    `conversation` is extended in place with the assistant and tool messages.
+    `pause` stops before results go back (a ``Paused`` step): ``turn.resume(results)`` with
+    the reviewed results, then call again. `approve` sees each call before it runs and returns
+    it (edited or not), or None to decline.
     """
-    schemas = prepare_tools(conversation, registry, tool_choice)
-    image = last_image(conversation)
-    for round_no in range(1, max_rounds + 1):
-        parsed_step = None
-        for step in model_round(
-            manager, conversation, schemas, settings, stop, round_no, generate_kwargs, tiling
-        ):
+    if turn.pending is not None or turn.final is not None:
+        raise InputError("This tool turn is waiting for results or has ended; start a new one.")
+    image = last_image(turn.conversation)
+    while len(turn.rounds) < turn.max_rounds:
+        number = len(turn.rounds) + 1
+        for step in _model_round(manager, turn, number, settings, stop, generate_kwargs, tiling):
+            turn.apply(step)
             yield step
-            if step.kind == "error":
+            if isinstance(step, Failed):
                 return
-            parsed_step = step
-        data = parsed_step.data
-        if answered(data):
-            yield Step("final", round_no, {"text": data["text"], "reason": data["reason"]})
+        parsed = turn.rounds[-1].parsed
+        if parsed.answered:
+            steps: list[Step] = [Final(number, parsed.text, parsed.reason)]
+        else:
+            results = run_calls(parsed.calls, parsed.errors, turn.registry, approve, image)
+            steps = [Paused(number, results)] if pause else [Result(number, r) for r in results]
+        for step in steps:
+            turn.apply(step)
+            yield step
+        if turn.pending is not None or turn.final is not None:
             return
-        results = run_calls(data["calls"], data["errors"], registry, approve, image)
-        feed_back(conversation, data["raw"], [r.output for r in results])
-        for result in results:
-            yield Step("result", round_no, result.to_json())
-    yield Step("final", max_rounds, round_limit(max_rounds))
+    text = f"Stopped after {turn.max_rounds} rounds of tool calls without a final answer."
+    step = Final(turn.max_rounds, text, "round_limit")
+    turn.apply(step)
+    yield step
 
 
-def answered(parsed: dict[str, Any]) -> bool:
-    """A round's "parsed" data ends the turn: stopped, or no calls (and no bad ones) to run."""
-    return parsed["reason"] == "stopped" or not (parsed["calls"] or parsed["errors"])
-
-
-def feed_back(conversation: list[dict[str, Any]], raw: str, outputs: list[str]) -> None:
-    """The model's call turn as it wrote it, then each result in the tool role (in place)."""
-    conversation.append({"role": "assistant", "content": raw})
-    conversation.extend({"role": "tool", "content": output} for output in outputs)
-
-
-def round_limit(max_rounds: int) -> dict[str, Any]:
-    """The final step's data when the model is still calling tools after `max_rounds`."""
-    text = f"Stopped after {max_rounds} rounds of tool calls without a final answer."
-    return {"text": text, "reason": "round_limit"}
-
-
-def prepare_tools(
-    conversation: list[dict[str, Any]], registry: dict[str, tools.Tool], tool_choice: str
-) -> list[dict[str, Any]]:
-    """The schemas for the prompt; the tool choice stated in the system turn (in place)."""
-    note = tool_instruction(tool_choice, list(registry))
-    if note:
-        _add_to_system(conversation, note)
-    return [] if tool_choice == "none" else [t.schema() for t in registry.values()]
-
-
-def model_round(
+def tool_turn(
     manager: ModelManager,
     conversation: list[dict[str, Any]],
-    schemas: list[dict[str, Any]],
+    registry: dict[str, tools.Tool],
+    *,
+    tool_choice: str = "auto",
+    max_rounds: int = MAX_TOOL_ROUNDS,
+    **options: Any,
+) -> Iterator[Step]:
+    """A whole tool turn with automatic results (``run_tool_turn``'s options);
+    `conversation` is extended in place with the assistant and tool messages."""
+    turn = ToolTurn.start(conversation, registry, tool_choice, max_rounds)
+    yield from run_tool_turn(manager, turn, **options)
+
+
+def _model_round(
+    manager: ModelManager,
+    turn: ToolTurn,
+    number: int,
     settings: dict[str, Any] | None,
     stop: threading.Event | None,
-    round_no: int,
-    generate_kwargs: dict[str, Any] | None = None,
-    tiling: dict[str, Any] | None = None,
+    generate_kwargs: dict[str, Any] | None,
+    tiling: dict[str, Any] | None,
 ) -> Iterator[Step]:
-    """One generation with the tool list: "text" steps, then "parsed" (or "error")."""
+    """One generation with the tool list: ``Text`` steps, then ``Parsed`` (or ``Failed``)."""
     raw, metrics, reason = "", {}, "eos"
     for event in chat_turn(
         manager,
-        conversation,
-        settings,
-        stop,
-        tiling,
-        tools=schemas or None,
+        turn.conversation,
+        settings=settings,
+        stop=stop,
+        tiling=tiling,
+        tools=turn.schemas or None,
         raw=True,
         generate_kwargs=generate_kwargs,
     ):
         if event.kind == "text":
             raw += event.text
-            yield Step("text", round_no, {"text": event.text})
+            yield Text(number, event.text)
         elif event.kind == "metrics":
             metrics = event.data
         elif event.kind == "done":
             reason = event.data["reason"]
         elif event.kind == "error":
-            yield Step("error", round_no, {"error": event.data["message"]})
+            yield Failed(number, event.data["message"])
             return
-    parsed = toolcalls.parse(raw, schemas)
-    data = {"raw": raw, **parsed.to_json(), "metrics": metrics, "reason": reason}
-    yield Step("parsed", round_no, data)
+    parsed = toolcalls.parse(raw, turn.schemas)
+    yield Parsed(number, raw, parsed.calls, parsed.errors, parsed.text, metrics, reason)
 
 
 def run_calls(
@@ -260,14 +455,9 @@ def run_calls(
         for call in calls:
             chosen = approve(call) if approve else call
             if chosen is None:
+                declined = "Error: the user declined this call."
                 results.append(
-                    tools.ToolResult(
-                        call["name"],
-                        call["arguments"],
-                        False,
-                        "Error: the user declined this call.",
-                        0.0,
-                    )
+                    tools.ToolResult(call["name"], call["arguments"], False, declined, 0.0)
                 )
                 continue
             results.append(tools.execute(chosen, registry))

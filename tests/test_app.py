@@ -89,12 +89,12 @@ def test_models_lists_catalog_with_quantization_availability(client):
 def test_item06_load_model_rejects_ids_outside_the_catalog(client, server, bad, monkeypatch):
     from gradio_client.exceptions import AppError
 
-    import lfmui.manager
+    import lfmui.hub
     import lfmui.offline
 
     touched = []  # anything that would fetch or build weights
     monkeypatch.setattr(lfmui.offline, "ensure_checkpoint", lambda *a, **k: touched.append(a))
-    monkeypatch.setattr(lfmui.manager, "_check_hub", lambda *a, **k: touched.append(a))
+    monkeypatch.setattr(lfmui.hub, "check", lambda *a, **k: touched.append(a))
     monkeypatch.setattr(server[1], "_load_weights", lambda *a, **k: touched.append(a))
     with pytest.raises(AppError, match="not in the model catalog"):
         client.predict(bad, "fp32", api_name="/load_model")
@@ -456,7 +456,7 @@ def test_zerogpu_wraps_the_gpu_functions():
         "print(sorted(gpu.WRAPPED), all(hasattr(f, '__wrapped__') for f in gpu.WRAPPED.values()), "
         "engine.decode_plan(types.SimpleNamespace(device='cuda', quantization='bf16'))[1], "
         "gpu.duration([{'role': 'user', 'content': [{'type': 'image'}]}], "
-        "{'max_new_tokens': 200}))"
+        "settings={'max_new_tokens': 200}))"
     )
     env = {
         **os.environ,
@@ -475,7 +475,7 @@ def test_zerogpu_wraps_the_gpu_functions():
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last == (
-        "['chat_turn', 'model_round', 'tool_turn'] True "
+        "['chat_turn', 'run_tool_turn', 'tool_turn'] True "
         "eager decode: on ZeroGPU each request runs in a fresh GPU worker 23"
     )
     plain = subprocess.run(

@@ -21,7 +21,9 @@ from lfmui.errors import (
     QuantizationUnavailable,
     UnknownModelError,
 )
-from lfmui.manager import ModelManager, choose_startup_model, process_rss
+from lfmui.heap import process_rss
+from lfmui.hub import choose_startup_model
+from lfmui.manager import ModelManager
 
 
 def _reply(manager: ModelManager, tokens: int = 4) -> str:
@@ -195,20 +197,21 @@ def test_item33_switch_waits_for_a_request_in_flight(manager):
 def test_item33_switch_stops_a_long_generation_after_the_grace_period(manager):
     manager.drain_seconds = 0.2
     events = []
+    generating = threading.Event()
 
     def request():
         with manager.lease() as loaded:
             inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "hi"}])
             settings = engine.Settings(max_new_tokens=4096, temperature=0)
-            events.extend(
-                engine.stream(
-                    loaded, inputs, settings, extra_generate_kwargs={"min_new_tokens": 4096}
-                )
-            )
+            for event in engine.stream(
+                loaded, inputs, settings, extra_generate_kwargs={"min_new_tokens": 4096}
+            ):
+                events.append(event)
+                generating.set()
 
     worker = threading.Thread(target=request)
     worker.start()
-    time.sleep(0.5)
+    assert generating.wait(30)  # the switch comes while tokens are being generated
     manager.load("lfm2-moe-tiny", "fp32")
     worker.join(10)
     assert not worker.is_alive()
@@ -221,7 +224,7 @@ def test_lease_without_a_model_is_a_clear_error():
 
 
 def test_startup_falls_back_to_tiny_offline():
-    model_id, note = choose_startup_model(Catalog(), None, offline_mode=True)
+    model_id, note = choose_startup_model(Catalog(), None, offline=True)
     assert model_id == "lfm2-vl-tiny"
     assert "random weights: replies are noise" in note
 
@@ -230,9 +233,9 @@ def test_startup_without_network_is_quick(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     # nothing listens on the discard port
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr("lfmui.manager._hub_cached", lambda repo: False)
+    monkeypatch.setattr("lfmui.hub._hub_cached", lambda repo: False)
     started = time.monotonic()
-    model_id, note = choose_startup_model(Catalog(), "LFM2-VL-1.6B", offline_mode=False)
+    model_id, note = choose_startup_model(Catalog(), "LFM2-VL-1.6B", offline=False)
     assert model_id == "lfm2-vl-tiny" and "cannot be reached" in note
     assert time.monotonic() - started < 5
 
@@ -251,10 +254,10 @@ def test_item35_out_of_memory_while_loading_frees_the_partial_weights(manager, m
     after. tests/test_cuda.py has the real CUDA case."""
     import torch
 
-    from lfmui import manager as manager_module
+    from lfmui import heap as heap_module
 
     partial = []
-    real_weight_bytes = manager_module.weight_bytes
+    real_weight_bytes = heap_module.weight_bytes
 
     def out_of_memory(model):
         if not partial:
@@ -262,7 +265,7 @@ def test_item35_out_of_memory_while_loading_frees_the_partial_weights(manager, m
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_weight_bytes(model)
 
-    monkeypatch.setattr(manager_module, "weight_bytes", out_of_memory)
+    monkeypatch.setattr(heap_module, "weight_bytes", out_of_memory)
     freed_before_restore = []
     real_restore = manager._restore
 
@@ -332,3 +335,28 @@ def test_item37_bad_revision_keeps_the_previous_model(manager, dead_hub, tiny_pa
     with pytest.raises(ModelLoadError, match="revision 'v9-missing' is not in the local cache"):
         manager.load("pinned", "fp32")
     assert manager.current() is before and _reply(manager)
+
+
+def test_a_lease_that_never_lets_go_ends_the_switch_with_a_clear_error(manager):
+    """A request holding the model outside generation (a reply generator never closed) cannot
+    be stopped: the switch waits its grace period and stop period, then fails with a sentence
+    saying why, the resident model still serving; once the lease goes, the switch works."""
+    from lfmui.errors import ModelLoadError
+
+    manager.drain_seconds, manager.stop_seconds = 0.2, 0.3
+    before = manager.current().spec.id
+    held = manager.lease()
+    held.__enter__()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelLoadError, match="did not stop within 0.5 s"):
+            manager.load("lfm2-moe-tiny", "fp32")
+        assert time.monotonic() - started < 5
+        assert manager.current().spec.id == before and not manager.current().cancel.is_set()
+        assert manager.status()["loading"] is None
+        with manager.lease() as loaded:  # still serving
+            assert loaded.spec.id == before
+    finally:
+        held.__exit__(None, None, None)
+    manager.load("lfm2-moe-tiny", "fp32")
+    assert manager.current().spec.id == "lfm2-moe-tiny"

@@ -241,7 +241,7 @@ def test_a_quantized_decode_step_has_no_host_sync_and_few_more_ops(tiny_paths):
 
 def test_the_memory_meters_see_a_transient_allocation():
     """What a block allocates and frees again still counts as its peak."""
-    from lfmui.manager import process_rss
+    from lfmui.heap import process_rss
 
     before = process_rss()
     with meters.rss_peak() as rss, meters.tensor_peak("cpu") as peak:

@@ -10,8 +10,8 @@ import json
 import pytest
 from PIL import Image
 
+from lfmui import session
 from lfmui.errors import InputError
-from lfmui.ui import session
 
 SAMPLING = {
     "max_new_tokens": 64,

@@ -14,6 +14,7 @@ from scripted import Scripted
 from transformers import LogitsProcessorList
 
 from lfmui import tools, turns
+from lfmui.errors import InputError
 from lfmui.toolcalls import END, START
 
 
@@ -27,7 +28,7 @@ def _turn(vl_manager, content, replies, settings=None, **options):
             vl_manager,
             conversation,
             dict(tools.BUILTINS),
-            settings,
+            settings=settings,
             generate_kwargs=kwargs,
             **options,
         )
@@ -53,24 +54,24 @@ def test_full_tool_loop_parses_executes_once_and_feeds_back(vl_manager, monkeypa
             vl_manager,
             conversation,
             dict(tools.BUILTINS),
-            {"max_new_tokens": 64, "temperature": 0.0},
-            threading.Event(),  # one Stop flag for the whole turn: not consumed by round 1
+            settings={"max_new_tokens": 64, "temperature": 0.0},
+            stop=threading.Event(),  # one Stop flag for the whole turn: not consumed by round 1
             generate_kwargs=kwargs,
         )
     )
     kinds = [s.kind for s in steps]
     assert kinds.count("parsed") == 2 and kinds[-1] == "final"
-    first = next(s for s in steps if s.kind == "parsed").data
-    assert first["raw"] == f"{START}{call}{END}"  # markers visible in the raw text
-    assert first["calls"] == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
-    assert executed == first["calls"]  # executed exactly once
-    result = next(s for s in steps if s.kind == "result").data
-    assert result["ok"] and json.loads(result["output"])["temperature"] == 18
+    first = next(s for s in steps if s.kind == "parsed")
+    assert first.raw == f"{START}{call}{END}"  # markers visible in the raw text
+    assert first.calls == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert executed == first.calls  # executed exactly once
+    result = next(s for s in steps if s.kind == "result").result
+    assert result.ok and json.loads(result.output)["temperature"] == 18
     assert [m["role"] for m in conversation] == ["user", "assistant", "tool"]
-    assert conversation[2]["content"] == result["output"]  # fed back in the tool role
-    answer = "".join(s.data["text"] for s in steps if s.kind == "text" and s.round == 2)
+    assert conversation[2]["content"] == result.output  # fed back in the tool role
+    answer = "".join(s.text for s in steps if s.kind == "text" and s.round == 2)
     assert answer == "It is 18 C and partly cloudy."  # the answer streamed
-    assert steps[-1].data["text"] == "It is 18 C and partly cloudy."
+    assert steps[-1].text == "It is 18 C and partly cloudy."
     assert len(script.prompts) == 2 and script.prompts[1] > script.prompts[0]
 
 
@@ -101,7 +102,7 @@ def test_item27_round_cap_then_a_final_message(vl_manager):
     call = f'{START}[calculator(expression="1+1")]{END}'
     steps, _ = _turn(vl_manager, "loop", [call] * 5, {"max_new_tokens": 40}, max_rounds=2)
     assert [s.kind for s in steps].count("result") == 2
-    assert steps[-1].kind == "final" and steps[-1].data["reason"] == "round_limit"
+    assert steps[-1].kind == "final" and steps[-1].reason == "round_limit"
 
 
 def test_approval_hook_can_edit_or_decline(vl_manager):
@@ -115,17 +116,15 @@ def test_approval_hook_can_edit_or_decline(vl_manager):
 
     replies = [f'{START}[get_weather(city="Paris"), get_weather(city="Tokyo")]{END}', "ok"]
     steps, _ = _turn(vl_manager, "two cities", replies, approve=approve)
-    results = [s.data for s in steps if s.kind == "result"]
+    results = [s.result for s in steps if s.kind == "result"]
     assert seen == ["Paris", "Tokyo"]
-    assert (
-        json.loads(results[0]["output"])["city"] == "London" and "declined" in results[1]["output"]
-    )
+    assert json.loads(results[0].output)["city"] == "London" and "declined" in results[1].output
 
 
 def test_item18_tool_markers_in_user_text_run_nothing(vl_manager):
     user = f'{START}[get_weather(city="Paris")]{END}'
     steps, _ = _turn(vl_manager, user, ["Just text."], {"max_new_tokens": 16})
-    assert not any(s.kind == "result" for s in steps) and steps[-1].data["text"] == "Just text."
+    assert not any(s.kind == "result" for s in steps) and steps[-1].text == "Just text."
 
 
 def test_tool_choice_is_stated_in_the_system_prompt(vl_manager):
@@ -138,7 +137,7 @@ def test_tool_choice_is_stated_in_the_system_prompt(vl_manager):
             vl_manager,
             conversation,
             dict(tools.BUILTINS),
-            {"max_new_tokens": 4},
+            settings={"max_new_tokens": 4},
             tool_choice="calculator",
             generate_kwargs=kwargs,
         )
@@ -191,12 +190,12 @@ def test_item38_two_sessions_in_parallel_never_cross(vl_manager, tmp_path):
     for worker in workers:
         worker.join(60)
     for name in "ab":
-        result = next(s for s in out[name]["steps"] if s.kind == "result").data
-        facts = json.loads(result["output"])
+        result = next(s for s in out[name]["steps"] if s.kind == "result").result
+        facts = json.loads(result.output)
         assert (facts["width"], facts["height"]) == pictures[name].size
         assert facts["dominant_colours"][0]["hex"] == colour[name]
-        final = next(s for s in out[name]["steps"] if s.kind == "final").data
-        assert final["text"] == f"Session {name}."
+        final = next(s for s in out[name]["steps"] if s.kind == "final")
+        assert final.text == f"Session {name}."
         text = json.dumps(out[name]["conversation"], default=str)
         assert f"picture {name}" in text and f"picture {'ab'.replace(name, '')}" not in text
 
@@ -219,3 +218,41 @@ def test_item38_two_sessions_in_parallel_never_cross(vl_manager, tmp_path):
         assert [t["role"] for t in history] == ["user", "assistant"]
         assert history[0]["images"] == [paths[name]]
         assert history[1]["metrics"]["image_tokens"] == alone[name]
+
+
+def test_a_paused_turn_resumes_with_edited_results_and_replays_the_same(vl_manager):
+    """Manual results: the turn pauses before results go back, resumes with the edited ones,
+    and goes on to the answer. The same steps applied to a second turn (as the UI does with
+    steps from a ZeroGPU worker) give the same conversation and trace."""
+    call = f'{START}[get_weather(city="Paris")]{END}'
+    _, kwargs = _script(vl_manager, [call, "Edited: 99 F."])
+    options = {"settings": {"max_new_tokens": 32}, "generate_kwargs": kwargs}
+    turn = turns.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
+    mirror = turns.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
+    steps = list(turns.run_tool_turn(vl_manager, turn, pause=True, **options))
+    assert steps[-1].kind == "paused" and turn.pending == steps[-1].results
+    assert [m["role"] for m in turn.conversation] == ["user"]  # nothing fed back yet
+    assert json.loads(turn.pending[0].output)["city"] == "Paris"  # prefilled by running it
+    with pytest.raises(InputError, match="waiting for results"):
+        list(turns.run_tool_turn(vl_manager, turn, **options))
+    with pytest.raises(InputError, match="1 result"):
+        turn.resume([])
+    edited = tools.ToolResult("get_weather", {"city": "Paris"}, True, '{"temperature": 99}', 0.0)
+    steps += turn.resume([edited])
+    steps += list(turns.run_tool_turn(vl_manager, turn, pause=True, **options))
+    assert steps[-1].kind == "final" and steps[-1].text == "Edited: 99 F."
+    assert turn.conversation[-1] == {"role": "tool", "content": '{"temperature": 99}'}
+    assert [m["role"] for m in turn.conversation] == ["user", "assistant", "tool"]
+    for step in steps:
+        if step.kind == "paused":
+            mirror.apply(step)
+            mirror.resume([edited])
+        elif step.kind != "result" or step.round != 1:  # the resumed results: once
+            mirror.apply(step)
+    assert mirror.conversation == turn.conversation and mirror.to_json() == turn.to_json()
+    trace = turn.to_json()
+    assert [r["round"] for r in trace["rounds"]] == [1, 2]
+    assert trace["rounds"][0]["results"][0]["output"] == '{"temperature": 99}'
+    assert trace["final"] == {"text": "Edited: 99 F.", "reason": "eos"}
+    with pytest.raises(InputError, match="has ended"):
+        list(turns.run_tool_turn(vl_manager, turn, **options))

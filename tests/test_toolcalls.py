@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lfmui import tools
-from lfmui.toolcalls import END, START, parse, parse_block
+from lfmui.toolcalls import END, START, parse, parse_block, validate
 
 WEATHER = tools.BUILTINS["get_weather"].schema()
 SCHEMAS = [t.schema() for t in tools.BUILTINS.values()]
@@ -191,20 +192,29 @@ def test_item26_marker_quirks_are_deterministic():
 
 
 def test_item27_raising_and_hanging_tools_become_results():
+    release = threading.Event()
+
     def boom(x: int) -> int:
-        """Raise."""
+        """Raise.
+
+        Args:
+            x: Anything.
+        """
         raise RuntimeError("kaput")
 
     def hang() -> str:
-        """Sleep too long."""
-        time.sleep(5)
+        """Wait too long."""
+        release.wait(5)
         return "late"
 
     registry = {"boom": tools.Tool.from_function(boom), "hang": tools.Tool.from_function(hang)}
     raised = tools.execute({"name": "boom", "arguments": {"x": 1}}, registry)
     assert not raised.ok and "kaput" in raised.output
     started = time.monotonic()
-    hung = tools.execute({"name": "hang", "arguments": {}}, registry, timeout=0.3)
+    try:
+        hung = tools.execute({"name": "hang", "arguments": {}}, registry, timeout=0.3)
+    finally:
+        release.set()  # the hung call keeps a pool worker until it returns: give it back
     assert not hung.ok and "did not finish" in hung.output and time.monotonic() - started < 2
 
 
@@ -344,6 +354,69 @@ def test_parser_fuzz_never_raises(text):
     FUZZ_TIMES.append(time.perf_counter() - started)
     json.dumps(parsed.to_json(), allow_nan=False)
     assert FUZZ_TIMES[-1] < 1.0  # a hang guard, not a speed target
-    for body in parsed.blocks:
+    for body in text.split(START)[1:]:  # each block body on its own, cut at its end marker
         with contextlib.suppress(ValueError):
-            parse_block(body)
+            parse_block(body.split(END)[0])
+
+
+PLAYGROUND_SCHEMA = {
+    "name": "book",
+    "description": "Book seats.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "seats": {"type": "integer", "minimum": 1, "maximum": 9},
+            "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "when": {"anyOf": [{"type": "string", "format": "date"}, {"type": "integer"}]},
+            "who": {"$ref": "#/$defs/person"},
+        },
+        "required": ["seats"],
+        "$defs": {"person": {"type": "object", "properties": {"name": {"type": "string"}}}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"seats": 0}, "0 is less than the minimum of 1"),
+        ({"seats": 2, "code": "cdg"}, "does not match"),
+        ({"seats": 2, "when": [2026]}, "is not valid under any of the given schemas"),
+        ({"seats": 2, "who": {"name": 3}}, "arguments.who.name should be string"),
+        ({"seats": 2, "who": {"name": "A", "age": 3}}, "who.age is not a parameter"),
+        ({"seats": 2, "code": "CDG", "when": 20260101, "who": {"name": "A"}}, None),
+    ],
+)
+def test_playground_schemas_are_enforced_with_jsonschema(arguments, expected):
+    """minimum, pattern, anyOf and $ref, which playground users write, are enforced; objects
+    that declare properties take no others unless they say so."""
+    errors = validate({"name": "book", "arguments": arguments}, PLAYGROUND_SCHEMA)
+    if expected is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and expected in errors[0], errors
+    registry = tools.registry_from_json(json.dumps([PLAYGROUND_SCHEMA]))
+    result = tools.execute({"name": "book", "arguments": arguments}, registry)
+    assert not result.ok and (expected or "no implementation") in result.output
+
+
+def test_typed_functions_keep_unions_through_get_json_schema():
+    def lookup(key: str | int, limit: float | None = None, tags: list[str] | None = None) -> str:
+        """Look a key up.
+
+        Args:
+            key: A name or a number.
+            limit: At most this much.
+            tags: Only with these tags.
+        """
+        return str(key)
+
+    tool = tools.Tool.from_function(lookup)
+    properties = tool.parameters["properties"]
+    assert sorted(properties["key"]["type"]) == ["integer", "string"]  # not just the first
+    assert properties["limit"]["type"] == "number" and properties["limit"]["nullable"]
+    assert properties["tags"]["items"] == {"type": "string"}
+    assert tool.parameters["required"] == ["key"] and tool.description == "Look a key up."
+    assert tools.execute({"name": "lookup", "arguments": {"key": 7}}, {"lookup": tool}).ok
+    bad = tools.execute({"name": "lookup", "arguments": {"key": 1.5}}, {"lookup": tool})
+    assert not bad.ok and "should be integer or string" in bad.output

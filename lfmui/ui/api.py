@@ -13,10 +13,10 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import images, toolcalls, tools, turns
+from lfmui import toolcalls, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
-from lfmui.ui import gpu, vision_tab
+from lfmui.ui import gpu
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
@@ -68,11 +68,9 @@ def build(manager: ModelManager) -> None:
             raise InputError("Send a prompt, an image, or both.")
         if len(files) > turns.MAX_IMAGES_PER_MESSAGE:
             raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
-        parts = [{"type": "image", "image": images.load_safe(f)} for f in files]
-        parts.append({"type": "text", "text": prompt or ""})
         answer = ""
-        conversation = [{"role": "user", "content": parts}]
-        for event in gpu.chat_turn(manager, conversation, settings, tiling=cut):
+        conversation = [turns.user_message(prompt or "", files)]
+        for event in gpu.chat_turn(manager, conversation, settings=settings, tiling=cut):
             if event.kind == "text":
                 answer += event.text
                 yield answer
@@ -93,10 +91,9 @@ def build(manager: ModelManager) -> None:
         do_image_splitting, min_tiles, max_tiles, use_thumbnail, min_image_tokens,
         max_image_tokens; empty = the model's defaults): grid, tiles, thumbnail, image_tokens."""
         values = parse_settings(tiling_json) or None
-        _, _, plan = vision_tab.inspect(manager, image, values)
-        if plan is None:
+        if not image:
             raise InputError("Send an image file.")
-        return plan
+        return turns.inspect_image(manager, image, values)[1]
 
     @user_errors
     def parse_tool_calls(text: str, tools_json: str) -> dict[str, Any]:
@@ -113,26 +110,18 @@ def build(manager: ModelManager) -> None:
         text, parsed calls, errors and results, then the final answer."""
         settings = parse_settings(settings_json)
         choice = str(settings.pop("tool_choice", "auto"))
-        rounds = int(settings.pop("max_rounds", turns.MAX_TOOL_ROUNDS))
-        if not 1 <= rounds <= 5:
-            raise InputError("max_rounds must be between 1 and 5.")
+        rounds = settings.pop("max_rounds", turns.MAX_TOOL_ROUNDS)
+        if not isinstance(rounds, int) or isinstance(rounds, bool):
+            raise InputError("max_rounds must be a whole number between 1 and 5.")
         if not (prompt or "").strip():
             raise InputError("Send a request for the model.")
         registry = tools.registry_from_json(tools_json)
         conversation = [{"role": "user", "content": prompt}]
-        trace: dict[str, Any] = {"rounds": [], "final": None}
-        for step in gpu.tool_turn(
-            manager, conversation, registry, settings, tool_choice=choice, max_rounds=rounds
-        ):
-            if step.kind == "parsed":
-                trace["rounds"].append({"round": step.round, **step.data, "results": []})
-            elif step.kind == "result":
-                trace["rounds"][-1]["results"].append(step.data)
-            elif step.kind in ("final", "error"):
-                trace["final"] = step.data
+        turn = turns.ToolTurn.start(conversation, registry, choice, rounds)
+        for _ in gpu.run_tool_turn(manager, turn, settings=settings):
+            pass
         loaded = manager.current()
-        trace["random_weights"] = bool(loaded and loaded.spec.random_weights)
-        return trace
+        return {**turn.to_json(), "random_weights": bool(loaded and loaded.spec.random_weights)}
 
     def last_metrics(request: gr.Request) -> dict[str, Any]:
         """Metrics of this client's last /generate call."""

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 
 from lfmui import engine, offline
 from lfmui.manager import ModelManager
-from lfmui.ui import api, chat_tab, gpu, models_tab, tools_tab, vision_tab
+from lfmui.ui import api, chat_tab, models_tab, tools_tab, vision_tab
 from lfmui.ui.guard import RequestGuard
 
 MAX_FILE_SIZE = "20mb"
@@ -32,7 +32,6 @@ QUEUE_MAX_SIZE = 64
 def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr.Blocks:
     """The lfmui app over `manager` (a fresh one with the built-in catalog by default)."""
     manager = manager or ModelManager(on_loaded=engine.warm_up)
-    gpu.bind(manager)
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
         with gr.Row(equal_height=False):
             gr.Markdown("# lfmui · try Liquid AI's LFM2 models")

@@ -13,15 +13,15 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import images, tools, turns
+from lfmui import session, tiling, tools, turns
 from lfmui.errors import InputError, LfmuiError
 from lfmui.manager import ModelManager
-from lfmui.ui import gpu, session
+from lfmui.settings import SAMPLING, Settings
+from lfmui.ui import gpu
+from lfmui.ui.controls import TilingControls, sampling_control
 from lfmui.ui.queue import ACCELERATOR, Running
 from lfmui.ui.render import kept_on_error, to_chatbot, user_errors
-from lfmui.ui.vision_tab import TilingControls
 
-SAMPLING_FIELDS = ("max_new_tokens", "temperature", "min_p", "top_p", "repetition_penalty", "seed")
 EXAMPLES = [
     str(Path(__file__).resolve().parents[2] / "assets" / "examples" / name)
     for name in ("chart.png", "house.png")
@@ -32,33 +32,8 @@ _replies = Running(  # the chat's running reply per session
 )
 
 
-def conversation_of(
-    turn_list: list[dict[str, Any]], system_prompt: str, reads_images: bool
-) -> list[dict[str, Any]]:
-    """Model conversation (system prompt, images as parts) from the session's turns.
-
-    For a text-only model the images are left out, and each turn that had some is marked so the
-    chat shows that they were not sent.
-    """
-    conversation: list[dict[str, Any]] = []
-    if system_prompt.strip():
-        conversation.append({"role": "system", "content": system_prompt})
-    for turn in turn_list:
-        if turn["role"] == "assistant":
-            conversation.extend(turn.get("messages", []))  # its tool calls and results
-            if turn["text"]:
-                conversation.append({"role": "assistant", "content": turn["text"]})
-            continue
-        paths = turn.get("images", [])
-        turn["images_dropped"] = bool(paths) and not reads_images
-        parts = [{"type": "image", "image": images.load_safe(p)} for p in paths if reads_images]
-        parts.append({"type": "text", "text": turn["text"]})
-        conversation.append({"role": "user", "content": parts})
-    return conversation
-
-
 def settings_of(values: list[Any]) -> dict[str, Any]:
-    settings = dict(zip(SAMPLING_FIELDS, values, strict=True))
+    settings = dict(zip(SAMPLING, values, strict=True))
     if settings["seed"] in (None, "", -1):
         settings["seed"] = None
     return settings
@@ -85,20 +60,24 @@ def stream_reply(
         "random_weights": bool(loaded and loaded.spec.random_weights),
     }
     try:
-        conversation = conversation_of(history, system_prompt, reads_images)
-        if any(t.get("images_dropped") for t in history):
+        conversation, dropped = turns.conversation_of(history, system_prompt, reads_images)
+        for number, turn in enumerate(history):
+            turn["images_dropped"] = number in dropped  # the chat says they were not sent
+        if dropped:
             gr.Warning(f"{loaded.spec.id} reads text only: the images in this chat are not sent.")
         history.append(reply)
         yield history, to_chatbot(history)
         if use_tools:
             registry = dict(tools.BUILTINS)
             for step in gpu.tool_turn(
-                manager, conversation, registry, settings, stop, tiling=tiling
+                manager, conversation, registry, settings=settings, stop=stop, tiling=tiling
             ):
                 apply_step(reply, step)
                 yield history, to_chatbot(history)
             return
-        for event in gpu.chat_turn(manager, conversation, settings, stop, tiling):
+        for event in gpu.chat_turn(
+            manager, conversation, settings=settings, stop=stop, tiling=tiling
+        ):
             apply_event(reply, event)
             yield history, to_chatbot(history)
     except LfmuiError as exc:
@@ -123,25 +102,23 @@ def apply_event(reply: dict[str, Any], event: Any) -> None:
         reply.update(status="error", error=event.data["message"])
 
 
-def apply_step(reply: dict[str, Any], step: Any) -> None:
+def apply_step(reply: dict[str, Any], step: turns.Step) -> None:
     """A tool-turn step folded into the assistant turn: calls and results become its tools."""
-    if step.kind == "text":
-        reply["text"] += step.data["text"]
-    elif step.kind == "parsed":
-        reply["metrics"] = step.data["metrics"]
-        if step.data["calls"] or step.data["errors"]:
+    if isinstance(step, turns.Text):
+        reply["text"] += step.text
+    elif isinstance(step, turns.Parsed):
+        reply["metrics"] = step.metrics
+        if not step.answered:
             reply["text"] = ""  # the call block: shown as "Used tool" messages instead
-            reply.setdefault("messages", []).append(
-                {"role": "assistant", "content": step.data["raw"]}
-            )
-    elif step.kind == "result":
-        reply.setdefault("tools", []).append(step.data)
+            reply.setdefault("messages", []).append({"role": "assistant", "content": step.raw})
+    elif isinstance(step, turns.Result):
+        reply.setdefault("tools", []).append(step.result.to_json())
         # later turns see the call and its result, as the model wrote and read them
-        reply.setdefault("messages", []).append({"role": "tool", "content": step.data["output"]})
-    elif step.kind == "final":
-        reply.update(text=step.data["text"], status=step.data["reason"])
-    elif step.kind == "error":
-        reply.update(status="error", error=step.data["error"])
+        reply.setdefault("messages", []).append({"role": "tool", "content": step.result.output})
+    elif isinstance(step, turns.Final):
+        reply.update(text=step.text, status=step.reason)
+    elif isinstance(step, turns.Failed):
+        reply.update(status="error", error=step.error)
 
 
 def build(manager: ModelManager) -> dict[str, Any]:
@@ -172,14 +149,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
     with gr.Accordion("Generation settings", open=False):
         system_prompt = gr.Textbox(label="System prompt", lines=2)
         with gr.Row():
-            controls = [
-                gr.Slider(1, 4096, value=256, step=1, label="Max new tokens"),
-                gr.Slider(0.0, 2.0, value=0.1, step=0.05, label="Temperature (0 = greedy)"),
-                gr.Slider(0.0, 1.0, value=0.15, step=0.01, label="min_p"),
-                gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="top_p"),
-                gr.Slider(1.0, 2.0, value=1.05, step=0.01, label="Repetition penalty"),
-                gr.Number(value=None, precision=0, label="Seed (empty = random)"),
-            ]
+            controls = [sampling_control(name) for name in SAMPLING]
         use_tools = gr.Checkbox(
             False, label="Use tools (the playground's built-ins: calculator, units, dates, …)"
         )
@@ -216,8 +186,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
             raise InputError("Type a message or attach an image first.")
         if len(files) > turns.MAX_IMAGES_PER_MESSAGE:
             raise InputError(f"Attach at most {turns.MAX_IMAGES_PER_MESSAGE} images per message.")
-        for path in files:
-            images.load_safe(path)  # reject bad images before the message joins the history
+        turns.user_message(text, files)  # bad images are refused before the message is kept
         with _replies.one(request.session_hash) as stop:  # before the box empties
             history = [*data[state], {"role": "user", "text": text, "images": files}]
             yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
@@ -294,8 +263,8 @@ def build(manager: ModelManager) -> dict[str, Any]:
             restored,
             to_chatbot(restored),
             str(bundle.get("system_prompt", "")),
-            *(sampling.get(name, gr.skip()) for name in SAMPLING_FIELDS),
-            *(cut.get(name, gr.skip()) for name in session.TILING),
+            *(sampling.get(name, gr.skip()) for name in SAMPLING),
+            *(cut.get(name, gr.skip()) for name in tiling.FIELDS),
             "custom",
             bool(bundle.get("use_tools")),
         ]
@@ -354,14 +323,6 @@ def defaults(manager: ModelManager) -> list[Any]:
     """System prompt and generation controls reset to the loaded model's recommended values."""
     loaded = manager.current()
     if loaded is None:
-        return [gr.skip()] * (1 + len(SAMPLING_FIELDS))
-    sampling = loaded.spec.sampling
-    return [
-        loaded.spec.system_prompt,
-        256,
-        sampling.get("temperature", 0.1),
-        sampling.get("min_p", 0.0),
-        1.0,
-        sampling.get("repetition_penalty", 1.0),
-        None,
-    ]
+        return [gr.skip()] * (1 + len(SAMPLING))
+    recommended = Settings.from_dict({}, defaults=dict(loaded.spec.sampling))
+    return [loaded.spec.system_prompt, *(getattr(recommended, n) for n in SAMPLING)]

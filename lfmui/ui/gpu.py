@@ -1,12 +1,16 @@
 """The UI's GPU entry points, wrapped for Hugging Face ZeroGPU when the app runs there.
 
 On a ZeroGPU Space (``SPACES_ZERO_GPU`` set and the ``spaces`` package installed) a GPU is only
-attached inside a function decorated with ``@spaces.GPU``, run in a worker process: the model
-manager is bound here once (module state the worker inherits) so the wrapped functions take only
-picklable arguments. Each call asks for a duration derived from max_new_tokens and the images
-sent, and a quota error becomes a message that says what to do. Elsewhere these are the plain
-``turns`` functions. torch.compile is off under ZeroGPU (``engine.decode_plan``): each request
-would pay the compile in a fresh worker.
+attached inside a function decorated with ``@spaces.GPU``, run in a worker process. ``on_gpu``
+wraps a ``turns`` function ``fn(manager, first, **options)``: the worker calls it with the
+manager bound here (module state the worker inherits: the manager's locks cannot be pickled) and
+every option forwarded as given, except the Stop flag, which cannot reach another process
+(there Stop cancels the gradio event instead). In-place changes made in the worker do not come
+back: where `first` has an ``apply(step)`` method (``turns.ToolTurn``), each step the worker
+yields is applied to it here. Each call asks for a duration derived from max_new_tokens, the
+rounds and the images sent, and a quota error becomes a message that says what to do.
+Elsewhere these are the plain ``turns`` functions. torch.compile is off under ZeroGPU
+(``engine.decode_plan``): each request would pay the compile in a fresh worker.
 """
 
 from __future__ import annotations
@@ -32,90 +36,49 @@ def zerogpu() -> bool:
     return flag and importlib.util.find_spec("spaces") is not None
 
 
-def bind(manager: Any) -> None:
-    global _manager
-    _manager = manager
-
-
-def duration(
-    conversation: list[dict[str, Any]], settings: dict[str, Any] | None = None, *_: Any, **__: Any
-) -> int:
-    """Seconds of GPU to ask for: a base, the new tokens, and the images to encode."""
+def duration(first: Any, *_: Any, settings: dict[str, Any] | None = None, **__: Any) -> int:
+    """Seconds of GPU to ask for: a base, the new tokens per round, and the images to encode."""
+    conversation = getattr(first, "conversation", first)
     new_tokens = int((settings or {}).get("max_new_tokens", 256))
     pictures = sum(
         sum(p.get("type") == "image" for p in m["content"])
         for m in conversation
         if isinstance(m.get("content"), list)
     )
-    rounds = int((settings or {}).get("max_rounds", 1))
+    rounds = int(getattr(first, "max_rounds", 1))
     return int(min(120, 10 + rounds * (new_tokens * 0.05 + pictures * 3)))
 
 
-def _chat(conversation, settings=None, tiling=None, tools=None, raw=False):
-    yield from turns.chat_turn(_manager, conversation, settings, None, tiling, tools, raw)
-
-
-def _tool_turn(
-    conversation, settings=None, registry=None, tool_choice="auto", max_rounds=3, tiling=None
-):
-    yield from turns.tool_turn(
-        _manager, conversation, registry, settings, None, tool_choice, max_rounds, tiling=tiling
-    )
-
-
-def _round(conversation, settings=None, schemas=None, round_no=1):
-    yield from turns.model_round(_manager, conversation, schemas, settings, None, round_no)
-
-
-def _wrap(name: str, fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+def on_gpu(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """`fn` itself, or on ZeroGPU `fn` run in the GPU worker (see the module docstring)."""
+    if not zerogpu():
+        return fn
     import spaces
 
-    gpu_fn = spaces.GPU(duration=duration)(fn)
-    WRAPPED[name] = gpu_fn
+    def in_worker(first: Any, **options: Any) -> Iterator[Any]:
+        yield from fn(_manager, first, **options)
 
-    def friendly(*args: Any, **kwargs: Any) -> Iterator[Any]:
+    in_worker.__name__ = fn.__name__
+    gpu_fn = spaces.GPU(duration=duration)(in_worker)
+    WRAPPED[fn.__name__] = gpu_fn
+
+    def call(manager: Any, first: Any, **options: Any) -> Iterator[Any]:
+        global _manager
+        _manager = manager
+        options.pop("stop", None)
         try:
-            yield from gpu_fn(*args, **kwargs)
+            for step in gpu_fn(first, **options):
+                if hasattr(first, "apply"):
+                    first.apply(step)
+                yield step
         except Exception as exc:  # spaces reports quota as an error with this word in it
             if "quota" in str(exc).lower():
                 raise InputError(QUOTA_MESSAGE) from None
             raise
 
-    return friendly
+    return call
 
 
-if zerogpu():
-    _gpu_chat = _wrap("chat_turn", _chat)
-    _gpu_tool_turn = _wrap("tool_turn", _tool_turn)
-    _gpu_round = _wrap("model_round", _round)
-
-
-def chat_turn(manager, conversation, settings=None, stop=None, tiling=None, tools=None, raw=False):
-    """turns.chat_turn, on the ZeroGPU worker when there is one. The Stop flag cannot reach
-    that worker process: there, Stop cancels the gradio event instead."""
-    if zerogpu():
-        return _gpu_chat(conversation, settings, tiling, tools, raw)
-    return turns.chat_turn(manager, conversation, settings, stop, tiling, tools, raw)
-
-
-def tool_turn(
-    manager,
-    conversation,
-    registry,
-    settings=None,
-    stop=None,
-    tool_choice="auto",
-    max_rounds=turns.MAX_TOOL_ROUNDS,
-    tiling=None,
-):
-    if zerogpu():
-        return _gpu_tool_turn(conversation, settings, registry, tool_choice, max_rounds, tiling)
-    return turns.tool_turn(
-        manager, conversation, registry, settings, stop, tool_choice, max_rounds, tiling=tiling
-    )
-
-
-def model_round(manager, conversation, schemas, settings, stop, round_no):
-    if zerogpu():
-        return _gpu_round(conversation, settings, schemas, round_no)
-    return turns.model_round(manager, conversation, schemas, settings, stop, round_no)
+chat_turn = on_gpu(turns.chat_turn)
+tool_turn = on_gpu(turns.tool_turn)
+run_tool_turn = on_gpu(turns.run_tool_turn)

@@ -1,9 +1,10 @@
 """The tool-calling playground: tool definitions, tool choice, automatic or manual results, and
 a trace per round (raw model text with its special tokens, parsed calls, errors, results).
 
-Automatic mode runs ``turns.tool_turn``. Manual mode stops after each model round with the
-parsed calls and a results editor prefilled by running them (or empty for tools with no
-implementation); "Send results" feeds the edited results back in the tool role and continues.
+Both modes run ``turns.run_tool_turn`` on a ``turns.ToolTurn`` kept in the session. Manual mode
+pauses after each model round with the parsed calls and a results editor prefilled by running
+them (or with the error for tools with no implementation); "Send results" resumes the turn with
+the edited results.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import images, tools, turns
+from lfmui import tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
@@ -26,102 +27,47 @@ _runs = Running(  # the playground's running tool turn per session
 EXAMPLES_JSON = json.dumps([t.schema() for t in tools.BUILTINS.values()], indent=2)
 
 
-def render_trace(rounds: list[dict[str, Any]], final: dict[str, Any] | None, noise: bool) -> str:
+def render_trace(turn: turns.ToolTurn, noise: bool) -> str:
     """The trace as Markdown: one section per round, then the final answer."""
     parts = []
-    for r in rounds:
-        metrics = r.get("metrics") or {}
-        head = f"#### Round {r['round']}"
+    for r in turn.rounds:
+        metrics = r.parsed.metrics if r.parsed else {}
+        head = f"#### Round {r.number}"
         if metrics.get("ttft_s") is not None:
             head += f" · TTFT {metrics['ttft_s']:.2f} s · {metrics.get('generated_tokens')} tokens"
-        parts += [head, "**Model wrote** (special tokens shown)", fenced(r.get("raw", "") or "…")]
-        if "calls" in r:
-            parts += ["**Parsed calls**", fenced(json.dumps(r["calls"], indent=1), "json")]
-        if r.get("errors"):
-            parts += ["**Errors** (sent back to the model)"]
-            parts += [f"- {e}" for e in r["errors"]]
-        for result in r.get("results", []):
-            mark = "✓" if result["ok"] else "✗"
-            parts.append(
-                f"**Result** {mark} `{result['name']}` · {result['seconds'] * 1000:.1f} ms"
-            )
-            parts.append(fenced(result["output"], "json" if result["ok"] else ""))
-    if final is not None:
+        parts += [head, "**Model wrote** (special tokens shown)", fenced(r.raw or "…")]
+        if r.parsed:
+            parts += ["**Parsed calls**", fenced(json.dumps(r.parsed.calls, indent=1), "json")]
+            if r.parsed.errors:
+                parts += ["**Errors** (sent back to the model)"]
+                parts += [f"- {e}" for e in r.parsed.errors]
+        for result in r.results:
+            mark = "✓" if result.ok else "✗"
+            parts.append(f"**Result** {mark} `{result.name}` · {result.seconds * 1000:.1f} ms")
+            parts.append(fenced(result.output, "json" if result.ok else ""))
+    final = turn.final
+    if isinstance(final, turns.Failed):
+        parts += ["#### Final answer (error)", safe_markdown(final.error)]
+    elif final is not None:
         label = "noise from random weights · " if noise else ""
-        answer = safe_markdown(final["text"]) or "—"
-        parts += [f"#### Final answer ({label}{final.get('reason', 'eos')})", answer]
+        answer = safe_markdown(final.text) or "—"
+        parts += [f"#### Final answer ({label}{final.reason})", answer]
     return "\n\n".join(parts)
 
 
-def _registry(tools_json: str) -> dict[str, tools.Tool]:
-    return tools.registry_from_json(tools_json)
-
-
-def _start(manager: ModelManager, data: dict[str, Any]) -> dict[str, Any]:
-    """A fresh session state for a run: the conversation with the prompt and optional image."""
+def _start(manager: ModelManager, data: dict[str, Any], max_rounds: int) -> dict[str, Any]:
+    """A fresh session state for a run: the tool turn over the prompt and optional image."""
     prompt = (data["prompt"] or "").strip()
     if not prompt:
         raise InputError("Type a request for the model first.")
-    registry = _registry(data["tools_json"])
-    content: Any = prompt
-    if data["image"]:
-        content = [
-            {"type": "image", "image": images.load_safe(data["image"])},
-            {"type": "text", "text": prompt},
-        ]
-    conversation = [{"role": "user", "content": content}]
-    schemas = turns.prepare_tools(conversation, registry, data["choice"] or "auto")
+    registry = tools.registry_from_json(data["tools_json"])
+    conversation = [turns.user_message(prompt, [data["image"]] if data["image"] else [])]
+    turn = turns.ToolTurn.start(conversation, registry, data["choice"] or "auto", max_rounds)
     loaded = manager.current()
-    return {
-        "conversation": conversation,
-        "schemas": schemas,
-        "tools_json": data["tools_json"],
-        "rounds": [],
-        "pending": None,
-        "noise": bool(loaded and loaded.spec.random_weights),
-    }
+    return {"turn": turn, "noise": bool(loaded and loaded.spec.random_weights)}
 
 
-def run_rounds(manager, state, settings, stop, max_rounds, manual):
-    """Model rounds from `state` until an answer, a manual pause or the round cap; yields
-    (state, final) after every step."""
-    registry = _registry(state["tools_json"])
-    image = turns.last_image(state["conversation"])
-    while len(state["rounds"]) < max_rounds:
-        number = len(state["rounds"]) + 1
-        current = {"round": number, "raw": ""}
-        state["rounds"].append(current)
-        for step in gpu.model_round(
-            manager, state["conversation"], state["schemas"], settings, stop, number
-        ):
-            if step.kind == "text":
-                current["raw"] += step.data["text"]
-            elif step.kind == "error":
-                yield state, {"text": step.data["error"], "reason": "error"}
-                return
-            else:
-                current.update(step.data)
-            yield state, None
-        if turns.answered(current):
-            yield state, {"text": current["text"], "reason": current["reason"]}
-            return
-        ran = turns.run_calls(current["calls"], current["errors"], registry, None, image)
-        results = [r.to_json() for r in ran]
-        if manual:
-            state["pending"] = {"raw": current["raw"], "results": results}
-            yield state, None
-            return
-        current["results"] = results
-        _feed_back(state["conversation"], current["raw"], results)
-        yield state, None
-    yield state, turns.round_limit(max_rounds)
-
-
-def _feed_back(conversation: list[dict], raw: str, results: list[dict[str, Any]]) -> None:
-    turns.feed_back(conversation, raw, [result["output"] for result in results])
-
-
-def edited_results(text: str, expected: int) -> list[dict[str, Any]]:
+def edited_results(text: str, expected: int) -> list[tools.ToolResult]:
     """The manual-mode editor's JSON: a list of {name, output} (output any JSON or a string)."""
     try:
         values = json.loads(text or "[]")
@@ -137,14 +83,15 @@ def edited_results(text: str, expected: int) -> list[dict[str, Any]]:
             raise InputError('Each result needs an "output" (text or any JSON value).')
         output = value["output"]
         text_out = output if isinstance(output, str) else json.dumps(output)
+        arguments = value.get("arguments", {})
         out.append(
-            {
-                "name": str(value.get("name", "tool")),
-                "arguments": value.get("arguments", {}),
-                "ok": True,
-                "output": text_out[: tools.MAX_OUTPUT_CHARS],
-                "seconds": 0.0,
-            }
+            tools.ToolResult(
+                str(value.get("name", "tool")),
+                arguments if isinstance(arguments, dict) else {},
+                True,
+                text_out[: tools.MAX_OUTPUT_CHARS],
+                0.0,
+            )
         )
     return out
 
@@ -199,21 +146,24 @@ def build(manager: ModelManager) -> None:
 
     def stream(run_state, data, session):
         settings = {"max_new_tokens": int(data[new_tokens]), "temperature": 0.0}
+        turn = run_state["turn"]
         with _runs.one(session) as stop_flag:
-            for current, final in run_rounds(
+            steps = gpu.run_tool_turn(
                 manager,
-                run_state,
-                settings,
-                stop_flag,
-                int(data[max_rounds]),
-                data[mode] == "manual",
-            ):
-                waiting = current["pending"]
+                turn,
+                settings=settings,
+                stop=stop_flag,
+                pause=data[mode] == "manual",
+            )
+            for _ in steps:
+                waiting = turn.pending
                 yield (
-                    current,
-                    render_trace(current["rounds"], final, current["noise"]),
+                    run_state,
+                    render_trace(turn, run_state["noise"]),
                     gr.Code(
-                        value=json.dumps(waiting["results"], indent=1) if waiting else "",
+                        value=json.dumps([r.to_json() for r in waiting], indent=1)
+                        if waiting
+                        else "",
                         visible=bool(waiting),
                     ),
                     gr.Button(visible=bool(waiting)),
@@ -227,17 +177,15 @@ def build(manager: ModelManager) -> None:
             "tools_json": data[tools_json],
             "choice": data[choice],
         }
-        yield from stream(_start(manager, fresh), data, request.session_hash)
+        yield from stream(_start(manager, fresh, int(data[max_rounds])), data, request.session_hash)
 
     @user_errors
     def on_send(data: dict, request: gr.Request):
         run_state = data[state]
-        if not run_state or not run_state["pending"]:
+        if not run_state or run_state["turn"].pending is None:
             raise InputError("There are no tool results waiting to be sent.")
-        results = edited_results(data[pending], len(run_state["pending"]["results"]))
-        run_state["rounds"][-1]["results"] = results
-        _feed_back(run_state["conversation"], run_state["pending"]["raw"], results)
-        run_state["pending"] = None
+        turn = run_state["turn"]
+        turn.resume(edited_results(data[pending], len(turn.pending)))
         yield from stream(run_state, data, request.session_hash)
 
     def on_stop(request: gr.Request) -> None:
@@ -245,7 +193,7 @@ def build(manager: ModelManager) -> None:
 
     def on_tools_change(text: str):
         try:
-            names = list(_registry(text))
+            names = list(tools.registry_from_json(text))
         except InputError as exc:
             gr.Warning(str(exc))
             return gr.skip()

@@ -12,70 +12,22 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import images, tiling, turns
+from lfmui import tiling, turns
 from lfmui.errors import InputError, NoModelLoaded
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
+from lfmui.ui.controls import MODEL_DEFAULT, TilingControls
 from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
 
-MODEL_DEFAULT = "model default"
-CUSTOM = "custom"
-PRESET_CHOICES = [MODEL_DEFAULT, *tiling.PRESETS, CUSTOM]
-FIELDS = tuple(asdict(tiling.Tiling()))
 AB_HEADERS = ["preset", "image tokens", "prompt tokens", "TTFT s", "tok/s", "answer"]
-
-
-class TilingControls:
-    """A preset picker plus the six knobs; `values(data)` reads them from a handler's inputs."""
-
-    def __init__(self, note: str) -> None:
-        self.preset = gr.Radio(PRESET_CHOICES, value=MODEL_DEFAULT, label="Preset", info=note)
-        with gr.Row():
-            self.splitting = gr.Checkbox(True, label="Cut large images into 512 px tiles")
-            self.thumbnail = gr.Checkbox(True, label="Add a thumbnail of the whole image")
-        with gr.Row():
-            self.min_tiles = gr.Slider(1, 10, value=2, step=1, label="Min tiles")
-            self.max_tiles = gr.Slider(1, 10, value=10, step=1, label="Max tiles")
-        with gr.Row():
-            self.min_tokens = gr.Slider(16, 256, value=64, step=16, label="Min image tokens")
-            self.max_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max image tokens")
-        self.knobs = [
-            self.splitting,
-            self.min_tiles,
-            self.max_tiles,
-            self.thumbnail,
-            self.min_tokens,
-            self.max_tokens,
-        ]  # in Tiling's field order
-        self.preset.input(
-            self._apply_preset, [self.preset, *self.knobs], self.knobs, api_visibility="private"
-        )
-        for knob in self.knobs:
-            knob.input(lambda: CUSTOM, None, self.preset, api_visibility="private")
-
-    @property
-    def all(self) -> list[Any]:
-        return [self.preset, *self.knobs]
-
-    def values(self, data: dict) -> dict[str, Any]:
-        values = dict(zip(FIELDS, (data[k] for k in self.knobs), strict=True))
-        for name in ("min_tiles", "max_tiles", "min_image_tokens", "max_image_tokens"):
-            if isinstance(values[name], float) and values[name].is_integer():
-                values[name] = int(values[name])
-        return values
-
-    def _apply_preset(self, name: str, *current: Any) -> list[Any]:
-        if name in tiling.PRESETS:
-            return list(asdict(tiling.preset(name, use_thumbnail=current[3])).values())
-        return [gr.skip()] * len(self.knobs)
 
 
 def reset_values(manager: ModelManager) -> list[Any]:
     """Preset and knobs back to the loaded model's processor defaults."""
     loaded = manager.current()
     if loaded is None or loaded.spec.kind != "vl":
-        return [gr.skip()] * (1 + len(FIELDS))
+        return [gr.skip()] * (1 + len(tiling.FIELDS))
     return [MODEL_DEFAULT, *asdict(tiling.Tiling.from_processor(loaded.processor)).values()]
 
 
@@ -111,12 +63,7 @@ def inspect(manager: ModelManager, path: str | None, values: dict[str, Any]):
     """(picture with the plan drawn, description, plan JSON) for the inspector."""
     if not path:
         return None, "Upload an image to see how the model will cut it.", None
-    picture = images.load_safe(path)
-    with manager.lease() as loaded:
-        if loaded.spec.kind != "vl":
-            raise InputError(f"{loaded.spec.id} reads text only; load a vision-language model.")
-        cut = turns.tiling_of(loaded, values)
-        plan = tiling.plan_tiles(loaded.processor, picture, cut, turns.context_tokens(loaded))
+    picture, plan = turns.inspect_image(manager, path, values)
     return tiling.preview(picture, plan), describe(plan), plan
 
 
@@ -124,7 +71,7 @@ def budget_ab(manager: ModelManager, path: str | None, question: str, new_tokens
     """Stream a table: the same picture and question at each preset."""
     if not path:
         raise InputError("Upload an image first.")
-    picture = images.load_safe(path)
+    message = turns.user_message(question or "Describe this image.", [path])
     loaded = manager.current()
     if loaded is None:
         raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
@@ -132,20 +79,12 @@ def budget_ab(manager: ModelManager, path: str | None, question: str, new_tokens
     rows: list[list[Any]] = []
     for name in tiling.PRESETS:
         cut = asdict(tiling.preset(name, use_thumbnail=thumbnail))
-        conversation = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image", "image": picture},
-                    {"type": "text", "text": question or "Describe this image."},
-                ],
-            }
-        ]
+        conversation = [message]
         settings = {"max_new_tokens": int(new_tokens), "temperature": 0.0}
         answer, metrics = "", {}
         row = [name, None, None, None, None, "…"]
         rows.append(row)
-        for event in gpu.chat_turn(manager, conversation, settings, tiling=cut):
+        for event in gpu.chat_turn(manager, conversation, settings=settings, tiling=cut):
             if event.kind == "text":
                 answer += event.text
                 row[5] = answer

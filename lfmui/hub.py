@@ -1,0 +1,120 @@
+"""The Hugging Face Hub: where a catalog model's weights come from, and which model to start with.
+
+``offline_mode`` is the one reader of ``HF_HUB_OFFLINE``. ``check`` fetches (or finds in the
+cache) a hub model's config at its pinned revision before anything else is touched, after one
+quick reachability probe instead of the hub client's retries (over 20 s on a dead network).
+``choose_startup_model`` picks the hub default, or the offline fallback with a banner saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from lfmui.catalog import Catalog, ModelSpec
+from lfmui.errors import ModelLoadError
+
+
+def offline_mode() -> bool:
+    """Whether the Hub is off limits (``HF_HUB_OFFLINE=1``, set by ``--offline`` too)."""
+    return os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+@dataclass(frozen=True)
+class Location:
+    """What from_pretrained reads: a directory, or a hub repo at a revision (maybe cache-only)."""
+
+    path: str
+    revision: str | None = None
+    local_only: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"revision": self.revision} if self.revision else {}
+        if self.local_only or offline_mode():
+            kwargs["local_files_only"] = True
+        return kwargs
+
+
+def check(spec: ModelSpec, probe_seconds: float = 3.0) -> Location:
+    """The hub model's config at its revision, fetched (or read from the cache) now: an
+    unreachable Hub or a bad revision fails here, in seconds, with the old model untouched."""
+    from transformers import AutoConfig
+
+    reachable = not offline_mode() and _hub_reachable(spec.location, probe_seconds)
+    location = Location(spec.location, spec.revision, local_only=not reachable)
+    try:
+        AutoConfig.from_pretrained(location.path, **location.kwargs())
+    except Exception as exc:
+        raise ModelLoadError(_hub_failure(spec, exc, reachable)) from None
+    return location
+
+
+def _hub_failure(spec: ModelSpec, exc: BaseException, reachable: bool) -> str:
+    name = type(exc).__name__
+    if reachable and ("Revision" in name or "revision" in str(exc).lower()):
+        return (
+            f"{spec.location} has no revision '{spec.revision}'. Use a branch, tag or commit "
+            "that exists on the Hub."
+        )
+    if reachable:
+        return (
+            f"Could not read {spec.location} at revision '{spec.revision}' from the Hugging "
+            f"Face Hub ({name}). Try again, or load an offline model such as lfm2-vl-tiny."
+        )
+    return (
+        f"Could not download {spec.id} from the Hugging Face Hub (unreachable or offline), and "
+        f"revision '{spec.revision}' is not in the local cache. Check the network, or load an "
+        "offline model such as lfm2-vl-tiny."
+    )
+
+
+def choose_startup_model(
+    catalog: Catalog, requested: str | None, offline: bool, probe_seconds: float = 3.0
+) -> tuple[str, str]:
+    """The model to load at start and a banner ("" when none): hub default or offline fallback."""
+    from lfmui.catalog import DEFAULT_MODEL, OFFLINE_DEFAULT
+
+    model_id = requested or DEFAULT_MODEL
+    spec = catalog.get(model_id)
+    if spec.source != "hub":
+        return model_id, ""
+    if offline or offline_mode():
+        reason = "offline mode"
+    elif _hub_cached(spec.location) or _hub_reachable(spec.location, probe_seconds):
+        return model_id, ""
+    else:
+        reason = "the Hugging Face Hub cannot be reached"
+    return OFFLINE_DEFAULT, (
+        f"{reason}: loaded {OFFLINE_DEFAULT} instead of {model_id}. "
+        f"It has {catalog.get(OFFLINE_DEFAULT).note}."
+    )
+
+
+def _hub_cached(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _hub_reachable(repo: str, seconds: float) -> bool:
+    """One quick metadata request with a short timeout, so a dead network costs seconds."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            from huggingface_hub import HfApi
+
+            HfApi().model_info(repo, timeout=seconds)
+            result.append(True)
+        except Exception:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(seconds + 0.5)  # DNS stalls can outlast the HTTP timeout: don't wait for them
+    return bool(result and result[0])
