@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -138,7 +139,7 @@ def run_loads(models: list[str], levels: list[str], new_tokens: int) -> int:
 
 
 def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
+    return statistics.median(values)
 
 
 def _plain_generate(loaded, inputs, new_tokens: int, extra: dict[str, Any]) -> float:

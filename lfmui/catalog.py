@@ -2,8 +2,8 @@
 
 A ``ModelSpec`` names where the weights come from (a hub repo, a local directory given on the
 command line, or an offline checkpoint that ``lfmui.offline`` builds), whether the model reads
-images, its recommended sampling and its processor defaults. The browser can only pick ids that
-are in the catalog: it never names a repo id or a path itself.
+images, its recommended sampling and the hub repo it is or stands in for. The browser can only
+pick ids that are in the catalog: it never names a repo id or a path itself.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from lfmui.errors import CheckpointError, UnknownModelError
 Kind = Literal["vl", "text"]
 Source = Literal["hub", "local", "offline"]
 
+VL_REPO, MOE_REPO = "LiquidAI/LFM2-VL-450M", "LiquidAI/LFM2-8B-A1B"
 VL_SAMPLING = MappingProxyType({"temperature": 0.1, "min_p": 0.15, "repetition_penalty": 1.05})
 MOE_SAMPLING = MappingProxyType({"temperature": 0.3, "min_p": 0.15, "repetition_penalty": 1.05})
 # Tiny random models: greedy decoding repeats one token; plain sampling shows that text streams.
@@ -39,7 +40,9 @@ class ModelSpec:
     kind: Kind
     sampling: MappingProxyType = field(default_factory=lambda: VL_SAMPLING)
     system_prompt: str = VL_SYSTEM_PROMPT
-    processor_defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    # the hub repo this model is (or, for offline builds and local checkpoints, stands in
+    # for): what "copy as code" loads
+    hub_repo: str = VL_REPO
     note: str = ""
     listed: bool = True  # shown in the UI's picker (full-shape synthetic builds are not)
     revision: str = "main"  # hub models: the branch, tag or commit to load
@@ -56,27 +59,15 @@ class ModelSpec:
             "kind": self.kind,
             "sampling": dict(self.sampling),
             "system_prompt": self.system_prompt,
-            "processor_defaults": dict(self.processor_defaults),
+            "hub_repo": self.hub_repo,
             "note": self.note,
             "random_weights": self.random_weights,
         }
 
 
-def _vl_processor(use_thumbnail: bool) -> MappingProxyType:
-    return MappingProxyType(
-        {
-            "do_image_splitting": True,
-            "min_tiles": 2,
-            "max_tiles": 10,
-            "use_thumbnail": use_thumbnail,
-            "min_image_tokens": 64,
-            "max_image_tokens": 256,
-        }
-    )
-
-
-def _offline(name: str, label: str, kind: Kind, listed: bool = True) -> ModelSpec:
-    text = kind == "text"
+def _offline(name: str, label: str, hub_repo: str, listed: bool = True) -> ModelSpec:
+    text = hub_repo == MOE_REPO
+    kind: Kind = "text" if text else "vl"
     return ModelSpec(
         id=name,
         label=label,
@@ -89,7 +80,7 @@ def _offline(name: str, label: str, kind: Kind, listed: bool = True) -> ModelSpe
         if text
         else VL_SAMPLING,
         system_prompt=TEXT_SYSTEM_PROMPT if text else VL_SYSTEM_PROMPT,
-        processor_defaults=MappingProxyType({}) if text else _vl_processor(False),
+        hub_repo=hub_repo,
         note=RANDOM_WEIGHTS_NOTE,
         listed=listed,
     )
@@ -102,7 +93,7 @@ HUB_MODELS = (
         source="hub",
         location="LiquidAI/LFM2-VL-450M",
         kind="vl",
-        processor_defaults=_vl_processor(False),
+        hub_repo="LiquidAI/LFM2-VL-450M",
     ),
     ModelSpec(
         id="LFM2-VL-1.6B",
@@ -110,30 +101,36 @@ HUB_MODELS = (
         source="hub",
         location="LiquidAI/LFM2-VL-1.6B",
         kind="vl",
-        processor_defaults=_vl_processor(True),
+        hub_repo="LiquidAI/LFM2-VL-1.6B",
     ),
     ModelSpec(
         id="LFM2-8B-A1B",
         label="LFM2-8B-A1B (mixture of experts, text only)",
         source="hub",
-        location="LiquidAI/LFM2-8B-A1B",
+        location=MOE_REPO,
         kind="text",
+        hub_repo=MOE_REPO,
         sampling=MOE_SAMPLING,
         system_prompt=TEXT_SYSTEM_PROMPT,
     ),
 )
 
 OFFLINE_MODELS = (
-    _offline("lfm2-vl-tiny", "lfm2-vl-tiny (offline, random weights)", "vl"),
-    _offline("lfm2-moe-tiny", "lfm2-moe-tiny (offline, random weights)", "text"),
+    _offline("lfm2-vl-tiny", "lfm2-vl-tiny (offline, random weights)", VL_REPO),
+    _offline("lfm2-moe-tiny", "lfm2-moe-tiny (offline, random weights)", MOE_REPO),
     # Full-shape synthetic builds for benchmarks: hidden from the picker (an 8B fp32 build needs
     # more memory than a laptop has); `--synthetic` lists them.
     _offline(
-        "lfm2-moe-replica", "LFM2-8B-A1B layout at tiny widths (random weights)", "text", False
+        "lfm2-moe-replica", "LFM2-8B-A1B layout at tiny widths (random weights)", MOE_REPO, False
     ),
-    _offline("lfm2-vl-450m-synthetic", "LFM2-VL-450M shape (random weights)", "vl", False),
-    _offline("lfm2-vl-1.6b-synthetic", "LFM2-VL-1.6B shape (random weights)", "vl", False),
-    _offline("lfm2-8b-a1b-synthetic", "LFM2-8B-A1B shape (random weights)", "text", False),
+    _offline("lfm2-vl-450m-synthetic", "LFM2-VL-450M shape (random weights)", VL_REPO, False),
+    _offline(
+        "lfm2-vl-1.6b-synthetic",
+        "LFM2-VL-1.6B shape (random weights)",
+        "LiquidAI/LFM2-VL-1.6B",
+        False,
+    ),
+    _offline("lfm2-8b-a1b-synthetic", "LFM2-8B-A1B shape (random weights)", MOE_REPO, False),
 )
 
 DEFAULT_MODEL = "LFM2-VL-450M"
@@ -180,7 +177,7 @@ class Catalog:
             kind=kind,
             sampling=VL_SAMPLING if kind == "vl" else MOE_SAMPLING,
             system_prompt=VL_SYSTEM_PROMPT if kind == "vl" else TEXT_SYSTEM_PROMPT,
-            processor_defaults=_vl_processor(False) if kind == "vl" else MappingProxyType({}),
+            hub_repo=VL_REPO if kind == "vl" else MOE_REPO,
         )
         self._specs[spec.id] = spec
         return spec

@@ -264,18 +264,18 @@ def build_tokenizer(vocab_size: int):
 
 
 def _generation_config(kind: str):
+    """The generation_config.json a hub checkpoint ships: the catalog's recommended sampling."""
     from transformers import GenerationConfig
 
-    temperature = 0.3 if kind == "moe" else 0.1
+    from lfmui.catalog import MOE_SAMPLING, VL_SAMPLING
+
     return GenerationConfig(
         bos_token_id=1,
         eos_token_id=7,
         pad_token_id=0,
         do_sample=True,
-        temperature=temperature,
-        min_p=0.15,
-        repetition_penalty=1.05,
         max_new_tokens=512,
+        **(MOE_SAMPLING if kind == "moe" else VL_SAMPLING),
     )
 
 

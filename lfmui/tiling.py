@@ -9,8 +9,8 @@ what the model is given. ``preview`` draws that plan over the picture.
 Two processor hazards are capped before the processor runs (``fit``): an image below the token
 minimum is upscaled by the processor with ceil rounding, which can overshoot the maximum, so it is
 resized here to a 32 px grid inside [min, max] tokens (the processor then leaves it as is);
-extreme aspect ratios are padded by ``images.load_safe`` (the processor clamps each side to at
-least 32 px, so a 1x65500 image would cost about 4,000 tokens against a 256 budget).
+an image longer than 16:1 is shrunk and padded here to that ratio (the processor clamps each
+side to at least 32 px, so a 1x65500 image would cost about 4,000 tokens against a 256 budget).
 """
 
 from __future__ import annotations

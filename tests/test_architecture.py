@@ -11,24 +11,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FLOORS = [
     {"lfmui", "lfmui.errors"},
-    # what everything may use: process memory, measurements, the offline builders, the call
-    # parser, the CPU weight kernels, the generation settings
+    # what everything may use: process memory, measurements, the call parser, the CPU weight
+    # kernels, the generation settings
     {
         "lfmui.heap",
         "lfmui.meters",
         "lfmui.measured",
         "lfmui.llamacpp",
-        "lfmui.offline",
         "lfmui.toolcalls",
         "lfmui.cpu_weights",
         "lfmui.settings",
     },
     {"lfmui.catalog", "lfmui.tiling", "lfmui.images", "lfmui.tools", "lfmui.moe_quant"},
-    {"lfmui.quant", "lfmui.hub", "lfmui.prompts", "lfmui.engine"},
+    {"lfmui.quant", "lfmui.hub", "lfmui.prompts", "lfmui.engine", "lfmui.offline"},
     {"lfmui.memory"},
     {"lfmui.manager"},
     {"lfmui.turns"},
-    {"lfmui.bench", "lfmui.session", "lfmui.ui.render", "lfmui.ui.queue", "lfmui.ui.guard"},
+    {"lfmui.bench", "lfmui.session", "lfmui.ui.render", "lfmui.ui.running", "lfmui.ui.guard"},
     {"lfmui.ui.gpu", "lfmui.ui.controls"},
     # the tabs and the API: none imports another
     {

@@ -17,8 +17,8 @@ from lfmui import toolcalls, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
-from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
+from lfmui.ui.running import ACCELERATOR
 
 MAX_SESSIONS_KEPT = 1000  # /last_metrics remembers this many clients, newest first
 _last_metrics: OrderedDict[str, dict[str, Any]] = OrderedDict()

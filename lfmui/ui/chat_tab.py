@@ -19,14 +19,13 @@ from lfmui.manager import ModelManager
 from lfmui.settings import SAMPLING, Settings
 from lfmui.ui import gpu
 from lfmui.ui.controls import TilingControls, sampling_control
-from lfmui.ui.queue import ACCELERATOR, Running
 from lfmui.ui.render import kept_on_error, to_chatbot, user_errors
+from lfmui.ui.running import ACCELERATOR, Running
 
 EXAMPLES = [
     str(Path(__file__).resolve().parents[2] / "assets" / "examples" / name)
     for name in ("chart.png", "house.png")
 ]
-HUB_FOR = {"vl": "LiquidAI/LFM2-VL-450M", "text": "LiquidAI/LFM2-8B-A1B"}  # offline builds
 _replies = Running(  # the chat's running reply per session
     "A reply is still streaming in this chat; wait for it or press Stop, then send again."
 )
@@ -239,7 +238,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
         if loaded is None:
             raise InputError("Load a model first; the code names it.")
         bundle = bundle_of(data)
-        repo = loaded.spec.location if loaded.spec.source == "hub" else HUB_FOR[loaded.spec.kind]
+        repo = loaded.spec.hub_repo
         url = str(request.request.base_url) if request.request else "http://127.0.0.1:7860/"
         return (
             gr.Code(session.transformers_code(bundle, repo, loaded.spec.kind), visible=True),

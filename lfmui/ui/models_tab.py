@@ -8,8 +8,8 @@ import gradio as gr
 
 from lfmui import measured, quant
 from lfmui.manager import GIB, ModelManager
-from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
+from lfmui.ui.running import ACCELERATOR
 
 
 def quantization_table(manager: ModelManager, model_id: str) -> str:

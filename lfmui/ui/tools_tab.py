@@ -18,8 +18,8 @@ from lfmui import tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
-from lfmui.ui.queue import ACCELERATOR, Running
 from lfmui.ui.render import fenced, safe_markdown, user_errors
+from lfmui.ui.running import ACCELERATOR, Running
 
 _runs = Running(  # the playground's running tool turn per session
     "A tool turn is still running here; wait for it or press Stop, then run again."

@@ -17,8 +17,8 @@ from lfmui.errors import InputError, NoModelLoaded
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
 from lfmui.ui.controls import MODEL_DEFAULT, TilingControls
-from lfmui.ui.queue import ACCELERATOR
 from lfmui.ui.render import user_errors
+from lfmui.ui.running import ACCELERATOR
 
 AB_HEADERS = ["preset", "image tokens", "prompt tokens", "TTFT s", "tok/s", "answer"]
 
