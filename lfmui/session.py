@@ -65,7 +65,7 @@ def export_session(
     return {
         "format": FORMAT,
         "model": model,
-        "system_prompt": system_prompt,
+        "system_prompt": system_prompt or "",  # an empty box can arrive as None
         "sampling": {k: sampling.get(k) for k in SAMPLING},
         "tiling": {k: tiling.get(k) for k in TILING_FIELDS},
         "use_tools": bool(use_tools),

@@ -67,14 +67,14 @@ def user_message(text: str, paths: list[str]) -> dict[str, Any]:
 
 
 def conversation_of(
-    chat: list[dict[str, Any]], system_prompt: str, reads_images: bool
+    chat: list[dict[str, Any]], system_prompt: str | None, reads_images: bool
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """The model conversation from a chat's turns ({"role", "text", "images"} for the user;
     "text" and the tool "messages" it exchanged for the assistant), and the indexes of the
     user turns whose images were left out because the model reads text only."""
     conversation: list[dict[str, Any]] = []
     dropped: list[int] = []
-    if system_prompt.strip():
+    if (system_prompt or "").strip():  # an empty box can arrive as None
         conversation.append({"role": "system", "content": system_prompt})
     for number, turn in enumerate(chat):
         if turn["role"] == "assistant":
@@ -158,6 +158,7 @@ def context_tokens(loaded: Any) -> int:
 
 # ---- the tool loop ---------------------------------------------------------------------------
 MAX_TOOL_ROUNDS = 3
+MAX_ROUNDS_CAP = 5
 Approve = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
@@ -280,8 +281,8 @@ class ToolTurn:
     ) -> ToolTurn:
         """A turn over `conversation` (the last message is the user's) with `registry`'s
         tools; the tool choice is stated in the system turn."""
-        if not 1 <= max_rounds <= 5:
-            raise InputError("max_rounds must be between 1 and 5.")
+        if not 1 <= max_rounds <= MAX_ROUNDS_CAP:
+            raise InputError(f"max_rounds must be between 1 and {MAX_ROUNDS_CAP}.")
         note = tool_instruction(tool_choice, list(registry))
         if note:
             _add_to_system(conversation, note)

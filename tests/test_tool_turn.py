@@ -256,3 +256,26 @@ def test_a_paused_turn_resumes_with_edited_results_and_replays_the_same(vl_manag
     assert trace["final"] == {"text": "Edited: 99 F.", "reason": "eos"}
     with pytest.raises(InputError, match="has ended"):
         list(turns.run_tool_turn(vl_manager, turn, **options))
+
+
+def test_a_chat_becomes_a_conversation_without_changing_the_chat(tmp_path):
+    """The chat's turns (an empty system prompt box arrives as None) become the model
+    conversation; for a text-only model the images are left out and their turns named, and
+    the chat itself is not changed."""
+    from PIL import Image
+
+    path = str(tmp_path / "red.png")
+    Image.new("RGB", (64, 48), "red").save(path)
+    chat = [
+        {"role": "user", "text": "What is it?", "images": [path]},
+        {"role": "assistant", "text": "Red.", "messages": []},
+        {"role": "user", "text": "Sure?", "images": []},
+    ]
+    before = json.dumps(chat)
+    conversation, dropped = turns.conversation_of(chat, None, reads_images=True)
+    assert [m["role"] for m in conversation] == ["user", "assistant", "user"]
+    assert conversation[0]["content"][0]["image"].size == (64, 48) and dropped == []
+    conversation, dropped = turns.conversation_of(chat, "Be brief.", reads_images=False)
+    assert conversation[0] == {"role": "system", "content": "Be brief."}
+    assert [p["type"] for p in conversation[1]["content"]] == ["text"] and dropped == [0]
+    assert json.dumps(chat) == before

@@ -13,9 +13,10 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import toolcalls, tools, turns
+from lfmui import tiling, toolcalls, tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
+from lfmui.settings import FIELDS as SETTING_KEYS
 from lfmui.ui import gpu
 from lfmui.ui.render import user_errors
 from lfmui.ui.running import ACCELERATOR
@@ -40,25 +41,28 @@ def parse_settings(settings_json: str) -> dict[str, Any]:
     return settings
 
 
-def build(manager: ModelManager) -> None:
-    """Register the API endpoints (call inside the Blocks context)."""
+class PublicApi:
+    """The endpoints, one method each; ``build`` registers them under DESIGN.md's names."""
 
-    def models() -> list[dict[str, Any]]:
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    def models(self) -> list[dict[str, Any]]:
         """The catalog, with each quantization level: available here, its memory estimate,
         and whether the model fits at it now."""
         return [
-            {**spec.to_json(), "quantizations": manager.levels(spec.id)}
-            for spec in manager.catalog.listed()
+            {**spec.to_json(), "quantizations": self.manager.levels(spec.id)}
+            for spec in self.manager.catalog.listed()
         ]
 
     @user_errors
-    def load_model(model_id: str, quantization: str) -> dict[str, Any]:
+    def load_model(self, model_id: str, quantization: str) -> dict[str, Any]:
         """Load a catalog model at a quantization level (bf16, fp16, fp32, int8, nf4)."""
-        return manager.load(model_id, quantization)
+        return self.manager.load(model_id, quantization)
 
     @user_errors
     def generate(
-        prompt: str, image_files: list[str] | None, settings_json: str, request: gr.Request
+        self, prompt: str, image_files: list[str] | None, settings_json: str, request: gr.Request
     ):
         """Stream the answer to one prompt (with optional images) as growing text."""
         settings = parse_settings(settings_json)
@@ -70,7 +74,7 @@ def build(manager: ModelManager) -> None:
             raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
         answer = ""
         conversation = [turns.user_message(prompt or "", files)]
-        for event in gpu.chat_turn(manager, conversation, settings=settings, tiling=cut):
+        for event in gpu.chat_turn(self.manager, conversation, settings=settings, tiling=cut):
             if event.kind == "text":
                 answer += event.text
                 yield answer
@@ -86,17 +90,16 @@ def build(manager: ModelManager) -> None:
         yield answer
 
     @user_errors
-    def plan_tiles(image: str, tiling_json: str) -> dict[str, Any]:
-        """How the loaded model's processor cuts `image` under tiling_json (a JSON object of
-        do_image_splitting, min_tiles, max_tiles, use_thumbnail, min_image_tokens,
-        max_image_tokens; empty = the model's defaults): grid, tiles, thumbnail, image_tokens."""
+    def plan_tiles(self, image: str, tiling_json: str) -> dict[str, Any]:
+        """How the loaded model's processor cuts `image` under tiling_json (see the keys
+        below; empty = the model's defaults): grid, tiles, thumbnail, image_tokens."""
         values = parse_settings(tiling_json) or None
         if not image:
             raise InputError("Send an image file.")
-        return turns.inspect_image(manager, image, values)[1]
+        return turns.inspect_image(self.manager, image, values)[1]
 
     @user_errors
-    def parse_tool_calls(text: str, tools_json: str) -> dict[str, Any]:
+    def parse_tool_calls(self, text: str, tools_json: str) -> dict[str, Any]:
         """Parse LFM2 tool calls out of model text: {calls, errors, text}. tools_json (a JSON
         list of tool schemas; empty = the built-ins) validates the calls."""
         if len(text or "") > 200_000:
@@ -105,39 +108,60 @@ def build(manager: ModelManager) -> None:
         return toolcalls.parse(text or "", schemas).to_json()
 
     @user_errors
-    def tool_turn(prompt: str, tools_json: str, settings_json: str) -> dict[str, Any]:
+    def tool_turn(self, prompt: str, tools_json: str, settings_json: str) -> dict[str, Any]:
         """One full tool turn (automatic results) and its trace: the rounds with the raw model
         text, parsed calls, errors and results, then the final answer."""
         settings = parse_settings(settings_json)
         choice = str(settings.pop("tool_choice", "auto"))
         rounds = settings.pop("max_rounds", turns.MAX_TOOL_ROUNDS)
         if not isinstance(rounds, int) or isinstance(rounds, bool):
-            raise InputError("max_rounds must be a whole number between 1 and 5.")
+            raise InputError(
+                f"max_rounds must be a whole number between 1 and {turns.MAX_ROUNDS_CAP}."
+            )
         if not (prompt or "").strip():
             raise InputError("Send a request for the model.")
         registry = tools.registry_from_json(tools_json)
         conversation = [{"role": "user", "content": prompt}]
         turn = turns.ToolTurn.start(conversation, registry, choice, rounds)
-        for _ in gpu.run_tool_turn(manager, turn, settings=settings):
+        for _ in gpu.run_tool_turn(self.manager, turn, settings=settings):
             pass
-        loaded = manager.current()
+        loaded = self.manager.current()
         return {**turn.to_json(), "random_weights": bool(loaded and loaded.spec.random_weights)}
 
-    def last_metrics(request: gr.Request) -> dict[str, Any]:
+    def last_metrics(self, request: gr.Request) -> dict[str, Any]:
         """Metrics of this client's last /generate call."""
         return _last_metrics.get(request.session_hash, {})
 
-    gr.api(models, api_name="models")
-    gr.api(load_model, api_name="load_model", **ACCELERATOR)
-    gr.api(last_metrics, api_name="last_metrics")
-    gr.api(parse_tool_calls, api_name="parse_tool_calls")
-    gr.api(tool_turn, api_name="tool_turn", **ACCELERATOR)
+
+# The documented keys, read from their one definition (lfmui.settings, lfmui.tiling).
+_KEYS = (
+    f"settings_json: a JSON object of {', '.join(SETTING_KEYS)}, and a key tiling: an object "
+    f"of {', '.join(tiling.FIELDS)} (this request only)."
+)
+PublicApi.generate.__doc__ = f"Stream the answer to one prompt (with images) as text. {_KEYS}"
+PublicApi.plan_tiles.__doc__ = (
+    "How the loaded model's processor cuts an image under tiling_json (a JSON object of "
+    f"{', '.join(tiling.FIELDS)}; empty = the model's defaults): grid, tiles, thumbnail, "
+    "image_tokens."
+)
+
+
+def build(manager: ModelManager) -> None:
+    """Register the API endpoints (call inside the Blocks context)."""
+    api = PublicApi(manager)
+    gr.api(api.models, api_name="models")
+    gr.api(api.load_model, api_name="load_model", **ACCELERATOR)
+    gr.api(api.last_metrics, api_name="last_metrics")
+    gr.api(api.parse_tool_calls, api_name="parse_tool_calls")
+    gr.api(api.tool_turn, api_name="tool_turn", **ACCELERATOR)
     with gr.Column(visible=False):
         tile_image = gr.File(type="filepath", file_types=["image"], label="Image")
         tile_settings = gr.Textbox(label="Tiling JSON")
         tile_plan = gr.JSON(label="Plan")
         tile_trigger = gr.Button("Plan tiles")
-    tile_trigger.click(plan_tiles, [tile_image, tile_settings], tile_plan, api_name="plan_tiles")
+    tile_trigger.click(
+        api.plan_tiles, [tile_image, tile_settings], tile_plan, api_name="plan_tiles"
+    )
     with gr.Column(visible=False):
         prompt = gr.Textbox(label="Prompt")
         files = gr.File(
@@ -147,7 +171,7 @@ def build(manager: ModelManager) -> None:
         answer = gr.Textbox(label="Answer")
         trigger = gr.Button("Generate")
     trigger.click(
-        generate,
+        api.generate,
         [prompt, files, settings],
         answer,
         api_name="generate",

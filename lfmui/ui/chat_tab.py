@@ -120,65 +120,96 @@ def apply_step(reply: dict[str, Any], step: turns.Step) -> None:
         reply.update(status="error", error=step.error)
 
 
-def build(manager: ModelManager) -> dict[str, Any]:
-    state = gr.State([])
-    chatbot = gr.Chatbot(label="Chat", height=480, sanitize_html=True, render_markdown=True)
-    box = gr.MultimodalTextbox(
-        placeholder="Type a message, paste or drop an image…",
-        file_types=["image"],
-        file_count="multiple",
-        label="Message",
-        show_label=False,
-        sources=["upload"],
-    )
-    gr.Examples(
-        [
-            {"text": "What does this chart show? Which month is highest?", "files": [EXAMPLES[0]]},
-            {"text": "Describe this picture in one sentence.", "files": [EXAMPLES[1]]},
-            {"text": "Write a haiku about small, fast language models.", "files": []},
-        ],
-        inputs=box,
-        label="Examples (they fill the box; press Enter to send)",
-    )
-    with gr.Row():
-        stop_button = gr.Button("Stop", variant="stop")
-        regenerate_button = gr.Button("Regenerate")
-        undo_button = gr.Button("Undo last turn (edit)")
-        clear_button = gr.Button("Clear")
-    with gr.Accordion("Generation settings", open=False):
-        system_prompt = gr.Textbox(label="System prompt", lines=2)
-        with gr.Row():
-            controls = [sampling_control(name) for name in SAMPLING]
-        use_tools = gr.Checkbox(
-            False, label="Use tools (the playground's built-ins: calculator, units, dates, …)"
+class ChatTab:
+    """The Chat tab: its components (made in ``__init__``) and its handlers, each reading its
+    inputs as one dict of components (gradio still injects the request)."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self.state = gr.State([])
+        self.chatbot = gr.Chatbot(
+            label="Chat", height=480, sanitize_html=True, render_markdown=True
         )
-    with gr.Accordion("Image detail", open=False):
-        image_detail = TilingControls("applies to the next message you send")
-        open_inspector = gr.Button("Open the tiling inspector", size="sm")
-    with gr.Accordion("Session: export, import, copy as code", open=False):
+        self.box = gr.MultimodalTextbox(
+            placeholder="Type a message, paste or drop an image…",
+            file_types=["image"],
+            file_count="multiple",
+            label="Message",
+            show_label=False,
+            sources=["upload"],
+        )
+        chart, house = EXAMPLES
+        gr.Examples(
+            [
+                {
+                    "text": "What does this chart show? Which month is highest?",
+                    "files": [EXAMPLES[0]],
+                },
+                {"text": "Describe this picture in one sentence.", "files": [EXAMPLES[1]]},
+                {"text": "Write a haiku about small, fast language models.", "files": []},
+            ],
+            inputs=self.box,
+            label="Examples (they fill the box; press Enter to send)",
+        )
         with gr.Row():
-            export_button = gr.Button("Export session", size="sm")
-            code_button = gr.Button("Show as code", size="sm")
-        with gr.Row():
-            exported = gr.File(label="Exported session (download)", interactive=False)
-            imported = gr.File(label="Import a session file", file_types=[".json"])
-        transformers_box = gr.Code(language="python", label="transformers code", visible=False)
-        client_box = gr.Code(language="python", label="gradio_client code", visible=False)
+            self.stop_button = gr.Button("Stop", variant="stop")
+            self.regenerate_button = gr.Button("Regenerate")
+            self.undo_button = gr.Button("Undo last turn (edit)")
+            self.clear_button = gr.Button("Clear")
+        with gr.Accordion("Generation settings", open=False):
+            self.system_prompt = gr.Textbox(label="System prompt", lines=2)
+            with gr.Row():
+                self.controls = [sampling_control(name) for name in SAMPLING]
+            self.use_tools = gr.Checkbox(
+                False, label="Use tools (the playground's built-ins: calculator, units, dates, …)"
+            )
+        with gr.Accordion("Image detail", open=False):
+            self.image_detail = TilingControls("applies to the next message you send")
+            self.open_inspector = gr.Button("Open the tiling inspector", size="sm")
+        with gr.Accordion("Session: export, import, copy as code", open=False):
+            with gr.Row():
+                self.export_button = gr.Button("Export session", size="sm")
+                self.code_button = gr.Button("Show as code", size="sm")
+            with gr.Row():
+                self.exported = gr.File(label="Exported session (download)", interactive=False)
+                self.imported = gr.File(label="Import a session file", file_types=[".json"])
+            self.transformers_box = gr.Code(
+                language="python", label="transformers code", visible=False
+            )
+            self.client_box = gr.Code(language="python", label="gradio_client code", visible=False)
+        self._wire()
 
-    # Handlers take their inputs as one dict (a set of components): the six controls are read
-    # in one place, and gradio still injects the request.
-    def settings_from(data: dict) -> dict[str, Any]:
-        return settings_of([data[c] for c in controls])
+    # ---- reading the controls -------------------------------------------------------------
+    def settings(self, data: dict) -> dict[str, Any]:
+        return settings_of([data[c] for c in self.controls])
 
-    def reply_into(history: list, data: dict, stop: threading.Event):
-        settings, detail = settings_from(data), image_detail.values(data)
+    def _reply(self, history: list, data: dict, stop: threading.Event):
         return stream_reply(
-            manager, history, data[system_prompt], settings, stop, detail, data[use_tools]
+            self.manager,
+            history,
+            data[self.system_prompt],
+            self.settings(data),
+            stop,
+            self.image_detail.values(data),
+            data[self.use_tools],
         )
 
+    def _bundle(self, data: dict) -> dict[str, Any]:
+        loaded = self.manager.current()
+        model = {"id": loaded.spec.id, "quantization": loaded.quantization} if loaded else {}
+        return session.export_session(
+            data[self.state],
+            model,
+            data[self.system_prompt],
+            self.settings(data),
+            self.image_detail.values(data),
+            data[self.use_tools],
+        )
+
+    # ---- handlers --------------------------------------------------------------------------
     @kept_on_error(outputs=3)
-    def on_submit(data: dict, request: gr.Request):
-        message = data[box] or {}
+    def on_submit(self, data: dict, request: gr.Request):
+        message = data[self.box] or {}
         text = message.get("text", "") or ""
         files = list(message.get("files", []) or [])
         if not text.strip() and not files:
@@ -187,22 +218,23 @@ def build(manager: ModelManager) -> dict[str, Any]:
             raise InputError(f"Attach at most {turns.MAX_IMAGES_PER_MESSAGE} images per message.")
         turns.user_message(text, files)  # bad images are refused before the message is kept
         with _replies.one(request.session_hash) as stop:  # before the box empties
-            history = [*data[state], {"role": "user", "text": text, "images": files}]
+            history = [*data[self.state], {"role": "user", "text": text, "images": files}]
             yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
-            for update in reply_into(history, data, stop):
+            for update in self._reply(history, data, stop):
                 yield *update, gr.skip()
 
     @kept_on_error(outputs=2)
-    def on_regenerate(data: dict, request: gr.Request):
-        history = list(data[state])
+    def on_regenerate(self, data: dict, request: gr.Request):
+        history = list(data[self.state])
         while history and history[-1]["role"] == "assistant":
             history.pop()
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
         with _replies.one(request.session_hash) as stop:
-            yield from reply_into(history, data, stop)
+            yield from self._reply(history, data, stop)
 
-    def on_undo(history):
+    @staticmethod
+    def on_undo(history: list):
         history = list(history)
         while history and history[-1]["role"] == "assistant":
             history.pop()
@@ -211,47 +243,38 @@ def build(manager: ModelManager) -> dict[str, Any]:
         last = history.pop()
         return history, to_chatbot(history), {"text": last["text"], "files": last["images"]}
 
+    @staticmethod
     def on_stop(request: gr.Request) -> None:
         _replies.stop(request.session_hash)
 
-    def bundle_of(data: dict) -> dict[str, Any]:
-        loaded = manager.current()
-        model = {"id": loaded.spec.id, "quantization": loaded.quantization} if loaded else {}
-        return session.export_session(
-            data[state],
-            model,
-            data[system_prompt],
-            settings_from(data),
-            image_detail.values(data),
-            data[use_tools],
-        )
-
     @user_errors
-    def on_export(data: dict):
-        if not data[state]:
+    def on_export(self, data: dict):
+        if not data[self.state]:
             raise InputError("Nothing to export yet: send a message first.")
-        return session.write_bundle(bundle_of(data))
+        return session.write_bundle(self._bundle(data))
 
     @user_errors
-    def on_show_code(data: dict, request: gr.Request):
-        loaded = manager.current()
+    def on_show_code(self, data: dict, request: gr.Request):
+        loaded = self.manager.current()
         if loaded is None:
             raise InputError("Load a model first; the code names it.")
-        bundle = bundle_of(data)
-        repo = loaded.spec.hub_repo
+        bundle = self._bundle(data)
         url = str(request.request.base_url) if request.request else "http://127.0.0.1:7860/"
         return (
-            gr.Code(session.transformers_code(bundle, repo, loaded.spec.kind), visible=True),
+            gr.Code(
+                session.transformers_code(bundle, loaded.spec.hub_repo, loaded.spec.kind),
+                visible=True,
+            ),
             gr.Code(session.client_code(bundle, url), visible=True),
         )
 
     @user_errors
-    def on_import(path: str | None):
+    def on_import(self, path: str | None):
         if not path:
-            return [gr.skip()] * (3 + len(controls) + len(image_detail.knobs) + 2)
+            return [gr.skip()] * len(self._import_outputs())
         bundle = session.read_bundle(path)
         restored = session.restore_turns(bundle)
-        loaded = manager.current()
+        loaded = self.manager.current()
         wanted = bundle["model"].get("id")
         if wanted and (loaded is None or loaded.spec.id != wanted):
             gr.Warning(
@@ -268,53 +291,55 @@ def build(manager: ModelManager) -> dict[str, Any]:
             bool(bundle.get("use_tools")),
         ]
 
-    inputs = {state, system_prompt, use_tools, *controls, *image_detail.knobs}
-    export_button.click(on_export, inputs, exported, api_visibility="private")
-    code_button.click(
-        on_show_code, inputs, [transformers_box, client_box], api_visibility="private"
-    )
-    imported.upload(
-        on_import,
-        imported,
-        [
-            state,
-            chatbot,
-            system_prompt,
-            *controls,
-            *image_detail.knobs,
-            image_detail.preset,
-            use_tools,
-        ],
-        api_visibility="private",
-    )
-    submitted = box.submit(
-        on_submit,
-        {box, *inputs},
-        [state, chatbot, box],
-        api_visibility="private",
-        **ACCELERATOR,
-    )
-    regenerated = regenerate_button.click(
-        on_regenerate,
-        inputs,
-        [state, chatbot],
-        api_visibility="private",
-        **ACCELERATOR,
-    )
-    undo_button.click(on_undo, state, [state, chatbot, box], queue=False, api_visibility="private")
-    stop_button.click(on_stop, None, None, queue=False, api_visibility="private")
-    if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
-        stop_button.click(None, None, None, cancels=[submitted, regenerated])
-    clear_button.click(
-        lambda: ([], []), None, [state, chatbot], queue=False, api_visibility="private"
-    )
-    # the Chatbot's own trash icon clears the rendering; the conversation must go with it
-    chatbot.clear(lambda: [], None, state, queue=False, api_visibility="private")
+    def _import_outputs(self) -> list[Any]:
+        detail = self.image_detail
+        return [
+            self.state,
+            self.chatbot,
+            self.system_prompt,
+            *self.controls,
+            *detail.knobs,
+            detail.preset,
+            self.use_tools,
+        ]
+
+    def _wire(self) -> None:
+        private = {"api_visibility": "private"}
+        inputs = {
+            self.state,
+            self.system_prompt,
+            self.use_tools,
+            *self.controls,
+            *self.image_detail.knobs,
+        }
+        self.export_button.click(self.on_export, inputs, self.exported, **private)
+        self.code_button.click(
+            self.on_show_code, inputs, [self.transformers_box, self.client_box], **private
+        )
+        self.imported.upload(self.on_import, self.imported, self._import_outputs(), **private)
+        chat = [self.state, self.chatbot]
+        submitted = self.box.submit(
+            self.on_submit, {self.box, *inputs}, [*chat, self.box], **private, **ACCELERATOR
+        )
+        regenerated = self.regenerate_button.click(
+            self.on_regenerate, inputs, chat, **private, **ACCELERATOR
+        )
+        self.undo_button.click(self.on_undo, self.state, [*chat, self.box], queue=False, **private)
+        self.stop_button.click(self.on_stop, None, None, queue=False, **private)
+        if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
+            self.stop_button.click(None, None, None, cancels=[submitted, regenerated])
+        self.clear_button.click(lambda: ([], []), None, chat, queue=False, **private)
+        # the Chatbot's own trash icon clears the rendering; the conversation must go with it
+        self.chatbot.clear(lambda: [], None, self.state, queue=False, **private)
+
+
+def build(manager: ModelManager) -> dict[str, Any]:
+    tab = ChatTab(manager)
     return {
-        "system_prompt": system_prompt,
-        "controls": controls,
-        "image_detail": image_detail,
-        "open_inspector": open_inspector,
+        "system_prompt": tab.system_prompt,
+        "controls": tab.controls,
+        "image_detail": tab.image_detail,
+        "open_inspector": tab.open_inspector,
     }
 
 

@@ -18,6 +18,7 @@ from lfmui import tools, turns
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
+from lfmui.ui.controls import sampling_control
 from lfmui.ui.render import fenced, safe_markdown, user_errors
 from lfmui.ui.running import ACCELERATOR, Running
 
@@ -96,101 +97,113 @@ def edited_results(text: str, expected: int) -> list[tools.ToolResult]:
     return out
 
 
-def build(manager: ModelManager) -> None:
-    gr.Markdown(
-        "Give the model tools, ask something, and watch each round: what the model wrote "
-        "(special tokens shown), how it was parsed, what ran and what went back."
-    )
-    state = gr.State(None)
-    with gr.Row():
-        with gr.Column(scale=1):
-            tools_json = gr.Code(
-                EXAMPLES_JSON,
-                language="json",
-                label="Tool definitions (JSON list)",
-                lines=12,
-                max_lines=24,
-            )
-            examples = gr.Button("Load the built-in examples", size="sm")
-            choice = gr.Dropdown(
-                ["auto", "none", *tools.BUILTINS],
-                value="auto",
-                label="Tool choice",
-                allow_custom_value=True,
-            )
-            mode = gr.Radio(
-                ["automatic", "manual"],
-                value="automatic",
-                label="Tool results",
-                info="manual: edit each result before it goes back to the model",
-            )
-            with gr.Row():
-                max_rounds = gr.Slider(1, 5, value=3, step=1, label="Max rounds")
-                new_tokens = gr.Slider(8, 1024, value=256, step=8, label="Max new tokens")
-        with gr.Column(scale=2):
-            prompt = gr.Textbox(
-                label="Request", value="What is the weather in Paris, in fahrenheit?", lines=2
-            )
-            image = gr.Image(type="filepath", label="Image (optional, for image_facts)", height=140)
-            with gr.Row():
-                run = gr.Button("Run", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-            pending = gr.Code(
-                language="json",
-                label="Tool results to send (edit, then send)",
-                visible=False,
-                lines=6,
-            )
-            send = gr.Button("Send results", visible=False)
-            trace = gr.Markdown(elem_id="tool-trace")
+class ToolsTab:
+    """The playground: its components (made in ``__init__``) and its handlers."""
 
-    def stream(run_state, data, session):
-        settings = {"max_new_tokens": int(data[new_tokens]), "temperature": 0.0}
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        gr.Markdown(
+            "Give the model tools, ask something, and watch each round: what the model wrote "
+            "(special tokens shown), how it was parsed, what ran and what went back."
+        )
+        self.state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                self.tools_json = gr.Code(
+                    EXAMPLES_JSON,
+                    language="json",
+                    label="Tool definitions (JSON list)",
+                    lines=12,
+                    max_lines=24,
+                )
+                self.examples = gr.Button("Load the built-in examples", size="sm")
+                self.choice = gr.Dropdown(
+                    ["auto", "none", *tools.BUILTINS],
+                    value="auto",
+                    label="Tool choice",
+                    allow_custom_value=True,
+                )
+                self.mode = gr.Radio(
+                    ["automatic", "manual"],
+                    value="automatic",
+                    label="Tool results",
+                    info="manual: edit each result before it goes back to the model",
+                )
+                with gr.Row():
+                    self.max_rounds = gr.Slider(
+                        1,
+                        turns.MAX_ROUNDS_CAP,
+                        value=turns.MAX_TOOL_ROUNDS,
+                        step=1,
+                        label="Max rounds",
+                    )
+                    self.new_tokens = sampling_control("max_new_tokens")
+            with gr.Column(scale=2):
+                self.prompt = gr.Textbox(
+                    label="Request", value="What is the weather in Paris, in fahrenheit?", lines=2
+                )
+                self.image = gr.Image(
+                    type="filepath", label="Image (optional, for image_facts)", height=140
+                )
+                with gr.Row():
+                    self.run = gr.Button("Run", variant="primary")
+                    self.stop = gr.Button("Stop", variant="stop")
+                self.pending = gr.Code(
+                    language="json",
+                    label="Tool results to send (edit, then send)",
+                    visible=False,
+                    lines=6,
+                )
+                self.send = gr.Button("Send results", visible=False)
+                self.trace = gr.Markdown(elem_id="tool-trace")
+        self._wire()
+
+    def _stream(self, run_state: dict[str, Any], data: dict, session: str):
+        settings = {"max_new_tokens": int(data[self.new_tokens]), "temperature": 0.0}
         turn = run_state["turn"]
         with _runs.one(session) as stop_flag:
             steps = gpu.run_tool_turn(
-                manager,
+                self.manager,
                 turn,
                 settings=settings,
                 stop=stop_flag,
-                pause=data[mode] == "manual",
+                pause=data[self.mode] == "manual",
             )
             for _ in steps:
                 waiting = turn.pending
+                shown = json.dumps([r.to_json() for r in waiting], indent=1) if waiting else ""
                 yield (
                     run_state,
                     render_trace(turn, run_state["noise"]),
-                    gr.Code(
-                        value=json.dumps([r.to_json() for r in waiting], indent=1)
-                        if waiting
-                        else "",
-                        visible=bool(waiting),
-                    ),
+                    gr.Code(value=shown, visible=bool(waiting)),
                     gr.Button(visible=bool(waiting)),
                 )
 
     @user_errors
-    def on_run(data: dict, request: gr.Request):
+    def on_run(self, data: dict, request: gr.Request):
         fresh = {
-            "prompt": data[prompt],
-            "image": data[image],
-            "tools_json": data[tools_json],
-            "choice": data[choice],
+            "prompt": data[self.prompt],
+            "image": data[self.image],
+            "tools_json": data[self.tools_json],
+            "choice": data[self.choice],
         }
-        yield from stream(_start(manager, fresh, int(data[max_rounds])), data, request.session_hash)
+        run_state = _start(self.manager, fresh, int(data[self.max_rounds]))
+        yield from self._stream(run_state, data, request.session_hash)
 
     @user_errors
-    def on_send(data: dict, request: gr.Request):
-        run_state = data[state]
+    def on_send(self, data: dict, request: gr.Request):
+        run_state = data[self.state]
         if not run_state or run_state["turn"].pending is None:
             raise InputError("There are no tool results waiting to be sent.")
         turn = run_state["turn"]
-        turn.resume(edited_results(data[pending], len(turn.pending)))
-        yield from stream(run_state, data, request.session_hash)
+        turn.resume(edited_results(data[self.pending], len(turn.pending)))
+        yield from self._stream(run_state, data, request.session_hash)
 
+    @staticmethod
     def on_stop(request: gr.Request) -> None:
         _runs.stop(request.session_hash)
 
+    @staticmethod
     def on_tools_change(text: str):
         try:
             names = list(tools.registry_from_json(text))
@@ -199,10 +212,26 @@ def build(manager: ModelManager) -> None:
             return gr.skip()
         return gr.Dropdown(choices=["auto", "none", *names])
 
-    inputs = {state, prompt, image, tools_json, choice, mode, max_rounds, new_tokens, pending}
-    outputs = [state, trace, pending, send]
-    run.click(on_run, inputs, outputs, api_visibility="private", **ACCELERATOR)
-    send.click(on_send, inputs, outputs, api_visibility="private", **ACCELERATOR)
-    stop.click(on_stop, None, None, queue=False, api_visibility="private")
-    examples.click(lambda: EXAMPLES_JSON, None, tools_json, api_visibility="private")
-    tools_json.blur(on_tools_change, tools_json, choice, api_visibility="private")
+    def _wire(self) -> None:
+        private = {"api_visibility": "private"}
+        inputs = {
+            self.state,
+            self.prompt,
+            self.image,
+            self.tools_json,
+            self.choice,
+            self.mode,
+            self.max_rounds,
+            self.new_tokens,
+            self.pending,
+        }
+        outputs = [self.state, self.trace, self.pending, self.send]
+        self.run.click(self.on_run, inputs, outputs, **private, **ACCELERATOR)
+        self.send.click(self.on_send, inputs, outputs, **private, **ACCELERATOR)
+        self.stop.click(self.on_stop, None, None, queue=False, **private)
+        self.examples.click(lambda: EXAMPLES_JSON, None, self.tools_json, **private)
+        self.tools_json.blur(self.on_tools_change, self.tools_json, self.choice, **private)
+
+
+def build(manager: ModelManager) -> None:
+    ToolsTab(manager)
