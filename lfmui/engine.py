@@ -138,7 +138,7 @@ def stream(
         "streamer": streamer,
         "stopping_criteria": criteria,
     }
-    failure: list[BaseException] = []
+    failure: list[tuple[str, str]] = []  # (exception name, what the user is told)
     timing: dict[str, float] = {}
     on_cuda = loaded.device == "cuda"
 

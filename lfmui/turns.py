@@ -181,7 +181,7 @@ class Parsed:
     errors: list[str]
     text: str
     metrics: dict[str, Any]
-    reason: str  # the engine's done reason: eos, length, stopped
+    reason: str  # the engine's done reason: eos, stopped, max_tokens, time_limit
     kind: ClassVar[str] = "parsed"
 
     @property

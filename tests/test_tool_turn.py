@@ -279,3 +279,22 @@ def test_a_chat_becomes_a_conversation_without_changing_the_chat(tmp_path):
     assert conversation[0] == {"role": "system", "content": "Be brief."}
     assert [p["type"] for p in conversation[1]["content"]] == ["text"] and dropped == [0]
     assert json.dumps(chat) == before
+
+
+def test_a_streaming_reply_renders_only_itself_per_token(vl_manager, monkeypatch):
+    """The chat renders the earlier turns once per reply and the reply at every token: what
+    it shows equals rendering the whole chat."""
+    from lfmui.ui import chat_tab, render
+
+    rendered = []
+    real = render.to_chatbot
+    monkeypatch.setattr(chat_tab, "to_chatbot", lambda t: rendered.append(len(t)) or real(t))
+    history = [
+        {"role": "user", "text": "hi", "images": []},
+        {"role": "assistant", "text": "hello", "status": "eos", "metrics": {}},
+        {"role": "user", "text": "more", "images": []},
+    ]
+    settings = {"max_new_tokens": 8, "temperature": 1.0}
+    updates = list(chat_tab.stream_reply(vl_manager, history, "", settings, threading.Event()))
+    assert len(updates) > 3 and rendered[0] == 3 and set(rendered[1:]) == {1}
+    assert updates[-1][1] == real(history)

@@ -64,21 +64,22 @@ def stream_reply(
             turn["images_dropped"] = number in dropped  # the chat says they were not sent
         if dropped:
             gr.Warning(f"{loaded.spec.id} reads text only: the images in this chat are not sent.")
+        earlier = to_chatbot(history)  # rendered once: only the reply changes per token
         history.append(reply)
-        yield history, to_chatbot(history)
+        yield history, earlier + to_chatbot([reply])
         if use_tools:
             registry = dict(tools.BUILTINS)
             for step in gpu.tool_turn(
                 manager, conversation, registry, settings=settings, stop=stop, tiling=tiling
             ):
                 apply_step(reply, step)
-                yield history, to_chatbot(history)
+                yield history, earlier + to_chatbot([reply])
             return
         for event in gpu.chat_turn(
             manager, conversation, settings=settings, stop=stop, tiling=tiling
         ):
             apply_event(reply, event)
-            yield history, to_chatbot(history)
+            yield history, earlier + to_chatbot([reply])
     except LfmuiError as exc:
         if reply not in history:
             history.append(reply)
