@@ -298,3 +298,50 @@ def test_a_streaming_reply_renders_only_itself_per_token(vl_manager, monkeypatch
     updates = list(chat_tab.stream_reply(vl_manager, history, "", settings, threading.Event()))
     assert len(updates) > 3 and rendered[0] == 3 and set(rendered[1:]) == {1}
     assert updates[-1][1] == real(history)
+
+
+def test_on_zerogpu_every_option_reaches_the_worker_and_its_steps_apply_here(
+    vl_manager, monkeypatch
+):
+    """ZeroGPU runs the turn in a worker process: every option but the Stop flag is forwarded
+    (approve and generate_kwargs included), and the worker's steps are applied to the
+    caller's ToolTurn, whose own copy the worker never touches."""
+    import copy
+    import sys
+    import types
+
+    from lfmui.ui import gpu
+
+    seen = {}
+
+    def worker_boundary(duration):  # spaces.GPU: the arguments are copied into the worker
+        def wrap(fn):
+            def run(first, **options):
+                seen.update(options)
+                yield from fn(copy.deepcopy(first), **options)
+
+            return run
+
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=worker_boundary))
+    monkeypatch.setattr(gpu, "zerogpu", lambda: True)
+    wrapped = gpu.on_gpu(turns.run_tool_turn)
+    call = f'{START}[get_weather(city="Paris")]{END}'
+    _, kwargs = _script(vl_manager, [call, "Done."])
+    approve = lambda c: {**c, "arguments": {"city": "London"}}  # noqa: E731
+    turn = turns.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
+    steps = list(
+        wrapped(
+            vl_manager,
+            turn,
+            settings={"max_new_tokens": 32},
+            stop=threading.Event(),
+            approve=approve,
+            generate_kwargs=kwargs,
+        )
+    )
+    assert "stop" not in seen and seen["approve"] is approve and seen["generate_kwargs"] is kwargs
+    assert steps[-1].kind == "final" and turn.final == steps[-1]
+    assert [m["role"] for m in turn.conversation] == ["user", "assistant", "tool"]
+    assert json.loads(turn.conversation[-1]["content"])["city"] == "London"
