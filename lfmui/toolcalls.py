@@ -8,8 +8,13 @@ are accepted as argument values.
 
 Policy, stated once:
 - Argument values are literals: strings, finite numbers, True/False/None (and JSON's true, false,
-  null), lists, tuples (as lists), dicts with string keys, and a unary minus on a number. Names,
-  calls, operators (``10**100``), f-strings, lambdas, sets and comprehensions are errors.
+  null), lists, tuples and sets (as lists), dicts with string keys, and a unary minus on a
+  number. Names, calls, operators (``10**100``), f-strings, lambdas and comprehensions are errors.
+- Each call stands alone: one that cannot be used is an error beside the calls that can.
+- What real LFM2 replies get wrong and a reader agrees on is repaired in the text of a call that
+  does not parse, and each repair is reported (``Parsed.repairs``): a raw newline, tab or NUL
+  inside a string is escaped; an apostrophe between two letters inside a single-quoted string is
+  escaped; an integer written with leading zeros (``07``) loses them. Nothing else is guessed.
 - Integers beyond 64 bits, NaN and infinities (``1e999``) are errors: results stay valid JSON.
 - Positional arguments are matched to the tool's parameters in the order its schema lists them;
   more of them than parameters, or a positional argument for an unknown tool, is an error.
@@ -24,6 +29,7 @@ Policy, stated once:
 from __future__ import annotations
 
 import ast
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -44,9 +50,15 @@ class Parsed:
     calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments"}
     errors: list[str] = field(default_factory=list)
     text: str = ""  # the reply without its call blocks
+    repairs: list[str] = field(default_factory=list)  # what was repaired to read a call
 
     def to_json(self) -> dict[str, Any]:
-        return {"calls": self.calls, "errors": self.errors, "text": self.text}
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "text": self.text,
+            "repairs": self.repairs,
+        }
 
 
 class CallError(ValueError):
@@ -63,10 +75,12 @@ def parse(text: str, tools: list[dict[str, Any]] | None = None) -> Parsed:
             remaining.append(chunk)
             continue
         try:
-            calls = parse_block(chunk)
+            calls, errors, repairs = parse_block(chunk)
         except CallError as exc:
             result.errors.append(str(exc))
             continue
+        result.errors.extend(errors)
+        result.repairs.extend(repairs)
         for call in calls:
             try:
                 call["arguments"] = _bind(call, schemas.get(call["name"]))
@@ -129,24 +143,136 @@ def _drop_stray_ends(chunk: str, offset: int, in_fence) -> str:
     return "".join(out)
 
 
-def parse_block(body: str) -> list[dict[str, Any]]:
-    """The calls in one block body (``[f(a=1), g()]``), literals only."""
+def parse_block(body: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """The calls in one block body (``[f(a=1), g()]``), literals only, with the errors of the
+    calls that cannot be used and the repairs made; CallError when the block as a whole is."""
     body = body.strip()
     if not body:
         raise CallError("The tool call block is empty; write [tool_name(arg=value)].")
     _check_caps(body)
     try:
         tree = ast.parse(body, mode="eval").body
-    except SyntaxError as exc:
-        raise CallError(f"The tool call is not valid Python call syntax: {exc.msg}.") from None
-    except (ValueError, MemoryError, RecursionError):
+    except (SyntaxError, ValueError):  # ValueError: a NUL byte
+        return _call_by_call(body)
+    except (MemoryError, RecursionError):
         raise CallError("The tool call could not be parsed; keep it short and flat.") from None
     items = tree.elts if isinstance(tree, ast.List | ast.Tuple) else [tree]
     if not items:
         raise CallError("The tool call list is empty; write [tool_name(arg=value)].")
     if len(items) > MAX_CALLS:
         raise CallError(f"{len(items)} calls in one block; make at most {MAX_CALLS}.")
-    return [_call(item) for item in items]
+    calls, errors = [], []
+    for item in items:
+        try:
+            calls.append(_call(item))
+        except CallError as exc:
+            errors.append(str(exc))
+    return calls, errors, []
+
+
+def _call_by_call(body: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """A block that does not parse as a whole: each top-level call on its own, repaired where
+    a reader would agree what was meant (the policy above); the rest are errors."""
+    inner = body[1:] if body.startswith("[") else body
+    segments = _segments(inner[:-1] if inner.endswith("]") else inner)
+    if len(segments) > MAX_CALLS:
+        raise CallError(f"{len(segments)} calls in one block; make at most {MAX_CALLS}.")
+    calls, errors, repairs = [], [], []
+    for segment in segments:
+        text, notes = _repair(segment)
+        try:
+            node = ast.parse(text, mode="eval").body
+        except (SyntaxError, ValueError) as exc:
+            reason = exc.msg if isinstance(exc, SyntaxError) else "it cannot be read"
+            errors.append(
+                f"The tool call {segment[:60]!r} is not valid Python call syntax: {reason}."
+            )
+            continue
+        except (MemoryError, RecursionError):
+            errors.append("A tool call could not be parsed; keep it short and flat.")
+            continue
+        try:
+            calls.append(_call(node))
+        except CallError as exc:
+            errors.append(str(exc))
+            continue
+        repairs.extend(f"{calls[-1]['name']}: {note}" for note in notes)
+    return calls, errors, repairs
+
+
+def _segments(body: str) -> list[str]:
+    """The top-level comma-separated pieces of `body`, outside strings and brackets."""
+    pieces, depth, quote, start, at = [], 0, "", 0, 0
+    while at < len(body):
+        char = body[at]
+        if quote:
+            if char == "\\":
+                at += 1
+            elif char == quote and not _apostrophe(body, at, quote):
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            pieces.append(body[start:at])
+            start = at + 1
+        at += 1
+    pieces.append(body[start:])
+    return [piece.strip() for piece in pieces if piece.strip()]
+
+
+def _apostrophe(text: str, at: int, quote: str) -> bool:
+    """A single quote between two letters inside a single-quoted string (``'it's'``)."""
+    return (
+        quote == "'"
+        and 0 < at < len(text) - 1
+        and text[at - 1].isalpha()
+        and text[at + 1].isalpha()
+    )
+
+
+_LEADING_ZEROS = re.compile(r"(?<![\w.])0+(?=[1-9]\d*(?![\w.]))")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\x00"}
+
+
+def _repair(segment: str) -> tuple[str, list[str]]:
+    """`segment` with the policy's repairs made, and a note for each kind made."""
+    out, notes, quote, at, code = [], set(), "", 0, []
+    while at < len(segment):
+        char = segment[at]
+        if not quote:
+            if char in "'\"":
+                out.append(_strip_zeros("".join(code), notes))
+                code, quote = [], char
+                out.append(char)
+            else:
+                code.append(char)
+        elif char == "\\" and at + 1 < len(segment):
+            out.append(segment[at : at + 2])
+            at += 1
+        elif char in _ESCAPES:
+            out.append(_ESCAPES[char])
+            notes.add("a raw newline, tab or NUL inside a string was escaped")
+        elif char == quote and _apostrophe(segment, at, quote):
+            out.append("\\'")
+            notes.add("an apostrophe inside a single-quoted string was escaped")
+        else:
+            out.append(char)
+            if char == quote:
+                quote = ""
+        at += 1
+    out.append(_strip_zeros("".join(code), notes))
+    return "".join(out), sorted(notes)
+
+
+def _strip_zeros(code: str, notes: set[str]) -> str:
+    fixed = _LEADING_ZEROS.sub("", code)
+    if fixed != code:
+        notes.add("an integer's leading zeros were dropped")
+    return fixed
 
 
 def _check_caps(body: str) -> None:
@@ -210,6 +336,9 @@ def literal(node: ast.AST, where: str) -> Any:
         return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.List | ast.Tuple):
         return [literal(item, where) for item in node.elts]
+    if isinstance(node, ast.Set):  # JSON has no sets: a list of the distinct items, in order
+        items = [literal(item, where) for item in node.elts]
+        return list({json.dumps(i, sort_keys=True): i for i in items}.values())
     if isinstance(node, ast.Dict):
         out = {}
         for key, value in zip(node.keys, node.values, strict=True):

@@ -182,6 +182,7 @@ class Parsed:
     text: str
     metrics: dict[str, Any]
     reason: str  # the engine's done reason: eos, stopped, max_tokens, time_limit
+    repairs: list[str] = field(default_factory=list)  # toolcalls' repairs, for the trace
     kind: ClassVar[str] = "parsed"
 
     @property
@@ -250,6 +251,7 @@ class Round:
                 "text": parsed.text,
                 "metrics": parsed.metrics,
                 "reason": parsed.reason,
+                "repairs": parsed.repairs,
             }
         )
         results = [r.to_json() for r in self.results]
@@ -439,7 +441,9 @@ def _model_round(
             yield Failed(number, event.data["message"])
             return
     parsed = toolcalls.parse(raw, turn.schemas)
-    yield Parsed(number, raw, parsed.calls, parsed.errors, parsed.text, metrics, reason)
+    yield Parsed(
+        number, raw, parsed.calls, parsed.errors, parsed.text, metrics, reason, parsed.repairs
+    )
 
 
 def run_calls(

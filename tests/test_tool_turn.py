@@ -345,3 +345,25 @@ def test_on_zerogpu_every_option_reaches_the_worker_and_its_steps_apply_here(
     assert steps[-1].kind == "final" and turn.final == steps[-1]
     assert [m["role"] for m in turn.conversation] == ["user", "assistant", "tool"]
     assert json.loads(turn.conversation[-1]["content"])["city"] == "London"
+
+
+def test_the_trace_names_what_the_parser_repaired(vl_manager):
+    """A call written with an unescaped apostrophe runs as meant, and the playground's trace
+    and /tool_turn's JSON say what was repaired."""
+    from lfmui.ui.tools_tab import render_trace
+
+    call = f"{START}[get_weather(city='Xi'an')]{END}"
+    _, kwargs = _script(vl_manager, [call, "Done."])
+    turn = turns.ToolTurn.start([{"role": "user", "content": "Xi'an?"}], dict(tools.BUILTINS))
+    list(
+        turns.run_tool_turn(
+            vl_manager, turn, settings={"max_new_tokens": 32}, generate_kwargs=kwargs
+        )
+    )
+    first = turn.to_json()["rounds"][0]
+    assert first["calls"] == [{"name": "get_weather", "arguments": {"city": "Xi'an"}}]
+    assert first["repairs"] == [
+        "get_weather: an apostrophe inside a single-quoted string was escaped"
+    ]
+    shown = render_trace(turn, noise=True)
+    assert "**Repaired**" in shown and "apostrophe" in shown

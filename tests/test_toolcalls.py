@@ -140,7 +140,8 @@ def test_item23_schema_errors_become_results(body, expected):
         ("nan", "literal"),
         ("float('nan')", "literal"),
         ("10**100", "literal"),
-        ("07", "syntax"),
+        ("07", 7),  # leading zeros: repaired (issue 16), reported in Parsed.repairs
+        ("007.5", 7.5),  # Python's own float syntax
         ("100000000000000000000000", "too large"),
         ("0x1F", 31),
         ("1_000", 1000),
@@ -148,7 +149,7 @@ def test_item23_schema_errors_become_results(body, expected):
 )
 def test_item24_numbers_are_normalized_or_rejected(value, outcome):
     parsed = parse(block(f"[f(n={value})]"), [ANY])
-    if isinstance(outcome, int):
+    if isinstance(outcome, int | float):
         assert parsed.calls[0]["arguments"]["n"] == outcome
     else:
         assert parsed.calls == [] and any(outcome in e for e in parsed.errors), parsed.errors
@@ -420,3 +421,69 @@ def test_typed_functions_keep_unions_through_get_json_schema():
     assert tools.execute({"name": "lookup", "arguments": {"key": 7}}, {"lookup": tool}).ok
     bad = tools.execute({"name": "lookup", "arguments": {"key": 1.5}}, {"lookup": tool})
     assert not bad.ok and "should be integer or string" in bad.output
+
+
+NOTE = {
+    "name": "note",
+    "description": "Keep a note.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string"},
+            "n": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "arguments", "repaired"),
+    [
+        ('[note(text="line one\nline two")]', {"text": "line one\nline two"}, "newline"),
+        ('[note(text="a\tb\x00c")]', {"text": "a\tb\x00c"}, "NUL"),
+        ("[note(text='don't stop')]", {"text": "don't stop"}, "apostrophe"),
+        ("[note(text='x', n=07)]", {"text": "x", "n": 7}, "leading zeros"),
+        ("[note(text='x', tags={'a', 'a'})]", {"text": "x", "tags": ["a"]}, None),
+        ("[note(text='it''s')]", {"text": "its"}, None),  # two adjacent strings: Python's own
+    ],
+)
+def test_what_real_lfm2_replies_get_wrong_is_repaired_and_reported(body, arguments, repaired):
+    """Calls that vLLM's lfm2 parser recovers: read as meant, never evaluated, and each
+    repair named for the trace."""
+    parsed = parse(block(body), [*SCHEMAS, NOTE])
+    assert parsed.calls == [{"name": "note", "arguments": arguments}] and not parsed.errors
+    if repaired is None:
+        assert parsed.repairs == []
+    else:
+        assert len(parsed.repairs) == 1 and repaired in parsed.repairs[0], parsed.repairs
+    assert parsed.to_json()["repairs"] == parsed.repairs
+
+
+def test_one_bad_call_beside_good_ones_loses_only_itself():
+    good = (
+        '[get_weather(city="Paris"), get_weather(city=os.system("x")), calculator(expression="1")]'
+    )
+    cut = '[get_weather(city="Paris"), get_weather(city="Rome"'  # the reply ended mid-call
+    broken = '[get_weather(city="Paris"), get_weather(city="Rome" unit="celsius")]'  # no comma
+    for body, kept, problem in (
+        (good, ["get_weather", "calculator"], "only literal values"),
+        (cut, ["get_weather"], "never closed"),
+        (broken, ["get_weather"], "not valid Python call syntax"),
+    ):
+        parsed = parse(block(body), SCHEMAS)
+        assert [c["name"] for c in parsed.calls] == kept, body
+        assert parsed.calls[0]["arguments"] == {"city": "Paris"}
+        assert len(parsed.errors) == 1 and problem in parsed.errors[0], parsed.errors
+
+
+def test_repairs_never_reach_code_outside_strings():
+    """The repairs touch string contents and integer literals only: names, calls and
+    operators stay errors, and nothing is evaluated."""
+    for body in (
+        "[note(text='a', n=__import__('os').getpid())]",
+        "[note(text='x'+'y')]",
+        '[note(text="a\nb", n=07 + 1)]',
+    ):
+        parsed = parse(block(body), [*SCHEMAS, NOTE])
+        assert parsed.calls == [] and parsed.errors, body

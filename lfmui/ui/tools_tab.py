@@ -39,6 +39,9 @@ def render_trace(turn: turns.ToolTurn, noise: bool) -> str:
         parts += [head, "**Model wrote** (special tokens shown)", fenced(r.raw or "…")]
         if r.parsed:
             parts += ["**Parsed calls**", fenced(json.dumps(r.parsed.calls, indent=1), "json")]
+            if r.parsed.repairs:
+                parts += ["**Repaired** (to read what the model meant)"]
+                parts += [f"- {note}" for note in r.parsed.repairs]
             if r.parsed.errors:
                 parts += ["**Errors** (sent back to the model)"]
                 parts += [f"- {e}" for e in r.parsed.errors]
