@@ -14,12 +14,18 @@ Policy, stated once:
 - What real LFM2 replies get wrong and a reader agrees on is repaired in the text of a call that
   does not parse, and each repair is reported (``Parsed.repairs``): a raw newline, tab or NUL
   inside a string is escaped; an apostrophe between two letters inside a single-quoted string is
-  escaped; an integer written with leading zeros (``07``) loses them. Nothing else is guessed.
+  escaped; an integer written with leading zeros (``07``) loses them; failing those, a keyword
+  argument's string runs to the quote that the next ``name=`` or the call's closing parenthesis
+  follows, and the quotes inside it are escaped (``command='sed -n '1,5p' f'``), unless a quote
+  inside is followed by ``name=`` (a missing comma, left an error). Nothing else is guessed, and
+  vLLM's published LFM2 parser vectors are tests (tests/test_toolcall_vectors.py).
 - Integers beyond 64 bits, NaN and infinities (``1e999``) are errors: results stay valid JSON.
 - Positional arguments are matched to the tool's parameters in the order its schema lists them;
   more of them than parameters, or a positional argument for an unknown tool, is an error.
 - ``**{...}``, duplicate keywords and reserved words as keywords (``from=1``) are errors.
-- Dotted names (``os.system``) are errors; only a plain tool name can be called.
+- A call names a tool: a plain name, or a dotted one (``grocery.order``) for tools whose names
+  have dots; names with hyphens are written as the tool list gives them (``get-weather(...)``).
+  A name that is not a tool is an error (``os.system`` is an unknown tool, never Python).
 - A start marker without an end (the reply was cut off) still yields its calls; an end marker
   without a start is dropped from the text; the call body echoed after the end marker is dropped;
   several blocks are all parsed, in order; markers inside a fenced code block are text.
@@ -32,6 +38,7 @@ import ast
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +75,7 @@ class CallError(ValueError):
 def parse(text: str, tools: list[dict[str, Any]] | None = None) -> Parsed:
     """Calls, errors and remaining text of one model reply. Never raises on model output."""
     schemas = {t.get("name"): t for t in tools or [] if isinstance(t, dict)}
+    aliases = _aliases(schemas)
     result = Parsed()
     remaining: list[str] = []
     for kind, chunk in _split(text):
@@ -75,13 +83,14 @@ def parse(text: str, tools: list[dict[str, Any]] | None = None) -> Parsed:
             remaining.append(chunk)
             continue
         try:
-            calls, errors, repairs = parse_block(chunk)
+            calls, errors, repairs = parse_block(_named(chunk, aliases))
         except CallError as exc:
-            result.errors.append(str(exc))
+            result.errors.append(_unnamed(str(exc), aliases))
             continue
-        result.errors.extend(errors)
-        result.repairs.extend(repairs)
+        result.errors.extend(_unnamed(e, aliases) for e in errors)
+        result.repairs.extend(_unnamed(r, aliases) for r in repairs)
         for call in calls:
+            call["name"] = _unnamed(call["name"], aliases)
             try:
                 call["arguments"] = _bind(call, schemas.get(call["name"]))
             except CallError as exc:
@@ -94,6 +103,48 @@ def parse(text: str, tools: list[dict[str, Any]] | None = None) -> Parsed:
                 result.calls.append({"name": call["name"], "arguments": call["arguments"]})
     result.text = "".join(remaining).strip()
     return result
+
+
+def _aliases(schemas: dict[str, Any]) -> dict[str, str]:
+    """Python names for the tools whose names are not (``get-weather``): name -> alias."""
+    odd = [n for n in schemas if isinstance(n, str) and not re.fullmatch(r"[A-Za-z_][\w.]*", n)]
+    return {name: f"lfmui_tool_{i}" for i, name in enumerate(odd)}
+
+
+def _named(body: str, aliases: dict[str, str]) -> str:
+    """`body` with each tool name that is not a Python name replaced by its alias, where it
+    is called and outside strings."""
+    for name, alias in aliases.items():
+        pattern = re.compile(rf"(?<![\w.\-]){re.escape(name)}(?=\s*\()")
+        body = _outside_strings(body, lambda code, p=pattern, a=alias: p.sub(a, code))
+    return body
+
+
+def _unnamed(text: str, aliases: dict[str, str]) -> str:
+    for name, alias in aliases.items():
+        text = re.sub(rf"\b{alias}\b", name, text)
+    return text
+
+
+def _outside_strings(text: str, change: Any) -> str:
+    """`text` with `change` applied to the parts outside string literals."""
+    out, code, quote, at = [], [], "", 0
+    while at < len(text):
+        char = text[at]
+        if quote:
+            out.append(text[at : at + 2] if char == "\\" else char)
+            at += 2 if char == "\\" else 1
+            quote = "" if char == quote else quote
+            continue
+        if char in "'\"":
+            out.append(change("".join(code)))
+            code, quote = [], char
+            out.append(char)
+        else:
+            code.append(char)
+        at += 1
+    out.append(change("".join(code)))
+    return "".join(out)
 
 
 def _split(text: str) -> list[tuple[str, str]]:
@@ -179,9 +230,8 @@ def _call_by_call(body: str) -> tuple[list[dict[str, Any]], list[str], list[str]
         raise CallError(f"{len(segments)} calls in one block; make at most {MAX_CALLS}.")
     calls, errors, repairs = [], [], []
     for segment in segments:
-        text, notes = _repair(segment)
         try:
-            node = ast.parse(text, mode="eval").body
+            node, notes = _parse_repaired(segment)
         except (SyntaxError, ValueError) as exc:
             reason = exc.msg if isinstance(exc, SyntaxError) else "it cannot be read"
             errors.append(
@@ -198,6 +248,80 @@ def _call_by_call(body: str) -> tuple[list[dict[str, Any]], list[str], list[str]
             continue
         repairs.extend(f"{calls[-1]['name']}: {note}" for note in notes)
     return calls, errors, repairs
+
+
+def _parse_repaired(segment: str) -> tuple[ast.AST, list[str]]:
+    """The call node of `segment` as written, else after the repairs, else after re-quoting
+    its keyword strings; the notes of the repairs it took. Raises the first parse error."""
+    first: Exception | None = None
+    for attempt in (lambda: (segment, []), lambda: _repair(segment), lambda: _requoted(segment)):
+        text, notes = attempt()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an unknown escape (\,) stays as written
+                return ast.parse(text, mode="eval").body, notes
+        except (SyntaxError, ValueError) as exc:
+            first = first or exc
+    raise first
+
+
+_NEXT_ARGUMENT = re.compile(r"\s*(?:,\s*[A-Za-z_]\w*\s*=|\)\s*$)")
+_MISSING_COMMA = re.compile(r"\s+[A-Za-z_]\w*\s*=")
+
+
+def _requoted(segment: str) -> tuple[str, list[str]]:
+    """Each keyword argument's string taken to end at the quote that the next keyword (or the
+    call's closing parenthesis) follows; the quotes inside it escaped, then the repairs."""
+    out, at, depth, quoted = [], 0, 0, False
+    endless: set[str] = set()  # quotes with no end from an earlier start: none from later ones
+    while at < len(segment):
+        char = segment[at]
+        depth += (char in "([{") - (char in ")]}")
+        opening = re.match(r"=\s*(['\"])", segment[at:]) if char == "=" and depth == 1 else None
+        end = None
+        if opening and opening.group(1) not in endless:
+            end = _string_end(segment, at + opening.end(), opening.group(1))
+            if end is None:
+                endless.add(opening.group(1))
+        if end is None:
+            out.append(char)
+            at += 1
+            continue
+        start, quote = at + opening.end(), opening.group(1)
+        inner = _escape_inner(segment[start:end], quote)
+        quoted = quoted or inner != segment[start:end]
+        out.append(segment[at:start] + inner + quote)
+        at = end + 1
+    text, notes = _repair("".join(out))
+    if quoted:
+        notes = sorted({*notes, "quotes inside a string argument were escaped"})
+    return text, notes
+
+
+def _string_end(segment: str, start: int, quote: str) -> int | None:
+    at = start
+    while at < len(segment):
+        if segment[at] == "\\":
+            at += 2
+            continue
+        if segment[at] == quote and _NEXT_ARGUMENT.match(segment, at + 1):
+            return at
+        if segment[at] == quote and _MISSING_COMMA.match(segment, at + 1):
+            return None  # `a="x" b="y"`: two arguments without their comma, not one string
+        at += 1
+    return None
+
+
+def _escape_inner(text: str, quote: str) -> str:
+    out, at = [], 0
+    while at < len(text):
+        if text[at] == "\\":
+            out.append(text[at : at + 2])
+            at += 2
+            continue
+        out.append("\\" + quote if text[at] == quote else text[at])
+        at += 1
+    return "".join(out)
 
 
 def _segments(body: str) -> list[str]:
@@ -296,9 +420,9 @@ def _check_caps(body: str) -> None:
 def _call(node: ast.AST) -> dict[str, Any]:
     if not isinstance(node, ast.Call):
         raise CallError("Each item of the tool call list must be a call: tool_name(arg=value).")
-    if not isinstance(node.func, ast.Name):
-        raise CallError("Call a tool by its plain name (no dots, no expressions).")
-    name = node.func.id
+    name = _dotted(node.func)
+    if name is None:
+        raise CallError("Call a tool by its name (letters, digits, _ and dots; no expressions).")
     positional = []
     for arg in node.args:
         if isinstance(arg, ast.Starred):
@@ -312,6 +436,17 @@ def _call(node: ast.AST) -> dict[str, Any]:
             raise CallError(f"{name}: '{keyword.arg}' is given twice; give each argument once.")
         keywords[keyword.arg] = literal(keyword.value, name)
     return {"name": name, "positional": positional, "arguments": keywords}
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``name`` or ``a.b.name`` (a tool whose name has dots, as OpenAI clients define them),
+    else None. The name is only looked up among the tools, never resolved as Python."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return None if head is None else f"{head}.{node.attr}"
+    return None
 
 
 def literal(node: ast.AST, where: str) -> Any:

@@ -59,8 +59,11 @@ class Tool:
         if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
             raise InputError('Each tool needs a "name" (a string).')
         name = schema["name"]
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
-            raise InputError(f"Tool name {name[:40]!r} must be a Python identifier.")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", name) or ".." in name:
+            raise InputError(
+                f"Tool name {name[:40]!r} cannot be called: start it like a Python identifier "
+                "and use letters, digits, _, dots and hyphens (at most 64)."
+            )
         parameters = schema.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
             raise InputError(f'{name}: "parameters" must be a JSON schema of type object.')
