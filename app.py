@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(
         target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
     ).start()
-    app.launch(**launch_settings(args.host, args.port))
+    app.launch(**launch_settings(args.host, args.port, manager))
 
 
 def _load_at_start(manager: ModelManager, model_id: str, quantization: str) -> None:

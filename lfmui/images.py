@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import warnings
 from pathlib import Path
+from typing import Any
 
 from lfmui.errors import InputError
 
@@ -34,6 +35,32 @@ def load_safe(path: str | Path):
             f"Could not read image '{file.name[:60]}': the upload is missing. Upload it again."
         ) from None
     return _decode(str(file), stat.st_size, stat.st_mtime_ns)
+
+
+_DATA_SUFFIX = {"image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
+
+
+def save_data_url(url: Any, stem: Path, what: str = "An image") -> Path:
+    """A ``data:image/...;base64,...`` URL written to a file beside `stem` (its suffix from the
+    media type) and checked like an upload; InputError naming `what` when it is not one."""
+    import base64
+    import binascii
+
+    header, _, payload = url.partition(",") if isinstance(url, str) else ("", "", "")
+    if not header.startswith("data:image/") or ";base64" not in header:
+        raise InputError(f"{what} is damaged or not a base64 data:image/... URL; send one.")
+    if len(payload) * 3 // 4 > MAX_FILE_BYTES:
+        raise InputError(f"{what} is over {MAX_FILE_BYTES // 2**20} MB; send a smaller image.")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (ValueError, binascii.Error):
+        raise InputError(f"{what} is damaged: its base64 does not decode.") from None
+    kind = header.removeprefix("data:").split(";")[0]
+    path = stem.with_name(stem.name + _DATA_SUFFIX.get(kind, ".png"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    load_safe(path)  # the same checks as an upload
+    return path
 
 
 @functools.lru_cache(maxsize=32)

@@ -10,7 +10,6 @@ upload and restores the chat and its settings.
 from __future__ import annotations
 
 import base64
-import binascii
 import importlib.metadata
 import json
 import mimetypes
@@ -130,22 +129,12 @@ def restore_turns(bundle: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _unembed(image: Any, stem: Path) -> str:
-    try:
-        header, payload = image["data"].split(",", 1)
-        data = base64.b64decode(payload, validate=True)
-    except (KeyError, TypeError, AttributeError, ValueError, binascii.Error):
-        raise InputError(
-            "An image in the session file is damaged; export the chat again."
-        ) from None
-    suffix = {"image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}.get(
-        header.removeprefix("data:").split(";")[0], ".png"
-    )
+    data = image.get("data") if isinstance(image, dict) else None
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(str(image.get("name", ""))).name)[:80]
-    path = stem / (name if name.endswith(suffix) else f"image{suffix}")
-    path.parent.mkdir(parents=True, exist_ok=True)  # one folder per image: names kept as sent
-    path.write_bytes(data)
-    images.load_safe(path)  # the same checks as an upload
-    return str(path)
+    name = Path(name).stem or "image"
+    # one folder per image: names kept as sent
+    what = "An image in the session file"
+    return str(images.save_data_url(data, stem / name, what))
 
 
 # ---- copy as code ------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ FLOORS = [
     {"lfmui.memory"},
     {"lfmui.manager"},
     {"lfmui.turns"},
-    {"lfmui.bench", "lfmui.session", "lfmui.ui.render", "lfmui.ui.running", "lfmui.ui.guard"},
+    {"lfmui.bench", "lfmui.session", "lfmui.openai_api"},
+    {"lfmui.ui.render", "lfmui.ui.running", "lfmui.ui.guard", "lfmui.ui.v1"},
     {"lfmui.ui.gpu", "lfmui.ui.controls"},
     # the tabs and the API: none imports another
     {

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 
 from lfmui import engine, offline
 from lfmui.manager import ModelManager
-from lfmui.ui import api, chat_tab, models_tab, tools_tab, vision_tab
+from lfmui.ui import api, chat_tab, models_tab, tools_tab, v1, vision_tab
 from lfmui.ui.guard import RequestGuard
 
 MAX_FILE_SIZE = "20mb"
@@ -81,8 +81,11 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
     return demo
 
 
-def launch_settings(host: str = "127.0.0.1", port: int = 7860) -> dict[str, Any]:
-    """Keyword arguments for demo.launch: no share link, no monitoring, no MCP, caps on."""
+def launch_settings(
+    host: str = "127.0.0.1", port: int = 7860, manager: ModelManager | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for demo.launch: no share link, no monitoring, no MCP, caps on; with
+    `manager`, lfmui's OpenAI-compatible routes (/v1) over it, ahead of gradio's own."""
     if os.environ.get("GRADIO_VIBE_MODE"):
         raise SystemExit(
             "GRADIO_VIBE_MODE is set: lfmui refuses to start with it (it lets the "
@@ -100,5 +103,8 @@ def launch_settings(host: str = "127.0.0.1", port: int = 7860) -> dict[str, Any]
         "blocked_paths": blocked,
         "footer_links": ["api"],
         "head": KEYS,  # keyboard shortcuts
-        "app_kwargs": {"middleware": [Middleware(RequestGuard)]},  # body cap, no inline files
+        "app_kwargs": {
+            "middleware": [Middleware(RequestGuard)],  # body cap, no inline files
+            "routes": v1.routes(manager) if manager is not None else [],
+        },
     }

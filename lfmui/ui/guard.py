@@ -7,7 +7,9 @@ send instead:
 
 - a body over ``MAX_BODY_BYTES`` (uploads excepted: gradio's own cap answers those) -> 413;
 - a file given inline as a ``data:`` URL -> 400 (gradio would refuse it anyway, but silently);
-  files travel as uploads (gradio_client's ``handle_file``), which the upload cap covers.
+  files travel as uploads (gradio_client's ``handle_file``), which the upload cap covers;
+- the OpenAI-compatible routes (``/v1/``) take images inline, as OpenAI clients send them, under
+  a larger cap (``V1_MAX_BODY_BYTES``), and are refused with OpenAI-shaped errors.
 
 Every response also gets ``X-Content-Type-Options: nosniff``.
 """
@@ -34,6 +36,12 @@ TOO_LARGE = (
     "The request is over {mib} MB. Send at most 100,000 characters of text, and images as "
     "uploaded files (gradio_client's handle_file), not inline."
 )
+# /v1 (lfmui.openai_api): images come inline as data: URLs, up to 4 per message
+V1_MAX_BODY_BYTES = 32 * 2**20
+V1_TOO_LARGE = (
+    "The request is over {mib} MB. Send fewer or smaller images (each under 20 MB, at most 4 "
+    "per message) and at most 100,000 characters of text."
+)
 INLINE = (
     "Images sent inline as data: URLs are refused. Send each image as an uploaded file "
     "(gradio_client's handle_file, or POST it to /gradio_api/upload first)."
@@ -55,9 +63,12 @@ class RequestGuard:
         if scope.get("method") != "POST" or _is_upload(scope):
             await self.app(scope, receive, send)
             return
+        v1 = scope.get("path", "").startswith("/v1/")  # OpenAI clients send images inline
+        cap = V1_MAX_BODY_BYTES if v1 else self.max_body_bytes
+        too_large = (V1_TOO_LARGE if v1 else TOO_LARGE).format(mib=cap // 2**20)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await _refuse(send, 413, TOO_LARGE.format(mib=self.max_body_bytes // 2**20))
+        if declared is not None and declared > cap:
+            await _refuse(send, 413, too_large, v1)
             return
         chunks: list[bytes] = []
         size = 0
@@ -68,13 +79,13 @@ class RequestGuard:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                await _refuse(send, 413, TOO_LARGE.format(mib=self.max_body_bytes // 2**20))
+            if size > cap:
+                await _refuse(send, 413, too_large, v1)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if INLINE_FILE.search(body):
+        if not v1 and INLINE_FILE.search(body):
             await _refuse(send, 400, INLINE)
             return
         replayed = False
@@ -117,8 +128,10 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail, "error": detail}).encode()
+async def _refuse(send: Send, status: int, detail: str, openai: bool = False) -> None:
+    shaped = {"message": detail, "type": "invalid_request_error", "param": None, "code": None}
+    body = json.dumps({"error": shaped} if openai else {"detail": detail, "error": detail})
+    body = body.encode()
     await send(
         {
             "type": "http.response.start",

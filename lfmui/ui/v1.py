@@ -1,0 +1,101 @@
+"""The OpenAI-compatible routes on the app's server (``lfmui.openai_api`` does the work).
+
+``routes(manager)`` gives Starlette routes that ``launch_settings`` hands to the server before
+gradio's own. Blocking work (checking images, generating) runs in the server's thread pool; a
+stream's client that goes away sets the reply's Stop flag and its generator is closed as soon as
+the generation thread lets go of it, so the model's lease is never left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from lfmui import openai_api
+from lfmui.manager import ModelManager
+
+
+def routes(manager: ModelManager) -> list[Route]:
+    async def models(_request: Request) -> JSONResponse:
+        return JSONResponse(openai_api.models(manager))
+
+    async def chat_completions(request: Request):
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(openai_api.ApiError("The body is not valid JSON; send a JSON object."))
+        try:
+            chat = await run_in_threadpool(openai_api.parse_request, body, manager)
+        except Exception as exc:  # every refusal is an OpenAI-shaped answer
+            return _error(openai_api.refused(exc))
+        stop = threading.Event()
+        records = openai_api.run(manager, chat, stop)
+        model = str(body.get("model"))
+        try:
+            if not chat.stream:
+                done = openai_api.completion(model, await _collect(records))
+                shutil.rmtree(chat.folder, ignore_errors=True)
+                return JSONResponse(done)
+            stream = openai_api.chunks(model, records, chat.include_usage)
+            first = await run_in_threadpool(next, stream)  # errors before any byte is a 4xx
+        except Exception as exc:
+            _close_later(records, stop, chat.folder)
+            return _error(openai_api.refused(exc))
+        return StreamingResponse(
+            _events(first, stream, records, stop, chat.folder), media_type="text/event-stream"
+        )
+
+    return [
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
+
+
+async def _collect(records: Iterator[dict]) -> list[dict]:
+    return await run_in_threadpool(list, records)
+
+
+async def _events(first, stream, records, stop: threading.Event, folder: str):
+    try:
+        yield _sse(first)
+        async for payload in iterate_in_threadpool(stream):
+            yield _sse(payload)
+        yield "data: [DONE]\n\n"
+    except Exception as exc:  # after the headers: the error as the stream's last event
+        yield _sse(openai_api.refused(exc).body())
+    finally:  # also when the client went away and the server cancelled this task
+        _close_later(records, stop, folder)
+
+
+def _close_later(records: Iterator[dict], stop: threading.Event, folder: str) -> None:
+    """Stop the reply and close its generator (which releases the model's lease) once the
+    generation thread hands it back; remove the request's images."""
+    stop.set()
+
+    def close() -> None:
+        for _ in range(600):
+            try:
+                records.close()
+                break
+            except ValueError:  # "generator already executing": its thread is finishing a step
+                time.sleep(0.05)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    threading.Thread(target=close, name="lfmui-v1-close", daemon=True).start()
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _error(error: openai_api.ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)

@@ -1,0 +1,265 @@
+"""lfmui's own /v1 through the official openai SDK, against the app's real server.
+
+Model outputs that a test needs (a tool call, a long reply) are forced through the real generate
+path by tests/scripted.py; everything else is the app's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from scripted import scripted_generate
+
+openai = pytest.importorskip("openai")  # tests/requirements.txt installs it
+
+CALL = '<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>'
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_paths):
+    from lfmui.manager import ModelManager
+    from lfmui.ui import build_app, launch_settings
+
+    manager = ModelManager()
+    manager.load("lfm2-vl-tiny", "fp32")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(manager)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_settings(port=port, manager=manager))
+    yield f"http://127.0.0.1:{port}/v1", manager
+    demo.close()
+
+
+@pytest.fixture
+def sdk(served):
+    return openai.OpenAI(base_url=served[0], api_key="unused", max_retries=0, timeout=120)
+
+
+def _data_url(size=(300, 200), colour="red") -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_models_lists_the_resident_model(sdk):
+    assert [m.id for m in sdk.models.list().data] == ["lfm2-vl-tiny"]
+
+
+def test_a_streamed_chat(sdk):
+    stream = sdk.chat.completions.create(
+        model="lfm2-vl-tiny",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=8,
+        temperature=1.0,
+        seed=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert (
+        text
+        and finishes[-1] in ("stop", "length")
+        and finishes[:-1] == [None] * (len(finishes) - 1)
+    )
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and 1 <= usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_an_image_as_a_data_url_costs_its_image_tokens(sdk):
+    def ask(content):
+        reply = sdk.chat.completions.create(
+            model="lfm2-vl-tiny", messages=[{"role": "user", "content": content}], max_tokens=2
+        )
+        return reply.usage.prompt_tokens
+
+    text_only = ask([{"type": "text", "text": "What is it?"}])
+    with_image = ask(
+        [
+            {"type": "image_url", "image_url": {"url": _data_url()}},
+            {"type": "text", "text": "What is it?"},
+        ]
+    )
+    assert with_image > text_only + 16  # the picture's tokens reached the model
+
+
+def test_tools_come_back_as_tool_calls_and_the_result_is_answered(sdk, served):
+    manager = served[1]
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    with scripted_generate(manager.current(), [CALL, "It is 18 C in Paris."]) as script:
+        first = sdk.chat.completions.create(
+            model="lfm2-vl-tiny", messages=messages, tools=[WEATHER], max_tokens=40
+        )
+        choice = first.choices[0]
+        assert choice.finish_reason == "tool_calls" and not choice.message.content
+        (call,) = choice.message.tool_calls
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"city": "Paris"}
+        messages += [
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18}'},
+        ]
+        second = sdk.chat.completions.create(
+            model="lfm2-vl-tiny", messages=messages, tools=[WEATHER], max_tokens=40
+        )
+    assert second.choices[0].message.content == "It is 18 C in Paris."
+    assert second.choices[0].finish_reason == "stop" and len(script.prompts) == 2
+    assert script.prompts[1] > script.prompts[0]  # the call and its result went back in
+
+
+def test_a_client_that_goes_away_frees_the_generator(sdk, served):
+    manager = served[1]
+    loaded = manager.current()
+    with scripted_generate(loaded, ["word " * 3000]):
+        stream = sdk.chat.completions.create(
+            model="lfm2-vl-tiny",
+            messages=[{"role": "user", "content": "Talk"}],
+            max_tokens=4000,
+            stream=True,
+        )
+        for _, _chunk in zip(range(3), stream, strict=False):
+            pass
+        assert loaded.leases == 1
+        stream.close()
+        deadline = time.monotonic() + 20
+        while loaded.leases and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert loaded.leases == 0  # the reply stopped and let go of the model
+    again = sdk.chat.completions.create(
+        model="lfm2-vl-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert again.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_stop_string_ends_the_reply_before_it(sdk, served):
+    with scripted_generate(served[1].current(), ["one two STOP three four"]):
+        reply = sdk.chat.completions.create(
+            model="lfm2-vl-tiny",
+            messages=[{"role": "user", "content": "Count"}],
+            max_tokens=40,
+            stop=["STOP"],
+        )
+        streamed = sdk.chat.completions.create(
+            model="lfm2-vl-tiny",
+            messages=[{"role": "user", "content": "Count"}],
+            max_tokens=40,
+            stop="STOP",
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert reply.choices[0].message.content == "one two " == text
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_ten_sdk_clients_at_once(sdk):
+    before = threading.active_count()
+    results, errors = [], []
+
+    def one(number: int) -> None:
+        try:
+            reply = sdk.chat.completions.create(
+                model="lfm2-vl-tiny",
+                messages=[{"role": "user", "content": f"Client {number}"}],
+                max_tokens=4,
+            )
+            results.append(reply.choices[0].finish_reason)
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(repr(exc))
+
+    workers = [threading.Thread(target=one, args=(n,)) for n in range(10)]
+    for worker in workers:
+        worker.start()
+    peak = threading.active_count()
+    for worker in workers:
+        worker.join(120)
+    assert errors == [] and len(results) == 10
+    assert peak - before <= 10 + 40  # the clients, and the server's bounded thread pool
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "message"),
+    [
+        ({"n": 2}, 400, "n must be 1"),
+        ({"logprobs": True}, 400, "does not support logprobs"),
+        ({"response_format": {"type": "json_object"}}, 400, "does not support response_format"),
+        ({"model": "gpt-4o"}, 404, "is not loaded here"),
+        ({"stop": ["a"] * 5}, 400, "stop must be"),
+        ({"messages": []}, 400, "non-empty list"),
+        ({"max_tokens": 0}, 400, "between 1 and 4096"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}
+                        ],
+                    }
+                ]
+            },
+            400,
+            "Remote image URLs are refused",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}
+                        ],
+                    }
+                ]
+            },
+            400,
+            "damaged",
+        ),
+    ],
+)
+def test_bad_requests_are_openai_shaped_errors_that_say_what_to_send(
+    served, extra, status, message
+):
+    body = {"model": "lfm2-vl-tiny", "messages": [{"role": "user", "content": "hi"}], **extra}
+    response = httpx.post(f"{served[0]}/chat/completions", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert message in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(served):
+    from lfmui.ui.guard import V1_MAX_BODY_BYTES
+
+    response = httpx.post(
+        f"{served[0]}/chat/completions",
+        content=b"x" * (V1_MAX_BODY_BYTES + 1),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert (
+        response.status_code == 413
+        and "fewer or smaller images" in response.json()["error"]["message"]
+    )
