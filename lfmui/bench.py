@@ -49,8 +49,7 @@ from typing import Any
 from lfmui import engine, meters, prompts, quant
 from lfmui.catalog import Catalog
 from lfmui.errors import LfmuiError
-from lfmui.heap import memory_report
-from lfmui.manager import GIB, ModelManager
+from lfmui.manager import GIB, ModelManager, memory_report
 
 
 def _emit(record: dict[str, Any]) -> None:
@@ -116,7 +115,7 @@ def run_loads(models: list[str], levels: list[str], new_tokens: int) -> int:
             record: dict[str, Any] = {"case": "load", "model": model_id, "quantization": level}
             try:
                 status = _load(manager, model_id, level)
-                memory = _memory_report(manager.current())
+                memory = memory_report(manager.current())
                 record.update(
                     ok=True,
                     resolved=status["quantization"],
@@ -267,7 +266,7 @@ def run_seed(
             record["plain_ms_per_token"] / record["engine_ms_per_token"], 3
         )
         record["ttft_delta_ms"] = round(record["engine_ttft_ms"] - record["plain_ttft_ms"], 2)
-        memory = _memory_report(loaded)
+        memory = memory_report(loaded)
         record["peak_gib"] = _gib(memory.get("cuda_peak_bytes"))  # CUDA: peak allocated
         record["rss_gib"] = _gib(memory.get("rss_bytes"))  # the process, CPU or CUDA
     _emit(record)
@@ -417,10 +416,6 @@ def run_llamacpp(
                 }
             )
     return 0
-
-
-def _memory_report(loaded: Any) -> dict[str, Any]:
-    return memory_report(loaded.weight_bytes if loaded else 0, quant.cuda_available())
 
 
 def _gib(value: int | None) -> float | None:

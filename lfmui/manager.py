@@ -73,6 +73,11 @@ class LoadedModel:
         }
 
 
+def memory_report(loaded: LoadedModel | None) -> dict[str, Any]:
+    """`loaded`'s weight bytes, the process RSS and, on CUDA, allocated/reserved/peak."""
+    return heap.memory_report(loaded.weight_bytes if loaded else 0, quant.cuda_available())
+
+
 class ModelManager:
     """Holds one model; loads, switches and unloads it under a lock."""
 
@@ -121,8 +126,7 @@ class ModelManager:
         loaded = self._current
         status: dict[str, Any] = loaded.status() if loaded else {"model_id": None}
         status["loading"] = self.loading
-        weights = loaded.weight_bytes if loaded else 0
-        status["memory"] = heap.memory_report(weights, quant.cuda_available())
+        status["memory"] = memory_report(loaded)
         return status
 
     # ---- loading --------------------------------------------------------------------------

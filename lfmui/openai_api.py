@@ -117,7 +117,8 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
         or not all(isinstance(s, str) and s for s in stops)
     ):
         raise ApiError(f"stop must be a string or up to {MAX_STOPS} strings.", param="stop")
-    folder = tempfile.mkdtemp(prefix="lfmui-v1-")
+    # where the request's images go, made only when one comes (images.save_data_url)
+    folder = str(Path(tempfile.gettempdir()) / f"lfmui-v1-{uuid.uuid4().hex}")
     try:
         conversation = _conversation(body.get("messages"), Path(folder))
         tools = _tools(body.get("tools"), body.get("tool_choice", "auto"), conversation)
@@ -203,11 +204,10 @@ def _written_call(call: Any) -> str:
     try:
         arguments = json.loads(function.get("arguments") or "{}")
     except ValueError:
-        raise ApiError("A tool call's arguments must be a JSON object.") from None
+        arguments = None
     if not isinstance(arguments, dict):
         raise ApiError("A tool call's arguments must be a JSON object.")
-    written = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
-    return f"{toolcalls.START}[{function.get('name', 'tool')}({written})]{toolcalls.END}"
+    return toolcalls.write_calls([{"name": function.get("name", "tool"), "arguments": arguments}])
 
 
 def _tools(tools: Any, choice: Any, conversation: list[dict[str, Any]]) -> list | None:
@@ -230,11 +230,7 @@ def _tools(tools: Any, choice: Any, conversation: list[dict[str, Any]]) -> list 
     if isinstance(choice, dict):
         choice = (choice.get("function") or {}).get("name", "auto")
     choice = {"required": "auto"}.get(choice, choice)
-    names = [s["name"] for s in schemas]
-    note = turns.tool_instruction(str(choice), [str(n) for n in names])
-    if note:
-        conversation.insert(0, {"role": "system", "content": note})
-    return [] if choice == "none" else schemas
+    return turns.apply_tool_choice(conversation, schemas, str(choice))
 
 
 def run(manager: ModelManager, request: ChatRequest, stop: threading.Event) -> Iterator[dict]:

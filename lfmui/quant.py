@@ -177,11 +177,9 @@ def _cpu_int4() -> Availability:
     from lfmui.cpu_weights import int4_fails
 
     failure = int4_fails()
-    return (
-        Availability(False, f"torch's CPU int4 kernel cannot run here ({failure})")
-        if (failure)
-        else available
-    )
+    if failure:
+        return Availability(False, f"torch's CPU int4 kernel cannot run here ({failure})")
+    return available
 
 
 def _packed_experts(packing: str) -> Callable[[], dict[str, Any]]:

@@ -72,11 +72,9 @@ SAMPLING = FIELDS[:-1]  # what a person sets in the chat (time_limit is the serv
 
 def bounds(name: str) -> tuple[float, float]:
     """A setting's (low, high) from its definition."""
-    low = high = None
-    for rule in Settings.model_fields[name].metadata:
-        low = getattr(rule, "ge", low) if low is None else low
-        high = getattr(rule, "le", high) if high is None else high
-    return low, high
+    rules = Settings.model_fields[name].metadata
+    low = next(rule.ge for rule in rules if hasattr(rule, "ge"))
+    return low, next(rule.le for rule in rules if hasattr(rule, "le"))
 
 
 def slider(name: str) -> dict[str, Any]:

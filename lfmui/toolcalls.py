@@ -68,6 +68,16 @@ class Parsed:
         }
 
 
+def write_calls(calls: list[dict[str, Any]]) -> str:
+    """Calls ({"name", "arguments"}) written the way LFM2 writes them: a block ``parse`` reads
+    back to the same calls (an assistant's earlier calls, sent again in a conversation)."""
+    written = (
+        f"{call['name']}({', '.join(f'{k}={v!r}' for k, v in call['arguments'].items())})"
+        for call in calls
+    )
+    return f"{START}[{', '.join(written)}]{END}"
+
+
 class CallError(ValueError):
     """A block or call that cannot be used; its message goes back to the model."""
 
@@ -128,23 +138,7 @@ def _unnamed(text: str, aliases: dict[str, str]) -> str:
 
 def _outside_strings(text: str, change: Any) -> str:
     """`text` with `change` applied to the parts outside string literals."""
-    out, code, quote, at = [], [], "", 0
-    while at < len(text):
-        char = text[at]
-        if quote:
-            out.append(text[at : at + 2] if char == "\\" else char)
-            at += 2 if char == "\\" else 1
-            quote = "" if char == quote else quote
-            continue
-        if char in "'\"":
-            out.append(change("".join(code)))
-            code, quote = [], char
-            out.append(char)
-        else:
-            code.append(char)
-        at += 1
-    out.append(change("".join(code)))
-    return "".join(out)
+    return "".join(change(piece) if kind == "code" else piece for kind, piece in _pieces(text))
 
 
 def _split(text: str) -> list[tuple[str, str]]:
@@ -203,51 +197,47 @@ def parse_block(body: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     _check_caps(body)
     try:
         tree = ast.parse(body, mode="eval").body
+        nodes = tree.elts if isinstance(tree, ast.List | ast.Tuple) else [tree]
+        items: list[tuple[ast.AST | CallError, list[str]]] = [(node, []) for node in nodes]
     except (SyntaxError, ValueError):  # ValueError: a NUL byte
-        return _call_by_call(body)
+        items = _call_by_call(body)
     except (MemoryError, RecursionError):
         raise CallError("The tool call could not be parsed; keep it short and flat.") from None
-    items = tree.elts if isinstance(tree, ast.List | ast.Tuple) else [tree]
     if not items:
         raise CallError("The tool call list is empty; write [tool_name(arg=value)].")
     if len(items) > MAX_CALLS:
         raise CallError(f"{len(items)} calls in one block; make at most {MAX_CALLS}.")
-    calls, errors = [], []
-    for item in items:
+    calls, errors, repairs = [], [], []
+    for node, notes in items:
         try:
-            calls.append(_call(item))
+            if isinstance(node, CallError):
+                raise node
+            call = _call(node)
         except CallError as exc:
             errors.append(str(exc))
-    return calls, errors, []
+            continue
+        calls.append(call)
+        repairs.extend(f"{call['name']}: {note}" for note in notes)
+    return calls, errors, repairs
 
 
-def _call_by_call(body: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+def _call_by_call(body: str) -> list[tuple[ast.AST | CallError, list[str]]]:
     """A block that does not parse as a whole: each top-level call on its own, repaired where
-    a reader would agree what was meant (the policy above); the rest are errors."""
+    a reader would agree what was meant (the policy above), with the notes of its repairs;
+    a call that still does not parse is its CallError."""
     inner = body[1:] if body.startswith("[") else body
-    segments = _segments(inner[:-1] if inner.endswith("]") else inner)
-    if len(segments) > MAX_CALLS:
-        raise CallError(f"{len(segments)} calls in one block; make at most {MAX_CALLS}.")
-    calls, errors, repairs = [], [], []
-    for segment in segments:
+    items: list[tuple[ast.AST | CallError, list[str]]] = []
+    for segment in _segments(inner[:-1] if inner.endswith("]") else inner):
         try:
-            node, notes = _parse_repaired(segment)
+            items.append(_parse_repaired(segment))
         except (SyntaxError, ValueError) as exc:
             reason = exc.msg if isinstance(exc, SyntaxError) else "it cannot be read"
-            errors.append(
-                f"The tool call {segment[:60]!r} is not valid Python call syntax: {reason}."
-            )
-            continue
+            shown = segment[:60]
+            message = f"The tool call {shown!r} is not valid Python call syntax: {reason}."
+            items.append((CallError(message), []))
         except (MemoryError, RecursionError):
-            errors.append("A tool call could not be parsed; keep it short and flat.")
-            continue
-        try:
-            calls.append(_call(node))
-        except CallError as exc:
-            errors.append(str(exc))
-            continue
-        repairs.extend(f"{calls[-1]['name']}: {note}" for note in notes)
-    return calls, errors, repairs
+            items.append((CallError("A tool call could not be parsed; keep it short."), []))
+    return items
 
 
 def _parse_repaired(segment: str) -> tuple[ast.AST, list[str]]:
@@ -272,7 +262,7 @@ _MISSING_COMMA = re.compile(r"\s+[A-Za-z_]\w*\s*=")
 def _requoted(segment: str) -> tuple[str, list[str]]:
     """Each keyword argument's string taken to end at the quote that the next keyword (or the
     call's closing parenthesis) follows; the quotes inside it escaped, then the repairs."""
-    out, at, depth, quoted = [], 0, 0, False
+    out, at, depth, found = [], 0, 0, set()
     endless: set[str] = set()  # quotes with no end from an earlier start: none from later ones
     while at < len(segment):
         char = segment[at]
@@ -288,14 +278,13 @@ def _requoted(segment: str) -> tuple[str, list[str]]:
             at += 1
             continue
         start, quote = at + opening.end(), opening.group(1)
-        inner = _escape_inner(segment[start:end], quote)
-        quoted = quoted or inner != segment[start:end]
+        inner, kinds = _escaped(segment[start:end], quote)
+        found |= kinds
         out.append(segment[at:start] + inner + quote)
         at = end + 1
     text, notes = _repair("".join(out))
-    if quoted:
-        notes = sorted({*notes, "quotes inside a string argument were escaped"})
-    return text, notes
+    found = {_NOTES["raw"]} & found | ({_REQUOTED} if _NOTES["quote"] in found else set())
+    return text, sorted({*notes, *found})
 
 
 def _string_end(segment: str, start: int, quote: str) -> int | None:
@@ -312,39 +301,71 @@ def _string_end(segment: str, start: int, quote: str) -> int | None:
     return None
 
 
-def _escape_inner(text: str, quote: str) -> str:
-    out, at = [], 0
-    while at < len(text):
-        if text[at] == "\\":
-            out.append(text[at : at + 2])
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\x00"}
+_NOTES = {
+    "raw": "a raw newline, tab or NUL inside a string was escaped",
+    "quote": "an apostrophe inside a single-quoted string was escaped",
+    "zeros": "an integer's leading zeros were dropped",
+}
+_REQUOTED = "quotes inside a string argument were escaped"
+_LEADING_ZEROS = re.compile(r"(?<![\w.])0+(?=[1-9]\d*(?![\w.]))")
+
+
+def _escaped(body: str, quote: str) -> tuple[str, set[str]]:
+    """A string literal's body with its unescaped `quote`s and raw newlines, tabs and NULs
+    escaped, and the notes of what was."""
+    out, found, at = [], set(), 0
+    while at < len(body):
+        char = body[at]
+        if char == "\\":
+            out.append(body[at : at + 2])
             at += 2
             continue
-        out.append("\\" + quote if text[at] == quote else text[at])
+        if char == quote:
+            out.append("\\" + quote)
+            found.add(_NOTES["quote"])
+        elif char in _ESCAPES:
+            out.append(_ESCAPES[char])
+            found.add(_NOTES["raw"])
+        else:
+            out.append(char)
         at += 1
-    return "".join(out)
+    return "".join(out), found
+
+
+def _pieces(text: str) -> list[tuple[str, str]]:
+    """`text` cut into ("code", ...), ("string", quoted literal) and ("open", a literal left
+    open to the end). A backslash escapes the next character; a single quote between two
+    letters inside a single-quoted string is an apostrophe, not its end (``'it's'``)."""
+    pieces, start, quote, at = [], 0, "", 0
+    while at < len(text):
+        char = text[at]
+        if quote and char == "\\":
+            at += 2
+            continue
+        if quote and char == quote and not _apostrophe(text, at, quote):
+            pieces.append(("string", text[start : at + 1]))
+            start, quote = at + 1, ""
+        elif not quote and char in "'\"":
+            pieces.append(("code", text[start:at]))
+            start, quote = at, char
+        at += 1
+    pieces.append(("open" if quote else "code", text[start:]))
+    return [(kind, piece) for kind, piece in pieces if piece]
 
 
 def _segments(body: str) -> list[str]:
     """The top-level comma-separated pieces of `body`, outside strings and brackets."""
-    pieces, depth, quote, start, at = [], 0, "", 0, 0
-    while at < len(body):
-        char = body[at]
-        if quote:
-            if char == "\\":
-                at += 1
-            elif char == quote and not _apostrophe(body, at, quote):
-                quote = ""
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            pieces.append(body[start:at])
-            start = at + 1
-        at += 1
-    pieces.append(body[start:])
+    pieces, current, depth = [], [], 0
+    for kind, piece in _pieces(body):
+        start = 0
+        for at, char in enumerate(piece if kind == "code" else ""):
+            depth += (char in "([{") - (char in ")]}")
+            if char == "," and depth == 0:
+                pieces.append("".join(current) + piece[start:at])
+                current, start = [], at + 1
+        current.append(piece[start:])
+    pieces.append("".join(current))
     return [piece.strip() for piece in pieces if piece.strip()]
 
 
@@ -358,45 +379,20 @@ def _apostrophe(text: str, at: int, quote: str) -> bool:
     )
 
 
-_LEADING_ZEROS = re.compile(r"(?<![\w.])0+(?=[1-9]\d*(?![\w.]))")
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\x00"}
-
-
 def _repair(segment: str) -> tuple[str, list[str]]:
     """`segment` with the policy's repairs made, and a note for each kind made."""
-    out, notes, quote, at, code = [], set(), "", 0, []
-    while at < len(segment):
-        char = segment[at]
-        if not quote:
-            if char in "'\"":
-                out.append(_strip_zeros("".join(code), notes))
-                code, quote = [], char
-                out.append(char)
-            else:
-                code.append(char)
-        elif char == "\\" and at + 1 < len(segment):
-            out.append(segment[at : at + 2])
-            at += 1
-        elif char in _ESCAPES:
-            out.append(_ESCAPES[char])
-            notes.add("a raw newline, tab or NUL inside a string was escaped")
-        elif char == quote and _apostrophe(segment, at, quote):
-            out.append("\\'")
-            notes.add("an apostrophe inside a single-quoted string was escaped")
-        else:
-            out.append(char)
-            if char == quote:
-                quote = ""
-        at += 1
-    out.append(_strip_zeros("".join(code), notes))
+    out, notes = [], set()
+    for kind, piece in _pieces(segment):
+        if kind == "code":
+            fixed = _LEADING_ZEROS.sub("", piece)
+            notes |= {_NOTES["zeros"]} if fixed != piece else set()
+            out.append(fixed)
+            continue
+        quote, closed = piece[0], kind == "string"
+        body, found = _escaped(piece[1 : -1 if closed else None], quote)
+        notes |= found
+        out.append(quote + body + (quote if closed else ""))
     return "".join(out), sorted(notes)
-
-
-def _strip_zeros(code: str, notes: set[str]) -> str:
-    fixed = _LEADING_ZEROS.sub("", code)
-    if fixed != code:
-        notes.add("an integer's leading zeros were dropped")
-    return fixed
 
 
 def _check_caps(body: str) -> None:

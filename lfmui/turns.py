@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from lfmui import engine, images, prompts, toolcalls, tools
@@ -241,19 +241,8 @@ class Round:
     results: list[tools.ToolResult] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        parsed = self.parsed
-        fields = (
-            {}
-            if parsed is None
-            else {
-                "calls": parsed.calls,
-                "errors": parsed.errors,
-                "text": parsed.text,
-                "metrics": parsed.metrics,
-                "reason": parsed.reason,
-                "repairs": parsed.repairs,
-            }
-        )
+        parsed = {} if self.parsed is None else asdict(self.parsed)
+        fields = {k: v for k, v in parsed.items() if k not in ("round", "raw")}
         results = [r.to_json() for r in self.results]
         return {"round": self.number, "raw": self.raw, **fields, "results": results}
 
@@ -285,10 +274,9 @@ class ToolTurn:
         tools; the tool choice is stated in the system turn."""
         if not 1 <= max_rounds <= MAX_ROUNDS_CAP:
             raise InputError(f"max_rounds must be between 1 and {MAX_ROUNDS_CAP}.")
-        note = tool_instruction(tool_choice, list(registry))
-        if note:
-            _add_to_system(conversation, note)
-        schemas = [] if tool_choice == "none" else [t.schema() for t in registry.values()]
+        schemas = apply_tool_choice(
+            conversation, [t.schema() for t in registry.values()], tool_choice
+        )
         return cls(conversation, registry, schemas, max_rounds)
 
     def apply(self, step: Step) -> None:
@@ -333,6 +321,17 @@ class ToolTurn:
         elif isinstance(self.final, Failed):
             final = {"error": self.final.error}
         return {"rounds": [r.to_json() for r in self.rounds], "final": final}
+
+
+def apply_tool_choice(
+    conversation: list[dict[str, Any]], schemas: list[dict[str, Any]], choice: str
+) -> list[dict[str, Any]]:
+    """The tool choice stated in the system turn (in place); the schemas for the prompt
+    (none when the choice is "none")."""
+    note = tool_instruction(choice, [str(schema.get("name")) for schema in schemas])
+    if note:
+        _add_to_system(conversation, note)
+    return [] if choice == "none" else schemas
 
 
 def tool_instruction(choice: str, names: list[str]) -> str:

@@ -42,7 +42,7 @@ def routes(manager: ModelManager) -> list[Route]:
         model = str(body.get("model"))
         try:
             if not chat.stream:
-                done = openai_api.completion(model, await _collect(records))
+                done = openai_api.completion(model, await run_in_threadpool(list, records))
                 shutil.rmtree(chat.folder, ignore_errors=True)
                 return JSONResponse(done)
             stream = openai_api.chunks(model, records, chat.include_usage)
@@ -58,10 +58,6 @@ def routes(manager: ModelManager) -> list[Route]:
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ]
-
-
-async def _collect(records: Iterator[dict]) -> list[dict]:
-    return await run_in_threadpool(list, records)
 
 
 async def _events(first, stream, records, stop: threading.Event, folder: str):
