@@ -12,7 +12,7 @@ import os
 import threading
 from pathlib import Path
 
-from lfmui import engine, quant
+from lfmui import endpoint, engine, quant
 from lfmui.catalog import Catalog
 from lfmui.errors import LfmuiError
 from lfmui.hub import choose_startup_model
@@ -34,6 +34,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--offline",
         action="store_true",
         help="never contact the Hugging Face Hub; start with lfm2-vl-tiny",
+    )
+    parser.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="answer with an OpenAI-compatible server (vLLM, SGLang, llama.cpp, transformers "
+        "serve), e.g. http://localhost:8000/v1; the in-process model loads only with --model",
+    )
+    parser.add_argument("--endpoint-model", help="the model id to ask the endpoint for")
+    parser.add_argument(
+        "--endpoint-body",
+        metavar="JSON",
+        help="extra fields sent with every endpoint request, e.g. '{\"top_k\": 20}'",
     )
     parser.add_argument(
         "--synthetic",
@@ -60,11 +72,31 @@ def main(argv: list[str] | None = None) -> None:
         requested = catalog.add_local(requested).id
     model_id, note = choose_startup_model(catalog, requested, args.offline)
     manager = ModelManager(catalog, on_loaded=engine.warm_up)
+    if args.endpoint:
+        note = " ".join(filter(None, [note, _connect_at_start(manager, args)]))
     app = build_app(manager, startup_note=note)
-    threading.Thread(
-        target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
-    ).start()
+    if manager.endpoint is None or args.model:
+        threading.Thread(
+            target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
+        ).start()
     app.launch(**launch_settings(args.host, args.port, manager))
+
+
+def _connect_at_start(manager: ModelManager, args: argparse.Namespace) -> str:
+    """Use the endpoint of --endpoint; where it cannot be used, the note that says so (the
+    in-process model then loads and answers)."""
+    try:
+        extra = endpoint.extra_fields(args.endpoint_body)
+        key = os.environ.get("LFMUI_ENDPOINT_KEY")  # a key stays out of the process list
+        manager.use_endpoint(
+            endpoint.Endpoint.connect(
+                args.endpoint, args.endpoint_model, key, extra, manager.catalog
+            )
+        )
+    except LfmuiError as exc:
+        logging.getLogger("lfmui").error("endpoint: %s", exc)
+        return f"The endpoint could not be used: {exc} The in-process model answers instead."
+    return ""
 
 
 def _load_at_start(manager: ModelManager, model_id: str, quantization: str) -> None:

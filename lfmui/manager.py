@@ -97,6 +97,13 @@ class ModelManager:
         self._current: LoadedModel | None = None
         self._switching = False
         self.loading: str | None = None  # id being loaded, for the status card
+        # an OpenAI-compatible server that answers instead of the resident model (which stays
+        # loaded): lfmui.endpoint.Endpoint, set by use_endpoint
+        self.endpoint: Any = None
+
+    def use_endpoint(self, endpoint: Any) -> None:
+        """Send chats to `endpoint` (None: back to the in-process model)."""
+        self.endpoint = endpoint
 
     # ---- requests -------------------------------------------------------------------------
     def current(self) -> LoadedModel | None:
@@ -126,6 +133,7 @@ class ModelManager:
         loaded = self._current
         status: dict[str, Any] = loaded.status() if loaded else {"model_id": None}
         status["loading"] = self.loading
+        status["endpoint"] = self.endpoint.status() if self.endpoint else None
         status["memory"] = memory_report(loaded)
         return status
 

@@ -26,6 +26,10 @@ Policy, stated once:
 - A call names a tool: a plain name, or a dotted one (``grocery.order``) for tools whose names
   have dots; names with hyphens are written as the tool list gives them (``get-weather(...)``).
   A name that is not a tool is an error (``os.system`` is an unknown tool, never Python).
+- A reply without markers that is nothing but a list of calls to listed tools
+  (``[get_weather(city="Paris")]``) is read as a block, reported as a repair: a server that drops
+  special tokens (``transformers serve``) sends LFM2's block that way. Anything else without
+  markers, a list of plain values included, stays text.
 - A start marker without an end (the reply was cut off) still yields its calls; an end marker
   without a start is dropped from the text; the call body echoed after the end marker is dropped;
   several blocks are all parsed, in order; markers inside a fenced code block are text.
@@ -50,6 +54,7 @@ MAX_DEPTH = 16
 MAX_INT = 2**63 - 1
 JSON_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False}
 _FENCE = re.compile(r"```.*?(```|\Z)", re.S)
+_BARE = re.compile(r"\s*\[\s*[A-Za-z_][\w.\-]*\s*\(.*\]\s*", re.S)
 
 
 @dataclass
@@ -71,10 +76,15 @@ class Parsed:
 def write_calls(calls: list[dict[str, Any]]) -> str:
     """Calls ({"name", "arguments"}) written the way LFM2 writes them: a block ``parse`` reads
     back to the same calls (an assistant's earlier calls, sent again in a conversation)."""
-    written = (
-        f"{call['name']}({', '.join(f'{k}={v!r}' for k, v in call['arguments'].items())})"
-        for call in calls
-    )
+    return block_of(write_call(call) for call in calls)
+
+
+def write_call(call: dict[str, Any]) -> str:
+    return f"{call['name']}({', '.join(f'{k}={v!r}' for k, v in call['arguments'].items())})"
+
+
+def block_of(written: Any) -> str:
+    """Written calls as one block, markers included."""
     return f"{START}[{', '.join(written)}]{END}"
 
 
@@ -87,6 +97,11 @@ def parse(text: str, tools: list[dict[str, Any]] | None = None) -> Parsed:
     schemas = {t.get("name"): t for t in tools or [] if isinstance(t, dict)}
     aliases = _aliases(schemas)
     result = Parsed()
+    if tools and START not in text and _BARE.fullmatch(text):
+        bare = parse(f"{START}{text.strip()}{END}", tools)
+        if bare.calls and not bare.errors:
+            bare.repairs.append("read a call list written without the tool-call markers")
+            return bare
     remaining: list[str] = []
     for kind, chunk in _split(text):
         if kind == "text":

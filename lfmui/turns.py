@@ -38,8 +38,14 @@ def chat_turn(
     `tiling` overrides the loaded model's image-processor defaults for this request only;
     `tools` (JSON schemas) go into the system turn; `raw` keeps special tokens (tool-call
     markers) in the text; `generate_kwargs` reaches generate() (tests force outputs with it).
+    While the manager uses an endpoint, the endpoint answers (`generate_kwargs` stay here).
     """
     check_conversation(conversation)
+    endpoint = manager.endpoint
+    if endpoint is not None:  # an OpenAI-compatible server answers (lfmui.endpoint)
+        checked = engine.Settings.from_dict(settings or {}, defaults=endpoint.sampling)
+        yield from endpoint.chat(conversation, checked, stop, tiling, tools)
+        return
     with manager.lease() as loaded:
         checked = engine.Settings.from_dict(settings or {}, defaults=dict(loaded.spec.sampling))
         cut = tiling_of(loaded, tiling)
@@ -95,12 +101,36 @@ def inspect_image(
     """The picture at `path` (safe intake) and how the loaded VL model's processor cuts it
     under `values` over its defaults: grid, tiles, thumbnail, image tokens (tiling.plan_tiles)."""
     picture = images.load_safe(path)
+    endpoint = manager.endpoint
+    if endpoint is not None:
+        if endpoint.kind != "vl":
+            raise InputError(f"{endpoint.model} reads text only; serve a vision-language model.")
+        if endpoint.processor is None:
+            raise InputError(
+                f"The processor config of {endpoint.model[:80]} could not be read, so its cut "
+                "cannot be planned here; the server still reads images with its own settings."
+            )
+        plan = plan_tiles(endpoint.processor, picture, endpoint.tiling(values), 32_768)
+        return picture, plan
     with manager.lease() as loaded:
         if loaded.spec.kind != "vl":
             raise InputError(f"{loaded.spec.id} reads text only; load a vision-language model.")
         cut = tiling_of(loaded, values)
         plan = plan_tiles(loaded.processor, picture, cut, context_tokens(loaded))
     return picture, plan
+
+
+def serving(manager: ModelManager) -> dict[str, Any]:
+    """What answers the chat now: the endpoint in use, else the resident model (or none):
+    its name, whether it reads images, and whether its replies are random-weight noise."""
+    endpoint, loaded = manager.endpoint, manager.current()
+    if endpoint is not None:
+        name, kind, noise = endpoint.label, endpoint.kind, endpoint.random_weights
+    elif loaded is not None:
+        name, kind, noise = loaded.spec.id, loaded.spec.kind, loaded.spec.random_weights
+    else:
+        name, kind, noise = None, "vl", False
+    return {"name": name, "reads_images": kind == "vl", "random_weights": noise}
 
 
 def tiling_of(loaded: Any, values: dict[str, Any] | None) -> Tiling | None:

@@ -48,3 +48,28 @@ def scripted_generate(loaded, replies: list[str]):
         yield processor
     finally:
         del loaded.model.generate  # back to the class's method
+
+
+ANCHOR_TOKENS = 32  # the prompt tail that names where a scripted reply starts (the tiny
+# tokenizer is nearly one token per character: 32 reach back into the last message)
+
+
+def server_script(tokenizer, script: list[tuple[list[dict], str]], eos: int = 7) -> dict:
+    """A ``generation_config`` for ``transformers serve`` (sent as a request field) that forces,
+    after each conversation of `script`, its reply, through generate()'s own sequence_bias.
+
+    Each conversation is rendered with the checkpoint's chat template; its last ANCHOR_TOKENS
+    prompt tokens anchor the reply, and every step of the reply is lifted after the anchor and
+    the reply so far: the server's real generate path writes it. Elsewhere end-of-sequence is
+    lowered, so an unscripted reply runs to max_tokens (a Stop test does not race random EOS).
+    """
+    bias: list = [[[eos], -100.0]]
+    for conversation, reply in script:
+        prompt = tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        anchor = list(prompt[-min(ANCHOR_TOKENS, len(prompt) - 1) :])  # never the BOS: the
+        # server's prompt has a system turn (the tools) before the conversation
+        forced = tokenizer.encode(reply, add_special_tokens=False) + [eos]
+        bias += [[anchor + forced[: k + 1], 1000.0] for k in range(len(forced))]
+    return {"do_sample": False, "eos_token_id": eos, "sequence_bias": bias}

@@ -24,7 +24,7 @@ FLOORS = [
     },
     {"lfmui.catalog", "lfmui.tiling", "lfmui.images", "lfmui.tools", "lfmui.moe_quant"},
     {"lfmui.quant", "lfmui.hub", "lfmui.prompts", "lfmui.engine", "lfmui.offline"},
-    {"lfmui.memory"},
+    {"lfmui.memory", "lfmui.endpoint"},
     {"lfmui.manager"},
     {"lfmui.turns"},
     {"lfmui.bench", "lfmui.session", "lfmui.openai_api"},

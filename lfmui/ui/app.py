@@ -66,7 +66,8 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
             detail = vision_tab.reset_values(manager)
             return [*chat_tab.defaults(manager), *detail, *detail]
 
-        models["loaded"].then(model_defaults, None, per_model, api_visibility="private")
+        for switch in [models["loaded"], *models["switched"]]:
+            switch.then(model_defaults, None, per_model, api_visibility="private")
         demo.load(
             lambda: (
                 models_tab.status_card(manager),

@@ -49,21 +49,22 @@ def stream_reply(
 ):
     """Append an assistant turn to `history` and stream the reply into it (with the built-in
     tools when `use_tools`: their calls show as collapsible "Used tool" messages)."""
-    loaded = manager.current()
-    reads_images = loaded is None or loaded.spec.kind == "vl"
+    serving = turns.serving(manager)
     reply = {
         "role": "assistant",
         "text": "",
         "status": "streaming",
         "metrics": {},
-        "random_weights": bool(loaded and loaded.spec.random_weights),
+        "random_weights": serving["random_weights"],
     }
     try:
-        conversation, dropped = turns.conversation_of(history, system_prompt, reads_images)
+        conversation, dropped = turns.conversation_of(
+            history, system_prompt, serving["reads_images"]
+        )
         for number, turn in enumerate(history):
             turn["images_dropped"] = number in dropped  # the chat says they were not sent
         if dropped:
-            gr.Warning(f"{loaded.spec.id} reads text only: the images in this chat are not sent.")
+            gr.Warning(f"{serving['name']} reads text only: the images in this chat are not sent.")
         earlier = to_chatbot(history)  # rendered once: only the reply changes per token
         history.append(reply)
         yield history, earlier + to_chatbot([reply])
@@ -346,8 +347,12 @@ def build(manager: ModelManager) -> dict[str, Any]:
 
 def defaults(manager: ModelManager) -> list[Any]:
     """System prompt and generation controls reset to the loaded model's recommended values."""
-    loaded = manager.current()
-    if loaded is None:
+    loaded, endpoint = manager.current(), manager.endpoint
+    if endpoint is not None:
+        sampling, system_prompt = endpoint.sampling, endpoint.system_prompt
+    elif loaded is not None:
+        sampling, system_prompt = dict(loaded.spec.sampling), loaded.spec.system_prompt
+    else:
         return [gr.skip()] * (1 + len(SAMPLING))
-    recommended = Settings.from_dict({}, defaults=dict(loaded.spec.sampling))
-    return [loaded.spec.system_prompt, *(getattr(recommended, n) for n in SAMPLING)]
+    recommended = Settings.from_dict({}, defaults=sampling)
+    return [system_prompt, *(getattr(recommended, n) for n in SAMPLING)]

@@ -9,8 +9,9 @@ every option forwarded as given, except the Stop flag, which cannot reach anothe
 back: where `first` has an ``apply(step)`` method (``turns.ToolTurn``), each step the worker
 yields is applied to it here. Each call asks for a duration derived from max_new_tokens, the
 rounds and the images sent, and a quota error becomes a message that says what to do.
-Elsewhere these are the plain ``turns`` functions. torch.compile is off under ZeroGPU
-(``engine.decode_plan``): each request would pay the compile in a fresh worker.
+Elsewhere, and while an endpoint answers, these are the plain ``turns`` functions.
+torch.compile is off under ZeroGPU (``engine.decode_plan``): each request would pay the
+compile in a fresh worker.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def on_gpu(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
 
     def call(manager: Any, first: Any, **options: Any) -> Iterator[Any]:
         global _manager
+        if manager.endpoint is not None:  # a server answers: no GPU of ours is needed
+            yield from fn(manager, first, **options)
+            return
         _manager = manager
         options.pop("stop", None)
         try:

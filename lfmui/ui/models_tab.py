@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gradio as gr
 
+from lfmui import endpoint as endpoints
 from lfmui import measured, quant
+from lfmui.catalog import RANDOM_WEIGHTS_NOTE
 from lfmui.manager import GIB, ModelManager
 from lfmui.ui.render import user_errors
 from lfmui.ui.running import ACCELERATOR
@@ -33,7 +36,7 @@ def quantization_table(manager: ModelManager, model_id: str) -> str:
 def status_card(manager: ModelManager) -> str:
     status = manager.status()
     memory = status["memory"]
-    lines = []
+    lines = endpoint_lines(status["endpoint"])
     if status.get("loading"):
         lines.append(f"**Loading {status['loading']}…**")
     if status["model_id"] is None:
@@ -57,11 +60,37 @@ def status_card(manager: ModelManager) -> str:
     return "\n".join(lines)
 
 
+def endpoint_lines(status: dict[str, Any] | None) -> list[str]:
+    """The endpoint in use, for the status card: what it serves and what it did not take."""
+    if status is None:
+        return []
+    lines = [
+        f"**Endpoint in use:** `{status['model']}` at {status['url']} "
+        f"({'vision-language' if status['kind'] == 'vl' else 'text'})",
+        "- Quantization and speed are the server's business; the levels below apply to the "
+        "in-process model, which stays loaded and answers again after *Use the in-process "
+        "model*.",
+        "- Tiling goes as `mm_processor_kwargs` (vLLM reads it); a server that ignores it "
+        "silently reads images with its own settings.",
+    ]
+    if status["refused"]:
+        lines.append(f"- This server refused: {', '.join(status['refused'])} (not sent now).")
+    if status["note"]:
+        lines.append(f"- Note: {status['note']}.")
+    lines.append("")
+    lines.append("**In-process model** (not answering while the endpoint is in use):")
+    return lines
+
+
 def banner(manager: ModelManager, startup_note: str = "") -> str:
-    """The warning strip above the tabs: random weights, offline fallback."""
+    """The warning strip above the tabs: random weights, offline fallback, the endpoint."""
     loaded = manager.current()
     notes = [startup_note] if startup_note else []
-    if loaded is not None and loaded.spec.random_weights:
+    endpoint = manager.endpoint
+    if endpoint is not None:
+        noise = f" ({RANDOM_WEIGHTS_NOTE})" if endpoint.random_weights else ""
+        notes.append(f"Replies come from the endpoint **{endpoint.label}**{noise}.")
+    elif loaded is not None and loaded.spec.random_weights:
         notes.append(f"**{loaded.spec.id}** has {loaded.spec.note}.")
     return "\n\n".join(f"⚠️ {n}" for n in notes)
 
@@ -118,4 +147,60 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
         load, [model, level], outputs, api_visibility="private", **ACCELERATOR
     )
     unload_button.click(unload, model, outputs, api_visibility="private", **ACCELERATOR)
-    return {"model": model, "card": card, "loaded": load_event}
+    switched = endpoint_panel(manager, outputs, model)
+    return {"model": model, "card": card, "loaded": load_event, "switched": switched}
+
+
+def endpoint_panel(manager: ModelManager, outputs: list[Any], model: gr.Dropdown) -> list[Any]:
+    """Connect to an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server, transformers
+    serve) or go back to the in-process model; returns the two events."""
+    current = manager.endpoint
+    with gr.Accordion("Endpoint: an OpenAI-compatible server", open=current is not None):
+        gr.Markdown(
+            "Put the whole app in front of a server that speaks the OpenAI chat API, e.g. "
+            "`vllm serve LiquidAI/LFM2-VL-1.6B`. The model id may stay empty: the first model "
+            "the server lists is used."
+        )
+        with gr.Row():
+            url = gr.Textbox(
+                current.url if current else "",
+                label="Server URL",
+                placeholder="http://localhost:8000/v1",
+                elem_id="endpoint-url",
+            )
+            served = gr.Dropdown(
+                current.models if current else [],
+                value=current.model if current else None,
+                label="Model id",
+                allow_custom_value=True,
+                elem_id="endpoint-model",
+            )
+            key = gr.Textbox(label="API key (if the server wants one)", type="password")
+        extra = gr.Textbox(
+            json.dumps(current.extra_body) if current and current.extra_body else "",
+            label="Extra request fields (JSON, sent with every request)",
+            placeholder='{"top_k": 20}',
+        )
+        with gr.Row():
+            connect_button = gr.Button("Connect", variant="primary", elem_id="endpoint-connect")
+            local_button = gr.Button("Use the in-process model", elem_id="endpoint-local")
+
+    @user_errors
+    def connect(address: str, model_id: str | None, api_key: str, fields: str, picked: str):
+        endpoint = endpoints.Endpoint.connect(
+            address, model_id, api_key, endpoints.extra_fields(fields), manager.catalog
+        )
+        manager.use_endpoint(endpoint)
+        table = quantization_table(manager, picked)
+        served_now = gr.Dropdown(choices=endpoint.models, value=endpoint.model)
+        return status_card(manager), banner(manager), table, served_now
+
+    def use_local(picked: str):
+        manager.use_endpoint(None)
+        return status_card(manager), banner(manager), quantization_table(manager, picked)
+
+    connected = connect_button.click(
+        connect, [url, served, key, extra, model], [*outputs, served], api_visibility="private"
+    )
+    local = local_button.click(use_local, model, outputs, api_visibility="private")
+    return [connected, local]

@@ -44,6 +44,8 @@ def metrics_line(metrics: dict[str, Any], reason: str) -> str:
     if metrics.get("peak_memory_gib") is not None:
         kind = "peak" if metrics.get("peak_memory_kind") == "cuda_peak_allocated" else "RSS"
         parts.append(f"{kind} {metrics['peak_memory_gib']:.2f} GiB")
+    if metrics.get("server_ignored"):  # an endpoint refused some settings by name
+        parts.append(f"the server ignored: {metrics['server_ignored']}")
     label = DONE_LABELS.get(reason, reason)
     if label:
         parts.insert(0, label)

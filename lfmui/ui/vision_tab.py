@@ -24,11 +24,17 @@ AB_HEADERS = ["preset", "image tokens", "prompt tokens", "TTFT s", "tok/s", "ans
 
 
 def reset_values(manager: ModelManager) -> list[Any]:
-    """Preset and knobs back to the loaded model's processor defaults."""
-    loaded = manager.current()
-    if loaded is None or loaded.spec.kind != "vl":
+    """Preset and knobs back to the answering model's processor defaults."""
+    loaded, endpoint = manager.current(), manager.endpoint
+    if endpoint is not None:
+        defaults = endpoint.tiling(None)
+    elif loaded is not None and loaded.spec.kind == "vl":
+        defaults = tiling.Tiling.from_processor(loaded.processor)
+    else:
+        defaults = None
+    if defaults is None:
         return [gr.skip()] * (1 + len(tiling.FIELDS))
-    return [MODEL_DEFAULT, *asdict(tiling.Tiling.from_processor(loaded.processor)).values()]
+    return [MODEL_DEFAULT, *asdict(defaults).values()]
 
 
 def describe(plan: dict[str, Any]) -> str:

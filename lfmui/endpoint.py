@@ -1,0 +1,511 @@
+"""An OpenAI-compatible server as the model: vLLM, SGLang, llama.cpp's server, transformers serve.
+
+``Endpoint.connect`` lists the served models (``GET /v1/models``; a server that fails there, as
+``transformers serve`` does without a hub cache, is used with the model id the user gives) and
+reads the model's processor config without weights. ``chat`` streams one reply as the engine's
+events (text, metrics, done or error), so the chat, the tool turn and lfmui's own /v1 run on it
+unchanged (``turns.chat_turn`` sends a turn here while an endpoint is in use).
+
+Policy, stated once:
+- Images go as data URLs, after the app's safe intake and the tiling's aspect cap: the server
+  fetches nothing. User and tool text is escaped as for the in-process model.
+- Always sent: ``max_tokens``, ``temperature``, ``top_p``, ``seed``. Sent where the server takes
+  them: ``min_p``, ``repetition_penalty`` and the tiling as ``mm_processor_kwargs`` (vLLM's
+  per-request processor settings). A server that refuses one by name (a 400 or 422 that names
+  it) is asked again without it, and each reply says what the server did not take. A server
+  that silently ignores a field cannot be told apart; the Models tab says so.
+- Stop closes the stream: the server sees the client leave and aborts the request.
+- Metrics come from the stream: TTFT from the request to the first text, tokens/s and token
+  counts from the usage the server reports (chunks counted when it reports none).
+- Tool calls: the server's ``tool_calls`` are written back as LFM2's call block
+  (``toolcalls.write_calls``), so the tool turn reads them as it reads the in-process model's;
+  a server that sends the raw text is read by ``toolcalls.parse``.
+- Failures (unreachable, too slow, an error status, malformed JSON, a stream cut short) are
+  sentences that say what to do: ``EndpointError`` before a reply starts, an error event after.
+  The in-process model is never touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lfmui import prompts, toolcalls
+from lfmui.catalog import (
+    MOE_SAMPLING,
+    NOISE_SAMPLING,
+    TEXT_SYSTEM_PROMPT,
+    VL_SAMPLING,
+    VL_SYSTEM_PROMPT,
+    Catalog,
+)
+from lfmui.engine import Event
+from lfmui.errors import LfmuiError
+from lfmui.settings import Settings
+from lfmui.tiling import Tiling, fit
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 10.0
+LIST_TIMEOUT_S = 15.0
+OPTIONAL = {  # request fields a server may refuse, and what the user is told it did not take
+    "min_p": "min_p",
+    "repetition_penalty": "repetition penalty",
+    "mm_processor_kwargs": "tiling and image budget (mm_processor_kwargs)",
+}
+FINISH = {"stop": "eos", "tool_calls": "eos", "function_call": "eos", "length": "max_tokens"}
+_SAMPLING = {"vl": VL_SAMPLING, "text": MOE_SAMPLING}
+PNG_MAX_PIXELS = 1024 * 1024  # larger pictures go as JPEG (quality 92): a smaller request
+
+
+class EndpointError(LfmuiError):
+    """The endpoint could not be used; the message says why and what to do."""
+
+
+@dataclass
+class Endpoint:
+    """A connected OpenAI-compatible server and the model it serves."""
+
+    url: str
+    model: str
+    models: list[str]
+    client: Any  # openai.OpenAI
+    kind: str = "vl"  # "vl" or "text": whether images are sent
+    sampling: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str = VL_SYSTEM_PROMPT
+    random_weights: bool = False
+    processor: Any = None  # the model's processor, read without weights (None: not found)
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)  # OPTIONAL fields this server refused
+    note: str = ""  # what connecting found (no model list, no processor config)
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+        catalog: Catalog | None = None,
+    ) -> Endpoint:
+        """Reach `url` (the server's base URL, with or without ``/v1``) and pick `model`, or
+        the first it lists; EndpointError says what is wrong."""
+        import httpx
+        import openai
+
+        base = _base_url(url)
+        model = (model or "").strip() or None
+        if extra_body is not None and not isinstance(extra_body, dict):
+            raise EndpointError('Extra request fields must be a JSON object, e.g. {"top_k": 20}.')
+        client = openai.OpenAI(
+            base_url=base,
+            api_key=api_key or "not-needed",
+            max_retries=0,
+            timeout=httpx.Timeout(LIST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        )
+        models, note = _list_models(client, base, model)
+        if model is None:
+            model = models[0]
+        elif models and model not in models:
+            raise EndpointError(
+                f"{base} serves {', '.join(m[:60] for m in models[:8])}, not '{model[:80]}'. "
+                "Pick one of those, or leave the model id empty for the first."
+            )
+        endpoint = cls(base, model, models or [model], client, extra_body=dict(extra_body or {}))
+        endpoint._describe(catalog or Catalog(), note)
+        return endpoint
+
+    def _describe(self, catalog: Catalog, note: str) -> None:
+        """What the served model is: its kind, sampling defaults and processor config, from a
+        local checkpoint directory (the served id is its path), the catalog entry the id
+        names, or its processor config."""
+        notes = [note] if note else []
+        directory = Path(self.model).expanduser()
+        spec = None if directory.is_dir() else _catalog_match(catalog, self.model)
+        self.processor = _processor(
+            str(directory) if directory.is_dir() else spec.hub_repo if spec else self.model
+        )
+        if spec is not None:
+            self.kind = spec.kind
+        elif self.processor is not None:
+            self.kind = "vl" if hasattr(self.processor, "image_processor") else "text"
+        self.sampling = dict(spec.sampling if spec else _SAMPLING[self.kind])
+        self.system_prompt = VL_SYSTEM_PROMPT if self.kind == "vl" else TEXT_SYSTEM_PROMPT
+        if directory.is_dir() and (directory / "lfmui-build.json").is_file():
+            self.random_weights = True  # an offline build of ours: its replies are noise
+            self.sampling = dict(NOISE_SAMPLING)
+        if self.processor is None and self.kind == "vl":
+            notes.append(
+                "its processor config could not be read, so the tiling inspector cannot plan "
+                "images for it"
+            )
+        self.note = "; ".join(notes)
+
+    # ---- state ------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"{self.model} at {self.url}"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "model": self.model,
+            "models": self.models,
+            "kind": self.kind,
+            "random_weights": self.random_weights,
+            "refused": sorted(self.refused),
+            "note": self.note,
+        }
+
+    def tiling(self, values: dict[str, Any] | None) -> Tiling | None:
+        """Validated tiling over the model's processor defaults (None for text models)."""
+        if self.kind != "vl":
+            return None
+        defaults = Tiling.from_processor(self.processor) if self.processor else Tiling()
+        return Tiling.from_dict(values, defaults=defaults)
+
+    # ---- one reply ----------------------------------------------------------------------------
+    def chat(
+        self,
+        conversation: list[dict[str, Any]],
+        settings: Settings,
+        stop: threading.Event | None = None,
+        tiling: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Iterator[Event]:
+        """Stream the reply to `conversation` as engine events; always ends with done or error."""
+        stop = stop or threading.Event()
+        cut = self.tiling(tiling)
+        body = self._body(conversation, settings, cut, tiling, tools)
+        submitted = time.perf_counter()
+        try:
+            stream = self._open(body, settings.time_limit)
+        except EndpointError as exc:
+            yield Event("error", data={"error": "EndpointError", "message": str(exc)})
+            return
+        reply = _Reply()
+        reason = None
+        try:
+            with stream:
+                for chunk in stream:
+                    if stop.is_set():
+                        reason = "stopped"
+                        break
+                    if time.perf_counter() - submitted > settings.time_limit:
+                        reason = "time_limit"
+                        break
+                    delta = reply.take(chunk)
+                    if delta:
+                        yield Event("text", delta)
+        except Exception as exc:  # noqa: BLE001 - the network and the server's JSON: a sentence
+            yield Event("error", data={"error": type(exc).__name__, "message": self._said(exc)})
+            return
+        if reply.calls:
+            block = reply.written_calls()
+            reply.generated += 0 if reply.usage else 1
+            yield Event("text", block)
+        if reason is None:
+            if reply.finish is None:
+                yield Event("error", data={"error": "EndpointError", "message": self._cut_short()})
+                return
+            reason = FINISH.get(reply.finish, "eos")
+        yield Event("metrics", data=self._metrics(reply, submitted, settings))
+        yield Event("done", data={"reason": reason})
+
+    def _body(
+        self,
+        conversation: list[dict[str, Any]],
+        settings: Settings,
+        cut: Tiling | None,
+        tiling: dict[str, Any] | None,
+        tools: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [_message(m, cut) for m in conversation],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "min_p": settings.min_p,
+            "repetition_penalty": settings.repetition_penalty,
+        }
+        if settings.seed is not None:
+            body["seed"] = settings.seed
+        if cut is not None and tiling:  # only what the user set: the server keeps its defaults
+            body["mm_processor_kwargs"] = {k: getattr(cut, k) for k in tiling}
+        if tools:
+            body["tools"] = [{"type": "function", "function": schema} for schema in tools]
+        body.update(self.extra_body)
+        for name in self.refused:
+            body.pop(name, None)
+        return body
+
+    def _open(self, body: dict[str, Any], time_limit: float) -> Any:
+        """The stream of chunks; a field the server refuses by name is dropped and asked again."""
+        import httpx
+        import openai
+
+        fields = {k: v for k, v in body.items() if k not in ("model", "messages")}
+        while True:
+            try:
+                return self.client.chat.completions.create(
+                    model=body["model"],
+                    messages=body["messages"],
+                    extra_body={k: v for k, v in fields.items() if k not in _SDK_ARGS},
+                    timeout=httpx.Timeout(time_limit, connect=CONNECT_TIMEOUT_S),
+                    **{k: v for k, v in fields.items() if k in _SDK_ARGS},
+                )
+            except openai.APIStatusError as exc:
+                named = _refused_field(exc, fields)
+                if named is None:
+                    raise EndpointError(self._said(exc)) from None
+                log.info("%s refused %s; asking again without it", self.url, named)
+                self.refused.add(named)
+                fields.pop(named)
+            except Exception as exc:  # noqa: BLE001 - connection, timeout: a sentence
+                raise EndpointError(self._said(exc)) from None
+
+    # ---- sentences ----------------------------------------------------------------------------
+    def _said(self, exc: BaseException) -> str:
+        """What the user reads when the server failed with `exc`."""
+        import openai
+
+        where = f"The endpoint {self.url}"
+        if isinstance(exc, openai.APITimeoutError):
+            return (
+                f"{where} did not answer in time. Check that the server is running and not "
+                "overloaded, or raise the time limit, then send again."
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return (
+                f"{where} cannot be reached ({_cause(exc)}). Start the server or fix the "
+                "URL in the Models tab, or switch back to the in-process model."
+            )
+        if isinstance(exc, openai.APIStatusError):
+            said = _server_message(exc)
+            if exc.status_code == 404 or "not found" in said.lower():
+                return (
+                    f"{where} does not serve '{self.model[:80]}' ({said}). Pick a model it "
+                    f"serves in the Models tab: {', '.join(m[:60] for m in self.models[:8])}."
+                )
+            return (
+                f"{where} refused the request ({exc.status_code}: {said}). Change what it "
+                "names and send again."
+            )
+        if isinstance(exc, json.JSONDecodeError | ValueError | KeyError | TypeError):
+            return (
+                f"{where} sent a reply that is not valid OpenAI JSON. Check that the URL "
+                "points at an OpenAI-compatible server (its /v1), then send again."
+            )
+        return self._cut_short()
+
+    def _cut_short(self) -> str:
+        return (
+            f"The endpoint {self.url} ended the reply before it finished (the stream was cut "
+            "short). The server may have restarted or run out of memory; send again."
+        )
+
+    def _metrics(self, reply: _Reply, submitted: float, settings: Settings) -> dict[str, Any]:
+        ended = time.perf_counter()
+        first = reply.first_at
+        usage = reply.usage or {}
+        generated = int(usage.get("completion_tokens") or reply.generated)
+        decode_s = ended - first if first else 0.0
+        metrics: dict[str, Any] = {
+            "queue_wait_s": 0.0,
+            "ttft_s": round(first - submitted, 4) if first else None,
+            "decode_tokens_per_s": round((generated - 1) / decode_s, 2)
+            if generated > 1 and decode_s > 0
+            else None,
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "generated_tokens": generated,
+            "total_s": round(ended - submitted, 4),
+            "image_tokens": 0,
+            "endpoint": self.url,
+            "tokens_counted_from": "usage" if reply.usage else "stream chunks",
+        }
+        if self.refused:
+            metrics["server_ignored"] = ", ".join(OPTIONAL[name] for name in sorted(self.refused))
+        return metrics
+
+
+_SDK_ARGS = {"stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "tools"}
+
+
+@dataclass
+class _Reply:
+    """What the stream said so far."""
+
+    first_at: float | None = None
+    generated: int = 0  # content chunks, for servers that report no usage
+    usage: dict[str, Any] | None = None
+    finish: str | None = None
+    calls: dict[int, dict[str, str]] = field(default_factory=dict)  # index -> name, arguments
+
+    def take(self, chunk: Any) -> str:
+        """One chunk folded in; the text it adds."""
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = chunk.usage.model_dump()
+        text = ""
+        for choice in chunk.choices or []:
+            delta = choice.delta
+            if delta is not None and delta.content:
+                text += delta.content
+            for call in (delta.tool_calls if delta is not None else None) or []:
+                held = self.calls.setdefault(call.index or 0, {"name": "", "arguments": ""})
+                if call.function is not None:
+                    held["name"] += call.function.name or ""
+                    held["arguments"] += call.function.arguments or ""
+            if choice.finish_reason:
+                self.finish = choice.finish_reason
+        if text or self.calls:
+            self.first_at = self.first_at or time.perf_counter()
+        if text:
+            self.generated += 1
+        return text
+
+    def written_calls(self) -> str:
+        """The server's calls as LFM2's block; arguments that are not a JSON object are
+        written as they came, so the tool turn reports that call as unreadable."""
+        written = []
+        for index in sorted(self.calls):
+            call = self.calls[index]
+            try:
+                arguments = json.loads(call["arguments"] or "{}")
+            except ValueError:
+                arguments = None
+            if isinstance(arguments, dict):
+                written.append(toolcalls.write_call({"name": call["name"], "arguments": arguments}))
+            else:
+                written.append(f"{call['name']}({call['arguments']})")
+        return toolcalls.block_of(written)
+
+
+def extra_fields(text: str | None) -> dict[str, Any] | None:
+    """Extra request fields typed as JSON (empty: none); InputError when it is not an object."""
+    if not (text or "").strip():
+        return None
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise EndpointError('Extra request fields must be a JSON object, e.g. {"top_k": 20}.')
+    return fields
+
+
+def _base_url(url: str) -> str:
+    url = (url or "").strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise EndpointError(
+            f"'{url[:80]}' is not an http(s) URL; give the server's address, e.g. "
+            "http://localhost:8000/v1."
+        )
+    return url if url.endswith("/v1") else f"{url}/v1"
+
+
+def _list_models(client: Any, base: str, model: str | None) -> tuple[list[str], str]:
+    """The ids the server lists, or none (with a note) where listing fails and `model` is given."""
+    import openai
+
+    try:
+        listed = [m.id for m in client.models.list().data if isinstance(m.id, str)]
+    except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+        raise EndpointError(
+            f"{base} cannot be reached ({_cause(exc)}). Start the server, or check the URL "
+            "(e.g. http://localhost:8000/v1)."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - an error status or a malformed list
+        if model:
+            return [], f"the server did not list its models ({type(exc).__name__}); using '{model}'"
+        raise EndpointError(
+            f"{base} did not list its models ({_short(exc)}). Give the model id it serves."
+        ) from None
+    if not listed and not model:
+        raise EndpointError(f"{base} lists no models. Give the model id it serves.")
+    return listed, ""
+
+
+def _catalog_match(catalog: Catalog, served: str) -> Any:
+    """The catalog entry a served id names: a hub repo (``LiquidAI/LFM2-VL-1.6B``) or a GGUF
+    file named after one (``LFM2-VL-1.6B-Q8_0.gguf``); the longest name wins."""
+    name = served.lower()
+    hub = [s for s in catalog.all() if s.source == "hub"]
+    matches = [s for s in hub if s.hub_repo.split("/")[-1].lower() in name]
+    return max(matches, key=lambda s: len(s.hub_repo), default=None)
+
+
+def _processor(source: str) -> Any:
+    """The model's processor from `source` (a directory or a hub id), without weights; None
+    where it cannot be read (offline, a GGUF name, a private repo)."""
+    try:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no config to plan with
+        log.info("no processor config for %s: %s", source, type(exc).__name__)
+        return None
+
+
+def _message(message: dict[str, Any], cut: Tiling | None) -> dict[str, Any]:
+    """A conversation message in OpenAI's shape: untrusted text escaped, images as data URLs."""
+    role, content = message["role"], message["content"]
+    trusted = role in ("system", "assistant")
+    if isinstance(content, str):
+        return {"role": role, "content": content if trusted else prompts.escape_specials(content)}
+    parts = []
+    for part in content:
+        if part["type"] == "image":
+            parts.append({"type": "image_url", "image_url": {"url": data_url(part["image"], cut)}})
+        else:
+            text = part["text"] if trusted else prompts.escape_specials(part["text"])
+            parts.append({"type": "text", "text": text})
+    return {"role": role, "content": parts}
+
+
+def data_url(image: Any, cut: Tiling | None) -> str:
+    """A checked picture as a data URL, inside the tiling's aspect cap."""
+    picture = fit(image, cut or Tiling())
+    large = picture.width * picture.height > PNG_MAX_PIXELS
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG" if large else "PNG", **({"quality": 92} if large else {}))
+    kind = "jpeg" if large else "png"
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def _refused_field(exc: Any, fields: dict[str, Any]) -> str | None:
+    """The optional field a 400/422 names, if it names one we sent."""
+    if exc.status_code not in (400, 422):
+        return None
+    said = _server_message(exc)
+    return next((name for name in OPTIONAL if name in fields and name in said), None)
+
+
+def _server_message(exc: Any) -> str:
+    """The server's own words from an error status, short and on one line."""
+    body = getattr(exc, "body", None)
+    said = None
+    if isinstance(body, dict):
+        said = body.get("message") or body.get("detail") or body.get("error")
+        if isinstance(said, dict):
+            said = said.get("message")
+    text = str(said if said is not None else getattr(exc, "message", "") or exc)
+    return " ".join(text.split())[:200] or "no message"
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return _short(cause) if cause else "no connection"
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:120] or type(exc).__name__
