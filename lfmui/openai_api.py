@@ -75,8 +75,8 @@ class ChatRequest:
 
 
 def models(manager: ModelManager) -> dict[str, Any]:
-    loaded = manager.current()
-    data = [] if loaded is None else [_model(loaded.spec.id)]
+    served = turns.serving(manager)["id"]
+    data = [] if served is None else [_model(served)]
     return {"object": "list", "data": data}
 
 
@@ -97,13 +97,13 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
         )
     if body.get("n", 1) != 1:
         raise ApiError("n must be 1: lfmui returns one choice per request.", param="n")
-    loaded = manager.current()
+    served = turns.serving(manager)["id"]
     model = body.get("model")
-    if loaded is None:
+    if served is None:
         raise ApiError("No model is loaded. Load one in the Models tab first.", 503)
-    if model not in (loaded.spec.id, "lfmui"):
+    if model not in (served, "lfmui"):
         raise ApiError(
-            f"Model '{str(model)[:60]}' is not loaded here; use '{loaded.spec.id}' "
+            f"Model '{str(model)[:60]}' is not loaded here; use '{served[:80]}' "
             "(GET /v1/models lists it).",
             404,
             "model",

@@ -122,15 +122,19 @@ def inspect_image(
 
 def serving(manager: ModelManager) -> dict[str, Any]:
     """What answers the chat now: the endpoint in use, else the resident model (or none):
-    its name, whether it reads images, and whether its replies are random-weight noise."""
+    its id (as /v1 names it), its name, whether it reads images, and whether its replies are
+    random-weight noise."""
     endpoint, loaded = manager.endpoint, manager.current()
     if endpoint is not None:
-        name, kind, noise = endpoint.label, endpoint.kind, endpoint.random_weights
+        ident, name = endpoint.model, endpoint.label
+        kind, noise = endpoint.kind, endpoint.random_weights
     elif loaded is not None:
-        name, kind, noise = loaded.spec.id, loaded.spec.kind, loaded.spec.random_weights
+        ident = name = loaded.spec.id
+        kind, noise = loaded.spec.kind, loaded.spec.random_weights
     else:
-        name, kind, noise = None, "vl", False
-    return {"name": name, "reads_images": kind == "vl", "random_weights": noise}
+        ident = name = None
+        kind, noise = "vl", False
+    return {"id": ident, "name": name, "reads_images": kind == "vl", "random_weights": noise}
 
 
 def tiling_of(loaded: Any, values: dict[str, Any] | None) -> Tiling | None:

@@ -125,8 +125,8 @@ class PublicApi:
         turn = turns.ToolTurn.start(conversation, registry, choice, rounds)
         for _ in gpu.run_tool_turn(self.manager, turn, settings=settings):
             pass
-        loaded = self.manager.current()
-        return {**turn.to_json(), "random_weights": bool(loaded and loaded.spec.random_weights)}
+        noise = turns.serving(self.manager)["random_weights"]
+        return {**turn.to_json(), "random_weights": noise}
 
     def last_metrics(self, request: gr.Request) -> dict[str, Any]:
         """Metrics of this client's last /generate call."""

@@ -67,8 +67,7 @@ def _start(manager: ModelManager, data: dict[str, Any], max_rounds: int) -> dict
     registry = tools.registry_from_json(data["tools_json"])
     conversation = [turns.user_message(prompt, [data["image"]] if data["image"] else [])]
     turn = turns.ToolTurn.start(conversation, registry, data["choice"] or "auto", max_rounds)
-    loaded = manager.current()
-    return {"turn": turn, "noise": bool(loaded and loaded.spec.random_weights)}
+    return {"turn": turn, "noise": turns.serving(manager)["random_weights"]}
 
 
 def edited_results(text: str, expected: int) -> list[tools.ToolResult]:

@@ -1,0 +1,384 @@
+"""The endpoint backend against real OpenAI-compatible servers that lfmui did not write:
+``transformers serve`` on the offline tiny checkpoint (started here, on CPU), and, for servers
+that parse tool calls themselves, a second lfmui's own /v1. Scripted replies go through each
+server's real generate path (tests/scripted.py). The faults a server can have (unreachable, too
+slow, malformed JSON, a stream cut short, unknown model ids) come from small HTTP servers here,
+since no real server misbehaves on demand."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lfmui import tools, turns
+from lfmui.endpoint import Endpoint, EndpointError
+from lfmui.manager import ModelManager
+
+ROOT = Path(__file__).resolve().parents[1]
+ASK = "What is 2+3?"
+CALL = '[calculator(expression="2+3")]'
+ANSWER = "The answer is 5."
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:3]} exited with {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up in {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_paths, tmp_path_factory):
+    """`transformers serve <tiny VL checkpoint>` on CPU; its base URL and model id (the path).
+    No hub cache exists for it, so its /v1/models fails, as the issue describes."""
+    path, port = tiny_paths["lfm2-vl-tiny"], _port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path_factory.mktemp("hf"))}
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["transformers", "serve", path, "--port", str(port), "--device", "cpu"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/health", process)
+        yield f"http://127.0.0.1:{port}", path
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _script(path: str) -> str:
+    """The generation_config that scripts the calculator tool turn on the server."""
+    from scripted import server_script
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ask = [{"role": "user", "content": ASK}]
+    after = [*ask, {"role": "assistant", "content": CALL}, {"role": "tool", "content": "5"}]
+    block = f"<|tool_call_start|>{CALL}<|tool_call_end|>"
+    return json.dumps(server_script(tokenizer, [(ask, block), (after, ANSWER)]))
+
+
+@pytest.fixture(scope="module")
+def scripted_body(served):
+    return {"generation_config": _script(served[1])}
+
+
+def _endpoint_manager(url: str, model: str | None, extra: dict | None = None) -> ModelManager:
+    manager = ModelManager()
+    manager.use_endpoint(Endpoint.connect(url, model, extra_body=extra))
+    return manager
+
+
+def _picture() -> Image.Image:
+    return Image.new("RGB", (700, 300), "#2b6cb0")
+
+
+def _reply(manager, conversation, **options):
+    events = list(turns.chat_turn(manager, conversation, **options))
+    text = "".join(e.text for e in events if e.kind == "text")
+    by_kind = {e.kind: e.data for e in events if e.kind != "text"}
+    return text, by_kind
+
+
+# ---- against transformers serve ------------------------------------------------------------
+def test_connect_uses_the_given_model_id_when_the_server_lists_none(served):
+    url, path = served
+    endpoint = Endpoint.connect(url, path)
+    assert endpoint.url == f"{url}/v1" and endpoint.model == path
+    assert "did not list its models" in endpoint.note
+    assert endpoint.kind == "vl" and endpoint.processor is not None  # read without weights
+    assert endpoint.random_weights  # an offline build of ours: the UI says noise
+    with pytest.raises(EndpointError, match="Give the model id it serves"):
+        Endpoint.connect(url)
+
+
+def test_streams_a_chat_with_an_image_and_says_what_the_server_ignored(served):
+    manager = _endpoint_manager(*served)
+    plain = [{"role": "user", "content": "Describe it."}]
+    greedy = {"max_new_tokens": 8, "temperature": 0.0}  # greedy: visible characters
+    pictured = [turns.user_message("Describe it.", [])]
+    pictured[0]["content"].insert(0, {"type": "image", "image": _picture()})
+    events = list(
+        turns.chat_turn(manager, pictured, settings=greedy, tiling={"max_image_tokens": 64})
+    )
+    deltas = [e for e in events if e.kind == "text"]
+    metrics = next(e.data for e in events if e.kind == "metrics")
+    assert len(deltas) >= 2  # streamed, not one block
+    assert events[-1].kind == "done" and events[-1].data["reason"] in ("max_tokens", "eos")
+    assert metrics["tokens_counted_from"] == "usage"
+    assert metrics["generated_tokens"] >= 1 and metrics["ttft_s"] > 0
+    _, without_image = _reply(manager, plain, settings={"max_new_tokens": 1})
+    # the image reached the server's processor: it costs prompt tokens
+    assert metrics["prompt_tokens"] > without_image["metrics"]["prompt_tokens"] + 16
+    # transformers serve refuses mm_processor_kwargs by name: asked again without it, and said
+    assert "mm_processor_kwargs" in metrics["server_ignored"]
+    assert "mm_processor_kwargs" in manager.endpoint.refused
+
+
+def test_stop_closes_the_stream_and_the_server_aborts(served, scripted_body):
+    """A full reply of 2,000 tokens is timed first; a reply stopped after a few chunks must
+    leave the server free for the next one well before that full reply could have ended."""
+    manager = _endpoint_manager(*served, scripted_body)  # EOS lowered: replies run to the cap
+    long = {"max_new_tokens": 2000, "temperature": 0.0}
+    conversation = [{"role": "user", "content": "Write at length."}]
+    started = time.perf_counter()
+    _, full = _reply(manager, conversation, settings=long)
+    full_s = time.perf_counter() - started
+    assert full["metrics"]["generated_tokens"] == 2000
+    stop = threading.Event()
+    chunks = 0
+    events = turns.chat_turn(manager, conversation, settings=long, stop=stop)
+    for event in events:
+        if event.kind == "text":
+            chunks += 1
+            if chunks == 5:
+                stop.set()
+        if event.kind == "done":
+            assert event.data["reason"] == "stopped"
+    started = time.perf_counter()
+    _, after = _reply(manager, conversation, settings={"max_new_tokens": 4})
+    next_s = time.perf_counter() - started
+    assert after["done"]["reason"] in ("max_tokens", "eos")
+    print(f"full reply {full_s:.2f} s, next after a stop {next_s:.2f} s")
+    assert next_s < 0.5 * full_s, (next_s, full_s)
+
+
+def test_a_tool_turn_runs_through_the_endpoint(served, scripted_body):
+    """transformers serve drops special tokens: the call arrives as a bare list, is read as a
+    block (and the trace says so), runs, and the result goes back for the answer."""
+    manager = _endpoint_manager(*served, scripted_body)
+    conversation = [{"role": "user", "content": ASK}]
+    steps = list(
+        turns.tool_turn(manager, conversation, tools.builtins(), settings={"max_new_tokens": 64})
+    )
+    parsed = [s for s in steps if isinstance(s, turns.Parsed)]
+    assert parsed[0].calls == [{"name": "calculator", "arguments": {"expression": "2+3"}}]
+    assert "without the tool-call markers" in parsed[0].repairs[0]
+    results = [s.result for s in steps if isinstance(s, turns.Result)]
+    assert [(r.name, r.output) for r in results] == [("calculator", "5")]
+    assert steps[-1] == turns.Final(2, ANSWER, "eos")
+    assert conversation[-1] == {"role": "tool", "content": "5"}
+
+
+def test_the_app_runs_on_an_endpoint(served, scripted_body, tmp_path):
+    """`python app.py --endpoint ...` as a user starts it: a streamed chat with an image and a
+    Stop through its /v1 (the OpenAI SDK), and a tool turn through its gradio API."""
+    import openai
+    from gradio_client import Client
+
+    url, path = served
+    port = _port()
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--offline", "--port", str(port), "--endpoint", url,
+         "--endpoint-model", path, "--endpoint-body", json.dumps(scripted_body)],
+        cwd=ROOT,
+        stdout=(tmp_path / "app.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/v1/models", process)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+        assert [m.id for m in client.models.list().data] == [path]
+        buffer = io.BytesIO()
+        _picture().save(buffer, "PNG")
+        image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        content = [
+            {"type": "image_url", "image_url": {"url": image}},
+            {"type": "text", "text": "Describe it."},
+        ]
+        stream = client.chat.completions.create(
+            model=path,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=16,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) >= 2
+        assert chunks[-1].usage.prompt_tokens > 64  # the image's tokens, counted by the server
+        at_length = {
+            "model": path,
+            "messages": [{"role": "user", "content": "Write at length."}],
+            "max_tokens": 2000,
+            "temperature": 0.0,
+        }
+        started = time.perf_counter()
+        full = client.chat.completions.create(**at_length)
+        full_s = time.perf_counter() - started
+        assert full.usage.completion_tokens == 2000  # EOS lowered by the script: to the cap
+        with client.chat.completions.create(**at_length, stream=True) as stream:
+            for number, _ in enumerate(stream):
+                if number == 3:
+                    break  # the client leaves: the app closes its stream to the server
+        started = time.perf_counter()
+        quick = client.chat.completions.create(
+            model=path, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert quick.choices[0].finish_reason == "length"
+        assert time.perf_counter() - started < 0.5 * full_s  # not behind the stopped reply
+        gradio = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        trace = gradio.predict(ASK, "", '{"max_new_tokens": 64}', api_name="/tool_turn")
+        assert trace["rounds"][0]["calls"][0]["name"] == "calculator"
+        assert trace["rounds"][0]["results"][0]["output"] == "5"
+        assert trace["final"]["text"] == ANSWER
+        assert trace["random_weights"] is True
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+# ---- a server that parses tool calls itself: another lfmui's /v1 ---------------------------
+def test_tool_calls_parsed_by_the_server_are_run(vl_manager):
+    from scripted import scripted_generate
+
+    from lfmui.ui import build_app, launch_settings
+
+    port = _port()
+    demo = build_app(vl_manager)
+    demo.launch(
+        prevent_thread_lock=True, quiet=True, **launch_settings(port=port, manager=vl_manager)
+    )
+    try:
+        manager = _endpoint_manager(f"http://127.0.0.1:{port}", None)
+        assert manager.endpoint.model == "lfm2-vl-tiny"  # the first model it lists
+        block = f"<|tool_call_start|>{CALL}<|tool_call_end|>"
+        with scripted_generate(vl_manager.current(), [block, ANSWER]):
+            steps = list(
+                turns.tool_turn(
+                    manager,
+                    [{"role": "user", "content": ASK}],
+                    tools.builtins(),
+                    settings={"max_new_tokens": 64},
+                )
+            )
+        parsed = [s for s in steps if isinstance(s, turns.Parsed)]
+        assert parsed[0].calls == [{"name": "calculator", "arguments": {"expression": "2+3"}}]
+        assert parsed[0].repairs == []  # it came as tool_calls, written back as LFM2's block
+        assert steps[-1] == turns.Final(2, ANSWER, "eos")
+    finally:
+        demo.close()
+
+
+# ---- faults ------------------------------------------------------------------------------
+class _Fault(http.server.BaseHTTPRequestHandler):
+    """A server with one fault, chosen by the class attribute `fault`."""
+
+    fault = "none"
+    models = ["mystery-model"]
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        self._send(200, json.dumps({"object": "list", "data": [{"id": m} for m in self.models]}))
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.fault == "slow":
+            time.sleep(5)
+            return
+        chunk = {"id": "1", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+        good = {**chunk, "choices": [{"index": 0, "delta": {"content": "Hel"}}]}
+        if self.fault == "malformed":
+            self._stream([f"data: {json.dumps(good)}\n\n", "data: {not json\n\n"])
+        elif self.fault == "cut":
+            self._stream([f"data: {json.dumps(good)}\n\n"])  # no finish, no [DONE]
+        elif self.fault == "unknown model":
+            self._send(404, json.dumps({"error": {"message": "The model does not exist."}}))
+
+    def _send(self, status: int, body: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def _stream(self, lines: list[str]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for line in lines:
+            self.wfile.write(line.encode())
+        self.wfile.flush()
+
+
+@contextlib.contextmanager
+def _faulty(fault: str):
+    handler = type("Handler", (_Fault,), {"fault": fault})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ("slow", "did not answer in time"),
+        ("malformed", "not valid OpenAI JSON"),
+        ("cut", "ended the reply before it finished"),
+        ("unknown model", "does not serve 'mystery-model'"),
+    ],
+)
+def test_a_faulty_endpoint_gets_a_sentence_and_the_in_process_model_stays(vl_manager, fault, said):
+    with _faulty(fault) as url:
+        endpoint = Endpoint.connect(url)  # lists a model id the app does not know: usable
+        assert endpoint.model == "mystery-model" and "processor config" in endpoint.note
+        resident = vl_manager.current()
+        vl_manager.use_endpoint(endpoint)
+        try:
+            _, ended = _reply(
+                vl_manager,
+                [{"role": "user", "content": "Hi"}],
+                settings={"max_new_tokens": 4, "time_limit": 1},
+            )
+        finally:
+            vl_manager.use_endpoint(None)
+    assert said in ended["error"]["message"]
+    assert vl_manager.current() is resident
+    text, ok = _reply(
+        vl_manager, [{"role": "user", "content": "Hi"}], settings={"max_new_tokens": 2}
+    )
+    assert ok["done"]["reason"] in ("eos", "max_tokens")
+
+
+def test_an_unreachable_or_wrong_endpoint_is_refused_with_what_to_do():
+    with pytest.raises(EndpointError, match="cannot be reached.*Start the server"):
+        Endpoint.connect(f"http://127.0.0.1:{_port()}/v1", "m")
+    with pytest.raises(EndpointError, match="not an http"):
+        Endpoint.connect("localhost:8000", "m")
+    with _faulty("none") as url, pytest.raises(EndpointError, match="serves mystery-model"):
+        Endpoint.connect(url, "LiquidAI/LFM2-VL-1.6B")
