@@ -18,6 +18,7 @@ Random weights make noise: the UI says so whenever one of these is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,7 +70,12 @@ CHAT_TEMPLATE = (
     "{{- bos_token -}}"
     '{%- set ns = namespace(system="") -%}'
     '{%- if messages and messages[0]["role"] == "system" -%}'
-    '{%- set ns.system = messages[0]["content"] -%}'
+    '{%- if messages[0]["content"] is string -%}{%- set ns.system = messages[0]["content"] -%}'
+    "{%- else -%}"  # text parts, as OpenAI-shaped servers (transformers serve) pass it
+    '{%- for part in messages[0]["content"] -%}'
+    '{%- if part["type"] == "text" -%}{%- set ns.system = ns.system + part["text"] -%}{%- endif -%}'
+    "{%- endfor -%}"
+    "{%- endif -%}"
     "{%- set messages = messages[1:] -%}"
     "{%- endif -%}"
     "{%- if tools -%}"
@@ -376,6 +382,14 @@ def is_built(path: Path) -> bool:
         return False
 
 
+def _current_template(target: Path) -> None:
+    """A cached build keeps its weights when only the chat template changed: it is rewritten."""
+    template = target / "chat_template.jinja"
+    with contextlib.suppress(OSError):
+        if template.read_text() != CHAT_TEMPLATE:
+            template.write_text(CHAT_TEMPLATE)
+
+
 def ensure_checkpoint(
     name: str, device: str | None = None, progress: Callable[[str], None] | None = None
 ) -> Path:
@@ -389,6 +403,7 @@ def ensure_checkpoint(
     target = cache_dir() / name
     with _build_lock:
         if is_built(target):
+            _current_template(target)
             return target
         if progress:
             progress(f"building offline checkpoint {name} (random weights)")

@@ -382,3 +382,76 @@ def test_an_unreachable_or_wrong_endpoint_is_refused_with_what_to_do():
         Endpoint.connect("localhost:8000", "m")
     with _faulty("none") as url, pytest.raises(EndpointError, match="serves mystery-model"):
         Endpoint.connect(url, "LiquidAI/LFM2-VL-1.6B")
+
+
+# ---- in a browser ----------------------------------------------------------------------------
+@pytest.mark.browser
+def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
+    vl_manager, served, scripted_body, tmp_path
+):
+    """The Models tab's Endpoint panel connects; the chat streams a reply to an image from the
+    server, Stop ends one, a tool turn shows its call; then the in-process model answers again."""
+    from playwright.sync_api import sync_playwright
+    from test_browser import ARTIFACTS, CHROMIUM, _max_new_tokens, _picture, _send
+
+    from lfmui.ui import build_app, launch_settings
+
+    url, path = served
+    port = _port()
+    demo = build_app(vl_manager)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_settings(port=port))
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}")
+            page.get_by_role("tab", name="Models").click()
+            page.get_by_text("Endpoint: an OpenAI-compatible server").click()
+            page.locator("#endpoint-url textarea, #endpoint-url input").first.fill(url)
+            page.locator("#endpoint-model input").first.fill(path)
+            page.get_by_label("Extra request fields").fill(json.dumps(scripted_body))
+            page.locator("#endpoint-connect").click()
+            page.get_by_text("Endpoint in use").wait_for(timeout=30_000)
+            page.get_by_text("Replies come from the endpoint").wait_for(timeout=5_000)
+            page.screenshot(path=str(ARTIFACTS / "models-endpoint.png"), full_page=True)
+
+            page.get_by_role("tab", name="Chat").click()
+            _max_new_tokens(page, 32)
+            _send(page, _picture(tmp_path / "sun.png"), "Describe it.")
+            page.get_by_text("the server ignored").last.wait_for(timeout=60_000)
+            assert page.get_by_text("random weights").first.is_visible()
+
+            _max_new_tokens(page, 4096)  # EOS lowered by the script: it runs until stopped
+            box = page.get_by_placeholder("Type a message, paste or drop an image…")
+            box.fill("Write at length.")
+            box.press("Enter")
+            page.wait_for_timeout(1500)
+            page.get_by_role("button", name="Stop").click()
+            page.get_by_text("stopped ·").last.wait_for(timeout=10_000)
+            stopped = page.get_by_text("stopped ·").last.inner_text()
+            assert int(stopped.split(" tokens")[0].split()[-1]) < 4096
+
+            _max_new_tokens(page, 64)
+            page.get_by_role("button", name="Clear", exact=True).last.click()
+            page.get_by_label("Use tools").first.check()
+            box.fill(ASK)
+            box.press("Enter")
+            page.get_by_text(ANSWER).wait_for(timeout=60_000)
+            assert page.get_by_text("Used tool calculator").count() == 1
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "chat-endpoint-tools.png"), full_page=True)
+            page.get_by_label("Use tools").first.uncheck()
+
+            page.get_by_role("tab", name="Models").click()
+            page.locator("#endpoint-local").click()
+            page.get_by_text("Replies come from the endpoint").wait_for(
+                state="detached", timeout=10_000
+            )
+            assert vl_manager.endpoint is None and vl_manager.current() is not None
+            browser.close()
+    finally:
+        vl_manager.use_endpoint(None)
+        demo.close()

@@ -142,6 +142,28 @@ def test_template_tool_list_and_tool_turn(tiny_paths):
     )
 
 
+def test_template_reads_a_system_turn_given_as_text_parts(tiny_paths):
+    """OpenAI-shaped servers (transformers serve) pass every message as parts, the system
+    turn included: it renders as its text, as a string does."""
+    parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}]
+    string = [{"role": "system", "content": "Be brief."}]
+    user = [{"role": "user", "content": "hi"}]
+    tools = [{"name": "f", "parameters": {}}]
+    path = tiny_paths["lfm2-vl-tiny"]
+    assert _render(path, parts + user, tools) == _render(path, string + user, tools)
+    assert "system\nBe brief.\nList of tools" in _render(path, parts + user, tools)
+
+
+def test_a_cached_build_gets_the_current_template_without_a_rebuild(tmp_path, monkeypatch):
+    monkeypatch.setenv("LFMUI_CACHE", str(tmp_path))
+    path = offline.ensure_checkpoint("lfm2-moe-tiny")
+    weights = (path / "model.safetensors").stat().st_mtime_ns
+    (path / "chat_template.jinja").write_text("{{ messages }}")
+    offline.ensure_checkpoint("lfm2-moe-tiny")
+    assert (path / "chat_template.jinja").read_text() == offline.CHAT_TEMPLATE
+    assert (path / "model.safetensors").stat().st_mtime_ns == weights
+
+
 def test_template_tools_without_system_prompt(tiny_paths):
     rendered = _render(
         tiny_paths["lfm2-moe-tiny"],

@@ -180,6 +180,7 @@ def endpoint_panel(manager: ModelManager, outputs: list[Any], model: gr.Dropdown
             json.dumps(current.extra_body) if current and current.extra_body else "",
             label="Extra request fields (JSON, sent with every request)",
             placeholder='{"top_k": 20}',
+            max_lines=4,
         )
         with gr.Row():
             connect_button = gr.Button("Connect", variant="primary", elem_id="endpoint-connect")
