@@ -1,4 +1,4 @@
-"""Published LFM2 tool-call vectors from another parser, kept as tests of lfmui's own.
+"""Published LFM2 tool-call vectors from other parsers, kept as tests of lfmui's own.
 
 The inputs and expected calls are those of vLLM's
 ``tests/tool_parsers/test_lfm2_tool_parser.py`` (vllm-project/vllm at 011cde7c: its
@@ -6,6 +6,11 @@ The inputs and expected calls are those of vLLM's
 ``test_whitespace_after_start_token``), restated here as data: what a real LFM2 reply writes,
 and the call a reader agrees it means. One vector is answered differently on purpose, and says so:
 an empty block (``[]``) is an error the model reads here, not silence.
+
+The second set is llama.cpp's: ``tests/test-chat.cpp``, ``test_lfm2_parser`` (the llama.cpp
+vendored by llama-cpp-python 0.3.36), with the tool schemas it names. Its one streaming case (a
+call cut off mid-argument, shown as a partial call while it streams) has no counterpart here:
+lfmui reads a call once the reply has ended.
 """
 
 from __future__ import annotations
@@ -150,3 +155,91 @@ def test_repairing_a_hostile_block_stays_quick(body):
     parsed = parse(f"{START}{body[:15_990]}{END}")
     assert time.perf_counter() - started < 1.0
     assert parsed.calls == [] and parsed.errors
+
+
+# ---- llama.cpp's vectors ------------------------------------------------------------------
+def _tool(name: str, **properties: dict) -> dict:
+    return {"name": name, "parameters": {"type": "object", "properties": properties}}
+
+
+LLAMA_TOOLS = [
+    _tool("special_function", arg1={"type": "integer"}),
+    _tool("special_function_with_opt", arg1={"type": "integer"}, arg2={"type": "integer"}),
+    _tool("get_time", city={"type": "string"}),
+    _tool("toggle", enabled={"type": "boolean"}),
+    _tool("set_nullable", value={"type": ["string", "null"]}),
+    _tool("set_config", config={"type": "object"}),
+    _tool(
+        "Calendar.create_event",
+        title={"type": "string"},
+        participants={"type": "array", "items": {"type": "string"}},
+        metadata={"type": "object"},
+    ),
+    _tool("python", code={"type": "string"}),
+    _tool("empty_args"),
+]
+LLAMA_VECTORS = {
+    "single_call": ("[special_function(arg1=1)]", [("special_function", {"arg1": 1})]),
+    "string_argument": ('[get_time(city="XYZCITY")]', [("get_time", {"city": "XYZCITY"})]),
+    "python_true": ("[toggle(enabled=True)]", [("toggle", {"enabled": True})]),
+    "python_none": ("[set_nullable(value=None)]", [("set_nullable", {"value": None})]),
+    "nested_python_literal": (
+        '[set_config(config={"enabled": True, "count": 3})]',
+        [("set_config", {"config": {"enabled": True, "count": 3}})],
+    ),
+    "json_literals": (
+        '[set_config(config={"enabled": true, "note": null})]',
+        [("set_config", {"config": {"enabled": True, "note": None}})],
+    ),
+    "dotted_name": (
+        '[Calendar.create_event(title="demo", participants=["Alice", "Bob"], '
+        'metadata={"priority": "high", "reminder": true})]',
+        [
+            (
+                "Calendar.create_event",
+                {
+                    "title": "demo",
+                    "participants": ["Alice", "Bob"],
+                    "metadata": {"priority": "high", "reminder": True},
+                },
+            )
+        ],
+    ),
+    "multiline_code": (
+        "[python(code=\"def hello():\\n    print('hey')\")]",
+        [("python", {"code": "def hello():\n    print('hey')"})],
+    ),
+    "escapes_decode": (
+        '[python(code="First line\\nSecond line\\tindented")]',
+        [("python", {"code": "First line\nSecond line\tindented"})],
+    ),
+    "escaped_quotes": (
+        '[python(code="print(\\"hi\\")")]',
+        [("python", {"code": 'print("hi")'})],
+    ),
+    "parallel_calls": (
+        "[special_function(arg1=1), special_function_with_opt(arg1=1, arg2=2)]",
+        [("special_function", {"arg1": 1}), ("special_function_with_opt", {"arg1": 1, "arg2": 2})],
+    ),
+    "empty_arguments": ("[empty_args()]", [("empty_args", {})]),
+}
+
+
+@pytest.mark.parametrize("name", LLAMA_VECTORS)
+def test_llama_cpp_lfm2_vectors_parse_to_the_calls_meant(name):
+    block, calls = LLAMA_VECTORS[name]
+    parsed = parse(f"{START}{block}{END}", LLAMA_TOOLS)
+    assert parsed.calls == [{"name": n, "arguments": a} for n, a in calls], parsed
+    assert parsed.errors == [] and parsed.text == ""
+
+
+def test_llama_cpp_content_before_a_call_and_plain_content_stay_text():
+    before = parse(f'Let me check the time.{START}[get_time(city="Paris")]{END}', LLAMA_TOOLS)
+    assert before.calls == [{"name": "get_time", "arguments": {"city": "Paris"}}]
+    assert before.text == "Let me check the time."
+    for content in (
+        "Hello, world!\nWhat's up?",
+        "Use this format: [link text](url). Example: [Wikipedia](https://www.wikipedia.org).",
+    ):
+        parsed = parse(content, LLAMA_TOOLS)  # markdown links are no calls, marker or not
+        assert parsed.calls == [] and parsed.errors == [] and parsed.text == content
