@@ -9,8 +9,10 @@ are 400s that say what to send instead, shaped as OpenAI errors, with the UI's s
 
 The reply runs through ``turns.chat_turn``: the same engine, generation thread, limits and
 errors as the UI. With tools, LFM2's calls come back as ``tool_calls`` (``toolcalls.parse``);
-the reply is then read whole before it is sent, so no call markers stream out as text. A client
-that goes away sets the reply's Stop flag: generation ends at the next token.
+the reply is then read whole before it is sent, so no call markers stream out as text. A tool
+that cannot be called (``tools.registry_of``) is left out, not the request: the response's
+``x-lfmui-skipped-tools`` header says which and why. A client that goes away sets the reply's
+Stop flag: generation ends at the next token.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lfmui import images, toolcalls, turns
+from lfmui import tools as tools_module
 from lfmui.errors import LfmuiError, NoModelLoaded
 from lfmui.manager import ModelManager
 
@@ -48,6 +51,7 @@ ACCEPTED = {
     "parallel_tool_calls",
 }
 MAX_STOPS = 4
+SKIPPED_HEADER = "x-lfmui-skipped-tools"
 FINISH = {"eos": "stop", "stopped": "stop", "max_tokens": "length", "time_limit": "length"}
 
 
@@ -72,6 +76,15 @@ class ChatRequest:
     include_usage: bool = False
     stops: list[str] = field(default_factory=list)
     folder: str = ""  # where the request's images were written
+    skipped_tools: list[str] = field(default_factory=list)  # tools left out: why, per tool
+
+    def headers(self) -> dict[str, str]:
+        """The response's own headers: the tools left out, where any were (OpenAI's shape
+        has no field for it)."""
+        if not self.skipped_tools:
+            return {}
+        said = " ".join(self.skipped_tools)[:1000]
+        return {SKIPPED_HEADER: said.encode("ascii", "backslashreplace").decode()}
 
 
 def models(manager: ModelManager) -> dict[str, Any]:
@@ -121,7 +134,8 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
     folder = str(Path(tempfile.gettempdir()) / f"lfmui-v1-{uuid.uuid4().hex}")
     try:
         conversation = _conversation(body.get("messages"), Path(folder))
-        tools = _tools(body.get("tools"), body.get("tool_choice", "auto"), conversation)
+        skipped: list[str] = []
+        tools = _tools(body.get("tools"), body.get("tool_choice", "auto"), conversation, skipped)
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -134,6 +148,7 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
         bool(isinstance(options, dict) and options.get("include_usage")),
         stops,
         folder,
+        skipped,
     )
 
 
@@ -210,23 +225,24 @@ def _written_call(call: Any) -> str:
     return toolcalls.write_calls([{"name": function.get("name", "tool"), "arguments": arguments}])
 
 
-def _tools(tools: Any, choice: Any, conversation: list[dict[str, Any]]) -> list | None:
+def _tools(
+    tools: Any, choice: Any, conversation: list[dict[str, Any]], skipped: list[str]
+) -> list | None:
+    """The tool schemas for the prompt (the tool choice stated in `conversation`); sentences
+    for the tools left out go to `skipped`."""
     if not tools:
         return None
     if not isinstance(tools, list):
         raise ApiError("tools must be a list of function tools.", param="tools")
-    schemas = []
+    functions = []
     for tool in tools:
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or tool.get("type") != "function":
             raise ApiError('Each tool must be {"type": "function", "function": {...}}.')
-        schemas.append(
-            {
-                "name": function.get("name"),
-                "description": str(function.get("description", "")),
-                "parameters": function.get("parameters") or {"type": "object", "properties": {}},
-            }
-        )
+        functions.append(function)
+    registry = tools_module.registry_of(functions)  # one that cannot be called is left out
+    skipped.extend(registry.skipped)
+    schemas = [tool.schema() for tool in registry.values()]
     if isinstance(choice, dict):
         choice = (choice.get("function") or {}).get("name", "auto")
     choice = {"required": "auto"}.get(choice, choice)

@@ -59,10 +59,10 @@ class Tool:
         if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
             raise InputError('Each tool needs a "name" (a string).')
         name = schema["name"]
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", name) or ".." in name:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}", name) or ".." in name:
             raise InputError(
-                f"Tool name {name[:40]!r} cannot be called: start it like a Python identifier "
-                "and use letters, digits, _, dots and hyphens (at most 64)."
+                f"Tool name {name[:40]!r} cannot be called: use letters, digits, _, hyphens "
+                "and single dots (at most 64), as OpenAI's tool names do."
             )
         parameters = schema.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
@@ -355,10 +355,38 @@ def registry_from_json(tools_json: str) -> dict[str, Tool]:
         ) from None
     if isinstance(schemas, dict):
         schemas = [schemas]
-    if not isinstance(schemas, list) or len(schemas) > 32:
-        raise InputError("Send a JSON list of at most 32 tool definitions.")
-    tools = [Tool.from_schema(s) for s in schemas]
-    names = [t.name for t in tools]
-    if len(set(names)) != len(names):
-        raise InputError("Two tools share a name; give each tool its own.")
-    return {t.name: t for t in tools}
+    return registry_of(schemas)
+
+
+class Registry(dict):
+    """Tools by name, and a sentence for each definition left out (``skipped``)."""
+
+    def __init__(self, tools: dict[str, Tool], skipped: list[str]) -> None:
+        super().__init__(tools)
+        self.skipped = skipped
+
+
+MAX_TOOLS = 32
+
+
+def registry_of(schemas: Any) -> Registry:
+    """Tools from definitions, each checked alone: one that cannot be called (its name, its
+    parameters, a name already given) is left out with a sentence and the rest stay. A list is
+    refused as a whole only when it is not a list of at most MAX_TOOLS or none can be called."""
+    if not isinstance(schemas, list) or len(schemas) > MAX_TOOLS:
+        raise InputError(f"Send a JSON list of at most {MAX_TOOLS} tool definitions.")
+    kept: dict[str, Tool] = {}
+    skipped: list[str] = []
+    for schema in schemas:
+        try:
+            tool = Tool.from_schema(schema)
+        except InputError as exc:
+            skipped.append(str(exc))
+            continue
+        if tool.name in kept:
+            skipped.append(f"Tool name {tool.name!r} is given twice; the first one is used.")
+            continue
+        kept[tool.name] = tool
+    if schemas and not kept:
+        raise InputError(" ".join(skipped[:3]))
+    return Registry(kept, skipped)

@@ -131,6 +131,37 @@ def test_tools_come_back_as_tool_calls_and_the_result_is_answered(sdk, served):
     assert script.prompts[1] > script.prompts[0]  # the call and its result went back in
 
 
+def test_odd_tool_names_are_kept_and_an_uncallable_tool_is_left_out_not_the_request(sdk, served):
+    """Names with dots and hyphens, as OpenAI clients write them, are called back under their
+    own names; a tool that cannot be called (a space in its name) is left out, and the
+    response's header says so, instead of the whole tool list being refused."""
+    manager = served[1]
+    hyphen = {**WEATHER, "function": {**WEATHER["function"], "name": "weather-now"}}
+    dotted = {**WEATHER, "function": {**WEATHER["function"], "name": "weather.tomorrow"}}
+    broken = {**WEATHER, "function": {**WEATHER["function"], "name": "get weather"}}
+    block = '<|tool_call_start|>[weather-now(city="Paris"), weather.tomorrow(city="Oslo")]'
+    with scripted_generate(manager.current(), [block + "<|tool_call_end|>"]):
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="lfm2-vl-tiny",
+            messages=[{"role": "user", "content": "Weather?"}],
+            tools=[hyphen, broken, dotted],
+            max_tokens=60,
+        )
+    calls = raw.parse().choices[0].message.tool_calls
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("weather-now", {"city": "Paris"}),
+        ("weather.tomorrow", {"city": "Oslo"}),
+    ]
+    assert "'get weather' cannot be called" in raw.headers["x-lfmui-skipped-tools"]
+    with pytest.raises(openai.BadRequestError, match="cannot be called"):
+        sdk.chat.completions.create(
+            model="lfm2-vl-tiny",
+            messages=[{"role": "user", "content": "Weather?"}],
+            tools=[broken],
+            max_tokens=4,
+        )
+
+
 def test_a_client_that_goes_away_frees_the_generator(sdk, served):
     manager = served[1]
     loaded = manager.current()

@@ -296,10 +296,10 @@ def test_image_facts_reads_the_attached_image():
     "tools_json,message",
     [
         ("{oops", "not valid JSON"),
-        ('[{"name": "a b"}]', "identifier"),
+        ('[{"name": "a b"}]', "cannot be called"),
         ('[{"name": "x", "parameters": {"type": "array"}}]', "type object"),
-        ('[{"name": "x"}, {"name": "x"}]', "share a name"),
         ("[1]", "needs a"),
+        ("[" + ", ".join(['{"name": "f"}'] * 33) + "]", "at most 32"),
     ],
 )
 def test_tool_definitions_are_validated(tools_json, message):
@@ -307,6 +307,32 @@ def test_tool_definitions_are_validated(tools_json, message):
 
     with pytest.raises(InputError, match=message):
         tools.registry_from_json(tools_json)
+
+
+def test_a_tool_that_cannot_be_called_is_left_out_not_the_list():
+    """OpenAI-style names (hyphens, dots, a leading digit) are kept; a name with a space, a
+    non-object parameters schema and a second tool of one name are each left out, said."""
+    registry = tools.registry_from_json(
+        json.dumps(
+            [
+                {"name": "get-weather"},
+                {"name": "calendar.create_event"},
+                {"name": "3d_render"},
+                {"name": "a b"},
+                {"name": "x", "parameters": {"type": "array"}},
+                {"name": "get-weather", "description": "again"},
+            ]
+        )
+    )
+    assert list(registry) == ["get-weather", "calendar.create_event", "3d_render"]
+    assert len(registry.skipped) == 3
+    assert "'a b' cannot be called" in registry.skipped[0]
+    assert "type object" in registry.skipped[1] and "given twice" in registry.skipped[2]
+    parsed = parse(
+        f"{START}[3d_render(), get-weather()]{END}",
+        [t.schema() for t in registry.values()],
+    )
+    assert [c["name"] for c in parsed.calls] == ["3d_render", "get-weather"]
 
 
 # ---- fuzz: no exception escapes, bounded time per input ----------------------------------------

@@ -100,12 +100,14 @@ class PublicApi:
 
     @user_errors
     def parse_tool_calls(self, text: str, tools_json: str) -> dict[str, Any]:
-        """Parse LFM2 tool calls out of model text: {calls, errors, text}. tools_json (a JSON
-        list of tool schemas; empty = the built-ins) validates the calls."""
+        """Parse LFM2 tool calls out of model text: {calls, errors, text, repairs,
+        skipped_tools}. tools_json (a JSON list of tool schemas; empty = the built-ins)
+        validates the calls; a definition that cannot be called is left out, and said."""
         if len(text or "") > 200_000:
             raise InputError("The text is over 200,000 characters; send one model reply.")
-        schemas = [t.schema() for t in tools.registry_from_json(tools_json).values()]
-        return toolcalls.parse(text or "", schemas).to_json()
+        registry = tools.registry_from_json(tools_json)
+        schemas = [t.schema() for t in registry.values()]
+        return {**toolcalls.parse(text or "", schemas).to_json(), "skipped_tools": registry.skipped}
 
     @user_errors
     def tool_turn(self, prompt: str, tools_json: str, settings_json: str) -> dict[str, Any]:
@@ -126,7 +128,7 @@ class PublicApi:
         for _ in gpu.run_tool_turn(self.manager, turn, settings=settings):
             pass
         noise = turns.serving(self.manager)["random_weights"]
-        return {**turn.to_json(), "random_weights": noise}
+        return {**turn.to_json(), "random_weights": noise, "skipped_tools": registry.skipped}
 
     def last_metrics(self, request: gr.Request) -> dict[str, Any]:
         """Metrics of this client's last /generate call."""

@@ -208,10 +208,13 @@ class ToolsTab:
     @staticmethod
     def on_tools_change(text: str):
         try:
-            names = list(tools.registry_from_json(text))
+            registry = tools.registry_from_json(text)
         except InputError as exc:
             gr.Warning(str(exc))
             return gr.skip()
+        for sentence in registry.skipped:  # left out; the others stay usable
+            gr.Warning(sentence)
+        names = list(registry)
         return gr.Dropdown(choices=["auto", "none", *names])
 
     def _wire(self) -> None:

@@ -44,14 +44,16 @@ def routes(manager: ModelManager) -> list[Route]:
             if not chat.stream:
                 done = openai_api.completion(model, await run_in_threadpool(list, records))
                 shutil.rmtree(chat.folder, ignore_errors=True)
-                return JSONResponse(done)
+                return JSONResponse(done, headers=chat.headers())
             stream = openai_api.chunks(model, records, chat.include_usage)
             first = await run_in_threadpool(next, stream)  # errors before any byte is a 4xx
         except Exception as exc:
             _close_later(records, stop, chat.folder)
             return _error(openai_api.refused(exc))
         return StreamingResponse(
-            _events(first, stream, records, stop, chat.folder), media_type="text/event-stream"
+            _events(first, stream, records, stop, chat.folder),
+            media_type="text/event-stream",
+            headers=chat.headers(),
         )
 
     return [
