@@ -144,6 +144,15 @@ def test_streams_a_chat_with_an_image_and_says_what_the_server_ignored(served):
     assert "mm_processor_kwargs" in manager.endpoint.refused
 
 
+def test_the_inspector_plans_with_the_served_models_processor_config(served, tmp_path):
+    manager = _endpoint_manager(*served)
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (1600, 600), "white").save(path)
+    _, plan = turns.inspect_image(manager, str(path), {"max_tiles": 4})
+    assert plan["tiles"] <= 4 and plan["image_tokens"] > 0
+    assert manager.current() is None  # no in-process model was needed
+
+
 def test_stop_closes_the_stream_and_the_server_aborts(served, scripted_body):
     """A full reply of 2,000 tokens is timed first; a reply stopped after a few chunks must
     leave the server free for the next one well before that full reply could have ended."""
