@@ -14,7 +14,8 @@ Policy, stated once:
   per-request processor settings). A server that refuses one by name (a 400 or 422 that names
   it) is asked again without it, and each reply says what the server did not take. A server
   that silently ignores a field cannot be told apart; the Models tab says so.
-- Stop closes the stream: the server sees the client leave and aborts the request.
+- Stop closes the stream at once, before the first token too: the server sees the client
+  leave and aborts the request.
 - Metrics come from the stream: TTFT from the request to the first text, tokens/s and token
   counts from the usage the server reports (chunks counted when it reports none).
 - Tool calls: the server's ``tool_calls`` are written back as LFM2's call block
@@ -28,9 +29,11 @@ Policy, stated once:
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -192,11 +195,12 @@ class Endpoint:
             return
         reply = _Reply()
         reason = None
+        ended = threading.Event()
+        threading.Thread(target=_close_on_stop, args=(stop, ended, stream), daemon=True).start()
         try:
             with stream:
                 for chunk in stream:
                     if stop.is_set():
-                        reason = "stopped"
                         break
                     if time.perf_counter() - submitted > settings.time_limit:
                         reason = "time_limit"
@@ -205,12 +209,15 @@ class Endpoint:
                     if delta:
                         yield Event("text", delta)
         except Exception as exc:  # noqa: BLE001 - the network and the server's JSON: a sentence
-            yield Event("error", data={"error": type(exc).__name__, "message": self._said(exc)})
-            return
+            if not stop.is_set():  # else: Stop closed the stream under the reading
+                yield Event("error", data={"error": type(exc).__name__, "message": self._said(exc)})
+                return
+        finally:
+            ended.set()
+        if stop.is_set():
+            reason = "stopped"
         if reply.calls:
-            block = reply.written_calls()
-            reply.generated += 0 if reply.usage else 1
-            yield Event("text", block)
+            yield Event("text", reply.written_calls())
         if reason is None:
             if reply.finish is None:
                 yield Event("error", data={"error": "EndpointError", "message": self._cut_short()})
@@ -401,6 +408,19 @@ def extra_fields(text: str | None) -> dict[str, Any] | None:
     if not isinstance(fields, dict):
         raise EndpointError('Extra request fields must be a JSON object, e.g. {"top_k": 20}.')
     return fields
+
+
+def _close_on_stop(stop: threading.Event, ended: threading.Event, stream: Any) -> None:
+    """Close `stream` as soon as Stop is pressed, even while the server has sent nothing yet
+    (a long prefill): the server sees the client leave and aborts the request."""
+    while not ended.wait(0.1):
+        if stop.is_set():
+            # closing a socket does not wake a thread blocked reading it; a shutdown does
+            with contextlib.suppress(Exception):
+                network = stream.response.extensions["network_stream"]
+                network.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            stream.close()
+            return
 
 
 def _base_url(url: str) -> str:

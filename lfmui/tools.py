@@ -341,10 +341,10 @@ def __getattr__(name: str) -> Any:  # ``tools.BUILTINS``, made on first use
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def registry_from_json(tools_json: str) -> dict[str, Tool]:
+def registry_from_json(tools_json: str) -> Registry:
     """Tools from the playground's JSON (a list of schemas); empty means the built-ins."""
     if not tools_json or not tools_json.strip():
-        return dict(builtins())
+        return Registry(builtins(), [])
     if len(tools_json) > 50_000:
         raise InputError("The tool definitions are over 50,000 characters; keep them short.")
     try:

@@ -322,6 +322,10 @@ class _Fault(http.server.BaseHTTPRequestHandler):
             self._stream([f"data: {json.dumps(good)}\n\n", "data: {not json\n\n"])
         elif self.fault == "cut":
             self._stream([f"data: {json.dumps(good)}\n\n"])  # no finish, no [DONE]
+        elif self.fault == "long prefill":  # the headers, then nothing for 5 s
+            self._stream([])
+            time.sleep(5)
+            self._stream([f"data: {json.dumps(good)}\n\n"], headers=False)
         elif self.fault == "unknown model":
             self._send(404, json.dumps({"error": {"message": "The model does not exist."}}))
 
@@ -332,11 +336,13 @@ class _Fault(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body.encode())
 
-    def _stream(self, lines: list[str]) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
+    def _stream(self, lines: list[str], headers: bool = True) -> None:
+        if headers:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.flush()
         for line in lines:
             self.wfile.write(line.encode())
         self.wfile.flush()
@@ -382,6 +388,20 @@ def test_a_faulty_endpoint_gets_a_sentence_and_the_in_process_model_stays(vl_man
         vl_manager, [{"role": "user", "content": "Hi"}], settings={"max_new_tokens": 2}
     )
     assert ok["done"]["reason"] in ("eos", "max_tokens")
+
+
+def test_stop_before_the_first_token_closes_the_stream_at_once():
+    """A server still reading the prompt (5 s here) sends nothing to check Stop against: the
+    stream is closed from beside the reader, and the reply ends stopped long before."""
+    with _faulty("long prefill") as url:
+        manager = _endpoint_manager(url, None)
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        started = time.perf_counter()
+        _, ended = _reply(manager, [{"role": "user", "content": "Hi"}], stop=stop)
+        took = time.perf_counter() - started
+    assert ended["done"]["reason"] == "stopped" and "error" not in ended
+    assert took < 2.5, took  # half the server's silence: Stop did not wait for a token
 
 
 def test_an_unreachable_or_wrong_endpoint_is_refused_with_what_to_do():
