@@ -4,13 +4,16 @@
 streamer made for this call only (a queue of token ids: the generation thread does no decoding)
 and yields ``Event``s: ``text`` deltas from incremental detokenization that never splits a
 multi-byte character, then ``metrics`` and ``done`` (with its reason), or ``error``. Stop is a
-threading.Event checked by a StoppingCriteria at every step; the thread is joined in a
-``finally``, so a closed tab or a cancelled request frees the accelerator.
+threading.Event checked by a StoppingCriteria at every step and, in eager decode, before every
+layer of the vision tower and the language model: a prompt with an image (seconds on a CPU)
+stops within a layer, not at its end. The thread is joined in a ``finally``, so a closed tab or
+a cancelled request frees the accelerator.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -100,6 +103,33 @@ def _stopping_criteria(batch: int, device: Any, *events: threading.Event) -> Any
     return StopOnEvent()
 
 
+class _Stopped(Exception):
+    """Raised by a layer hook when Stop is pressed mid-forward (a long prefill)."""
+
+
+@contextlib.contextmanager
+def _stoppable(model: Any, *events: threading.Event) -> Iterator[None]:
+    """Every block of every ``layers`` list (the vision encoder's and the language model's)
+    checks `events` before it runs. Eager decode only: hooks would break compiled graphs."""
+    import torch
+
+    def check(_module: Any, _args: Any) -> None:
+        if any(e.is_set() for e in events):
+            raise _Stopped
+
+    handles = [
+        block.register_forward_pre_hook(check)
+        for name, blocks in model.named_modules()
+        if name.endswith("layers") and isinstance(blocks, torch.nn.ModuleList)
+        for block in blocks
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def stream(
     loaded: Any,
     inputs: Any,
@@ -122,13 +152,9 @@ def stream(
     streamer = _TokenQueue()
     plan, _note = decode_plan(loaded)
     time_cap = MaxTimeCriteria(settings.time_limit)  # its clock starts with generate(), below
+    flags = (stop, gone, loaded.cancel)
     criteria = StoppingCriteriaList(
-        [
-            _stopping_criteria(
-                inputs["input_ids"].shape[0], loaded.model.device, stop, gone, loaded.cancel
-            ),
-            time_cap,
-        ]
+        [_stopping_criteria(inputs["input_ids"].shape[0], loaded.model.device, *flags), time_cap]
     )
     kwargs = {
         **inputs,
@@ -155,8 +181,11 @@ def stream(
                 torch.cuda.reset_peak_memory_stats()
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
-            with torch.inference_mode():
+            hooks = contextlib.nullcontext() if plan else _stoppable(loaded.model, *flags)
+            with torch.inference_mode(), hooks:
                 loaded.model.generate(**kwargs)
+        except _Stopped:  # Stop mid-forward: a stopped reply, not a failure
+            streamer.end()
         except BaseException as exc:  # reported to the consumer as an error event
             # Only its name and sentence are kept: the exception's traceback holds the frames
             # of generate(), and with them the activations an out-of-memory must give back.

@@ -55,6 +55,45 @@ def test_item29_stop_mid_stream_ends_generation_within_two_seconds(loaded):
     assert _worker_idle(2) and threading.active_count() == baseline
 
 
+def test_stop_pressed_during_the_prefill_of_an_image_stops_before_the_next_layer(loaded):
+    """Stop arrives while the prompt (an image) is being read: the next layer of the vision
+    tower and of the language model does not run, no token is made, the reply is "stopped",
+    and the generation thread is free at once for the next reply."""
+    stop = threading.Event()
+    model = loaded.model
+    vision = model.model.vision_tower.encoder.layers
+    language = model.model.language_model.layers
+    ran = {"language": 0}
+    press = vision[0].register_forward_hook(lambda *_: stop.set())  # Stop, mid-prefill
+    count = language[0].register_forward_hook(  # counts the layer's runs that finish
+        lambda *_: ran.__setitem__("language", ran["language"] + 1)
+    )
+    message = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": Image.new("RGB", (1024, 768), "teal")},
+                {"type": "text", "text": "Describe it."},
+            ],
+        }
+    ]
+    try:
+        inputs = prompts.build_inputs(loaded, message)
+        events = list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=50), stop))
+    finally:
+        press.remove()
+        count.remove()
+    assert ran["language"] == 0  # stopped inside the vision tower
+    assert [e.kind for e in events] == ["metrics", "done"]
+    assert events[-1].data["reason"] == "stopped"
+    assert events[0].data["generated_tokens"] == 0
+    assert _worker_idle(1)
+    # the hooks are gone: the next reply runs whole
+    after = list(engine.stream(loaded, _inputs(loaded), engine.Settings(max_new_tokens=3)))
+    assert after[-1].data["reason"] in ("eos", "max_tokens")
+    assert not any(h for b in language for h in b._forward_pre_hooks.values())
+
+
 def test_item29_consumer_going_away_stops_generation(loaded):
     settings = engine.Settings(max_new_tokens=4096, temperature=1.0)
     stream = engine.stream(
