@@ -129,6 +129,29 @@ class ModelManager:
                 loaded.leases -= 1
                 self._state.notify_all()
 
+    def readiness(self) -> dict[str, Any]:
+        """What a script needs before it sends: ready or not (and why), what answers, whether
+        its replies are random-weight noise, and the requests holding the model now."""
+        loaded, endpoint = self._current, self.endpoint
+        if endpoint is not None:
+            state = "ready"
+        elif self._switching or self.loading:
+            state = "loading"
+        else:
+            state = "ready" if loaded is not None else "no_model"
+        return {
+            "ready": state == "ready",
+            "state": state,
+            "loading": self.loading,
+            "model_id": endpoint.model if endpoint else loaded.spec.id if loaded else None,
+            "quantization": None if endpoint or loaded is None else loaded.quantization,
+            "endpoint": endpoint.url if endpoint else None,
+            "random_weights": bool(
+                endpoint.random_weights if endpoint else loaded and loaded.spec.random_weights
+            ),
+            "requests_in_flight": loaded.leases if loaded and not endpoint else 0,
+        }
+
     def status(self) -> dict[str, Any]:
         loaded = self._current
         status: dict[str, Any] = loaded.status() if loaded else {"model_id": None}

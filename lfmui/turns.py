@@ -72,6 +72,36 @@ def user_message(text: str, paths: list[str]) -> dict[str, Any]:
     return {"role": "user", "content": parts}
 
 
+MAX_HISTORY_MESSAGES = 64
+
+
+def history_of(messages: Any, system: Any = None) -> list[dict[str, Any]]:
+    """Earlier turns sent by a script (text only: ``[{"role": "user" | "assistant",
+    "content": str}]``, oldest first) and a system prompt, checked: an InputError says what
+    to send instead. The caps on characters apply to the whole conversation later."""
+    if system is not None and not isinstance(system, str):
+        raise InputError("system must be a string (the system prompt).")
+    if messages is None:
+        messages = []
+    if not isinstance(messages, list) or len(messages) > MAX_HISTORY_MESSAGES:
+        raise InputError(
+            f'messages must be a list of at most {MAX_HISTORY_MESSAGES} turns, each {{"role": '
+            '"user" or "assistant", "content": "text"}, oldest first.'
+        )
+    history = [{"role": "system", "content": system}] if (system or "").strip() else []
+    for number, message in enumerate(messages, 1):
+        ok = isinstance(message, dict) and set(message) == {"role", "content"}
+        if not ok or message["role"] not in ("user", "assistant"):
+            raise InputError(
+                f'messages[{number}] must be {{"role": "user" or "assistant", "content": '
+                '"text"} (images go in image_files, for this turn).'
+            )
+        if not isinstance(message["content"], str):
+            raise InputError(f"messages[{number}].content must be text.")
+        history.append({"role": message["role"], "content": message["content"]})
+    return history
+
+
 def conversation_of(
     chat: list[dict[str, Any]], system_prompt: str | None, reads_images: bool
 ) -> tuple[list[dict[str, Any]], list[int]]:

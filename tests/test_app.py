@@ -46,6 +46,7 @@ def client(server):
 def test_public_api_names(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {
+        "/status",
         "/models",
         "/load_model",
         "/generate",
@@ -194,6 +195,50 @@ def test_generate_streams_and_reports_metrics(client, tmp_path):
     assert metrics["preprocess_s"] > 0 and metrics["queue_wait_s"] >= 0
     assert metrics["peak_memory_gib"] > 0
     assert metrics["done"] in {"eos", "max_tokens"}
+
+
+def test_status_says_ready_and_what_answers(client, server):
+    status = client.predict(api_name="/status")
+    assert status["ready"] is True and status["state"] == "ready"
+    assert status["model_id"] == "lfm2-vl-tiny" and status["quantization"] == "fp32"
+    assert status["random_weights"] is True and status["endpoint"] is None
+    assert status["requests_in_flight"] == 0
+
+
+def test_generate_takes_a_history_and_a_system_prompt(client):
+    """Earlier turns and a system prompt go in settings_json (messages, system): the prompt
+    the model reads grows by them, and the answer says it is random-weight noise."""
+    short = json.dumps({"max_new_tokens": 2})
+    client.predict("And Paris?", [], short, api_name="/generate")
+    alone = client.predict(api_name="/last_metrics")["prompt_tokens"]
+    history = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+    ]
+    settings = json.dumps({"max_new_tokens": 2, "messages": history, "system": "Be brief."})
+    client.predict("And Paris?", [], settings, api_name="/generate")
+    metrics = client.predict(api_name="/last_metrics")
+    # the two turns, their role markers and the system turn: many more characters read
+    assert metrics["prompt_tokens"] > alone + 40
+    assert metrics["random_weights"] is True
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"messages": {"role": "user"}}, "must be a list"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages\\[1\\] must be"),
+        ({"messages": [{"role": "user", "content": ["x"]}]}, "content must be text"),
+        ({"messages": [{"role": "user", "content": "x"}] * 65}, "at most 64"),
+        ({"messages": [{"role": "user", "content": "x" * 100_001}]}, "100,000"),
+        ({"system": 5}, "system must be a string"),
+    ],
+)
+def test_generate_refuses_a_bad_history(client, settings, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict("hi", [], json.dumps(settings), api_name="/generate")
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""The public API (gradio_client): /models, /load_model, /generate, /last_metrics, /plan_tiles,
-/parse_tool_calls, /tool_turn.
+"""The public API (gradio_client): /status, /models, /load_model, /generate, /last_metrics,
+/plan_tiles, /parse_tool_calls, /tool_turn.
 
 Names and shapes are fixed by DESIGN.md so scripts can rely on them. Errors reach the client as
 gr.Error with the same sentences the UI shows.
@@ -21,6 +21,7 @@ from lfmui.ui import gpu
 from lfmui.ui.render import user_errors
 from lfmui.ui.running import ACCELERATOR
 
+MAX_SETTINGS_CHARS = 250_000
 MAX_SESSIONS_KEPT = 1000  # /last_metrics remembers this many clients, newest first
 _last_metrics: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
@@ -28,8 +29,10 @@ _last_metrics: OrderedDict[str, dict[str, Any]] = OrderedDict()
 def parse_settings(settings_json: str) -> dict[str, Any]:
     if not settings_json or not settings_json.strip():
         return {}
-    if len(settings_json) > 10_000:
-        raise InputError("settings_json is too long; send a small JSON object of settings.")
+    if len(settings_json) > MAX_SETTINGS_CHARS:  # the earlier turns (messages) come in it
+        raise InputError(
+            f"settings_json is over {MAX_SETTINGS_CHARS:,} characters; shorten the messages."
+        )
     try:
         settings = json.loads(settings_json)
     except ValueError:
@@ -46,6 +49,11 @@ class PublicApi:
 
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
+
+    def status(self) -> dict[str, Any]:
+        """Ready or not before you send: {ready, state (ready, loading, no_model), loading,
+        model_id, quantization, endpoint, random_weights, requests_in_flight}."""
+        return self.manager.readiness()
 
     def models(self) -> list[dict[str, Any]]:
         """The catalog, with each quantization level: available here, its memory estimate,
@@ -67,19 +75,21 @@ class PublicApi:
         """Stream the answer to one prompt (with optional images) as growing text."""
         settings = parse_settings(settings_json)
         cut = settings.pop("tiling", None)  # image detail for this request, e.g. {"max_tiles": 4}
+        earlier = turns.history_of(settings.pop("messages", None), settings.pop("system", None))
         files = list(image_files or [])
         if not (prompt or "").strip() and not files:
             raise InputError("Send a prompt, an image, or both.")
         if len(files) > turns.MAX_IMAGES_PER_MESSAGE:
             raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
         answer = ""
-        conversation = [turns.user_message(prompt or "", files)]
+        conversation = [*earlier, turns.user_message(prompt or "", files)]
         for event in gpu.chat_turn(self.manager, conversation, settings=settings, tiling=cut):
             if event.kind == "text":
                 answer += event.text
                 yield answer
             elif event.kind == "metrics":
-                _last_metrics[request.session_hash] = dict(event.data)
+                noise = turns.serving(self.manager)["random_weights"]
+                _last_metrics[request.session_hash] = {**event.data, "random_weights": noise}
                 _last_metrics.move_to_end(request.session_hash)
                 while len(_last_metrics) > MAX_SESSIONS_KEPT:  # bounded across many clients
                     _last_metrics.popitem(last=False)
@@ -131,14 +141,16 @@ class PublicApi:
         return {**turn.to_json(), "random_weights": noise, "skipped_tools": registry.skipped}
 
     def last_metrics(self, request: gr.Request) -> dict[str, Any]:
-        """Metrics of this client's last /generate call."""
+        """Metrics of this client's last /generate call, with done (its end) and
+        random_weights (true: the answer is noise from an offline build)."""
         return _last_metrics.get(request.session_hash, {})
 
 
 # The documented keys, read from their one definition (lfmui.settings, lfmui.tiling).
 _KEYS = (
-    f"settings_json: a JSON object of {', '.join(SETTING_KEYS)}, and a key tiling: an object "
-    f"of {', '.join(tiling.FIELDS)} (this request only)."
+    f"settings_json: a JSON object of {', '.join(SETTING_KEYS)}; tiling: an object of "
+    f"{', '.join(tiling.FIELDS)} (this request only); system: a system prompt; messages: the "
+    'earlier turns, [{"role": "user" or "assistant", "content": "..."}], oldest first.'
 )
 PublicApi.generate.__doc__ = f"Stream the answer to one prompt (with images) as text. {_KEYS}"
 PublicApi.plan_tiles.__doc__ = (
@@ -151,6 +163,7 @@ PublicApi.plan_tiles.__doc__ = (
 def build(manager: ModelManager) -> None:
     """Register the API endpoints (call inside the Blocks context)."""
     api = PublicApi(manager)
+    gr.api(api.status, api_name="status")
     gr.api(api.models, api_name="models")
     gr.api(api.load_model, api_name="load_model", **ACCELERATOR)
     gr.api(api.last_metrics, api_name="last_metrics")
