@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from lfmui.heap import process_rss
 from lfmui.settings import Settings
@@ -31,6 +31,24 @@ EventKind = Literal["text", "metrics", "done", "error"]
 DoneReason = Literal["eos", "stopped", "max_tokens", "time_limit", "error"]
 _END = object()
 STATIC_CACHE_LEN = 8192  # one static cache size for all requests: the compiled decode is reused
+
+
+class Metrics(TypedDict, total=False):
+    """A reply's ``metrics`` event (typed, so the API page shows each key); /last_metrics
+    adds done (the end: eos, stopped, max_tokens, time_limit) and random_weights."""
+
+    queue_wait_s: float
+    preprocess_s: float
+    ttft_s: float | None
+    decode_tokens_per_s: float | None
+    prompt_tokens: int
+    generated_tokens: int
+    total_s: float
+    image_tokens: int
+    peak_memory_gib: float
+    peak_memory_kind: str
+    done: str
+    random_weights: bool
 
 
 @dataclass(frozen=True)

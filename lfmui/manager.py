@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from lfmui import heap, hub, memory, offline, quant
 from lfmui.catalog import Catalog, ModelSpec, checkpoint_kind
@@ -71,6 +71,19 @@ class LoadedModel:
             "note": self.spec.note,
             "decode": self.decode_note,
         }
+
+
+class Readiness(TypedDict):
+    """``ModelManager.readiness``: typed, so the API page shows each key."""
+
+    ready: bool
+    state: str  # ready, loading, no_model
+    loading: str | None
+    model_id: str | None
+    quantization: str | None
+    endpoint: str | None
+    random_weights: bool
+    requests_in_flight: int
 
 
 def memory_report(loaded: LoadedModel | None) -> dict[str, Any]:
@@ -129,7 +142,7 @@ class ModelManager:
                 loaded.leases -= 1
                 self._state.notify_all()
 
-    def readiness(self) -> dict[str, Any]:
+    def readiness(self) -> Readiness:
         """What a script needs before it sends: ready or not (and why), what answers, whether
         its replies are random-weight noise, and the requests holding the model now."""
         loaded, endpoint = self._current, self.endpoint
@@ -139,18 +152,18 @@ class ModelManager:
             state = "loading"
         else:
             state = "ready" if loaded is not None else "no_model"
-        return {
-            "ready": state == "ready",
-            "state": state,
-            "loading": self.loading,
-            "model_id": endpoint.model if endpoint else loaded.spec.id if loaded else None,
-            "quantization": None if endpoint or loaded is None else loaded.quantization,
-            "endpoint": endpoint.url if endpoint else None,
-            "random_weights": bool(
+        return Readiness(
+            ready=state == "ready",
+            state=state,
+            loading=self.loading,
+            model_id=endpoint.model if endpoint else loaded.spec.id if loaded else None,
+            quantization=None if endpoint or loaded is None else loaded.quantization,
+            endpoint=endpoint.url if endpoint else None,
+            random_weights=bool(
                 endpoint.random_weights if endpoint else loaded and loaded.spec.random_weights
             ),
-            "requests_in_flight": loaded.leases if loaded and not endpoint else 0,
-        }
+            requests_in_flight=loaded.leases if loaded and not endpoint else 0,
+        )
 
     def status(self) -> dict[str, Any]:
         loaded = self._current

@@ -61,6 +61,24 @@ def test_public_api_names(client):
     ), names  # UI events stay private
 
 
+def test_the_api_page_documents_keys_and_types(client):
+    """Scripts read the API page: typed returns, the settings keys, every level name."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    status = api["/status"]["returns"][0]["python_type"]["type"]
+    assert "ready: bool" in status and "random_weights: bool" in status
+    metrics = api["/last_metrics"]["returns"][0]["python_type"]["type"]
+    assert "ttft_s" in metrics and "random_weights: bool" in metrics
+    generate = str(api["/generate"])
+    assert all(key in generate for key in ("max_new_tokens", "tiling", "system", "messages"))
+    assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == [
+        "prompt",
+        "image_files",
+        "settings_json",
+    ]
+    load = str(api["/load_model"])
+    assert "auto" in load and "int8-cpu" in load and "int4-bf16" in load
+
+
 def test_models_lists_catalog_with_quantization_availability(client):
     models = client.predict(api_name="/models")
     ids = {m["id"] for m in models}

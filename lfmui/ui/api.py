@@ -8,14 +8,16 @@ gr.Error with the same sentences the UI shows.
 from __future__ import annotations
 
 import json
+import typing
 from collections import OrderedDict
 from typing import Any
 
 import gradio as gr
 
-from lfmui import tiling, toolcalls, tools, turns
+from lfmui import quant, tiling, toolcalls, tools, turns
+from lfmui.engine import Metrics
 from lfmui.errors import InputError
-from lfmui.manager import ModelManager
+from lfmui.manager import ModelManager, Readiness
 from lfmui.settings import FIELDS as SETTING_KEYS
 from lfmui.ui import gpu
 from lfmui.ui.render import user_errors
@@ -50,7 +52,7 @@ class PublicApi:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Readiness:
         """Ready or not before you send: {ready, state (ready, loading, no_model), loading,
         model_id, quantization, endpoint, random_weights, requests_in_flight}."""
         return self.manager.readiness()
@@ -65,7 +67,7 @@ class PublicApi:
 
     @user_errors
     def load_model(self, model_id: str, quantization: str) -> dict[str, Any]:
-        """Load a catalog model at a quantization level (bf16, fp16, fp32, int8, nf4)."""
+        """Load a catalog model at a quantization level (see below); its status."""
         return self.manager.load(model_id, quantization)
 
     @user_errors
@@ -140,10 +142,10 @@ class PublicApi:
         noise = turns.serving(self.manager)["random_weights"]
         return {**turn.to_json(), "random_weights": noise, "skipped_tools": registry.skipped}
 
-    def last_metrics(self, request: gr.Request) -> dict[str, Any]:
+    def last_metrics(self, request: gr.Request) -> Metrics:
         """Metrics of this client's last /generate call, with done (its end) and
         random_weights (true: the answer is noise from an offline build)."""
-        return _last_metrics.get(request.session_hash, {})
+        return Metrics(**_last_metrics.get(request.session_hash, {}))
 
 
 # The documented keys, read from their one definition (lfmui.settings, lfmui.tiling).
@@ -153,6 +155,13 @@ _KEYS = (
     'earlier turns, [{"role": "user" or "assistant", "content": "..."}], oldest first.'
 )
 PublicApi.generate.__doc__ = f"Stream the answer to one prompt (with images) as text. {_KEYS}"
+for _method in (PublicApi.status, PublicApi.last_metrics):
+    # gradio reads a return type from the annotation; postponed (string) annotations resolved
+    _method.__annotations__ = typing.get_type_hints(_method)
+PublicApi.load_model.__doc__ = (
+    "Load a catalog model (/models lists the ids) at a quantization level: auto (the fastest "
+    f"that runs here and fits), or {', '.join(quant.QUANTIZATIONS)}; returns its status."
+)
 PublicApi.plan_tiles.__doc__ = (
     "How the loaded model's processor cuts an image under tiling_json (a JSON object of "
     f"{', '.join(tiling.FIELDS)}; empty = the model's defaults): grid, tiles, thumbnail, "
