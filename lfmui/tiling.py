@@ -113,6 +113,7 @@ class Tiling:
 
 
 FIELDS = tuple(Tiling.__dataclass_fields__)
+RANGES = (("min_tiles", "max_tiles"), ("min_image_tokens", "max_image_tokens"))  # low <= high
 KNOBS = {name: dict(f.metadata) for name, f in Tiling.__dataclass_fields__.items()}
 LIMITS = {name: knob["range"] for name, knob in KNOBS.items() if knob["range"][0] is not None}
 _FLAGS = tuple(name for name in FIELDS if name not in LIMITS)

@@ -534,3 +534,58 @@ def test_item19_model_output_runs_nothing_and_fetches_nothing(page, app_state):
         and "onerror" not in bot.split("&lt;img")[0]
     )
     assert page.get_by_text("<img src=").count() >= 1  # shown as text
+
+
+def test_every_refusal_in_every_tab_is_a_warning_without_badges(page, tmp_path):
+    """A refusal in each tab: a warning toast says what to do, nothing shows an Error badge,
+    and the tiling sliders cannot cross (a minimum pushed past its maximum takes it along)."""
+
+    def warned(text: str) -> None:
+        page.get_by_text(text).first.wait_for(timeout=15_000)
+        assert page.get_by_text("Error", exact=True).count() == 0, text
+
+    page.get_by_role("tab", name="Tiling inspector").click()
+    panel = page.locator("#inspector-panel")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    if not panel.locator("input[type=file]").count():  # a picture from an earlier test
+        panel.get_by_role("button", name="Clear").first.click()
+    panel.locator("input[type=file]").first.set_input_files(str(bad))
+    warned("Could not read image 'broken.png'")
+
+    def number(label: str, value: str) -> None:
+        box = panel.get_by_label(f"number input for {label}")
+        for _ in range(20):
+            if box.input_value() == value:
+                return
+            page.wait_for_timeout(250)
+        assert box.input_value() == value, label
+
+    panel.get_by_label("range slider for Max image tokens").fill("128")
+    number("Max image tokens", "128")
+    panel.get_by_label("range slider for Min image tokens").fill("208")
+    number("Max image tokens", "208")  # carried along, not crossed
+    panel.get_by_label("range slider for Max image tokens").fill("32")
+    number("Min image tokens", "32")
+
+    page.get_by_role("tab", name="Tool playground").click()
+    tools_panel = page.locator("#tools-panel")
+    tools_panel.get_by_label("Request").fill("")
+    tools_panel.get_by_role("button", name="Run").click()
+    warned("Type a request for the model first.")
+    definitions = tools_panel.locator(".cm-content").first  # the tool definitions editor
+    definitions.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text("[{oops")
+    tools_panel.get_by_label("Request").click()  # the editor loses focus: checked
+    warned("not valid JSON")
+    tools_panel.get_by_role("button", name="Load the built-in examples").click()
+
+    page.get_by_role("tab", name="Models").click()
+    page.get_by_text("Endpoint: an OpenAI-compatible server").click()
+    page.locator("#endpoint-url textarea, #endpoint-url input").first.fill("localhost:8000")
+    page.locator("#endpoint-connect").click()
+    warned("is not an http(s) URL")
+    page.screenshot(path=str(ARTIFACTS / "refusals.png"), full_page=True)
+    page.reload()  # a fresh page for the tests after
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)

@@ -19,7 +19,7 @@ from lfmui.manager import ModelManager
 from lfmui.settings import SAMPLING, Settings
 from lfmui.ui import gpu
 from lfmui.ui.controls import TilingControls, sampling_control
-from lfmui.ui.render import kept_on_error, to_chatbot, user_errors
+from lfmui.ui.render import to_chatbot, warns
 from lfmui.ui.running import ACCELERATOR, Running
 
 EXAMPLES = [
@@ -122,6 +122,11 @@ def apply_step(reply: dict[str, Any], step: turns.Step) -> None:
         reply.update(status="error", error=step.error)
 
 
+# what an import sets: state, chatbot, system prompt, the sampling controls, the tiling knobs and
+# preset, use tools (ChatTab._import_outputs, in this order)
+IMPORT_OUTPUTS = 3 + len(SAMPLING) + len(tiling.FIELDS) + 2
+
+
 class ChatTab:
     """The Chat tab: its components (made in ``__init__``) and its handlers, each reading its
     inputs as one dict of components (gradio still injects the request)."""
@@ -209,7 +214,7 @@ class ChatTab:
         )
 
     # ---- handlers --------------------------------------------------------------------------
-    @kept_on_error(outputs=3)
+    @warns(outputs=3)
     def on_submit(self, data: dict, request: gr.Request):
         message = data[self.box] or {}
         text = message.get("text", "") or ""
@@ -225,7 +230,7 @@ class ChatTab:
             for update in self._reply(history, data, stop):
                 yield *update, gr.skip()
 
-    @kept_on_error(outputs=2)
+    @warns(outputs=2)
     def on_regenerate(self, data: dict, request: gr.Request):
         history = list(data[self.state])
         while history and history[-1]["role"] == "assistant":
@@ -249,13 +254,13 @@ class ChatTab:
     def on_stop(request: gr.Request) -> None:
         _replies.stop(request.session_hash)
 
-    @user_errors
+    @warns(outputs=1)
     def on_export(self, data: dict):
         if not data[self.state]:
             raise InputError("Nothing to export yet: send a message first.")
         return session.write_bundle(self._bundle(data))
 
-    @user_errors
+    @warns(outputs=2)
     def on_show_code(self, data: dict, request: gr.Request):
         loaded = self.manager.current()
         if loaded is None:
@@ -270,7 +275,7 @@ class ChatTab:
             gr.Code(session.client_code(bundle, url), visible=True),
         )
 
-    @user_errors
+    @warns(outputs=IMPORT_OUTPUTS)
     def on_import(self, path: str | None):
         if not path:
             return [gr.skip()] * len(self._import_outputs())
@@ -295,7 +300,7 @@ class ChatTab:
 
     def _import_outputs(self) -> list[Any]:
         detail = self.image_detail
-        return [
+        outputs = [
             self.state,
             self.chatbot,
             self.system_prompt,
@@ -304,6 +309,8 @@ class ChatTab:
             detail.preset,
             self.use_tools,
         ]
+        assert len(outputs) == IMPORT_OUTPUTS
+        return outputs
 
     def _wire(self) -> None:
         private = {"api_visibility": "private"}

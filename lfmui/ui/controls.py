@@ -53,6 +53,12 @@ class TilingControls:
         )
         for knob in self.knobs:
             knob.input(lambda: CUSTOM, None, self.preset, api_visibility="private")
+        for low, high in tiling.RANGES:  # a minimum never passes its maximum, nor the reverse
+            lower, upper = made[low], made[high]
+            # .change: fires for a drag, a typed number and a preset alike; a pair settles in
+            # one step (the second rule then changes nothing, so nothing fires again)
+            lower.change(max, [lower, upper], upper, api_visibility="private", queue=False)
+            upper.change(min, [upper, lower], lower, api_visibility="private", queue=False)
 
     @property
     def all(self) -> list[Any]:
@@ -63,6 +69,8 @@ class TilingControls:
         for name in tiling.LIMITS:
             if isinstance(values[name], float) and values[name].is_integer():
                 values[name] = int(values[name])
+        for low, high in tiling.RANGES:  # mid-correction (see __init__): never crossed
+            values[high] = max(values[low], values[high])
         return values
 
     def _apply_preset(self, name: str, *current: Any) -> list[Any]:

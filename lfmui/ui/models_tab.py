@@ -11,7 +11,7 @@ from lfmui import endpoint as endpoints
 from lfmui import measured, quant
 from lfmui.catalog import RANDOM_WEIGHTS_NOTE
 from lfmui.manager import GIB, ModelManager
-from lfmui.ui.render import user_errors
+from lfmui.ui.render import warns
 from lfmui.ui.running import ACCELERATOR
 
 
@@ -132,12 +132,12 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
         api_visibility="private",
     )
 
-    @user_errors
+    @warns(outputs=3)
     def load(model_id: str, quantization: str, progress=gr.Progress()):  # noqa: B008
         manager.load(model_id, quantization, progress=lambda f, m: progress(f, desc=m))
         return status_card(manager), banner(manager), quantization_table(manager, model_id)
 
-    @user_errors
+    @warns(outputs=3)
     def unload(model_id: str):
         manager.unload()
         return status_card(manager), banner(manager), quantization_table(manager, model_id)
@@ -186,7 +186,7 @@ def endpoint_panel(manager: ModelManager, outputs: list[Any], model: gr.Dropdown
             connect_button = gr.Button("Connect", variant="primary", elem_id="endpoint-connect")
             local_button = gr.Button("Use the in-process model", elem_id="endpoint-local")
 
-    @user_errors
+    @warns(outputs=4)
     def connect(address: str, model_id: str | None, api_key: str, fields: str, picked: str):
         endpoint = endpoints.Endpoint.connect(
             address, model_id, api_key, endpoints.extra_fields(fields), manager.catalog

@@ -129,7 +129,7 @@ def user_errors(fn: Callable) -> Callable:
         if isinstance(exc, LfmuiError):
             return gr.Error(str(exc), print_exception=False)
         log.exception("unexpected error in %s", fn.__name__)
-        return gr.Error("Something went wrong on the server; the app is still running. Try again.")
+        return gr.Error(SAFE_LINE)
 
     if _is_generator(fn):
 
@@ -152,21 +152,45 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def kept_on_error(outputs: int) -> Callable[[Callable], Callable]:
-    """For the chat's streaming events: a refusal (our error) is a warning toast and every
-    output stays as it was. A gr.Error would draw an "Error" badge over the outputs, hiding the
-    chat and the message box (and what the user typed) until the next update."""
+SAFE_LINE = "Something went wrong on the server; the app is still running. Try again."
+
+
+def warns(outputs: int) -> Callable[[Callable], Callable]:
+    """For the UI's own events (the API keeps ``user_errors``): a refusal is a warning toast
+    and each of the `outputs` stays as it was; anything unexpected is logged and the toast
+    says the safe line. A gr.Error would draw an "Error" badge over the outputs, hiding a
+    chat, a preview or a status card (and what the user typed) until the next update."""
+    unchanged = gr.skip() if outputs == 1 else (gr.skip(),) * outputs
+
+    def warned(fn: Callable, exc: Exception) -> None:
+        if isinstance(exc, LfmuiError | gr.Error):
+            gr.Warning(str(exc.message if isinstance(exc, gr.Error) else exc))
+        else:
+            log.exception("unexpected error in %s", fn.__name__)
+            gr.Warning(SAFE_LINE)
 
     def decorate(fn: Callable) -> Callable:
+        if _is_generator(fn):
+
+            @functools.wraps(fn)
+            def refusing_stream(*args: Any, **kwargs: Any):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as exc:
+                    warned(fn, exc)
+                    yield unchanged
+
+            return refusing_stream
+
         @functools.wraps(fn)
         def refusing(*args: Any, **kwargs: Any):
             try:
-                yield from fn(*args, **kwargs)
-            except LfmuiError as exc:
-                gr.Warning(str(exc))
-                yield (gr.skip(),) * outputs
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                warned(fn, exc)
+                return unchanged
 
-        return user_errors(refusing)  # anything else: logged, a safe line
+        return refusing
 
     return decorate
 

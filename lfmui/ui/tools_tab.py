@@ -19,7 +19,7 @@ from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
 from lfmui.ui.controls import sampling_control
-from lfmui.ui.render import fenced, safe_markdown, user_errors
+from lfmui.ui.render import fenced, safe_markdown, warns
 from lfmui.ui.running import ACCELERATOR, Running
 
 _runs = Running(  # the playground's running tool turn per session
@@ -144,8 +144,10 @@ class ToolsTab:
                 self.prompt = gr.Textbox(
                     label="Request", value="What is the weather in Paris, in fahrenheit?", lines=2
                 )
-                self.image = gr.Image(
-                    type="filepath", label="Image (optional, for image_facts)", height=140
+                self.image = gr.File(  # a file: a broken upload reaches lfmui's intake
+                    file_types=["image"],
+                    type="filepath",
+                    label="Image (optional, for image_facts)",
                 )
                 with gr.Row():
                     self.run = gr.Button("Run", variant="primary")
@@ -181,7 +183,7 @@ class ToolsTab:
                     gr.Button(visible=bool(waiting)),
                 )
 
-    @user_errors
+    @warns(outputs=4)
     def on_run(self, data: dict, request: gr.Request):
         fresh = {
             "prompt": data[self.prompt],
@@ -192,7 +194,7 @@ class ToolsTab:
         run_state = _start(self.manager, fresh, int(data[self.max_rounds]))
         yield from self._stream(run_state, data, request.session_hash)
 
-    @user_errors
+    @warns(outputs=4)
     def on_send(self, data: dict, request: gr.Request):
         run_state = data[self.state]
         if not run_state or run_state["turn"].pending is None:

@@ -17,7 +17,7 @@ from lfmui.errors import InputError, NoModelLoaded
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
 from lfmui.ui.controls import MODEL_DEFAULT, TilingControls
-from lfmui.ui.render import user_errors
+from lfmui.ui.render import warns
 from lfmui.ui.running import ACCELERATOR
 
 AB_HEADERS = ["preset", "image tokens", "prompt tokens", "TTFT s", "tok/s", "answer"]
@@ -118,7 +118,9 @@ def build(manager: ModelManager) -> dict[str, Any]:
     )
     with gr.Row():
         with gr.Column(scale=1):
-            upload = gr.Image(type="filepath", label="Image to inspect", height=260)
+            # a file, not gr.Image: gradio's image preprocessing fails on a broken upload
+            # before lfmui's intake can say why (an Error badge instead of a warning)
+            upload = gr.File(file_types=["image"], type="filepath", label="Image to inspect")
             controls = TilingControls("fast 32-64 tokens · balanced 64-128 · detailed: tiles")
         with gr.Column(scale=2):
             picture = gr.Image(label="How the model sees it", interactive=False, height=560)
@@ -130,7 +132,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
         compare = gr.Button("Compare presets")
         table = gr.Dataframe(headers=AB_HEADERS, label="Answers and costs", wrap=True)
 
-    @user_errors
+    @warns(outputs=3)
     def on_change(data: dict):
         return inspect(manager, data[upload], controls.values(data))
 
@@ -144,7 +146,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
             trigger_mode="always_last",
         )
 
-    @user_errors
+    @warns(outputs=1)
     def on_compare(path, text, tokens):
         yield from budget_ab(manager, path, text, tokens)
 
