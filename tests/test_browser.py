@@ -184,7 +184,7 @@ def test_models_tab_marks_which_levels_fit(page, monkeypatch):
     def row(label: str):
         return table.get_by_role("row", name=re.compile("^" + re.escape(label)))
 
-    expect(table).to_contain_text("memory (14.0 GiB free)", timeout=10_000)
+    expect(table).to_contain_text("Memory free now: 14.0 GiB", timeout=10_000)
     expect(row("fp32 ")).to_contain_text("✗ too big: ~32.0 GiB")
     expect(row("bf16 ")).to_contain_text("✗ too big")
     expect(row("4-bit (bitsandbytes nf4)")).to_contain_text("✓ fits: ~")
@@ -498,11 +498,25 @@ def test_load_a_model_from_the_models_tab(page):
     page.get_by_role("button", name="Load", exact=True).click()
     status = f"lfm2-moe-tiny (offline, random weights) · {fastest}"
     page.get_by_text(status).wait_for(timeout=60_000)
+    # a reload shows the server's state: the picker, the level, the chat's chip, and a
+    # message box that takes no images (the text-only model loaded)
+    page.reload()
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    page.get_by_text(f"Model: lfm2-moe-tiny · {fastest}").wait_for(timeout=10_000)
+    assert page.get_by_placeholder("this model reads text only").count() == 1
+    assert page.locator("#model-chip").get_by_text("random weights").count() == 1
+    page.get_by_role("tab", name="Models").click()
+    assert page.locator("#model-picker input").first.input_value().startswith("lfm2-moe-tiny")
+    assert page.locator(f"#level-picker input[value='{fastest}']").is_checked()
+    page.screenshot(path=str(ARTIFACTS / "reload-state.png"), full_page=True)
     page.locator("#model-picker input").first.click()
     page.get_by_role("option", name="lfm2-vl-tiny").first.click()
     page.get_by_role("radio", name="fp32").check()
     page.get_by_role("button", name="Load", exact=True).click()
     page.get_by_text("lfm2-vl-tiny (offline, random weights) · fp32").wait_for(timeout=60_000)
+    chip = page.locator("#model-chip").get_by_text("Model: lfm2-vl-tiny · fp32")
+    chip.wait_for(state="attached", timeout=10_000)  # the chat's chip follows (tab hidden)
+    assert page.get_by_placeholder("Type a message, paste or drop an image…").count() == 1
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
 
 

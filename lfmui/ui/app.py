@@ -66,16 +66,23 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
             detail = vision_tab.reset_values(manager)
             return [*chat_tab.defaults(manager), *detail, *detail]
 
-        for switch in [models["loaded"], *models["switched"]]:
+        def serving() -> list:  # what answers now, wherever the page shows it
+            box = chat_tab.message_box(manager)
+            return [models_tab.chip(manager), box, *models_tab.picked(manager)]
+
+        shown = [chat["chip"], chat["box"], models["model"], models["level"]]
+        for switch in [models["loaded"], models["unloaded"], *models["switched"]]:
             switch.then(model_defaults, None, per_model, api_visibility="private")
-        demo.load(
+            switch.then(serving, None, shown, api_visibility="private")
+        demo.load(  # every page load, a reload included, shows the server's state
             lambda: (
                 models_tab.status_card(manager),
                 models_tab.banner(manager, startup_note),
                 *model_defaults(),
+                *serving(),
             ),
             None,
-            [models["card"], banner_box, *per_model],
+            [models["card"], banner_box, *per_model, *shown],
             api_visibility="private",
         )
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)

@@ -134,11 +134,12 @@ class ChatTab:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
         self.state = gr.State([])
+        self.chip = gr.Markdown(elem_id="model-chip")  # what answers (the app keeps it current)
         self.chatbot = gr.Chatbot(
             label="Chat", height=480, sanitize_html=True, render_markdown=True
         )
         self.box = gr.MultimodalTextbox(
-            placeholder="Type a message, paste or drop an image…",
+            placeholder=BOX_HINT,
             file_types=["image"],
             file_count="multiple",
             label="Message",
@@ -345,11 +346,28 @@ class ChatTab:
 def build(manager: ModelManager) -> dict[str, Any]:
     tab = ChatTab(manager)
     return {
+        "chip": tab.chip,
+        "box": tab.box,
         "system_prompt": tab.system_prompt,
         "controls": tab.controls,
         "image_detail": tab.image_detail,
         "open_inspector": tab.open_inspector,
     }
+
+
+BOX_HINT = "Type a message, paste or drop an image…"
+TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"
+
+
+def message_box(manager: ModelManager) -> gr.MultimodalTextbox:
+    """The message box for what answers now: a text-only model takes no attachments, so an
+    image is refused before Send, not after."""
+    images = turns.serving(manager)["reads_images"]
+    return gr.MultimodalTextbox(
+        sources=["upload"] if images else [],
+        file_types=["image"] if images else [".none"],
+        placeholder=BOX_HINT if images else TEXT_ONLY_HINT,
+    )
 
 
 def defaults(manager: ModelManager) -> list[Any]:

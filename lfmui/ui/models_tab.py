@@ -20,7 +20,13 @@ def quantization_table(manager: ModelManager, model_id: str) -> str:
     or why this machine cannot run it."""
     rows = manager.levels(model_id)
     free = rows[0]["available_gib"]
-    lines = [f"| level | memory ({free:.1f} GiB free) | notes |", "|---|---|---|"]
+    # the free memory goes above the table: in the narrow header it wrapped mid-word
+    lines = [
+        f"Memory free now: **{free:.1f} GiB**",
+        "",
+        "| level | memory | notes |",
+        "|---|---|---|",
+    ]
     for row in rows:
         if not row["available"]:
             room = "✗ not here"
@@ -95,6 +101,39 @@ def banner(manager: ModelManager, startup_note: str = "") -> str:
     return "\n\n".join(f"⚠️ {n}" for n in notes)
 
 
+AUTO_CHOICE = ("auto: the fastest that fits", "auto")
+
+
+def level_choices(manager: ModelManager, model_id: str) -> list[tuple[str, str]]:
+    """The levels a Load can use for `model_id` here (auto first); the table below the picker
+    lists the others with the reason each cannot run."""
+    labels = {q.name: q.label for q in quant.QUANTIZATIONS.values()}
+    rows = manager.levels(model_id)
+    return [AUTO_CHOICE] + [(labels[r["name"]], r["name"]) for r in rows if r["available"]]
+
+
+def picked(manager: ModelManager) -> tuple[Any, Any]:
+    """The picker and the level as the server has them: the resident model and its level (a
+    page opened or reloaded later shows what is loaded, not the first entry)."""
+    loaded = manager.current()
+    if loaded is None:
+        return gr.skip(), gr.skip()
+    choices = level_choices(manager, loaded.spec.id)
+    return gr.Dropdown(value=loaded.spec.id), gr.Radio(choices, value=loaded.quantization)
+
+
+def chip(manager: ModelManager) -> str:
+    """One line over the chat: what answers, at which level, and whether it is noise."""
+    ready = manager.readiness()
+    if ready["model_id"] is None:
+        if ready["state"] == "loading":
+            return f"⏳ Loading **{ready['loading']}**…"
+        return "**No model loaded.** Load one in the Models tab."
+    where = f" at {ready['endpoint']}" if ready["endpoint"] else f" · {ready['quantization']}"
+    noise = " · random weights: replies are noise" if ready["random_weights"] else ""
+    return f"Model: **{ready['model_id']}**{where}{noise}"
+
+
 def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> dict[str, Any]:
     """Lay out the tab; return the components other tabs listen to."""
     choices = [(s.label, s.id) for s in manager.catalog.listed()]
@@ -108,10 +147,11 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
                 elem_id="model-picker",
             )
             level = gr.Radio(
-                [("auto: the fastest that fits", "auto")]
-                + [(q.label, q.name) for q in quant.QUANTIZATIONS.values()],
-                value="auto",
+                level_choices(manager, model.value),
+                value=loaded.quantization if loaded else "auto",
                 label="Quantization",
+                info="levels this machine cannot run are left out; the table says why",
+                elem_id="level-picker",
             )
             with gr.Row():
                 load_button = gr.Button("Load", variant="primary")
@@ -131,6 +171,12 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
         levels,
         api_visibility="private",
     )
+    model.input(
+        lambda model_id: gr.Radio(level_choices(manager, model_id), value="auto"),
+        model,
+        level,
+        api_visibility="private",
+    )
 
     @warns(outputs=3)
     def load(model_id: str, quantization: str, progress=gr.Progress()):  # noqa: B008
@@ -146,9 +192,16 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
     load_event = load_button.click(
         load, [model, level], outputs, api_visibility="private", **ACCELERATOR
     )
-    unload_button.click(unload, model, outputs, api_visibility="private", **ACCELERATOR)
+    unloaded = unload_button.click(unload, model, outputs, api_visibility="private", **ACCELERATOR)
     switched = endpoint_panel(manager, outputs, model)
-    return {"model": model, "card": card, "loaded": load_event, "switched": switched}
+    return {
+        "model": model,
+        "level": level,
+        "card": card,
+        "loaded": load_event,
+        "switched": switched,
+        "unloaded": unloaded,
+    }
 
 
 def endpoint_panel(manager: ModelManager, outputs: list[Any], model: gr.Dropdown) -> list[Any]:
