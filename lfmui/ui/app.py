@@ -15,13 +15,15 @@ from lfmui.ui import api, chat_tab, models_tab, tools_tab, v1, vision_tab
 from lfmui.ui.guard import RequestGuard
 
 MAX_FILE_SIZE = "20mb"
-# Escape stops whatever is streaming (the visible Stop buttons); Enter sends (the message box's
-# own behaviour, Shift+Enter for a new line).
+# Escape stops whatever is streaming (the visible Stop buttons: the playground's, and the one
+# the message box shows in place of its send arrow); Enter sends (the message box's own
+# behaviour, Shift+Enter for a new line).
 KEYS = """<script>
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape") return;
   document.querySelectorAll("button").forEach((b) => {
-    if (b.textContent.trim() === "Stop" && b.offsetParent !== null) b.click();
+    const stop = b.textContent.trim() === "Stop" || b.getAttribute("aria-label") === "Stop";
+    if (stop && b.offsetParent !== null) b.click();
   });
 });
 </script>"""

@@ -159,8 +159,7 @@ class ChatTab:
             inputs=self.box,
             label="Examples (they fill the box; press Enter to send)",
         )
-        with gr.Row():
-            self.stop_button = gr.Button("Stop", variant="stop")
+        with gr.Row():  # Stop lives in the message box, in place of its send arrow
             self.regenerate_button = gr.Button("Regenerate")
             self.undo_button = gr.Button("Undo last turn (edit)")
             self.clear_button = gr.Button("Clear")
@@ -227,7 +226,9 @@ class ChatTab:
         turns.user_message(text, files)  # bad images are refused before the message is kept
         with _replies.one(request.session_hash) as stop:  # before the box empties
             history = [*data[self.state], {"role": "user", "text": text, "images": files}]
-            yield history, to_chatbot(history), gr.MultimodalTextbox(value=None)
+            # the box empties and its send arrow turns into Stop while the reply streams
+            streaming = gr.MultimodalTextbox(value=None, submit_btn=False, stop_btn=True)
+            yield history, to_chatbot(history), streaming
             for update in self._reply(history, data, stop):
                 yield *update, gr.skip()
 
@@ -334,10 +335,13 @@ class ChatTab:
         regenerated = self.regenerate_button.click(
             self.on_regenerate, inputs, chat, **private, **ACCELERATOR
         )
+        for event in (submitted, regenerated):  # the reply ended: the send arrow is back
+            event.then(send_ready, None, self.box, queue=False, **private)
+        self.box.stop(self.on_stop, None, None, queue=False, **private)
+        self.regenerate_button.click(stop_ready, None, self.box, queue=False, **private)
         self.undo_button.click(self.on_undo, self.state, [*chat, self.box], queue=False, **private)
-        self.stop_button.click(self.on_stop, None, None, queue=False, **private)
         if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
-            self.stop_button.click(None, None, None, cancels=[submitted, regenerated])
+            self.box.stop(None, None, None, cancels=[submitted, regenerated])
         self.clear_button.click(lambda: ([], []), None, chat, queue=False, **private)
         # the Chatbot's own trash icon clears the rendering; the conversation must go with it
         self.chatbot.clear(lambda: [], None, self.state, queue=False, **private)
@@ -356,6 +360,14 @@ def build(manager: ModelManager) -> dict[str, Any]:
 
 
 BOX_HINT = "Type a message, paste or drop an image…"
+
+
+def send_ready() -> gr.MultimodalTextbox:
+    return gr.MultimodalTextbox(submit_btn=True, stop_btn=False)
+
+
+def stop_ready() -> gr.MultimodalTextbox:
+    return gr.MultimodalTextbox(submit_btn=False, stop_btn=True)
 TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"
 
 
