@@ -368,6 +368,8 @@ def send_ready() -> gr.MultimodalTextbox:
 
 def stop_ready() -> gr.MultimodalTextbox:
     return gr.MultimodalTextbox(submit_btn=False, stop_btn=True)
+
+
 TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"
 
 
