@@ -21,6 +21,7 @@ FLOORS = [
         "lfmui.toolcalls",
         "lfmui.cpu_weights",
         "lfmui.settings",
+        "lfmui.chats",
     },
     {"lfmui.catalog", "lfmui.tiling", "lfmui.images", "lfmui.tools", "lfmui.moe_quant"},
     {"lfmui.quant", "lfmui.hub", "lfmui.prompts", "lfmui.engine", "lfmui.offline"},

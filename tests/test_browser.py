@@ -603,3 +603,40 @@ def test_every_refusal_in_every_tab_is_a_warning_without_badges(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "refusals.png"), full_page=True)
     page.reload()  # a fresh page for the tests after
     page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+
+
+def test_chats_and_the_theme_survive_a_reload(page):
+    """The chat comes back after a reload, is listed with the others kept in this browser,
+    and can be left for a new one and opened again; the dark theme is remembered too."""
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#new-chat").click()
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    box.fill("Remember this conversation about lighthouses.")
+    box.press("Enter")
+    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)  # stored after the reply ends
+    page.get_by_role("button", name="Dark / light").click()
+    page.reload()
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    chat = page.locator("[data-testid=user]")
+    chat.get_by_text("Remember this conversation about lighthouses.").wait_for(timeout=15_000)
+    assert page.locator("[data-testid=bot]").count() >= 1
+    assert "dark" in (page.locator("body").get_attribute("class") or "")
+    page.screenshot(path=str(ARTIFACTS / "reloaded-chat.png"), full_page=True)
+    page.locator("#new-chat").click()
+    page.wait_for_timeout(500)
+    assert page.locator("[data-testid=user]").count() == 0
+    page.locator("#past-chats input").first.click()
+    page.get_by_role("option", name="Remember this conversation about lighthouses.").click()
+    chat.get_by_text("Remember this conversation about lighthouses.").wait_for(timeout=10_000)
+    page.get_by_role("button", name="Dark / light").click()  # light again for the tests after
+
+
+def test_chats_stored_damaged_are_dropped_with_a_warning(page):
+    page.evaluate("localStorage.setItem('lfmui-chats', '{\"not\": \"what lfmui wrote\"')")
+    page.reload()
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_placeholder("Type a message, paste or drop an image…").wait_for()
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert page.locator("[data-testid=user]").count() == 0

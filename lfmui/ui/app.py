@@ -27,7 +27,13 @@ document.addEventListener("keydown", (event) => {
   });
 });
 </script>"""
-TOGGLE_THEME = "() => { document.body.classList.toggle('dark'); }"
+THEME_AT_LOAD = """() => {  // the theme picked last time in this browser
+  if (localStorage.getItem("lfmui-theme") === "dark") document.body.classList.add("dark");
+}"""
+TOGGLE_THEME = """() => {
+  const dark = document.body.classList.toggle("dark");
+  localStorage.setItem("lfmui-theme", dark ? "dark" : "light");  // kept for the next visit
+}"""
 QUEUE_MAX_SIZE = 64
 
 
@@ -76,6 +82,9 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
         for switch in [models["loaded"], models["unloaded"], *models["switched"]]:
             switch.then(model_defaults, None, per_model, api_visibility="private")
             switch.then(serving, None, shown, api_visibility="private")
+        demo.load(None, None, None, js=THEME_AT_LOAD)
+        restore, saved, restored = chat["restore"]
+        demo.load(restore, saved, restored, api_visibility="private")  # the browser's chats
         demo.load(  # every page load, a reload included, shows the server's state
             lambda: (
                 models_tab.status_card(manager),

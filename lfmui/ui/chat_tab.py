@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
-from lfmui import session, tiling, tools, turns
+from lfmui import chats, offline, session, tiling, tools, turns
 from lfmui.errors import InputError, LfmuiError
 from lfmui.manager import ModelManager
 from lfmui.settings import SAMPLING, Settings
@@ -135,6 +136,19 @@ class ChatTab:
         self.manager = manager
         self.state = gr.State([])
         self.chip = gr.Markdown(elem_id="model-chip")  # what answers (the app keeps it current)
+        # the chats, kept in this browser (lfmui.chats): a reload or a closed tab loses nothing
+        self.saved = gr.BrowserState(
+            chats.EMPTY, storage_key="lfmui-chats", secret=chats.secret(offline.cache_dir())
+        )
+        self.chat_id = gr.State("")
+        with gr.Row(equal_height=True):
+            self.past = gr.Dropdown(
+                [],
+                label="Chats kept in this browser",
+                scale=4,
+                elem_id="past-chats",
+            )
+            self.new_chat = gr.Button("New chat", size="sm", scale=1, elem_id="new-chat")
         self.chatbot = gr.Chatbot(
             label="Chat", height=480, sanitize_html=True, render_markdown=True
         )
@@ -212,6 +226,42 @@ class ChatTab:
             self.image_detail.values(data),
             data[self.use_tools],
         )
+
+    # ---- chats kept in the browser ------------------------------------------------------------
+    def on_restore(self, saved: Any):
+        """Page load: the chat in use comes back (the others are listed)."""
+        stored, said = chats.read(saved, UPLOADS)
+        for sentence in said:
+            gr.Warning(sentence)
+        if not stored:
+            fresh = chats.new_id()
+            return [], [], fresh, _listed([], fresh), chats.write([], fresh, [])
+        current = stored[0]
+        turns = current["turns"]
+        value = chats.write(stored, current["id"], turns)  # stored again, cleaned
+        return turns, to_chatbot(turns), current["id"], _listed(stored, current["id"]), value
+
+    @staticmethod
+    def on_save(saved: Any, chat_id: str, history: list):
+        """After every change to the chat: it is stored, first in the list."""
+        stored, _ = chats.read(saved, UPLOADS)
+        value = chats.write(stored, chat_id, history)
+        return value, _listed(value["chats"], chat_id)
+
+    @staticmethod
+    def on_open(saved: Any, chosen: str):
+        stored, _ = chats.read(saved, UPLOADS)
+        chat = next((c for c in stored if c["id"] == chosen), None)
+        if chat is None:
+            gr.Warning("That chat is no longer kept in this browser.")
+            return gr.skip(), gr.skip(), gr.skip()
+        return chat["turns"], to_chatbot(chat["turns"]), chat["id"]
+
+    @staticmethod
+    def on_new(saved: Any):
+        stored, _ = chats.read(saved, UPLOADS)
+        fresh = chats.new_id()
+        return [], [], fresh, _listed(stored, fresh)
 
     # ---- handlers --------------------------------------------------------------------------
     @warns(outputs=3)
@@ -327,7 +377,9 @@ class ChatTab:
         self.code_button.click(
             self.on_show_code, inputs, [self.transformers_box, self.client_box], **private
         )
-        self.imported.upload(self.on_import, self.imported, self._import_outputs(), **private)
+        self._imported = self.imported.upload(
+            self.on_import, self.imported, self._import_outputs(), **private
+        )
         chat = [self.state, self.chatbot]
         submitted = self.box.submit(
             self.on_submit, {self.box, *inputs}, [*chat, self.box], **private, **ACCELERATOR
@@ -339,17 +391,34 @@ class ChatTab:
             event.then(send_ready, None, self.box, queue=False, **private)
         self.box.stop(self.on_stop, None, None, queue=False, **private)
         self.regenerate_button.click(stop_ready, None, self.box, queue=False, **private)
-        self.undo_button.click(self.on_undo, self.state, [*chat, self.box], queue=False, **private)
+        self._undone = self.undo_button.click(
+            self.on_undo, self.state, [*chat, self.box], queue=False, **private
+        )
         if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
             self.box.stop(None, None, None, cancels=[submitted, regenerated])
-        self.clear_button.click(lambda: ([], []), None, chat, queue=False, **private)
+        cleared = self.clear_button.click(lambda: ([], []), None, chat, queue=False, **private)
         # the Chatbot's own trash icon clears the rendering; the conversation must go with it
-        self.chatbot.clear(lambda: [], None, self.state, queue=False, **private)
+        trashed = self.chatbot.clear(lambda: [], None, self.state, queue=False, **private)
+        store = ([self.saved, self.chat_id, self.state], [self.saved, self.past])
+        for event in (submitted, regenerated, cleared, trashed, self._undone, self._imported):
+            event.then(self.on_save, *store, queue=False, **private)
+        opened = self.past.input(
+            self.on_open, [self.saved, self.past], [*chat, self.chat_id], queue=False, **private
+        )
+        opened.then(self.on_save, *store, queue=False, **private)
+        self.new_chat.click(
+            self.on_new, self.saved, [*chat, self.chat_id, self.past], queue=False, **private
+        )
 
 
 def build(manager: ModelManager) -> dict[str, Any]:
     tab = ChatTab(manager)
     return {
+        "restore": (
+            tab.on_restore,
+            tab.saved,
+            [tab.state, tab.chatbot, tab.chat_id, tab.past, tab.saved],
+        ),
         "chip": tab.chip,
         "box": tab.box,
         "system_prompt": tab.system_prompt,
@@ -357,6 +426,17 @@ def build(manager: ModelManager) -> dict[str, Any]:
         "image_detail": tab.image_detail,
         "open_inspector": tab.open_inspector,
     }
+
+
+UPLOADS = Path(get_upload_folder())  # where gradio keeps uploads: stored images must be there
+
+
+def _listed(stored: list[dict[str, Any]], current: str) -> gr.Dropdown:
+    """The kept chats as the picker lists them, the one in use selected."""
+    choices = [(c["title"], c["id"]) for c in stored]
+    return gr.Dropdown(
+        choices=choices, value=current if any(c[1] == current for c in choices) else None
+    )
 
 
 BOX_HINT = "Type a message, paste or drop an image…"

@@ -1,0 +1,192 @@
+"""Chats kept in the browser, so a reload or a closed tab loses nothing.
+
+The browser stores one value (gradio's BrowserState, in localStorage): ``{"version": 1,
+"chats": [{"id", "title", "updated", "turns"}]}``, the chat in use first, at most MAX_CHATS.
+Everything read back is the browser's, so it is untrusted. ``read`` keeps what is well formed
+and drops the rest, with a sentence for the user:
+- a value of another shape or version, or one over MAX_STORED_CHARS, is dropped whole;
+- each turn is rebuilt field by field (``clean_turn``): the roles, text, status, metrics of
+  numbers, tool uses and the messages a tool turn exchanged;
+- an image path is kept only inside the server's upload folder (or an imported session's
+  folder), and only while its file is there (a restarted server has none of them). Any other
+  path is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+MAX_CHATS = 20
+MAX_STORED_CHARS = 4_000_000  # localStorage holds about 5 MB per site
+MAX_TITLE = 60
+STATUSES = {"eos", "stopped", "max_tokens", "time_limit", "error", "round_limit", "streaming"}
+EMPTY = {"version": VERSION, "chats": []}
+
+
+def secret(folder: Path) -> str:
+    """The key the browser's copy is encrypted with: made once per install and kept in
+    `folder`, so chats outlive a restart of the server (a random key per start would not)."""
+    import secrets
+
+    file = folder / "browser-state.key"
+    try:
+        key = file.read_text().strip()
+        if len(key) >= 32:
+            return key
+    except OSError:
+        pass
+    key = secrets.token_urlsafe(32)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        file.write_text(key)
+        file.chmod(0o600)
+    except OSError:  # a read-only folder: the chats last as long as this server
+        pass
+    return key
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def title_of(turns: list[dict[str, Any]]) -> str:
+    """The first user text, shortened: how the chat is listed."""
+    first = next((t["text"] for t in turns if t["role"] == "user" and t["text"].strip()), "")
+    line = " ".join(first.split()) or "A chat with images"
+    return line if len(line) <= MAX_TITLE else line[: MAX_TITLE - 1] + "…"
+
+
+def read(value: Any, uploads: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The stored chats that are well formed, and a sentence for what was dropped."""
+    if value in (None, "", {}, EMPTY):
+        return [], []
+    try:
+        size = len(json.dumps(value))
+    except (TypeError, ValueError, RecursionError):
+        size = MAX_STORED_CHARS + 1
+    if not isinstance(value, dict) or value.get("version") != VERSION:
+        return [], ["The chats saved in this browser are from another version; they were reset."]
+    if size > MAX_STORED_CHARS or not isinstance(value.get("chats"), list):
+        return [], ["The chats saved in this browser were damaged or too large; they were reset."]
+    chats, dropped_turns, dropped_images = [], 0, 0
+    for chat in value["chats"][:MAX_CHATS]:
+        if not isinstance(chat, dict) or not isinstance(chat.get("turns"), list):
+            dropped_turns += 1
+            continue
+        turns = []
+        for turn in chat["turns"]:
+            clean, lost = clean_turn(turn, uploads)
+            dropped_images += lost
+            if clean is None:
+                dropped_turns += 1
+            else:
+                turns.append(clean)
+        if turns:
+            ident = chat.get("id") if isinstance(chat.get("id"), str) else new_id()
+            updated = chat.get("updated")
+            updated = updated if _number(updated) else 0
+            chats.append(
+                {"id": ident[:32], "title": title_of(turns), "updated": updated, "turns": turns}
+            )
+    said = []
+    if dropped_turns:
+        said.append(f"{dropped_turns} damaged part(s) of the saved chats were left out.")
+    if dropped_images:
+        said.append(
+            f"{dropped_images} image(s) of the saved chats are no longer on the server (it "
+            "restarted); their text is kept."
+        )
+    return chats, said
+
+
+def write(chats: list[dict[str, Any]], chat_id: str, turns: list[dict[str, Any]]) -> dict:
+    """The value to store: chat `chat_id` with `turns` first (dropped when it has none), then
+    the others, newest first, at most MAX_CHATS."""
+    others = [c for c in chats if c["id"] != chat_id]
+    current = []
+    if turns:
+        kept = [_storable(t) for t in turns]
+        current = [{"id": chat_id, "title": title_of(kept), "updated": time.time(), "turns": kept}]
+    return {"version": VERSION, "chats": (current + others)[:MAX_CHATS]}
+
+
+def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
+    """A stored turn rebuilt from its well-formed fields (None if it has none), and how many of
+    its images were dropped."""
+    if not isinstance(turn, dict) or not isinstance(turn.get("text", ""), str):
+        return None, 0
+    if turn.get("role") == "user":
+        paths = turn.get("images", [])
+        paths = paths if isinstance(paths, list) else []
+        kept = [p for p in paths if isinstance(p, str) and _uploaded(p, uploads)]
+        return {"role": "user", "text": turn.get("text", ""), "images": kept}, len(paths) - len(
+            kept
+        )
+    if turn.get("role") != "assistant":
+        return None, 0
+    metrics = turn.get("metrics") if isinstance(turn.get("metrics"), dict) else {}
+    clean: dict[str, Any] = {
+        "role": "assistant",
+        "text": turn.get("text", ""),
+        "status": turn.get("status") if turn.get("status") in STATUSES else "eos",
+        "metrics": {str(k)[:40]: v for k, v in metrics.items() if _number(v) or isinstance(v, str)},
+        "random_weights": turn.get("random_weights") is True,
+    }
+    if clean["status"] == "streaming":  # the page went away mid-reply
+        clean["status"] = "stopped"
+    if isinstance(turn.get("error"), str):
+        clean["error"] = turn["error"][:500]
+    used = turn.get("tools")
+    if isinstance(used, list):
+        clean["tools"] = [u for u in used if _tool_use(u)]
+    exchanged = turn.get("messages")
+    if isinstance(exchanged, list):
+        clean["messages"] = [
+            {"role": m["role"], "content": m["content"]}
+            for m in exchanged
+            if isinstance(m, dict)
+            and m.get("role") in ("assistant", "tool")
+            and isinstance(m.get("content"), str)
+        ]
+    return clean, 0
+
+
+def _storable(turn: dict[str, Any]) -> dict[str, Any]:
+    """A turn as JSON can hold it (the chat's turns carry only JSON types; drop flags)."""
+    return {k: v for k, v in turn.items() if k != "images_dropped"}
+
+
+def _tool_use(used: Any) -> bool:
+    return (
+        isinstance(used, dict)
+        and isinstance(used.get("name"), str)
+        and isinstance(used.get("output"), str)
+        and isinstance(used.get("arguments"), dict)
+        and isinstance(used.get("ok"), bool)
+    )
+
+
+def _uploaded(path: str, uploads: Path) -> bool:
+    """Whether `path` is a file the app itself wrote: an upload, or an imported session's."""
+    try:
+        file = Path(path).resolve()
+        if file.is_relative_to(uploads.resolve()):
+            return file.is_file()
+        temp = Path(tempfile.gettempdir()).resolve()
+        imported = file.is_relative_to(temp) and file.relative_to(temp).parts[0].startswith(
+            "lfmui-import-"
+        )
+        return imported and file.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
