@@ -640,3 +640,31 @@ def test_chats_stored_damaged_are_dropped_with_a_warning(page):
     page.get_by_placeholder("Type a message, paste or drop an image…").wait_for()
     assert page.get_by_text("Error", exact=True).count() == 0
     assert page.locator("[data-testid=user]").count() == 0
+
+
+def test_edit_a_sent_message_and_the_chat_runs_again_from_it(page, app_state):
+    from scripted import scripted_generate
+
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#new-chat").click()
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    with scripted_generate(
+        app_state.manager.current(), ["First answer.", "Second answer.", "Answer, again: $$x^2$$"]
+    ):
+        for text, answer in (("First question", "First answer."), ("Second one", "Second answer.")):
+            box.fill(text)
+            box.press("Enter")
+            page.get_by_text(answer).wait_for(timeout=60_000)
+            page.wait_for_timeout(500)
+        first = page.locator("[data-testid=user]").filter(has_text="First question")
+        first.hover()
+        page.get_by_role("button", name="Edit").first.click()  # the first message's
+        editor = page.locator("#chat-pane textarea").first
+        editor.fill("First question, edited")
+        page.get_by_role("button", name="Submit").first.click()
+        page.get_by_text("Answer, again:").wait_for(timeout=60_000)
+    users = page.locator("[data-testid=user]")
+    assert users.count() == 1 and "First question, edited" in users.first.inner_text()
+    assert page.get_by_text("Second answer.").count() == 0  # the later turns went
+    assert page.locator("[data-testid=bot] .katex").count() >= 1  # LaTeX rendered
+    page.screenshot(path=str(ARTIFACTS / "chat-edit.png"), full_page=True)

@@ -20,7 +20,7 @@ from lfmui.manager import ModelManager
 from lfmui.settings import SAMPLING, Settings
 from lfmui.ui import gpu
 from lfmui.ui.controls import TilingControls, sampling_control
-from lfmui.ui.render import to_chatbot, warns
+from lfmui.ui.render import owners, to_chatbot, warns
 from lfmui.ui.running import ACCELERATOR, Running
 
 EXAMPLES = [
@@ -150,7 +150,13 @@ class ChatTab:
             )
             self.new_chat = gr.Button("New chat", size="sm", scale=1, elem_id="new-chat")
         self.chatbot = gr.Chatbot(
-            label="Chat", height=480, sanitize_html=True, render_markdown=True
+            label="Chat",
+            height=480,
+            sanitize_html=True,
+            render_markdown=True,
+            editable="user",  # a sent message can be edited: the chat re-runs from it
+            elem_id="chat-pane",
+            latex_delimiters=LATEX,
         )
         self.box = gr.MultimodalTextbox(
             placeholder=BOX_HINT,
@@ -283,6 +289,22 @@ class ChatTab:
                 yield *update, gr.skip()
 
     @warns(outputs=2)
+    def on_edit(self, data: dict, edit: gr.EditData, request: gr.Request):
+        """A user message edited in the chat: the turns after it go, the reply runs again."""
+        history = list(data[self.state])
+        shown = owners(history)
+        if not 0 <= edit.index < len(shown) or shown[edit.index][1] != "text":
+            raise InputError("Only the words of a message you sent can be edited.")
+        number = shown[edit.index][0]
+        text = edit.value if isinstance(edit.value, str) else ""
+        if not text.strip() and not history[number].get("images"):
+            raise InputError("The edited message is empty; type something or undo the edit.")
+        history = [*history[:number], {**history[number], "text": text}]
+        with _replies.one(request.session_hash) as stop:
+            yield history, to_chatbot(history)
+            yield from self._reply(history, data, stop)
+
+    @warns(outputs=2)
     def on_regenerate(self, data: dict, request: gr.Request):
         history = list(data[self.state])
         while history and history[-1]["role"] == "assistant":
@@ -387,7 +409,9 @@ class ChatTab:
         regenerated = self.regenerate_button.click(
             self.on_regenerate, inputs, chat, **private, **ACCELERATOR
         )
-        for event in (submitted, regenerated):  # the reply ended: the send arrow is back
+        edited = self.chatbot.edit(self.on_edit, inputs, chat, **private, **ACCELERATOR)
+        self.chatbot.edit(stop_ready, None, self.box, queue=False, **private)
+        for event in (submitted, regenerated, edited):  # the reply ended: the send arrow is back
             event.then(send_ready, None, self.box, queue=False, **private)
         self.box.stop(self.on_stop, None, None, queue=False, **private)
         self.regenerate_button.click(stop_ready, None, self.box, queue=False, **private)
@@ -400,7 +424,8 @@ class ChatTab:
         # the Chatbot's own trash icon clears the rendering; the conversation must go with it
         trashed = self.chatbot.clear(lambda: [], None, self.state, queue=False, **private)
         store = ([self.saved, self.chat_id, self.state], [self.saved, self.past])
-        for event in (submitted, regenerated, cleared, trashed, self._undone, self._imported):
+        kept = (submitted, regenerated, edited, cleared, trashed, self._undone, self._imported)
+        for event in kept:
             event.then(self.on_save, *store, queue=False, **private)
         opened = self.past.input(
             self.on_open, [self.saved, self.past], [*chat, self.chat_id], queue=False, **private
@@ -439,6 +464,13 @@ def _listed(stored: list[dict[str, Any]], current: str) -> gr.Dropdown:
     )
 
 
+# LaTeX as models write it: $$…$$ and \[…\] displayed, \(…\) inline (a lone $ stays a
+# dollar sign: prices are more common in replies than inline maths)
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "\\(", "right": "\\)", "display": False},
+]
 BOX_HINT = "Type a message, paste or drop an image…"
 
 

@@ -54,23 +54,28 @@ def metrics_line(metrics: dict[str, Any], reason: str) -> str:
 
 def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The Chatbot's messages for the session's turns."""
-    messages: list[dict[str, Any]] = []
-    for turn in turns:
+    return [message for _, _, message in _messages(turns)]
+
+
+def owners(turns: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """For each Chatbot message (as ``to_chatbot`` lists them), its turn's index and what it
+    shows: "image", "note", "text" (a user's words), "tool" or "reply"."""
+    return [(number, kind) for number, kind, _ in _messages(turns)]
+
+
+def _messages(turns: list[dict[str, Any]]):
+    for number, turn in enumerate(turns):
         if turn["role"] == "user":
             for path in turn.get("images", []):
-                messages.append({"role": "user", "content": {"path": path}})
+                yield number, "image", {"role": "user", "content": {"path": path}}
             if turn.get("images_dropped"):
-                messages.append(
-                    {
-                        "role": "user",
-                        "content": "<sub>images not sent: this model reads text only</sub>",
-                    }
-                )
+                note = "<sub>images not sent: this model reads text only</sub>"
+                yield number, "note", {"role": "user", "content": note}
             if turn["text"]:
-                messages.append({"role": "user", "content": turn["text"]})
+                yield number, "text", {"role": "user", "content": turn["text"]}
             continue
         for used in turn.get("tools", []):
-            messages.append(tool_message(used))
+            yield number, "tool", tool_message(used)
         text = safe_markdown(turn["text"]) or ("…" if turn.get("status") == "streaming" else "")
         footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"))
         if turn.get("error"):
@@ -79,8 +84,7 @@ def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
             footer = "noise from random weights" + (f" · {footer}" if footer else "")
         if footer:
             text += f"\n\n<sub>{footer}</sub>"
-        messages.append({"role": "assistant", "content": text})
-    return messages
+        yield number, "reply", {"role": "assistant", "content": text}
 
 
 _MD_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]*)\)")
