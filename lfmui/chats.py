@@ -141,6 +141,18 @@ def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
     }
     if clean["status"] == "streaming":  # the page went away mid-reply
         clean["status"] = "stopped"
+    versions = turn.get("versions")
+    if isinstance(versions, list):  # a regenerated answer's earlier ones (one level deep)
+        kept = [
+            clean_turn(_answer(v), uploads)[0]
+            for v in versions[:MAX_VERSIONS]
+            if isinstance(v, dict)
+        ]
+        kept = [v for v in kept if v is not None and v["role"] == "assistant"]
+        shown = turn.get("version")
+        if len(kept) >= 2:
+            fits = isinstance(shown, int) and not isinstance(shown, bool) and 0 <= shown < len(kept)
+            clean["versions"], clean["version"] = kept, shown if fits else len(kept) - 1
     if isinstance(turn.get("error"), str):
         clean["error"] = turn["error"][:500]
     used = turn.get("tools")
@@ -156,6 +168,28 @@ def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
             and isinstance(m.get("content"), str)
         ]
     return clean, 0
+
+
+MAX_VERSIONS = 10
+
+
+def with_earlier(reply: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """A regenerated answer that keeps the answers before it (``versions``, oldest first; the
+    one shown is ``version``)."""
+    kept = earlier.get("versions") or [_answer(earlier)]
+    versions = [*kept, _answer(reply)][-MAX_VERSIONS:]
+    return {**_answer(reply), "versions": versions, "version": len(versions) - 1}
+
+
+def flipped(turn: dict[str, Any], step: int) -> dict[str, Any]:
+    """The same answer turn showing its version `step` away (clamped to the ends)."""
+    versions = turn["versions"]
+    shown = min(max(turn.get("version", len(versions) - 1) + step, 0), len(versions) - 1)
+    return {**versions[shown], "versions": versions, "version": shown}
+
+
+def _answer(turn: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in turn.items() if k not in ("versions", "version")}
 
 
 def _storable(turn: dict[str, Any]) -> dict[str, Any]:

@@ -668,3 +668,25 @@ def test_edit_a_sent_message_and_the_chat_runs_again_from_it(page, app_state):
     assert page.get_by_text("Second answer.").count() == 0  # the later turns went
     assert page.locator("[data-testid=bot] .katex").count() >= 1  # LaTeX rendered
     page.screenshot(path=str(ARTIFACTS / "chat-edit.png"), full_page=True)
+
+
+def test_regenerated_answers_are_kept_to_flip_between(page, app_state):
+    from scripted import scripted_generate
+
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#new-chat").click()
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    with scripted_generate(app_state.manager.current(), ["Answer one.", "Answer two."]):
+        box.fill("Say something.")
+        box.press("Enter")
+        page.get_by_text("Answer one.").wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        page.get_by_role("button", name="Regenerate").click()
+        page.get_by_text("answer 2 of 2").wait_for(timeout=60_000)
+    assert page.get_by_text("Answer one.").count() == 0
+    page.get_by_role("button", name="◀ Earlier answer").click()
+    page.get_by_text("answer 1 of 2").wait_for(timeout=10_000)
+    assert page.get_by_text("Answer one.").count() == 1
+    page.get_by_role("button", name="Later answer ▶").click()
+    page.get_by_text("Answer two.").wait_for(timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "chat-alternatives.png"), full_page=True)

@@ -129,3 +129,22 @@ def test_the_secret_is_made_once_and_kept(tmp_path):
     first = chats.secret(tmp_path)
     assert len(first) >= 32 and chats.secret(tmp_path) == first
     assert (tmp_path / "browser-state.key").stat().st_mode & 0o077 == 0
+
+
+def test_regenerated_answers_are_kept_and_flipped(uploads):
+    first = {"role": "assistant", "text": "One.", "status": "eos", "metrics": {}}
+    second = {"role": "assistant", "text": "Two.", "status": "eos", "metrics": {}}
+    third = {"role": "assistant", "text": "Three.", "status": "eos", "metrics": {}}
+    turn = chats.with_earlier(second, first)
+    turn = chats.with_earlier(third, turn)
+    assert [v["text"] for v in turn["versions"]] == ["One.", "Two.", "Three."]
+    assert turn["text"] == "Three." and turn["version"] == 2
+    back = chats.flipped(chats.flipped(turn, -1), -1)
+    assert back["text"] == "One." and back["version"] == 0
+    assert chats.flipped(back, -1)["version"] == 0  # clamped at the ends
+    value = chats.write([], "c", [{"role": "user", "text": "q"}, back])
+    stored, _ = chats.read(value, uploads)
+    assert stored[0]["turns"][1]["text"] == "One." and len(stored[0]["turns"][1]["versions"]) == 3
+    hostile = {**back, "versions": [{"role": "user", "text": "x"}, "y"], "version": True}
+    stored, _ = chats.read(chats.write([], "c", [hostile]), uploads)
+    assert "versions" not in stored[0]["turns"][0]

@@ -180,9 +180,11 @@ class ChatTab:
             label="Examples (they fill the box; press Enter to send)",
         )
         with gr.Row():  # Stop lives in the message box, in place of its send arrow
+            self.earlier_button = gr.Button("◀ Earlier answer", size="sm", min_width=80)
             self.regenerate_button = gr.Button("Regenerate")
             self.undo_button = gr.Button("Undo last turn (edit)")
             self.clear_button = gr.Button("Clear")
+            self.later_button = gr.Button("Later answer ▶", size="sm", min_width=80)
         with gr.Accordion("Generation settings", open=False):
             self.system_prompt = gr.Textbox(label="System prompt", lines=2)
             with gr.Row():
@@ -306,13 +308,28 @@ class ChatTab:
 
     @warns(outputs=2)
     def on_regenerate(self, data: dict, request: gr.Request):
+        """A new answer to the last message; the earlier ones are kept to flip back to."""
         history = list(data[self.state])
+        earlier = history[-1] if history and history[-1]["role"] == "assistant" else None
         while history and history[-1]["role"] == "assistant":
             history.pop()
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
         with _replies.one(request.session_hash) as stop:
             yield from self._reply(history, data, stop)
+        if earlier is not None and history[-1]["role"] == "assistant":
+            history[-1] = chats.with_earlier(history[-1], earlier)
+            yield history, to_chatbot(history)
+
+    @warns(outputs=2)
+    def on_flip(self, history: list, step: int):
+        """Show an earlier (-1) or later (+1) answer to the last message."""
+        history = list(history)
+        last = history[-1] if history else None
+        if not last or last["role"] != "assistant" or len(last.get("versions", [])) < 2:
+            raise InputError("There is one answer to this message; Regenerate makes another.")
+        history[-1] = chats.flipped(last, step)
+        return history, to_chatbot(history)
 
     @staticmethod
     def on_undo(history: list):
@@ -424,8 +441,12 @@ class ChatTab:
         # the Chatbot's own trash icon clears the rendering; the conversation must go with it
         trashed = self.chatbot.clear(lambda: [], None, self.state, queue=False, **private)
         store = ([self.saved, self.chat_id, self.state], [self.saved, self.past])
-        kept = (submitted, regenerated, edited, cleared, trashed, self._undone, self._imported)
-        for event in kept:
+        flips = [
+            button.click(lambda h, s=step: self.on_flip(h, s), self.state, chat, **private)
+            for button, step in ((self.earlier_button, -1), (self.later_button, 1))
+        ]
+        changed = [submitted, regenerated, edited, cleared, trashed, *flips]
+        for event in [*changed, self._undone, self._imported]:
             event.then(self.on_save, *store, queue=False, **private)
         opened = self.past.input(
             self.on_open, [self.saved, self.past], [*chat, self.chat_id], queue=False, **private

@@ -80,6 +80,9 @@ def _messages(turns: list[dict[str, Any]]):
         footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"))
         if turn.get("error"):
             footer = f"error: {turn['error']}"
+        if len(turn.get("versions", [])) > 1:  # a regenerated answer: which one is shown
+            shown = f"answer {turn.get('version', 0) + 1} of {len(turn['versions'])}"
+            footer = f"{shown} · {footer}" if footer else shown
         if turn.get("random_weights"):
             footer = "noise from random weights" + (f" · {footer}" if footer else "")
         if footer:
