@@ -162,7 +162,7 @@ def transformers_code(bundle: dict[str, Any], hub_repo: str, kind: str) -> str:
     ]
     if bundle["system_prompt"].strip():
         lines.append(f'    {{"role": "system", "content": {bundle["system_prompt"]!r}}},')
-    for message in bundle["messages"]:
+    for message in _to_last_question(bundle["messages"]):
         if message["role"] == "assistant":
             lines.append(f'    {{"role": "assistant", "content": {message["text"]!r}}},')
             continue
@@ -189,20 +189,34 @@ def transformers_code(bundle: dict[str, Any], hub_repo: str, kind: str) -> str:
     return "\n".join(lines)
 
 
+def _to_last_question(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat up to its last user message: the code then asks for the last answer again
+    (ending on that answer, add_generation_prompt would ask for a turn the chat never had)."""
+    last = max((n for n, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    return messages[: last + 1]
+
+
 def client_code(bundle: dict[str, Any], url: str) -> str:
-    """gradio_client code that sends the chat's last user message to this app's /generate."""
-    last = next((m for m in reversed(bundle["messages"]) if m["role"] == "user"), None)
+    """gradio_client code that sends the chat's last user message to this app's /generate,
+    with the earlier turns (their text) and the system prompt."""
+    asked = _to_last_question(bundle["messages"])
+    last = asked[-1] if asked else None
     prompt = last["text"] if last else "Describe this image."
     files = [image["name"] for image in (last or {}).get("images", [])]
     settings = {k: v for k, v in bundle["sampling"].items() if v is not None}
     settings["tiling"] = bundle["tiling"]
+    if bundle["system_prompt"].strip():
+        settings["system"] = bundle["system_prompt"]
+    earlier = [{"role": m["role"], "content": m["text"]} for m in asked[:-1] if m["text"]]
+    if earlier:
+        settings["messages"] = earlier
     return "\n".join(
         [
             "import json",
             "from gradio_client import Client, handle_file",
             "",
             f"client = Client({url!r})",
-            "# /generate answers one message: the last one of this chat",
+            "# the chat's last message again, with the turns before it (text only)",
             "job = client.submit(",
             f"    {prompt!r},",
             f"    [{', '.join(f'handle_file({f!r})' for f in files)}],",

@@ -137,3 +137,16 @@ def test_copy_as_code_is_valid_python_with_the_settings(chat):
     client = session.client_code(bundle, "http://127.0.0.1:7860/")
     ast.parse(client)
     assert "'And now?'" in client and 'api_name="/generate"' in client
+    # the earlier turns and the system prompt go with it (/generate takes them)
+    assert "'What is this?'" in client and "'system': 'Be brief.'" in client
+
+
+def test_copy_as_code_asks_for_the_last_answer_again_not_a_new_turn(chat):
+    """A chat that ends on an answer: the code's conversation ends on the question before
+    it, so generate() writes that answer again (ending on the answer, with the generation
+    prompt, it asked for a turn the chat never had)."""
+    answered = [*chat, {"role": "assistant", "text": "Night.", "status": "eos", "metrics": {}}]
+    code = session.transformers_code(_bundle(answered), "LiquidAI/LFM2-VL-450M", "vl")
+    assert "'Night.'" not in code and "'And now?'" in code
+    conversation = code[code.index("conversation = [") : code.index("]\ninputs")]
+    assert conversation.rstrip().endswith("'And now?'}]},")
