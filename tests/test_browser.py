@@ -466,6 +466,8 @@ def test_dark_theme_and_phone_width(page, app_url):
     phone.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
     overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1  # nothing wider than the phone's screen
+    tabs = phone.get_by_role("tab", name="Chat").bounding_box()
+    assert tabs["y"] < 844 * 0.25, tabs  # the title and the banners leave the screen to the chat
     phone.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=False)
     phone.close()
 

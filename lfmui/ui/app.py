@@ -35,6 +35,14 @@ TOGGLE_THEME = """() => {
   localStorage.setItem("lfmui-theme", dark ? "dark" : "light");  // kept for the next visit
 }"""
 QUEUE_MAX_SIZE = 64
+# On a phone the title, the shortcuts line and the banner took 40% of the first screen.
+CSS = """
+@media (max-width: 640px) {
+  #app-title h1 { font-size: 1.1rem !important; margin: 0 !important; line-height: 1.3; }
+  #shortcuts { display: none; }
+  #app-banner p, #model-chip p { font-size: 0.8rem !important; margin: 0 !important; }
+}
+"""
 
 
 def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr.Blocks:
@@ -42,14 +50,14 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
     manager = manager or ModelManager(on_loaded=engine.warm_up)
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
         with gr.Row(equal_height=False):
-            gr.Markdown("# lfmui · try Liquid AI's LFM2 models")
+            gr.Markdown("# lfmui · try Liquid AI's LFM2 models", elem_id="app-title")
             theme = gr.Button("Dark / light", size="sm", scale=0, elem_id="theme-toggle")
         theme.click(None, None, None, js=TOGGLE_THEME)
         gr.Markdown(
             "Enter sends, Shift+Enter starts a new line, Escape stops the reply.",
             elem_id="shortcuts",
         )
-        banner_box = gr.Markdown(models_tab.banner(manager, startup_note))
+        banner_box = gr.Markdown(models_tab.banner(manager, startup_note), elem_id="app-banner")
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat = chat_tab.build(manager)
@@ -122,6 +130,7 @@ def launch_settings(
         "blocked_paths": blocked,
         "footer_links": ["api"],
         "head": KEYS,  # keyboard shortcuts
+        "css": CSS,
         "app_kwargs": {
             "middleware": [Middleware(RequestGuard)],  # body cap, no inline files
             "routes": v1.routes(manager) if manager is not None else [],

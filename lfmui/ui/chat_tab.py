@@ -151,7 +151,7 @@ class ChatTab:
             self.new_chat = gr.Button("New chat", size="sm", scale=1, elem_id="new-chat")
         self.chatbot = gr.Chatbot(
             label="Chat",
-            height=480,
+            height="min(480px, 55vh)",  # a phone keeps the message box on its first screen
             sanitize_html=True,
             render_markdown=True,
             editable="user",  # a sent message can be edited: the chat re-runs from it

@@ -78,8 +78,10 @@ def _messages(turns: list[dict[str, Any]]):
             yield number, "tool", tool_message(used)
         text = safe_markdown(turn["text"]) or ("…" if turn.get("status") == "streaming" else "")
         footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"))
-        if turn.get("error"):
-            footer = f"error: {turn['error']}"
+        if turn.get("error"):  # in full-size type, above what streamed before it
+            said = f"⚠️ **{safe_markdown(turn['error'])}**"
+            text = f"{said}\n\n{text}" if text else said
+            footer = "stopped by an error"
         if len(turn.get("versions", [])) > 1:  # a regenerated answer: which one is shown
             shown = f"answer {turn.get('version', 0) + 1} of {len(turn['versions'])}"
             footer = f"{shown} · {footer}" if footer else shown
