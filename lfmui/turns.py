@@ -247,6 +247,7 @@ class Parsed:
     metrics: dict[str, Any]
     reason: str  # the engine's done reason: eos, stopped, max_tokens, time_limit
     repairs: list[str] = field(default_factory=list)  # toolcalls' repairs, for the trace
+    typed: bool = False  # the user wrote this round's reply (ToolTurn.typed), not the model
     kind: ClassVar[str] = "parsed"
 
     @property
@@ -325,6 +326,9 @@ class ToolTurn:
     rounds: list[Round] = field(default_factory=list)
     pending: list[tools.ToolResult] | None = None
     final: Final | Failed | None = None
+    # replies the user typed for the next rounds, used in turn instead of generating: a model
+    # with random weights never writes a call, and the call flow can still be tried
+    typed: list[str] = field(default_factory=list)
 
     @classmethod
     def start(
@@ -435,7 +439,11 @@ def run_tool_turn(
     image = last_image(turn.conversation)
     while len(turn.rounds) < turn.max_rounds:
         number = len(turn.rounds) + 1
-        for step in _model_round(manager, turn, number, settings, stop, generate_kwargs, tiling):
+        if turn.typed:
+            rounds = _typed_round(turn, number)
+        else:
+            rounds = _model_round(manager, turn, number, settings, stop, generate_kwargs, tiling)
+        for step in rounds:
             turn.apply(step)
             yield step
             if isinstance(step, Failed):
@@ -506,6 +514,16 @@ def _model_round(
     parsed = toolcalls.parse(raw, turn.schemas)
     yield Parsed(
         number, raw, parsed.calls, parsed.errors, parsed.text, metrics, reason, parsed.repairs
+    )
+
+
+def _typed_round(turn: ToolTurn, number: int) -> Iterator[Step]:
+    """A round whose reply the user typed: parsed and run like the model's, marked typed."""
+    raw = turn.typed.pop(0)
+    yield Text(number, raw)
+    parsed = toolcalls.parse(raw, turn.schemas)
+    yield Parsed(
+        number, raw, parsed.calls, parsed.errors, parsed.text, {}, "eos", parsed.repairs, True
     )
 
 

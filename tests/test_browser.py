@@ -332,7 +332,7 @@ def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
 
     page.get_by_role("tab", name="Tool playground").click()
     panel = page.locator("#tools-panel")
-    panel.get_by_label("manual").check()
+    panel.get_by_role("radio", name="manual").check()
     panel.get_by_label("Request").fill("Weather in Tokyo?")
     call = '<|tool_call_start|>[get_weather(city="Tokyo")]<|tool_call_end|>'
     with scripted_generate(app_state.manager.current(), [call, "Noted."]) as script:
@@ -350,7 +350,7 @@ def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
         page.locator("#tool-trace").get_by_text("Final answer").wait_for(timeout=60_000)
     assert "edited by hand" in page.locator("#tool-trace").inner_text()
     assert len(script.prompts) == 2  # the model ran again, after the edited result went back
-    panel.get_by_label("automatic").check()
+    panel.get_by_role("radio", name="automatic").check()
 
 
 def test_escape_stops_the_reply(page, app_state, tmp_path):
@@ -692,3 +692,26 @@ def test_regenerated_answers_are_kept_to_flip_between(page, app_state):
     page.get_by_role("button", name="Later answer ▶").click()
     page.get_by_text("Answer two.").wait_for(timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "chat-alternatives.png"), full_page=True)
+
+
+def test_tool_playground_can_be_tried_offline_with_a_typed_first_reply(page):
+    """With random weights no call is ever written: the user types the model's first reply,
+    the manual-results flow is reached, and the model answers after the edited result."""
+    page.get_by_role("tab", name="Tool playground").click()
+    panel = page.locator("#tools-panel")
+    panel.get_by_text("Write the model's first reply yourself").click()
+    panel.locator("#typed-reply textarea").fill(
+        '<|tool_call_start|>[get_weather(city="Oslo")]<|tool_call_end|>'
+    )
+    panel.get_by_role("radio", name="manual").check()
+    panel.get_by_role("button", name="Run").click()
+    send = panel.get_by_role("button", name="Send results")
+    send.wait_for(timeout=60_000)
+    trace = page.locator("#tool-trace")
+    assert "You wrote" in trace.inner_text() and '"city": "Oslo"' in trace.inner_text()
+    send.click()
+    trace.get_by_text("Final answer").wait_for(timeout=60_000)
+    assert "noise from random weights" in trace.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "tools-typed.png"), full_page=True)
+    panel.locator("#typed-reply textarea").fill("")
+    panel.get_by_role("radio", name="automatic").check()

@@ -367,3 +367,24 @@ def test_the_trace_names_what_the_parser_repaired(vl_manager):
     ]
     shown = render_trace(turn, noise=True)
     assert "**Repaired**" in shown and "apostrophe" in shown
+
+
+def test_a_reply_typed_by_the_user_stands_in_for_the_models_first_round(vl_manager):
+    """Random weights never write a call: the first reply typed by the user is parsed and run
+    like the model's (marked typed in the trace, no generate() for it), then the model itself
+    answers from the result (forced here, so the test can read it)."""
+    processor, kwargs = _script(vl_manager, ["It is 21 C."])
+    turn = turns.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
+    turn.typed.append(f'{START}[get_weather(city="Paris")]{END}')
+    options = {"settings": {"max_new_tokens": 16}, "generate_kwargs": kwargs}
+    steps = list(turns.run_tool_turn(vl_manager, turn, pause=True, **options))
+    parsed = next(s for s in steps if isinstance(s, turns.Parsed))
+    assert parsed.typed and parsed.calls == [
+        {"name": "get_weather", "arguments": {"city": "Paris"}}
+    ]
+    assert steps[-1].kind == "paused" and processor.prompts == []  # the model did not run
+    turn.resume(turn.pending)
+    steps = list(turns.run_tool_turn(vl_manager, turn, **options))
+    assert steps[-1] == turns.Final(2, "It is 21 C.", "eos") and len(processor.prompts) == 1
+    assert turn.to_json()["rounds"][0]["typed"] is True
+    assert turn.to_json()["rounds"][1]["typed"] is False

@@ -36,7 +36,10 @@ def render_trace(turn: turns.ToolTurn, noise: bool) -> str:
         head = f"#### Round {r.number}"
         if metrics.get("ttft_s") is not None:
             head += f" · TTFT {metrics['ttft_s']:.2f} s · {metrics.get('generated_tokens')} tokens"
-        parts += [head, "**Model wrote** (special tokens shown)", fenced(r.raw or "…")]
+        wrote = "**Model wrote** (special tokens shown)"
+        if r.parsed and r.parsed.typed:
+            wrote = "**You wrote** (in place of the model)"
+        parts += [head, wrote, fenced(r.raw or "…")]
         if r.parsed:
             parts += ["**Parsed calls**", fenced(json.dumps(r.parsed.calls, indent=1), "json")]
             if r.parsed.repairs:
@@ -60,13 +63,16 @@ def render_trace(turn: turns.ToolTurn, noise: bool) -> str:
 
 
 def _start(manager: ModelManager, data: dict[str, Any], max_rounds: int) -> dict[str, Any]:
-    """A fresh session state for a run: the tool turn over the prompt and optional image."""
+    """A fresh session state for a run: the tool turn over the prompt and optional image
+    (and the model's first reply, when the user typed it)."""
     prompt = (data["prompt"] or "").strip()
     if not prompt:
         raise InputError("Type a request for the model first.")
     registry = tools.registry_from_json(data["tools_json"])
     conversation = [turns.user_message(prompt, [data["image"]] if data["image"] else [])]
     turn = turns.ToolTurn.start(conversation, registry, data["choice"] or "auto", max_rounds)
+    if (data["typed"] or "").strip():
+        turn.typed.append(data["typed"])
     return {"turn": turn, "noise": turns.serving(manager)["random_weights"]}
 
 
@@ -149,6 +155,16 @@ class ToolsTab:
                     type="filepath",
                     label="Image (optional, for image_facts)",
                 )
+                with gr.Accordion("Write the model's first reply yourself", open=False):
+                    self.typed = gr.Textbox(
+                        label="The model's first reply (special tokens included)",
+                        info="random weights never write a call: type one to try the flow "
+                        "(manual results, then the model's answer); the trace marks it yours",
+                        placeholder='<|tool_call_start|>[get_weather(city="Paris")]'
+                        "<|tool_call_end|>",
+                        lines=2,
+                        elem_id="typed-reply",
+                    )
                 with gr.Row():
                     self.run = gr.Button("Run", variant="primary")
                     self.stop = gr.Button("Stop", variant="stop")
@@ -190,6 +206,7 @@ class ToolsTab:
             "image": data[self.image],
             "tools_json": data[self.tools_json],
             "choice": data[self.choice],
+            "typed": data[self.typed],
         }
         run_state = _start(self.manager, fresh, int(data[self.max_rounds]))
         yield from self._stream(run_state, data, request.session_hash)
@@ -227,6 +244,7 @@ class ToolsTab:
             self.image,
             self.tools_json,
             self.choice,
+            self.typed,
             self.mode,
             self.max_rounds,
             self.new_tokens,
