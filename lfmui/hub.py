@@ -51,6 +51,42 @@ def check(spec: ModelSpec, probe_seconds: float = 3.0) -> Location:
     return location
 
 
+WEIGHT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.py"]
+
+
+def fetch(spec: ModelSpec, location: Location, progress: Any) -> Location:
+    """The model's files in the local cache, downloaded now: the manager calls this before it
+    frees the resident model, so a download that fails or takes long leaves a model to chat
+    with. `progress(fraction, message)` follows the files, from 0.1 to 0.3 of the load."""
+    if location.local_only:
+        return location  # from the cache: nothing to download
+    from huggingface_hub import snapshot_download
+    from tqdm.auto import tqdm
+
+    class Files(tqdm):  # huggingface_hub's own progress, one step per file
+        files = 0  # counted here: a disabled bar (HF_HUB_DISABLE_PROGRESS_BARS) counts nothing
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            self.files += n or 0
+            if self.total:
+                done = f"{int(self.files)} of {int(self.total)} files"
+                share = min(self.files / self.total, 1.0)
+                progress(round(0.1 + 0.2 * share, 3), f"downloading {spec.location}: {done}")
+            return shown
+
+    try:
+        path = snapshot_download(
+            spec.location,
+            revision=spec.revision,
+            allow_patterns=WEIGHT_FILES,
+            tqdm_class=Files,
+        )
+    except Exception as exc:
+        raise ModelLoadError(_hub_failure(spec, exc, reachable=True)) from None
+    return Location(path)
+
+
 def _hub_failure(spec: ModelSpec, exc: BaseException, reachable: bool) -> str:
     name = type(exc).__name__
     if reachable and ("Revision" in name or "revision" in str(exc).lower()):

@@ -211,6 +211,8 @@ class ModelManager:
                 return current.status()
             progress(0.05, f"checking {spec.id}")
             location = location or self._locate(spec, progress)
+            if spec.source == "hub":  # the weights come down while the old model still serves
+                location = hub.fetch(spec, location, progress)
         except LfmuiError:
             raise
         except Exception as exc:  # building an offline checkpoint ran out of memory, say

@@ -360,3 +360,38 @@ def test_a_lease_that_never_lets_go_ends_the_switch_with_a_clear_error(manager):
         held.__exit__(None, None, None)
     manager.load("lfm2-moe-tiny", "fp32")
     assert manager.current().spec.id == "lfm2-moe-tiny"
+
+
+def test_a_hub_switch_downloads_before_it_frees_the_resident_model(
+    manager, tiny_paths, monkeypatch
+):
+    """The new weights come down while the old model still serves (a long or failed download
+    leaves a model to chat with), with progress by file; then the switch happens."""
+    from lfmui import hub
+
+    old = manager.current()
+    seen, steps = {}, []
+
+    def download(repo, revision=None, allow_patterns=None, tqdm_class=None):
+        seen["resident"] = manager.current()
+        seen["answers"] = _reply(manager)  # the old model still answers mid-download
+        bar = tqdm_class(total=2, disable=True)
+        bar.update(1)
+        bar.update(1)
+        if seen.get("fail"):
+            raise OSError("connection reset mid-download")
+        return tiny_paths["lfm2-vl-tiny"]
+
+    monkeypatch.setattr(hub, "check", lambda spec: hub.Location(spec.location, spec.revision))
+    monkeypatch.setattr("huggingface_hub.snapshot_download", download)
+    seen["fail"] = True
+    with pytest.raises(ModelLoadError, match="Could not read LiquidAI/LFM2-VL-450M"):
+        manager.load("LFM2-VL-450M", "fp32")
+    assert manager.current() is old and seen["resident"] is old
+    seen["fail"] = False
+    status = manager.load("LFM2-VL-450M", "fp32", progress=lambda f, m: steps.append((f, m)))
+    assert seen["resident"] is old and status["model_id"] == "LFM2-VL-450M"
+    downloads = [(f, m) for f, m in steps if m.startswith("downloading")]
+    assert [m for _, m in downloads][-1].endswith("2 of 2 files")
+    assert all(0.1 < f <= 0.3 for f, _ in downloads)
+    assert [f for f, _ in steps] == sorted(f for f, _ in steps)  # progress only moves on
