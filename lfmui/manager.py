@@ -79,7 +79,9 @@ class Readiness(TypedDict):
     ready: bool
     state: str  # ready, loading, no_model
     loading: str | None
-    model_id: str | None
+    model_id: str | None  # as /v1 names it
+    label: str | None  # as the UI names it (an endpoint's model with its URL)
+    reads_images: bool
     quantization: str | None
     endpoint: str | None
     random_weights: bool
@@ -143,8 +145,9 @@ class ModelManager:
                 self._state.notify_all()
 
     def readiness(self) -> Readiness:
-        """What a script needs before it sends: ready or not (and why), what answers, whether
-        its replies are random-weight noise, and the requests holding the model now."""
+        """What answers now, the one place that says it: ready or not (and why), the endpoint
+        in use or the resident model, whether it reads images, whether its replies are
+        random-weight noise, and the requests holding the model now."""
         loaded, endpoint = self._current, self.endpoint
         if endpoint is not None:
             state = "ready"
@@ -157,6 +160,9 @@ class ModelManager:
             state=state,
             loading=self.loading,
             model_id=endpoint.model if endpoint else loaded.spec.id if loaded else None,
+            label=endpoint.label if endpoint else loaded.spec.id if loaded else None,
+            reads_images=(endpoint.kind if endpoint else loaded.spec.kind if loaded else "vl")
+            == "vl",
             quantization=None if endpoint or loaded is None else loaded.quantization,
             endpoint=endpoint.url if endpoint else None,
             random_weights=bool(

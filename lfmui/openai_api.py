@@ -88,7 +88,7 @@ class ChatRequest:
 
 
 def models(manager: ModelManager) -> dict[str, Any]:
-    served = turns.serving(manager)["id"]
+    served = manager.readiness()["model_id"]
     data = [] if served is None else [_model(served)]
     return {"object": "list", "data": data}
 
@@ -110,7 +110,7 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
         )
     if body.get("n", 1) != 1:
         raise ApiError("n must be 1: lfmui returns one choice per request.", param="n")
-    served = turns.serving(manager)["id"]
+    served = manager.readiness()["model_id"]
     model = body.get("model")
     if served is None:
         raise ApiError("No model is loaded. Load one in the Models tab first.", 503)

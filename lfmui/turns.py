@@ -150,23 +150,6 @@ def inspect_image(
     return picture, plan
 
 
-def serving(manager: ModelManager) -> dict[str, Any]:
-    """What answers the chat now: the endpoint in use, else the resident model (or none):
-    its id (as /v1 names it), its name, whether it reads images, and whether its replies are
-    random-weight noise."""
-    endpoint, loaded = manager.endpoint, manager.current()
-    if endpoint is not None:
-        ident, name = endpoint.model, endpoint.label
-        kind, noise = endpoint.kind, endpoint.random_weights
-    elif loaded is not None:
-        ident = name = loaded.spec.id
-        kind, noise = loaded.spec.kind, loaded.spec.random_weights
-    else:
-        ident = name = None
-        kind, noise = "vl", False
-    return {"id": ident, "name": name, "reads_images": kind == "vl", "random_weights": noise}
-
-
 def tiling_of(loaded: Any, values: dict[str, Any] | None) -> Tiling | None:
     """Validated per-request tiling over the loaded model's defaults (None for text models)."""
     if loaded.spec.kind != "vl":

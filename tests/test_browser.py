@@ -668,7 +668,7 @@ def test_edit_a_sent_message_and_the_chat_runs_again_from_it(page, app_state):
     users = page.locator("[data-testid=user]")
     assert users.count() == 1 and "First question, edited" in users.first.inner_text()
     assert page.get_by_text("Second answer.").count() == 0  # the later turns went
-    assert page.locator("[data-testid=bot] .katex").count() >= 1  # LaTeX rendered
+    page.locator("[data-testid=bot] .katex").first.wait_for(timeout=15_000)  # LaTeX rendered
     page.screenshot(path=str(ARTIFACTS / "chat-edit.png"), full_page=True)
 
 

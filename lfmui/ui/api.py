@@ -90,7 +90,7 @@ class PublicApi:
                 answer += event.text
                 yield answer
             elif event.kind == "metrics":
-                noise = turns.serving(self.manager)["random_weights"]
+                noise = self.manager.readiness()["random_weights"]
                 _last_metrics[request.session_hash] = {**event.data, "random_weights": noise}
                 _last_metrics.move_to_end(request.session_hash)
                 while len(_last_metrics) > MAX_SESSIONS_KEPT:  # bounded across many clients
@@ -139,7 +139,7 @@ class PublicApi:
         turn = turns.ToolTurn.start(conversation, registry, choice, rounds)
         for _ in gpu.run_tool_turn(self.manager, turn, settings=settings):
             pass
-        noise = turns.serving(self.manager)["random_weights"]
+        noise = self.manager.readiness()["random_weights"]
         return {**turn.to_json(), "random_weights": noise, "skipped_tools": registry.skipped}
 
     def last_metrics(self, request: gr.Request) -> Metrics:

@@ -50,7 +50,7 @@ def stream_reply(
 ):
     """Append an assistant turn to `history` and stream the reply into it (with the built-in
     tools when `use_tools`: their calls show as collapsible "Used tool" messages)."""
-    serving = turns.serving(manager)
+    serving = manager.readiness()
     reply = {
         "role": "assistant",
         "text": "",
@@ -65,7 +65,7 @@ def stream_reply(
         for number, turn in enumerate(history):
             turn["images_dropped"] = number in dropped  # the chat says they were not sent
         if dropped:
-            gr.Warning(f"{serving['name']} reads text only: the images in this chat are not sent.")
+            gr.Warning(f"{serving['label']} reads text only: the images in this chat are not sent.")
         earlier = to_chatbot(history)  # rendered once: only the reply changes per token
         history.append(reply)
         yield history, earlier + to_chatbot([reply])
@@ -509,7 +509,7 @@ TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"
 def message_box(manager: ModelManager) -> gr.MultimodalTextbox:
     """The message box for what answers now: a text-only model takes no attachments, so an
     image is refused before Send, not after."""
-    images = turns.serving(manager)["reads_images"]
+    images = manager.readiness()["reads_images"]
     return gr.MultimodalTextbox(
         sources=["upload"] if images else [],
         file_types=["image"] if images else [".none"],

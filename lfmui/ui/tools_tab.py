@@ -73,7 +73,7 @@ def _start(manager: ModelManager, data: dict[str, Any], max_rounds: int) -> dict
     turn = turns.ToolTurn.start(conversation, registry, data["choice"] or "auto", max_rounds)
     if (data["typed"] or "").strip():
         turn.typed.append(data["typed"])
-    return {"turn": turn, "noise": turns.serving(manager)["random_weights"]}
+    return {"turn": turn, "noise": manager.readiness()["random_weights"]}
 
 
 def edited_results(text: str, expected: int) -> list[tools.ToolResult]:
