@@ -229,7 +229,8 @@ class ModelManager:
         failure = None
         try:
             progress(0.4, f"loading {spec.id} ({level.name})")
-            loaded = self._load_weights(spec, level, location)
+            with _weights_progress(progress, 0.4, 0.85):
+                loaded = self._load_weights(spec, level, location)
             if self.on_loaded:
                 progress(0.9, "warming up (compiling the decode step)")
                 loaded.decode_note = self.on_loaded(loaded)
@@ -370,6 +371,35 @@ class ModelManager:
         loaded.model = None
         loaded.processor = None  # the LoadedModel may outlive this call; its weights don't
         heap.free_accelerator(quant.cuda_available())
+
+
+@contextlib.contextmanager
+def _weights_progress(progress: Progress, start: float, end: float) -> Iterator[None]:
+    """transformers' own "Loading weights" loop, followed: the longest step of a load moves the
+    progress bar tensor by tensor instead of sitting still (nothing changes where this
+    transformers has no such loop)."""
+    try:
+        from transformers import core_model_loading as loading
+
+        original = loading.tqdm
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def followed(items: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        total = len(items) if hasattr(items, "__len__") else 0
+        every = max(total // 50, 1)
+        for number, item in enumerate(original(items, *args, **kwargs)):
+            if total and number % every == 0:
+                share = start + (end - start) * number / total
+                progress(round(share, 3), f"loading weights: {number} of {total} tensors")
+            yield item
+
+    loading.tqdm = followed
+    try:
+        yield
+    finally:
+        loading.tqdm = original
 
 
 def _no_progress(_fraction: float, _message: str) -> None:

@@ -395,3 +395,16 @@ def test_a_hub_switch_downloads_before_it_frees_the_resident_model(
     assert [m for _, m in downloads][-1].endswith("2 of 2 files")
     assert all(0.1 < f <= 0.3 for f, _ in downloads)
     assert [f for f, _ in steps] == sorted(f for f, _ in steps)  # progress only moves on
+
+
+def test_loading_weights_moves_the_progress_tensor_by_tensor(manager):
+    """The longest step of a load reports as it goes (transformers' own loop, followed),
+    and the progress only moves on."""
+    steps = []
+    manager.load("lfm2-moe-tiny", "fp32", progress=lambda f, m: steps.append((f, m)))
+    weights = [(f, m) for f, m in steps if m.startswith("loading weights")]
+    assert len(weights) >= 5 and all(0.4 <= f <= 0.85 for f, _ in weights)
+    assert [f for f, _ in steps] == sorted(f for f, _ in steps)
+    from transformers import core_model_loading
+
+    assert core_model_loading.tqdm.__module__ != "lfmui.manager"  # put back after the load
