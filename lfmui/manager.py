@@ -36,6 +36,23 @@ Progress = Callable[[float, str], None]
 GIB = 1024**3
 
 
+class ModelStatus(TypedDict):
+    """``LoadedModel.status`` (what /load_model returns): typed for the API page."""
+
+    model_id: str
+    label: str
+    kind: str  # vl or text
+    quantization: str
+    device: str
+    dtype: str
+    resident_bytes: int
+    resident_gib: float
+    load_seconds: float
+    random_weights: bool
+    note: str
+    decode: str
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """The resident model and what requests need to use it."""
@@ -56,21 +73,21 @@ class LoadedModel:
     def tokenizer(self) -> Any:
         return getattr(self.processor, "tokenizer", self.processor)
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "model_id": self.spec.id,
-            "label": self.spec.label,
-            "kind": self.spec.kind,
-            "quantization": self.quantization,
-            "device": self.device,
-            "dtype": self.dtype,
-            "resident_bytes": self.weight_bytes,
-            "resident_gib": round(self.weight_bytes / GIB, 3),
-            "load_seconds": round(self.load_seconds, 2),
-            "random_weights": self.spec.random_weights,
-            "note": self.spec.note,
-            "decode": self.decode_note,
-        }
+    def status(self) -> ModelStatus:
+        return ModelStatus(
+            model_id=self.spec.id,
+            label=self.spec.label,
+            kind=self.spec.kind,
+            quantization=self.quantization,
+            device=self.device,
+            dtype=self.dtype,
+            resident_bytes=self.weight_bytes,
+            resident_gib=round(self.weight_bytes / GIB, 3),
+            load_seconds=round(self.load_seconds, 2),
+            random_weights=self.spec.random_weights,
+            note=self.spec.note,
+            decode=self.decode_note,
+        )
 
 
 class Readiness(TypedDict):
@@ -182,7 +199,7 @@ class ModelManager:
     # ---- loading --------------------------------------------------------------------------
     def load(
         self, model_id: str, quantization: str | None = None, progress: Progress | None = None
-    ) -> dict[str, Any]:
+    ) -> ModelStatus:
         """Make `model_id` at `quantization` the resident model; return its status."""
         if not self._load_lock.acquire(blocking=False):
             raise LoadInProgress(

@@ -77,6 +77,12 @@ def test_the_api_page_documents_keys_and_types(client):
     ]
     load = str(api["/load_model"])
     assert "auto" in load and "int8-cpu" in load and "int4-bf16" in load
+    for name, key in (
+        ("/load_model", "resident_gib: float"),
+        ("/parse_tool_calls", "skipped_tools: list[str]"),
+        ("/tool_turn", "random_weights: bool"),
+    ):
+        assert key in api[name]["returns"][0]["python_type"]["type"], name
 
 
 def test_models_lists_catalog_with_quantization_availability(client):

@@ -7,17 +7,18 @@ gr.Error with the same sentences the UI shows.
 
 from __future__ import annotations
 
+import inspect
 import json
 import typing
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypedDict
 
 import gradio as gr
 
 from lfmui import quant, tiling, toolcalls, tools, turns
 from lfmui.engine import Metrics
 from lfmui.errors import InputError
-from lfmui.manager import ModelManager, Readiness
+from lfmui.manager import ModelManager, ModelStatus, Readiness
 from lfmui.settings import FIELDS as SETTING_KEYS
 from lfmui.ui import gpu
 from lfmui.ui.render import user_errors
@@ -46,6 +47,27 @@ def parse_settings(settings_json: str) -> dict[str, Any]:
     return settings
 
 
+class ParsedCalls(TypedDict):
+    """/parse_tool_calls: the calls ({name, arguments}), the errors the model would read, the
+    text without the call blocks, what was repaired, and the tool definitions left out."""
+
+    calls: list[dict[str, Any]]
+    errors: list[str]
+    text: str
+    repairs: list[str]
+    skipped_tools: list[str]
+
+
+class Trace(TypedDict):
+    """/tool_turn: each round (raw text, calls, errors, repairs, results), the end (text and
+    reason, or error), whether replies are random-weight noise, the definitions left out."""
+
+    rounds: list[dict[str, Any]]
+    final: dict[str, Any] | None
+    random_weights: bool
+    skipped_tools: list[str]
+
+
 class PublicApi:
     """The endpoints, one method each; ``build`` registers them under DESIGN.md's names."""
 
@@ -66,7 +88,7 @@ class PublicApi:
         ]
 
     @user_errors
-    def load_model(self, model_id: str, quantization: str) -> dict[str, Any]:
+    def load_model(self, model_id: str, quantization: str) -> ModelStatus:
         """Load a catalog model at a quantization level (see below); its status."""
         return self.manager.load(model_id, quantization)
 
@@ -111,7 +133,7 @@ class PublicApi:
         return turns.inspect_image(self.manager, image, values)[1]
 
     @user_errors
-    def parse_tool_calls(self, text: str, tools_json: str) -> dict[str, Any]:
+    def parse_tool_calls(self, text: str, tools_json: str) -> ParsedCalls:
         """Parse LFM2 tool calls out of model text: {calls, errors, text, repairs,
         skipped_tools}. tools_json (a JSON list of tool schemas; empty = the built-ins)
         validates the calls; a definition that cannot be called is left out, and said."""
@@ -119,10 +141,11 @@ class PublicApi:
             raise InputError("The text is over 200,000 characters; send one model reply.")
         registry = tools.registry_from_json(tools_json)
         schemas = [t.schema() for t in registry.values()]
-        return {**toolcalls.parse(text or "", schemas).to_json(), "skipped_tools": registry.skipped}
+        parsed = toolcalls.parse(text or "", schemas).to_json()
+        return ParsedCalls(**parsed, skipped_tools=registry.skipped)
 
     @user_errors
-    def tool_turn(self, prompt: str, tools_json: str, settings_json: str) -> dict[str, Any]:
+    def tool_turn(self, prompt: str, tools_json: str, settings_json: str) -> Trace:
         """One full tool turn (automatic results) and its trace: the rounds with the raw model
         text, parsed calls, errors and results, then the final answer."""
         settings = parse_settings(settings_json)
@@ -140,7 +163,7 @@ class PublicApi:
         for _ in gpu.run_tool_turn(self.manager, turn, settings=settings):
             pass
         noise = self.manager.readiness()["random_weights"]
-        return {**turn.to_json(), "random_weights": noise, "skipped_tools": registry.skipped}
+        return Trace(**turn.to_json(), random_weights=noise, skipped_tools=registry.skipped)
 
     def last_metrics(self, request: gr.Request) -> Metrics:
         """Metrics of this client's last /generate call, with done (its end) and
@@ -155,9 +178,16 @@ _KEYS = (
     'earlier turns, [{"role": "user" or "assistant", "content": "..."}], oldest first.'
 )
 PublicApi.generate.__doc__ = f"Stream the answer to one prompt (with images) as text. {_KEYS}"
-for _method in (PublicApi.status, PublicApi.last_metrics):
+for _method in (
+    PublicApi.status,
+    PublicApi.last_metrics,
+    PublicApi.load_model,
+    PublicApi.parse_tool_calls,
+    PublicApi.tool_turn,
+):
     # gradio reads a return type from the annotation; postponed (string) annotations resolved
-    _method.__annotations__ = typing.get_type_hints(_method)
+    _hints = typing.get_type_hints(_method)
+    _method.__annotations__ = inspect.unwrap(_method).__annotations__ = _hints
 PublicApi.load_model.__doc__ = (
     "Load a catalog model (/models lists the ids) at a quantization level: auto (the fastest "
     f"that runs here and fits), or {', '.join(quant.QUANTIZATIONS)}; returns its status."
