@@ -436,7 +436,7 @@ class ChatTab:
             self.on_undo, self.state, [*chat, self.box], queue=False, **private
         )
         if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
-            self.box.stop(None, None, None, cancels=[submitted, regenerated])
+            self.box.stop(None, None, None, cancels=[submitted, regenerated, edited])
         cleared = self.clear_button.click(lambda: ([], []), None, chat, queue=False, **private)
         # the Chatbot's own trash icon clears the rendering; the conversation must go with it
         trashed = self.chatbot.clear(lambda: [], None, self.state, queue=False, **private)
@@ -445,8 +445,8 @@ class ChatTab:
             button.click(lambda h, s=step: self.on_flip(h, s), self.state, chat, **private)
             for button, step in ((self.earlier_button, -1), (self.later_button, 1))
         ]
-        changed = [submitted, regenerated, edited, cleared, trashed, *flips]
-        for event in [*changed, self._undone, self._imported]:
+        changes = [submitted, regenerated, edited, cleared, trashed, self._undone, self._imported]
+        for event in [*changes, *flips]:  # each change to the chat is stored in the browser
             event.then(self.on_save, *store, queue=False, **private)
         opened = self.past.input(
             self.on_open, [self.saved, self.past], [*chat, self.chat_id], queue=False, **private
