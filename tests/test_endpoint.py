@@ -440,8 +440,11 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
             page.get_by_role("tab", name="Models").click()
             page.get_by_text("Endpoint: an OpenAI-compatible server").click()
             page.locator("#endpoint-url textarea, #endpoint-url input").first.fill(url)
-            page.locator("#endpoint-model input").first.fill(path)
+            served_id = page.locator("#endpoint-model input").first
+            served_id.fill(path)
+            served_id.press("Enter")  # a custom dropdown value is taken on Enter or blur
             page.get_by_label("Extra request fields").fill(json.dumps(scripted_body))
+            page.wait_for_timeout(500)  # the values reach the server before Connect reads them
             page.locator("#endpoint-connect").click()
             page.get_by_text("Endpoint in use").wait_for(timeout=30_000)
             page.get_by_text("Replies come from the endpoint").wait_for(timeout=5_000)
