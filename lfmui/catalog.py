@@ -147,7 +147,16 @@ class Catalog:
         self._specs: dict[str, ModelSpec] = {s.id: s for s in specs}
 
     def get(self, model_id: str) -> ModelSpec:
+        """The entry for `model_id`, if the picker lists it: the full-shape benchmark builds
+        are refused unless the app was started with --synthetic (one unauthenticated call must
+        not make the server build an 8B checkpoint)."""
         spec = self._specs.get(model_id) if isinstance(model_id, str) else None
+        if spec is not None and not spec.listed:
+            raise UnknownModelError(
+                f"'{spec.id}' is a full-shape benchmark build and is not offered here. "
+                f"Pick one of: {', '.join(s.id for s in self.listed())} (or start the app "
+                "with --synthetic)."
+            )
         if spec is None:
             raise UnknownModelError(
                 f"'{str(model_id)[:80]}' is not in the model catalog. "

@@ -606,3 +606,13 @@ def test_item05_served_settings_and_one_accelerator_group(tiny_paths):
     chatbots = [b for b in blocks if isinstance(b, gr.Chatbot)]
     assert chatbots and all(c.sanitize_html for c in chatbots)
     assert not any(getattr(b, "value", None) == "Flag" for b in blocks)
+
+
+def test_hidden_model_ids_are_refused_through_the_api(client, server):
+    """issue 18, hidden_model_ids: /load_model names only what the picker lists."""
+    from gradio_client.exceptions import AppError
+
+    before = server[1].current()
+    with pytest.raises(AppError, match="full-shape benchmark build and is not offered here"):
+        client.predict("lfm2-8b-a1b-synthetic", "fp32", api_name="/load_model")
+    assert server[1].current() is before and server[1].loading is None

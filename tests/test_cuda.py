@@ -23,6 +23,15 @@ def _allocated() -> int:
     return torch.cuda.memory_allocated()
 
 
+def _every_build():
+    """A catalog that lists the hidden builds too (what --synthetic does)."""
+    from lfmui.catalog import Catalog
+
+    catalog = Catalog()
+    catalog.show_all()
+    return catalog
+
+
 @pytest.mark.parametrize("model_id", ["lfm2-vl-tiny", "lfm2-moe-tiny"])
 @pytest.mark.parametrize("level", GPU_LEVELS)
 def test_every_level_loads_on_cuda(tiny_paths, model_id, level):
@@ -74,8 +83,7 @@ def test_quantized_moe_decode_never_syncs_on_cuda(level):
     raise: the experts gather their weights by index on the device."""
     import torch
 
-    manager = ModelManager()
-    manager.catalog.show_all()
+    manager = ModelManager(_every_build())
     manager.load("lfm2-moe-replica", level)
     model = manager.current().model
     ids = torch.randint(20, 500, (1, 16), device="cuda")
@@ -94,8 +102,7 @@ def test_quantized_moe_decode_never_syncs_on_cuda(level):
 def test_nf4_moe_load_peak_stays_near_its_size():
     from lfmui import meters
 
-    manager = ModelManager()
-    manager.catalog.show_all()
+    manager = ModelManager(_every_build())
     with meters.tensor_peak("cuda") as peak:
         status = manager.load("lfm2-moe-replica", "nf4")
     assert peak.bytes <= 1.3 * status["resident_bytes"]

@@ -83,6 +83,10 @@ def test_item33_twenty_switch_cycles_return_memory_to_baseline(manager):
         ("org/evil", "fp32", UnknownModelError),
         ("/etc", "fp32", UnknownModelError),
         ("../lfm2-vl-tiny", "fp32", UnknownModelError),
+        # hidden_model_ids: the full-shape builds the picker hides (3.1 GB peak for the 450M,
+        # an out-of-memory kill for the 8B) are refused before anything is built
+        ("lfm2-vl-450m-synthetic", "fp32", UnknownModelError),
+        ("lfm2-8b-a1b-synthetic", "fp32", UnknownModelError),
         ("lfm2-moe-tiny", "int3", QuantizationUnavailable),
     ],
 )
