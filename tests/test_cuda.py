@@ -135,7 +135,7 @@ def test_item35_real_out_of_memory_while_loading(memory_cap):
     for name in ("lfm2-vl-1.6b-synthetic", "lfm2-vl-450m-synthetic"):  # built before the cap:
         offline.ensure_checkpoint(name, device="cuda")  # this test is about loading weights
     start = _allocated()
-    manager = ModelManager()
+    manager = ModelManager(_every_build())
     manager.load("lfm2-vl-tiny", "bf16")
     baseline = _allocated()
     memory_cap(baseline + int(1.5 * 2**30))
@@ -154,7 +154,7 @@ def test_item30_real_out_of_memory_during_generate(memory_cap):
     import torch
     from PIL import Image
 
-    manager = ModelManager()
+    manager = ModelManager(_every_build())
     manager.load("lfm2-vl-450m-synthetic", "bf16")
     loaded = manager.current()
     weights = torch.cuda.memory_allocated()
