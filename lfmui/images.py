@@ -9,8 +9,9 @@ belongs to tiling (``lfmui.tiling.fit``), since what it protects is the image-to
 
 from __future__ import annotations
 
-import functools
+import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,35 @@ def load_safe(path: str | Path):
         raise InputError(
             f"Could not read image '{file.name[:60]}': the upload is missing. Upload it again."
         ) from None
-    return _decode(str(file), stat.st_size, stat.st_mtime_ns)
+    key = (str(file), stat.st_size, stat.st_mtime_ns)
+    with _cache_lock:
+        if key in _decoded:
+            _decoded.move_to_end(key)
+            return _decoded[key]
+    picture = _decode(*key)
+    with _cache_lock:
+        _decoded[key] = picture
+        while sum(_bytes(p) for p in _decoded.values()) > MAX_CACHE_BYTES and len(_decoded) > 1:
+            _decoded.popitem(last=False)  # the least recently used first
+    return picture
+
+
+# A chat sends its earlier pictures again every turn: decoded pictures are kept, bounded by
+# their bytes (a 40-megapixel picture is 120 MB decoded; a count alone let four of them hold
+# 600 MB), and dropped when the model changes (``forget``).
+MAX_CACHE_BYTES = 256 * 2**20
+_decoded: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _bytes(picture: Any) -> int:
+    return picture.width * picture.height * len(picture.getbands())
+
+
+def forget() -> None:
+    """Drop every decoded picture (the manager calls this on a model switch)."""
+    with _cache_lock:
+        _decoded.clear()
 
 
 _DATA_SUFFIX = {"image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
@@ -63,7 +92,6 @@ def save_data_url(url: Any, stem: Path, what: str = "An image") -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=32)
 def _decode(path: str, size: int, _mtime_ns: int):
     from PIL import Image
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from lfmui import heap, hub, memory, offline, quant
+from lfmui import heap, hub, images, memory, offline, quant
 from lfmui.catalog import Catalog, ModelSpec, checkpoint_kind
 from lfmui.errors import (
     CheckpointError,
@@ -387,6 +387,7 @@ class ModelManager:
                 self._switching = False
         loaded.model = None
         loaded.processor = None  # the LoadedModel may outlive this call; its weights don't
+        images.forget()  # decoded pictures go with the model they were read for
         heap.free_accelerator(quant.cuda_available())
 
 

@@ -336,3 +336,33 @@ def test_budget_ab_answers_each_preset_with_its_costs(vl_manager, tmp_path):
     assert all(
         row[3] is not None and row[5].startswith("[noise from random weights]") for row in final
     )
+
+
+def test_decoded_images_stay_bounded_by_bytes_and_go_on_a_switch(tmp_path):
+    """issue 18, decoded_image_cache: 32 distinct 40-megapixel uploads leave at most 600 MiB
+    above the baseline (the cache counts bytes, not entries), and a model switch drops it."""
+    import gc
+    import shutil
+
+    from lfmui import heap, images
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (6300, 6290), "teal").save(big)  # 40 megapixels, a few kB as PNG
+    copies = []
+    for number in range(32):  # distinct files: each its own cache entry
+        copies.append(tmp_path / f"upload-{number}.png")
+        shutil.copy(big, copies[-1])
+    images.forget()
+    gc.collect()
+    heap.trim_heap()
+    baseline = heap.process_rss()
+    for path in copies:
+        images.load_safe(path)
+    gc.collect()
+    heap.trim_heap()
+    grown = heap.process_rss() - baseline
+    assert grown <= 600 * 2**20, f"{grown / 2**20:.0f} MiB above the baseline"
+    assert sum(images._bytes(p) for p in images._decoded.values()) <= images.MAX_CACHE_BYTES
+    assert images.load_safe(copies[-1]) is images.load_safe(copies[-1])  # still a cache
+    images.forget()
+    assert not images._decoded

@@ -412,3 +412,16 @@ def test_loading_weights_moves_the_progress_tensor_by_tensor(manager):
     from transformers import core_model_loading
 
     assert core_model_loading.tqdm.__module__ != "lfmui.manager"  # put back after the load
+
+
+def test_a_switch_drops_the_decoded_pictures(manager, tmp_path):
+    from PIL import Image
+
+    from lfmui import images
+
+    picture = tmp_path / "p.png"
+    Image.new("RGB", (64, 64), "red").save(picture)
+    images.load_safe(picture)
+    assert images._decoded
+    manager.load("lfm2-moe-tiny", "fp32")
+    assert not images._decoded
