@@ -211,12 +211,16 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> dict[str, Any]:
         to_unit: the unit wanted
     """
     a, b = from_unit.lower(), to_unit.lower()
-    if a in "cfk" and b in "cfk" and a and b:
+    temperatures = ("c", "f", "k")  # whole unit names: "cf" is no unit (a substring test took it)
+    if a in temperatures and b in temperatures:
         kelvin = {"c": value + 273.15, "f": (value - 32) * 5 / 9 + 273.15, "k": value}[a]
         out = {"c": kelvin - 273.15, "f": (kelvin - 273.15) * 9 / 5 + 32, "k": kelvin}[b]
         return {"value": round(out, 6), "unit": b}
     if a not in _UNITS or b not in _UNITS or _UNITS[a][0] != _UNITS[b][0]:
-        raise ValueError(f"cannot convert {from_unit!r} to {to_unit!r}")
+        raise ValueError(
+            f"cannot convert {from_unit[:20]!r} to {to_unit[:20]!r}: use two units of one "
+            f"kind: {', '.join(_UNITS)}, or c, f, k for temperature"
+        )
     return {"value": round(value * _UNITS[a][1] / _UNITS[b][1], 6), "unit": b}
 
 

@@ -513,3 +513,18 @@ def test_repairs_never_reach_code_outside_strings():
     ):
         parsed = parse(block(body), [*SCHEMAS, NOTE])
         assert parsed.calls == [] and parsed.errors, body
+
+
+@pytest.mark.parametrize(("source", "target"), [("cf", "k"), ("c", "kf"), ("", "c"), ("m", "kg")])
+def test_tools_unit_names_are_whole_words(source, target):
+    """issue 18, tools: "cf" passed a substring test for temperatures and answered with a
+    KeyError; a unit that is none is a sentence that lists the units."""
+    result = tools.execute(
+        {
+            "name": "convert_units",
+            "arguments": {"value": 1, "from_unit": source, "to_unit": target},
+        },
+        tools.builtins(),
+    )
+    assert not result.ok and "KeyError" not in result.output
+    assert "use two units of one kind" in result.output and "c, f, k" in result.output
