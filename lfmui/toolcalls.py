@@ -33,12 +33,15 @@ Policy, stated once:
 - A start marker without an end (the reply was cut off) still yields its calls; an end marker
   without a start is dropped from the text; the call body echoed after the end marker is dropped;
   several blocks are all parsed, in order; markers inside a fenced code block are text.
-- Caps checked before parsing: block size, call count (open parentheses) and bracket nesting.
+- Caps checked before parsing: block size, call count (open parentheses) and bracket nesting;
+  at most MAX_BLOCKS blocks of a reply are read (the rest is one error). Markers are found in
+  one pass, fenced code by a binary search: a 200 kB reply of fences and markers is linear.
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
 import json
 import math
 import re
@@ -49,6 +52,7 @@ from typing import Any
 START, END = "<|tool_call_start|>", "<|tool_call_end|>"
 MAX_BLOCK_CHARS = 16_000
 MAX_CALLS = 16
+MAX_BLOCKS = 16
 MAX_PARENS = 64
 MAX_DEPTH = 16
 MAX_INT = 2**63 - 1
@@ -103,9 +107,18 @@ def parse(text: str, tools: list[dict[str, Any]] | None = None) -> Parsed:
             bare.repairs.append("read a call list written without the tool-call markers")
             return bare
     remaining: list[str] = []
+    blocks = 0
     for kind, chunk in _split(text):
         if kind == "text":
             remaining.append(chunk)
+            continue
+        blocks += 1
+        if blocks > MAX_BLOCKS:  # the work per reply is bounded
+            if blocks == MAX_BLOCKS + 1:
+                result.errors.append(
+                    f"The reply has more than {MAX_BLOCKS} tool-call blocks; only the first "
+                    f"{MAX_BLOCKS} were read. Make the calls in one block."
+                )
             continue
         try:
             calls, errors, repairs = parse_block(_named(chunk, aliases))
@@ -158,10 +171,12 @@ def _outside_strings(text: str, change: Any) -> str:
 
 def _split(text: str) -> list[tuple[str, str]]:
     """("text", ...) and ("block", body) pieces; markers in fenced code stay text."""
-    fenced = [(m.start(), m.end()) for m in _FENCE.finditer(text)]
+    fences = [(m.start(), m.end()) for m in _FENCE.finditer(text)]  # in order, apart
+    starts = [a for a, _ in fences]
 
-    def in_fence(at: int) -> bool:
-        return any(a <= at < b for a, b in fenced)
+    def in_fence(at: int) -> bool:  # a binary search: a reply of many fences stays linear
+        index = bisect.bisect_right(starts, at) - 1
+        return index >= 0 and at < fences[index][1]
 
     pieces: list[tuple[str, str]] = []
     at = 0

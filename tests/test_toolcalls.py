@@ -528,3 +528,25 @@ def test_tools_unit_names_are_whole_words(source, target):
     )
     assert not result.ok and "KeyError" not in result.output
     assert "use two units of one kind" in result.output and "c, f, k" in result.output
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "```x```" + END,  # fences and stray end markers: every marker rescanned every fence
+        START + "[f()]" + END,  # thousands of blocks
+        "```x```" + START,
+        START + "[" + "f(a=1), " * 3,
+    ],
+)
+def test_parse_tool_calls_stays_linear_on_200_kB(shape):
+    """issue 18, parse_cost: a 200 kB reply of fences and markers took 5.6-8.9 s of CPU;
+    now at most 100 ms (the best of three runs, so a busy machine does not decide it)."""
+    text = (shape * (200_000 // len(shape) + 1))[:200_000]
+    took = []
+    for _ in range(3):
+        started = time.perf_counter()
+        parsed = parse(text, [])
+        took.append(time.perf_counter() - started)
+    assert min(took) <= 0.1, took
+    assert len(parsed.errors) <= 17  # at most one per block read, and one for the rest
