@@ -284,7 +284,9 @@ def preview(image: Any, plan: dict[str, Any]) -> Any:
     """The picture with the plan drawn over it: tile grid, token grid, thumbnail inset."""
     from PIL import Image, ImageDraw, ImageOps
 
-    shown = ImageOps.contain(image.convert("RGB"), PREVIEW_BOX)
+    # the picture as the model gets it (padded to 16:1 at most): a 1x65500 strip shrank to
+    # zero width here and the preview failed
+    shown = ImageOps.contain(_cap_aspect(image).convert("RGB"), PREVIEW_BOX)
     width, height = shown.size
     overlay = Image.new("RGBA", shown.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)

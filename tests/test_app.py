@@ -616,3 +616,20 @@ def test_hidden_model_ids_are_refused_through_the_api(client, server):
     with pytest.raises(AppError, match="full-shape benchmark build and is not offered here"):
         client.predict("lfm2-8b-a1b-synthetic", "fp32", api_name="/load_model")
     assert server[1].current() is before and server[1].loading is None
+
+
+@pytest.mark.parametrize("size", [(1, 65500), (65500, 1)])
+def test_extreme_strips_are_planned_and_previewed(client, server, tmp_path, size):
+    """issue 18, extreme_aspect_preview: the inspector's preview shrank a 1x65500 strip to zero
+    width and failed with the generic error; it now shows the strip padded as the model gets
+    it, and /plan_tiles answers."""
+    from gradio_client import handle_file
+
+    from lfmui.ui import vision_tab
+
+    path = tmp_path / "strip.png"
+    Image.new("RGB", size, "navy").save(path)
+    plan = client.predict(handle_file(str(path)), "", api_name="/plan_tiles")
+    assert plan["image_tokens"] > 0
+    preview, summary, _ = vision_tab.inspect(server[1], str(path), {})
+    assert min(preview.size) > 0 and "image tokens" in summary
