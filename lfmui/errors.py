@@ -43,5 +43,20 @@ class InputError(LfmuiError):
     """A bad request: settings out of range, text too long, wrong modality."""
 
 
+def read_json(text: str | bytes, what: str) -> object:
+    """JSON that came from a user or a client: InputError naming `what` when it is not JSON,
+    or is nested deeper than the parser goes (a RecursionError escaped as "something went
+    wrong")."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InputError(f"{what}: the JSON is nested too deeply; send flat JSON.") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f": {exc.msg} (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InputError(f"{what}: not valid JSON{where}.") from None
+
+
 class InsufficientMemory(LfmuiError):
     """A load refused before it starts: the model at that level would not fit here."""

@@ -89,7 +89,7 @@ def read_bundle(path: str) -> dict[str, Any]:
         raise InputError("The session file is over 20 MB; export a shorter chat.")
     try:
         bundle = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise InputError(
             "This is not a session file (not JSON). Pick a file exported here."
         ) from None

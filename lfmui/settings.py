@@ -32,7 +32,8 @@ class Settings(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _numbers_only(cls, value: Any) -> Any:
-        if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+        # booleans, strings ("1") and infinities are not numbers here (a lax model took "1")
+        if isinstance(value, bool | str) or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError("not a finite number")
         return value
 

@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import jsonschema
+
 from lfmui import toolcalls
-from lfmui.errors import InputError
+from lfmui.errors import InputError, read_json
 
 TIMEOUT_S = 2.0
 MAX_OUTPUT_CHARS = 4_000
@@ -69,6 +71,14 @@ class Tool:
             raise InputError(f'{name}: "parameters" must be a JSON schema of type object.')
         if not isinstance(parameters.get("properties", {}), dict):
             raise InputError(f'{name}: "parameters.properties" must be an object.')
+        try:  # a schema jsonschema cannot use ("required": 5, a dict as a type) is refused here
+            jsonschema.Draft202012Validator.check_schema(parameters)
+        except (jsonschema.SchemaError, RecursionError) as exc:
+            where = "/".join(str(p) for p in getattr(exc, "path", [])) or "parameters"
+            raise InputError(
+                f"{name}: its parameters are not a valid JSON schema (at {where[:60]}); "
+                "fix the definition."
+            ) from None
         description = str(schema.get("description", ""))[:1000]
         return cls(name, description, parameters, _builtin_fn(name))
 
@@ -351,12 +361,7 @@ def registry_from_json(tools_json: str) -> Registry:
         return Registry(builtins(), [])
     if len(tools_json) > 50_000:
         raise InputError("The tool definitions are over 50,000 characters; keep them short.")
-    try:
-        schemas = json.loads(tools_json)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"The tool definitions are not valid JSON: {exc.msg} (line {exc.lineno})."
-        ) from None
+    schemas = read_json(tools_json, "The tool definitions")
     if isinstance(schemas, dict):
         schemas = [schemas]
     return registry_of(schemas)

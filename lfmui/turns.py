@@ -6,6 +6,7 @@ raised as ``LfmuiError`` before generation starts, or arrive as an ``error`` eve
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from lfmui.manager import ModelManager
 from lfmui.tiling import Tiling, plan_tiles
 
 MAX_PROMPT_CHARS = 100_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_IMAGES_PER_MESSAGE = 4
 MAX_IMAGES_PER_CHAT = 12
 
@@ -158,10 +160,17 @@ def tiling_of(loaded: Any, values: dict[str, Any] | None) -> Tiling | None:
 
 
 def check_conversation(conversation: list[dict[str, Any]]) -> None:
-    """Caps checked before any model work: characters, images per message and per chat."""
+    """Caps checked before any model work: characters, images per message and per chat; and
+    text a tokenizer can read (an unpaired UTF-16 surrogate is no character at all)."""
     total = pictures = 0
     for message in conversation:
         content = message["content"]
+        texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content]
+        if any(_SURROGATE.search(text) for text in texts):
+            raise InputError(
+                "The message holds a broken character (an unpaired UTF-16 surrogate); remove "
+                "it or paste the text again."
+            )
         if isinstance(content, str):
             total += len(content)
             continue

@@ -272,6 +272,14 @@ def test_generate_refuses_a_bad_history(client, settings, message):
         ('{"max_new_tokens": -1}', "between"),
         ('{"temperature": "hot"}', "must be numbers"),
         ('{"nope": 1}', "Unknown setting"),
+        # typed_conversions (issue 18): each was "something went wrong" or a silent 1
+        ('{"max_new_tokens": Infinity}', "whole number from 1 to 4096"),
+        ('{"seed": 1e400}', "whole number from 0"),
+        ('{"max_new_tokens": "1"}', "whole number from 1 to 4096"),
+        ('{"max_new_tokens": 1.9}', "whole number from 1 to 4096"),
+        ('{"max_new_tokens": true}', "whole number from 1 to 4096"),
+        ('{"a":' * 5000 + "1" + "}" * 5000, "nested too deeply"),
+        ('{"tiling": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
     ],
 )
 def test_generate_rejects_bad_settings(client, settings, message):
@@ -633,3 +641,30 @@ def test_extreme_strips_are_planned_and_previewed(client, server, tmp_path, size
     assert plan["image_tokens"] > 0
     preview, summary, _ = vision_tab.inspect(server[1], str(path), {})
     assert min(preview.size) > 0 and "image tokens" in summary
+
+
+def test_a_lone_surrogate_in_the_prompt_is_a_sentence(server):
+    """typed_conversions (issue 18): an unpaired surrogate (a browser's JSON can carry one as
+    an escape; gradio_client cannot even encode it) reached the tokenizer as a TypeError."""
+    from lfmui import turns
+    from lfmui.errors import InputError
+
+    with pytest.raises(InputError, match="broken character"):
+        list(turns.chat_turn(server[1], [{"role": "user", "content": "hi \ud800 there"}]))
+
+
+@pytest.mark.parametrize(
+    ("schema", "where"),
+    [
+        ({"type": "object", "properties": {}, "required": 5}, "at required"),
+        ({"type": "object", "properties": {"a": 5}}, "at properties/a"),
+        ({"type": "object", "properties": {"a": {"type": {"x": 1}}}}, "at properties/a/type"),
+    ],
+)
+def test_tool_schemas_jsonschema_cannot_use_are_refused(client, schema, where):
+    """typed_conversions (issue 18): such a schema failed later, at the first call."""
+    from gradio_client.exceptions import AppError
+
+    tools_json = json.dumps([{"name": "f", "parameters": schema}])
+    with pytest.raises(AppError, match=f"not a valid JSON schema \\({where}"):
+        client.predict("[f()]", tools_json, api_name="/parse_tool_calls")

@@ -8,7 +8,6 @@ gr.Error with the same sentences the UI shows.
 from __future__ import annotations
 
 import inspect
-import json
 import typing
 from collections import OrderedDict
 from typing import Any, TypedDict
@@ -17,7 +16,7 @@ import gradio as gr
 
 from lfmui import quant, tiling, toolcalls, tools, turns
 from lfmui.engine import Metrics
-from lfmui.errors import InputError
+from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager, ModelStatus, Readiness
 from lfmui.settings import FIELDS as SETTING_KEYS
 from lfmui.ui import gpu
@@ -36,12 +35,7 @@ def parse_settings(settings_json: str) -> dict[str, Any]:
         raise InputError(
             f"settings_json is over {MAX_SETTINGS_CHARS:,} characters; shorten the messages."
         )
-    try:
-        settings = json.loads(settings_json)
-    except ValueError:
-        raise InputError(
-            'settings_json is not valid JSON; send e.g. {"max_new_tokens": 64}.'
-        ) from None
+    settings = read_json(settings_json, 'settings_json (e.g. {"max_new_tokens": 64})')
     if not isinstance(settings, dict):
         raise InputError('settings_json must be a JSON object, e.g. {"max_new_tokens": 64}.')
     return settings

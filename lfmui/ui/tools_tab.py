@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from lfmui import tools, turns
-from lfmui.errors import InputError
+from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
 from lfmui.ui.controls import sampling_control
@@ -78,12 +78,7 @@ def _start(manager: ModelManager, data: dict[str, Any], max_rounds: int) -> dict
 
 def edited_results(text: str, expected: int) -> list[tools.ToolResult]:
     """The manual-mode editor's JSON: a list of {name, output} (output any JSON or a string)."""
-    try:
-        values = json.loads(text or "[]")
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"The results are not valid JSON: {exc.msg} (line {exc.lineno})."
-        ) from None
+    values = read_json(text or "[]", "The results")
     if not isinstance(values, list) or len(values) != expected:
         raise InputError(f"Send a JSON list of {expected} result(s), one per call, in order.")
     out = []

@@ -31,7 +31,7 @@ def routes(manager: ModelManager) -> list[Route]:
     async def chat_completions(request: Request):
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             return _error(openai_api.ApiError("The body is not valid JSON; send a JSON object."))
         try:
             chat = await run_in_threadpool(openai_api.parse_request, body, manager)
