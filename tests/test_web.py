@@ -215,3 +215,53 @@ def test_item04_opening_an_uploaded_page_runs_nothing(served):
         page.wait_for_timeout(1500)
         browser.close()
     assert dialogs == []
+
+
+def test_headers_only_the_app_itself_may_frame_it(served, monkeypatch):
+    """issue 18, headers: no frame-ancestors policy let any site frame the UI."""
+    from lfmui.ui import guard
+
+    url, _ = served
+    for path in ("/", "/gradio_api/info"):
+        _, headers, _ = _get(url, path)
+        assert headers["content-security-policy"] == "frame-ancestors 'self'"
+    monkeypatch.setenv("SPACE_ID", "someone/lfmui")
+    monkeypatch.setenv("LFMUI_FRAME_ANCESTORS", "https://proxy.example.org javascript:alert(1)")
+    assert guard.frame_ancestors() == (
+        "frame-ancestors 'self' https://huggingface.co https://*.huggingface.co "
+        "https://proxy.example.org"
+    )
+
+
+@pytest.mark.browser
+def test_headers_a_foreign_page_cannot_frame_the_app(served, tmp_path):
+    """A page from another origin that frames the app gets an empty frame (chromium applies
+    frame-ancestors), while a page without the policy shows in the same kind of frame (so the
+    check can see a framed page at all)."""
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    url, _ = served
+    (tmp_path / "frame.html").write_text(
+        f'<iframe id="app" src="{url}/"></iframe><iframe id="plain" src="plain.html"></iframe>'
+    )
+    (tmp_path / "plain.html").write_text("<p>framed fine</p>")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"]
+            )
+            page = browser.new_page()
+            page.goto(f"http://localhost:{server.server_address[1]}/frame.html")
+            page.wait_for_timeout(3000)
+            frame = page.frame_locator("#app")
+            assert frame.get_by_text("lfmui · try Liquid AI").count() == 0
+            page.frame_locator("#plain").get_by_text("framed fine").wait_for(timeout=10_000)
+            browser.close()
+    finally:
+        server.shutdown()

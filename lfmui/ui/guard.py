@@ -11,12 +11,16 @@ send instead:
 - the OpenAI-compatible routes (``/v1/``) take images inline, as OpenAI clients send them, under
   a larger cap (``V1_MAX_BODY_BYTES``), and are refused with OpenAI-shaped errors.
 
-Every response also gets ``X-Content-Type-Options: nosniff``.
+Every response also gets ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy of
+``frame-ancestors`` (``frame_ancestors``): the app is framed only by itself, by Hugging Face when
+it runs as a Space, and by the origins in ``LFMUI_FRAME_ANCESTORS`` (a reverse proxy's page), so
+another site cannot frame it and steer a user's clicks.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -100,15 +104,32 @@ class RequestGuard:
         await self.app(scope, replay, send)
 
 
+SPACES_ANCESTORS = "https://huggingface.co https://*.huggingface.co"
+
+
+def frame_ancestors() -> str:
+    """Who may frame the app: itself; Hugging Face on a Space (``SPACE_ID`` is set there);
+    the origins listed in ``LFMUI_FRAME_ANCESTORS`` (space separated)."""
+    allowed = ["'self'"]
+    if os.environ.get("SPACE_ID"):
+        allowed.append(SPACES_ANCESTORS)
+    extra = os.environ.get("LFMUI_FRAME_ANCESTORS", "")
+    allowed += [o for o in extra.split() if re.fullmatch(r"https?://[\w.*:-]+", o)]
+    return "frame-ancestors " + " ".join(allowed)
+
+
 def _nosniff(send: Send) -> Send:
     """Every response says X-Content-Type-Options: nosniff, so the browser never runs an
     upload served as application/octet-stream as a script or a style sheet (without it,
-    chromium runs an uploaded .js given as a <script> source; tests/test_web.py showed it)."""
+    chromium runs an uploaded .js given as a <script> source; tests/test_web.py showed it),
+    and names who may frame it (``frame_ancestors``)."""
+    policy = (b"content-security-policy", frame_ancestors().encode())
+    ours = {NOSNIFF[0], policy[0]}
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [h for h in message.get("headers", []) if h[0].lower() != NOSNIFF[0]]
-            message = {**message, "headers": [*headers, NOSNIFF]}
+            headers = [h for h in message.get("headers", []) if h[0].lower() not in ours]
+            message = {**message, "headers": [*headers, NOSNIFF, policy]}
         await send(message)
 
     return sending
