@@ -237,7 +237,6 @@ class Endpoint:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [_message(m, cut) for m in conversation],
-            "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": settings.max_new_tokens,
             "temperature": settings.temperature,
@@ -264,12 +263,12 @@ class Endpoint:
         fields = {k: v for k, v in body.items() if k not in ("model", "messages")}
         while True:
             try:
-                return self.client.chat.completions.create(
+                return self.client.chat.completions.create(  # every other field as sent
                     model=body["model"],
                     messages=body["messages"],
-                    extra_body={k: v for k, v in fields.items() if k not in _SDK_ARGS},
+                    stream=True,
+                    extra_body=fields,
                     timeout=httpx.Timeout(time_limit, connect=CONNECT_TIMEOUT_S),
-                    **{k: v for k, v in fields.items() if k in _SDK_ARGS},
                 )
             except openai.APIStatusError as exc:
                 named = _refused_field(exc, fields)
@@ -343,9 +342,6 @@ class Endpoint:
         if self.refused:
             metrics["server_ignored"] = ", ".join(OPTIONAL[name] for name in sorted(self.refused))
         return metrics
-
-
-_SDK_ARGS = {"stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "tools"}
 
 
 @dataclass

@@ -129,39 +129,19 @@ def tool_message(used: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Turn our errors into gr.Error (what to do next); log anything else, show a safe line."""
-
-    def convert(exc: Exception) -> gr.Error:
-        if isinstance(exc, gr.Error):
-            return exc
-        if isinstance(exc, LfmuiError):
-            return gr.Error(str(exc), print_exception=False)
-        log.exception("unexpected error in %s", fn.__name__)
-        return gr.Error(SAFE_LINE)
-
-    if _is_generator(fn):
-
-        @functools.wraps(fn)
-        def gen_wrapper(*args: Any, **kwargs: Any):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as exc:
-                raise convert(exc) from None
-
-        return gen_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            raise convert(exc) from None
-
-    return wrapper
-
-
 SAFE_LINE = "Something went wrong on the server; the app is still running. Try again."
+
+
+def user_errors(fn: Callable) -> Callable:
+    """For the API: our errors become gr.Error (what to do next); anything else is logged and
+    the client reads the safe line."""
+
+    def raising(exc: Exception) -> Any:
+        if isinstance(exc, gr.Error):
+            raise exc
+        raise gr.Error(_sentence(fn, exc), print_exception=False) from None
+
+    return _guarded(fn, raising)
 
 
 def warns(outputs: int) -> Callable[[Callable], Callable]:
@@ -171,37 +151,49 @@ def warns(outputs: int) -> Callable[[Callable], Callable]:
     chat, a preview or a status card (and what the user typed) until the next update."""
     unchanged = gr.skip() if outputs == 1 else (gr.skip(),) * outputs
 
-    def warned(fn: Callable, exc: Exception) -> None:
-        if isinstance(exc, LfmuiError | gr.Error):
-            gr.Warning(str(exc.message if isinstance(exc, gr.Error) else exc))
-        else:
-            log.exception("unexpected error in %s", fn.__name__)
-            gr.Warning(SAFE_LINE)
-
     def decorate(fn: Callable) -> Callable:
-        if _is_generator(fn):
+        def warning(exc: Exception) -> Any:
+            gr.Warning(_sentence(fn, exc))
+            return unchanged
 
-            @functools.wraps(fn)
-            def refusing_stream(*args: Any, **kwargs: Any):
-                try:
-                    yield from fn(*args, **kwargs)
-                except Exception as exc:
-                    warned(fn, exc)
-                    yield unchanged
-
-            return refusing_stream
-
-        @functools.wraps(fn)
-        def refusing(*args: Any, **kwargs: Any):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                warned(fn, exc)
-                return unchanged
-
-        return refusing
+        return _guarded(fn, warning)
 
     return decorate
+
+
+def _sentence(fn: Callable, exc: Exception) -> str:
+    """What the user reads for `exc` raised in `fn`: our sentence, or the safe line (and the
+    traceback in the log)."""
+    if isinstance(exc, gr.Error):
+        return str(exc.message)
+    if isinstance(exc, LfmuiError):
+        return str(exc)
+    log.exception("unexpected error in %s", fn.__name__)
+    return SAFE_LINE
+
+
+def _guarded(fn: Callable, handle: Callable[[Exception], Any]) -> Callable:
+    """`fn` (a function or a generator function) with its exceptions given to `handle`, whose
+    value is returned (or yielded, for a generator) in place of the failed call's."""
+    if _is_generator(fn):
+
+        @functools.wraps(fn)
+        def stream(*args: Any, **kwargs: Any):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                yield handle(exc)
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            return handle(exc)
+
+    return call
 
 
 def _is_generator(fn: Callable) -> bool:
