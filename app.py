@@ -18,6 +18,7 @@ from lfmui.errors import LfmuiError
 from lfmui.hub import choose_startup_model
 from lfmui.manager import ModelManager
 from lfmui.ui import build_app, launch_settings
+from lfmui.ui.guard import Allowed
 
 demo = build_app()
 
@@ -46,6 +47,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--endpoint-body",
         metavar="JSON",
         help="extra fields sent with every endpoint request, e.g. '{\"top_k\": 20}'",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name this server answers to besides its addresses and localhost (a "
+        "proxy's or a domain's; *.example.com for its subdomains); repeatable",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a page origin that may call this server besides its own, e.g. "
+        "https://proxy.example.com; repeatable",
     )
     parser.add_argument(
         "--synthetic",
@@ -79,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         threading.Thread(
             target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
         ).start()
-    app.launch(**launch_settings(args.host, args.port, manager))
+    allowed = Allowed.configured(tuple(args.allow_host), tuple(args.allow_origin))
+    app.launch(**launch_settings(args.host, args.port, manager, allowed))
 
 
 def _connect_at_start(manager: ModelManager, args: argparse.Namespace) -> str:

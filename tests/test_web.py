@@ -8,6 +8,7 @@ import http.client
 import io
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,183 @@ def test_headers_a_foreign_page_cannot_frame_the_app(served, tmp_path):
             browser.close()
     finally:
         server.shutdown()
+
+
+# ---- issue 18: foreign origins and hosts, upload caps, echoed headers -------------------------
+def _raw(url: str, method: str, path: str, headers: dict[str, str], body: bytes = b""):
+    """One request with exactly these headers (Host and Origin included), over real HTTP."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    headers = {"Host": f"{host}:{port}", **headers, "Content-Length": str(len(body))}
+    for name, value in headers.items():
+        connection.putheader(name, value)
+    connection.endheaders(body)
+    response = connection.getresponse()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def _multipart(files: int, size: int = 100) -> tuple[dict[str, str], bytes]:
+    boundary = "lfmuitestboundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="f{n}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + os.urandom(size)
+        + b"\r\n"
+        for n in range(files)
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, body
+
+
+def test_foreign_origin_and_host_a_cross_origin_upload_and_a_rebound_host_are_refused(served):
+    """issue 18, class 4: any web page could post to /gradio_api/upload (Origin:
+    http://evil.example was served) and any Host was served (DNS rebinding)."""
+    url, folder = served
+    own = url.removeprefix("http://")
+    before = _files(folder)
+    headers, body = _multipart(1)
+    for origin in ("http://evil.example", "null", f"http://{own}.evil.example"):
+        status, _, answer = _raw(
+            url, "POST", "/gradio_api/upload", {"Host": own, "Origin": origin, **headers}, body
+        )
+        assert status == 403 and b"--allow-origin" in answer, origin
+    assert _files(folder) == before  # nothing was stored
+    for path, method in (("/", "GET"), ("/gradio_api/upload", "POST"), ("/v1/models", "GET")):
+        status, _, answer = _raw(url, method, path, {"Host": f"rebound.example:{own.split(':')[1]}"})
+        assert status == 400 and b"--allow-host rebound.example" in answer, path
+    # the app's own page, localhost and scripts (no Origin) are served
+    status, _, _ = _raw(
+        url, "POST", "/gradio_api/upload", {"Host": own, "Origin": url, **headers}, body
+    )
+    assert status == 200
+    port = own.split(":")[1]
+    assert _raw(url, "GET", "/gradio_api/info", {"Host": f"localhost:{port}"})[0] == 200
+    assert _raw(url, "GET", "/gradio_api/info", {"Host": f"[::1]:{port}"})[0] == 200
+    _still_serves(url)
+
+
+@pytest.fixture
+def guarded():
+    """RequestGuard over a small app, served by uvicorn on a free port: (url, stored bodies)."""
+    import threading
+
+    import uvicorn
+
+    from lfmui.ui.guard import Allowed, RequestGuard
+
+    received: list[bytes] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        received.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    allowed = Allowed.configured(("proxy.example", "*.corp.example"), ("https://proxy.example",))
+    config = uvicorn.Config(RequestGuard(app, allowed=allowed), port=0, log_level="error")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", received
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_foreign_origin_and_host_the_allow_lists_let_a_proxy_in(guarded, monkeypatch):
+    """--allow-host / --allow-origin (and LFMUI_ALLOWED_*, SPACE_HOST on a Space) add names."""
+    from lfmui.ui.guard import Allowed
+
+    url, _ = guarded
+    for host, origin in (
+        ("proxy.example", "https://proxy.example"),
+        ("a.corp.example:443", None),
+    ):
+        headers = {"Host": host, **({"Origin": origin} if origin else {})}
+        assert _raw(url, "POST", "/x", headers, b"{}")[0] == 200, host
+    assert _raw(url, "GET", "/x", {"Host": "corp.example.evil"})[0] == 400
+    status, _, _ = _raw(url, "POST", "/x", {"Host": "proxy.example", "Origin": "https://evil.x"})
+    assert status == 403
+    monkeypatch.setenv("SPACE_HOST", "someone-lfmui.hf.space")
+    monkeypatch.setenv("LFMUI_ALLOWED_ORIGINS", "https://a.example, https://b.example")
+    on_space = Allowed.configured()
+    assert on_space.host_ok("someone-lfmui.hf.space")
+    assert on_space.origin_ok("https://someone-lfmui.hf.space", "proxied-name:8080")
+    assert on_space.origin_ok("https://b.example", "x") and not on_space.host_ok("hf.space")
+
+
+def test_upload_caps_files_and_bytes_per_request_and_per_client(served, guarded, monkeypatch):
+    """issue 18, class 4: 300 files and 3 x 15 MB in one request were stored."""
+    from lfmui.ui import guard
+
+    url, folder = served
+    before = _files(folder)
+    headers, body = _multipart(300)
+    status, _, answer = _raw(url, "POST", "/gradio_api/upload", headers, body)
+    assert status == 413 and b"at most 16 files" in answer
+    headers, body = _multipart(5, 15 * 2**20)  # 75 MB
+    status, _, answer = _raw(url, "POST", "/gradio_api/upload", headers, body)
+    assert status == 413 and b"Send fewer files at once" in answer
+    assert _files(folder) == before
+    headers, body = _multipart(16)
+    assert _raw(url, "POST", "/gradio_api/upload", headers, body)[0] == 200
+    # per client, in an hour (the guard alone, with a small allowance)
+    monkeypatch.setattr(guard, "CLIENT_UPLOAD_FILES", 5)
+    small, received = guarded
+    headers, body = _multipart(3)
+    assert _raw(small, "POST", "/gradio_api/upload", headers, body)[0] == 200
+    status, _, answer = _raw(small, "POST", "/gradio_api/upload", headers, body)
+    assert status == 429 and b"wait and try again" in answer
+    assert received == [body]  # the refused upload never reached the app
+    # the disk floor
+    monkeypatch.setattr(guard, "MIN_FREE_DISK", 2**62)
+    monkeypatch.setattr(guard, "CLIENT_UPLOAD_FILES", 10_000)
+    status, _, answer = _raw(small, "POST", "/gradio_api/upload", headers, body)
+    assert status == 507 and b"disk is almost full" in answer
+
+
+def test_upload_caps_a_dropped_upload_leaves_no_file(served):
+    """issue 18, class 4: an upload dropped mid-body left gradio's partial temp file."""
+    import socket
+
+    url, folder = served
+    before = _files(folder)
+    headers, body = _multipart(2, 4 * 2**20)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        head = (
+            f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        raw.sendall(head.encode() + body[: len(body) // 2])
+        time.sleep(1.0)
+    time.sleep(1.0)
+    assert _files(folder) == before
+    _still_serves(url)
+
+
+def test_headers_a_ranged_file_response_echoes_no_request_header(served):
+    """issue 18, class 10: a Range request to file= echoed every request header, the Cookie
+    included."""
+    url, _ = served
+    path = _upload(url, "code.js")
+    host = url.removeprefix("http://")
+    status, headers, body = _raw(
+        url,
+        "GET",
+        f"/gradio_api/file={path}",
+        {"Host": host, "Range": "bytes=0-3", "Cookie": "session=secret", "X-Probe": "echo"},
+    )
+    assert status == 206 and body == b"aler"
+    assert headers["content-range"].startswith("bytes 0-3/")
+    for name in ("cookie", "x-probe", "range", "host"):
+        assert name not in headers, name

@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from lfmui import engine, offline
 from lfmui.manager import ModelManager
 from lfmui.ui import api, chat_tab, models_tab, tools_tab, v1, vision_tab
-from lfmui.ui.guard import RequestGuard
+from lfmui.ui.guard import Allowed, RequestGuard
 
 MAX_FILE_SIZE = "20mb"
 # Escape stops whatever is streaming (the visible Stop buttons: the playground's, and the one
@@ -109,10 +109,14 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
 
 
 def launch_settings(
-    host: str = "127.0.0.1", port: int = 7860, manager: ModelManager | None = None
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    manager: ModelManager | None = None,
+    allowed: Allowed | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for demo.launch: no share link, no monitoring, no MCP, caps on; with
-    `manager`, lfmui's OpenAI-compatible routes (/v1) over it, ahead of gradio's own."""
+    """Keyword arguments for demo.launch: no share link, no monitoring, no MCP, caps on, only
+    this server's host names and its own page (and `allowed`'s) let in; with `manager`, lfmui's
+    OpenAI-compatible routes (/v1) over it, ahead of gradio's own."""
     if os.environ.get("GRADIO_VIBE_MODE"):
         raise SystemExit(
             "GRADIO_VIBE_MODE is set: lfmui refuses to start with it (it lets the "
@@ -132,7 +136,8 @@ def launch_settings(
         "head": KEYS,  # keyboard shortcuts
         "css": CSS,
         "app_kwargs": {
-            "middleware": [Middleware(RequestGuard)],  # body cap, no inline files
+            # who may call, body caps, no inline files, bounded uploads
+            "middleware": [Middleware(RequestGuard, allowed=allowed or Allowed.configured())],
             "routes": v1.routes(manager) if manager is not None else [],
         },
     }

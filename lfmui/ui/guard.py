@@ -15,15 +15,44 @@ Every response also gets ``X-Content-Type-Options: nosniff`` and a Content-Secur
 ``frame-ancestors`` (``frame_ancestors``): the app is framed only by itself, by Hugging Face when
 it runs as a Space, and by the origins in ``LFMUI_FRAME_ANCESTORS`` (a reverse proxy's page), so
 another site cannot frame it and steer a user's clicks.
+
+Who may call (``Allowed``), checked before anything else, for HTTP and websockets alike:
+- the ``Host`` header must name this server: an IP address, ``localhost``, this machine's name,
+  the Space's host (``SPACE_HOST``), or a name given with ``--allow-host`` /
+  ``LFMUI_ALLOWED_HOSTS``; any other name is refused (400), which defeats DNS rebinding (a
+  foreign name made to resolve to 127.0.0.1);
+- a request that carries an ``Origin`` (browsers send one on every cross-site request and every
+  POST) must come from the page's own origin, or one given with ``--allow-origin`` /
+  ``LFMUI_ALLOWED_ORIGINS`` (a reverse proxy's page); any other page, ``null`` included, is
+  refused (403), so no web page can drive or fill a local server. Scripts send no Origin.
+
+Uploads (``/gradio_api/upload``) are read in full before gradio sees them, into a temporary file
+that vanishes when closed, so a request cut short or refused leaves nothing on disk. Each
+request holds at most ``MAX_UPLOAD_FILES`` files and ``MAX_UPLOAD_BYTES``; each client (its
+address) stores at most ``CLIENT_UPLOAD_BYTES`` and ``CLIENT_UPLOAD_FILES`` per
+``CLIENT_WINDOW_S``; none is taken while the disk would keep less than ``MIN_FREE_DISK`` free.
+
+Responses never echo request headers (gradio's ranged file responses copied them all, the
+Cookie included): a header sent back with the name and value it came with is dropped, but for
+the representation headers a request and its response may share.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,21 +81,181 @@ INLINE = (
 )
 
 
-class RequestGuard:
-    """ASGI middleware: a size cap on non-upload request bodies and no inline files."""
+# uploads (gradio's own cap is per file: max_file_size)
+MAX_UPLOAD_FILES = 16  # a chat message takes 4 images; the Tools tab's and the import's one each
+MAX_UPLOAD_BYTES = 64 * 2**20
+CLIENT_UPLOAD_BYTES = 1 * 2**30
+CLIENT_UPLOAD_FILES = 400
+CLIENT_WINDOW_S = 3600.0
+MIN_FREE_DISK = 1 * 2**30
+UPLOAD_CHUNK = 2**20
+# headers a response may carry with the same value as the request: the representation's own
+SHARED_HEADERS = {
+    b"content-type",
+    b"content-length",
+    b"content-encoding",
+    b"content-language",
+    b"connection",
+    b"cache-control",
+    b"date",
+    b"vary",
+    b"transfer-encoding",
+}
+NEVER_ECHOED = {b"cookie", b"authorization", b"proxy-authorization"}
 
-    def __init__(self, app: App, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+
+@dataclass(frozen=True)
+class Allowed:
+    """The host names this server answers to and the foreign page origins it takes requests
+    from, besides its own: the flags' and the environment's, read once at launch."""
+
+    hosts: tuple[str, ...] = ()  # names, "*.example.com" for a domain's names, "*" for any
+    origins: tuple[str, ...] = ()  # "https://app.example.com", or "*" for any page
+
+    @classmethod
+    def configured(cls, hosts: tuple[str, ...] = (), origins: tuple[str, ...] = ()) -> Allowed:
+        """The flags' lists with ``LFMUI_ALLOWED_HOSTS`` / ``LFMUI_ALLOWED_ORIGINS`` (space or
+        comma separated), this machine's names and, on a Space, its host ``SPACE_HOST``."""
+
+        def listed(name: str) -> list[str]:
+            return re.split(r"[\s,]+", os.environ.get(name, "").strip())
+
+        names = [*hosts, *listed("LFMUI_ALLOWED_HOSTS"), os.environ.get("SPACE_HOST", "")]
+        names += [socket.gethostname(), socket.getfqdn()]
+        pages = [*origins, *listed("LFMUI_ALLOWED_ORIGINS")]
+        if os.environ.get("SPACE_HOST"):
+            pages.append("https://" + os.environ["SPACE_HOST"])
+        return cls(
+            tuple(sorted({n.lower().rstrip(".") for n in names if n})),
+            tuple(sorted({o.lower().rstrip("/") for o in pages if o})),
+        )
+
+    def host_ok(self, host: str) -> bool:
+        name = _hostname(host)
+        if name is None:
+            return False
+        if name == "localhost" or name.endswith(".localhost") or _is_ip(name):
+            return True  # an address cannot be rebound; localhost resolves here only
+        return any(
+            pattern == "*"
+            or name == pattern
+            or (pattern.startswith("*.") and name.endswith(pattern[1:]))
+            for pattern in self.hosts
+        )
+
+    def origin_ok(self, origin: str, host: str) -> bool:
+        origin = origin.lower().rstrip("/")
+        if "*" in self.origins or origin in self.origins:
+            return True
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False  # "null" (a sandboxed frame, a file: page) and the like
+        return _netloc(parts.netloc, parts.scheme) == _netloc(host.lower(), parts.scheme)
+
+
+def _hostname(host: str) -> str | None:
+    """The name of a Host header without its port; None when it is not a host."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:7860
+        inside = host[1:].split("]", 1)[0]
+        return inside if _is_ip(inside) else None
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    return name if re.fullmatch(r"[a-z0-9_.-]{1,253}", name) else None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _netloc(netloc: str, scheme: str) -> str:
+    default = {"http": ":80", "https": ":443"}[scheme]
+    return netloc[: -len(default)] if netloc.endswith(default) else netloc
+
+
+class _UploadLedger:
+    """What each client stored in the last CLIENT_WINDOW_S: (time, bytes, files) entries."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, list[tuple[float, int, int]]] = {}
+
+    def room(self, client: str, size: int, files: int) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            kept = [e for e in self._entries.get(client, []) if now - e[0] < CLIENT_WINDOW_S]
+            self._entries[client] = kept
+            stored = sum(e[1] for e in kept) + size
+            count = sum(e[2] for e in kept) + files
+            if stored > CLIENT_UPLOAD_BYTES or count > CLIENT_UPLOAD_FILES:
+                return False
+            kept.append((now, size, files))
+            return True
+
+
+def upload_folder() -> Path:
+    """Where gradio writes uploads (its GRADIO_TEMP_DIR)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder())
+
+
+class RequestGuard:
+    """ASGI middleware: who may call, a size cap on request bodies, no inline files, bounded
+    uploads, no echoed headers."""
+
+    def __init__(
+        self, app: App, max_body_bytes: int = MAX_BODY_BYTES, allowed: Allowed | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.allowed = allowed or Allowed.configured()
+        self.ledger = _UploadLedger()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        send = _nosniff(send)
-        if scope.get("method") != "POST" or _is_upload(scope):
-            await self.app(scope, receive, send)
+        websocket = scope["type"] == "websocket"
+        if not websocket:
+            send = _headers_of_ours(send, scope)
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            if websocket:
+                await send({"type": "websocket.close", "code": 1008, "reason": refusal[1][:120]})
+            else:
+                await _refuse(send, *refusal, scope.get("path", "").startswith("/v1/"))
             return
+        if websocket or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+        elif _is_upload(scope):
+            await self._upload(scope, receive, send)
+        else:
+            await self._bounded(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
+        host = _header(scope, b"host") or ""
+        if not self.allowed.host_ok(host):
+            name = host[:80] or "(none)"
+            return 400, (
+                f"This server does not answer to the host name {name!r}. Open it by its address "
+                "(http://127.0.0.1:PORT); to reach it by this name (a proxy, a domain), start it "
+                f"with --allow-host {_hostname(host) or 'NAME'} (or LFMUI_ALLOWED_HOSTS)."
+            )
+        origin = _header(scope, b"origin")
+        if origin is not None and not self.allowed.origin_ok(origin, host):
+            return 403, (
+                f"Requests from the page at {origin[:80]!r} are refused: only this app's own "
+                "page may call it. To embed it in another page (a reverse proxy's), start it "
+                "with --allow-origin ORIGIN (or LFMUI_ALLOWED_ORIGINS)."
+            )
+        return None
+
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send) -> None:
         v1 = scope.get("path", "").startswith("/v1/")  # OpenAI clients send images inline
         cap = V1_MAX_BODY_BYTES if v1 else self.max_body_bytes
         too_large = (V1_TOO_LARGE if v1 else TOO_LARGE).format(mib=cap // 2**20)
@@ -92,16 +281,114 @@ class RequestGuard:
         if not v1 and INLINE_FILE.search(body):
             await _refuse(send, 400, INLINE)
             return
-        replayed = False
+        await self.app(scope, _replay([body], receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An upload read whole into a file that vanishes when closed, counted (files are the
+        multipart boundaries, which file data cannot contain), then handed to gradio."""
+        declared = _content_length(scope)
+        if declared is not None and declared > MAX_UPLOAD_BYTES:
+            await _refuse(send, 413, UPLOAD_TOO_LARGE)
+            return
+        boundary = _boundary(scope)
+        with tempfile.TemporaryFile() as spool:
+            size, parts, tail, more = 0, 0, b"", True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # cut short: the spool goes with the with-block; gradio saw nothing
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    await _refuse(send, 413, UPLOAD_TOO_LARGE)
+                    return
+                if boundary:
+                    seen = tail + chunk
+                    parts += seen.count(boundary)
+                    tail = seen[-(len(boundary) - 1) :] if len(boundary) > 1 else b""
+                    if parts - 1 > MAX_UPLOAD_FILES:
+                        await _refuse(send, 413, UPLOAD_TOO_MANY)
+                        return
+                spool.write(chunk)
+                more = message.get("more_body", False)
+            files = max(parts - 1, 0)  # the closing delimiter is the last boundary
+            if not self._disk_has_room(size):
+                await _refuse(send, 507, DISK_FULL)
+                return
+            if not self.ledger.room(_client(scope), size, files):
+                await _refuse(send, 429, CLIENT_FULL)
+                return
+            spool.seek(0)
+            chunks = iter(lambda: spool.read(UPLOAD_CHUNK), b"")
+            await self.app(scope, _replay(chunks, receive), send)
+
+    @staticmethod
+    def _disk_has_room(size: int) -> bool:
+        folder = upload_folder()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            return shutil.disk_usage(folder).free - size >= MIN_FREE_DISK
+        except OSError:
+            return True  # cannot tell: gradio's own write then fails with its message
+
+
+UPLOAD_TOO_LARGE = (
+    f"The upload is over {MAX_UPLOAD_BYTES // 2**20} MB. Send fewer files at once (each at most "
+    "20 MB)."
+)
+UPLOAD_TOO_MANY = f"An upload holds at most {MAX_UPLOAD_FILES} files; send fewer at once."
+CLIENT_FULL = (
+    f"This client stored {CLIENT_UPLOAD_BYTES // 2**30} GB or {CLIENT_UPLOAD_FILES} files in "
+    "the last hour, the most one client may; wait and try again, or reuse the images already "
+    "uploaded."
+)
+DISK_FULL = (
+    "The server's disk is almost full, so the upload was refused; free some space on it (or "
+    "restart the app to clear old uploads) and try again."
+)
+
+
+def _replay(chunks: Any, receive: Receive) -> Receive:
+    """A receive that hands on `chunks` as the body, then waits for the disconnect."""
+    pending = iter(chunks)
+    current = next(pending, b"")
+    done = False
+
+    async def replay() -> Message:
+        nonlocal current, done
+        if done:
             return await receive()  # after the body: wait for the disconnect, as servers do
+        following = next(pending, None)
+        message = {"type": "http.request", "body": current, "more_body": following is not None}
+        if following is None:
+            done = True
+        else:
+            current = following
+        return message
 
-        await self.app(scope, replay, send)
+    return replay
+
+
+def _boundary(scope: Scope) -> bytes | None:
+    kind = _header(scope, b"content-type") or ""
+    found = re.search(r'boundary="?([^";]{1,200})"?', kind, re.IGNORECASE)
+    return b"--" + found.group(1).encode() if found else None
+
+
+def _client(scope: Scope) -> str:
+    forwarded = _header(scope, b"x-forwarded-for")  # behind a proxy (a Space): the first hop
+    if forwarded:
+        return forwarded.split(",")[0].strip()[:64]
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 SPACES_ANCESTORS = "https://huggingface.co https://*.huggingface.co"
@@ -118,17 +405,27 @@ def frame_ancestors() -> str:
     return "frame-ancestors " + " ".join(allowed)
 
 
-def _nosniff(send: Send) -> Send:
+def _headers_of_ours(send: Send, scope: Scope) -> Send:
     """Every response says X-Content-Type-Options: nosniff, so the browser never runs an
     upload served as application/octet-stream as a script or a style sheet (without it,
     chromium runs an uploaded .js given as a <script> source; tests/test_web.py showed it),
-    and names who may frame it (``frame_ancestors``)."""
+    names who may frame it (``frame_ancestors``), and carries no header the request sent."""
     policy = (b"content-security-policy", frame_ancestors().encode())
     ours = {NOSNIFF[0], policy[0]}
+    sent = {(k.lower(), v) for k, v in scope.get("headers", []) if k.lower() not in SHARED_HEADERS}
+    sent_names = {k for k, _ in sent}
+
+    def echoed(name: bytes, value: bytes) -> bool:
+        name = name.lower()
+        return (name, value) in sent or (name in NEVER_ECHOED and name in sent_names)
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [h for h in message.get("headers", []) if h[0].lower() not in ours]
+            headers = [
+                (k, v)
+                for k, v in message.get("headers", [])
+                if k.lower() not in ours and not echoed(k, v)
+            ]
             message = {**message, "headers": [*headers, NOSNIFF, policy]}
         await send(message)
 
