@@ -6,7 +6,10 @@ Everything read back is the browser's, so it is untrusted. ``read`` keeps what i
 and drops the rest, with a sentence for the user:
 - a value of another shape or version, or one over MAX_STORED_CHARS, is dropped whole;
 - each turn is rebuilt field by field (``clean_turn``): the roles, text, status, metrics of
-  numbers, tool uses and the messages a tool turn exchanged;
+  numbers, tool uses and the messages a tool turn exchanged. Special-token literals in an
+  answer are escaped, as user text is (``prompts.escape_specials``), and a tool turn's own
+  messages keep only the tool-call markers, so no saved or imported chat can forge a system
+  turn; a user turn from an imported file keeps ``imported`` (it is shown like model output);
 - an image path is kept only inside the server's upload folder (or an imported session's
   folder), and only while its file is there (a restarted server has none of them). Any other
   path is never read.
@@ -21,6 +24,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from lfmui import prompts
+from lfmui.prompts import TOOL_CALL_MARKERS as CALLS
 
 VERSION = 1
 MAX_CHATS = 20
@@ -126,15 +132,16 @@ def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
         paths = turn.get("images", [])
         paths = paths if isinstance(paths, list) else []
         kept = [p for p in paths if isinstance(p, str) and _uploaded(p, uploads)]
-        return {"role": "user", "text": turn.get("text", ""), "images": kept}, len(paths) - len(
-            kept
-        )
+        clean = {"role": "user", "text": turn.get("text", ""), "images": kept}
+        if turn.get("imported") is True:
+            clean["imported"] = True
+        return clean, len(paths) - len(kept)
     if turn.get("role") != "assistant":
         return None, 0
     metrics = turn.get("metrics") if isinstance(turn.get("metrics"), dict) else {}
     clean: dict[str, Any] = {
         "role": "assistant",
-        "text": turn.get("text", ""),
+        "text": prompts.escape_specials(turn.get("text", "")),
         "status": turn.get("status") if turn.get("status") in STATUSES else "eos",
         "metrics": {str(k)[:40]: v for k, v in metrics.items() if _number(v) or isinstance(v, str)},
         "random_weights": turn.get("random_weights") is True,
@@ -161,7 +168,7 @@ def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
     exchanged = turn.get("messages")
     if isinstance(exchanged, list):
         clean["messages"] = [
-            {"role": m["role"], "content": m["content"]}
+            {"role": m["role"], "content": prompts.escape_specials(m["content"], keep=CALLS)}
             for m in exchanged
             if isinstance(m, dict)
             and m.get("role") in ("assistant", "tool")

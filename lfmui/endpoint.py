@@ -249,7 +249,9 @@ class Endpoint:
         if cut is not None and tiling:  # only what the user set: the server keeps its defaults
             body["mm_processor_kwargs"] = {k: getattr(cut, k) for k in tiling}
         if tools:
-            body["tools"] = [{"type": "function", "function": schema} for schema in tools]
+            body["tools"] = [
+                {"type": "function", "function": prompts.escape_tree(schema)} for schema in tools
+            ]
         body.update(self.extra_body)
         for name in self.refused:
             body.pop(name, None)

@@ -1,9 +1,9 @@
 """Conversation -> model inputs, through the model's own chat template and processor.
 
 A conversation is a list of ``{"role": ..., "content": str | list[part]}`` messages where a part is
-``{"type": "text", "text": ...}`` or ``{"type": "image", "image": PIL.Image}``. Text typed by a user
-or returned by a tool is escaped so that it can never forge a role, a tool call or an image slot:
-a literal ``<|im_end|>`` or ``<image>`` stays plain text.
+``{"type": "text", "text": ...}`` or ``{"type": "image", "image": PIL.Image}``. Text typed by a
+user, returned by a tool or written in a tool definition is escaped so that it can never forge a
+role, a tool call or an image slot: a literal ``<|im_end|>`` or ``<image>`` stays plain text.
 """
 
 from __future__ import annotations
@@ -19,9 +19,27 @@ _SPECIAL_LITERAL = re.compile(r"<(?=\|[^<>|\s]{1,48}\|>|image>)")
 WORD_JOINER = "\u2060"  # invisible; splits the literal so the tokenizer sees plain text
 
 
-def escape_specials(text: str) -> str:
-    """Make special-token literals in untrusted text tokenize as ordinary characters."""
+TOOL_CALL_MARKERS = ("<|tool_call_start|>", "<|tool_call_end|>")
+
+
+def escape_specials(text: str, keep: tuple[str, ...] = ()) -> str:
+    """Make special-token literals in untrusted text tokenize as ordinary characters, but for
+    the literals in `keep` (a saved tool turn keeps its ``TOOL_CALL_MARKERS``)."""
+    if keep:
+        pieces = re.split("(" + "|".join(map(re.escape, keep)) + ")", text)
+        return "".join(p if p in keep else escape_specials(p) for p in pieces)
     return _SPECIAL_LITERAL.sub("<" + WORD_JOINER, text)
+
+
+def escape_tree(value: Any) -> Any:
+    """A JSON value (tool definitions) with every string in it, keys included, escaped."""
+    if isinstance(value, str):
+        return escape_specials(value)
+    if isinstance(value, dict):
+        return {escape_specials(str(k)): escape_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape_tree(v) for v in value]
+    return value
 
 
 def _template_messages(conversation: list[dict[str, Any]]) -> tuple[list[dict], list[Any]]:
@@ -64,8 +82,11 @@ def build_inputs(
         raise InputError(
             f"{loaded.spec.id} reads text only; remove the images or load a vision-language model."
         )
-    prompt = processor.apply_chat_template(
-        messages, tools=tools, add_generation_prompt=True, tokenize=False
+    prompt = processor.apply_chat_template(  # tool definitions are untrusted text too
+        messages,
+        tools=escape_tree(tools) if tools else None,
+        add_generation_prompt=True,
+        tokenize=False,
     )
     if loaded.spec.kind == "vl":
         tiling = tiling or Tiling.from_processor(processor)

@@ -14,14 +14,18 @@ import importlib.metadata
 import json
 import mimetypes
 import re
+import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lfmui import images, tools
-from lfmui.errors import InputError
-from lfmui.settings import SAMPLING
+from lfmui import chats, images, tools
+from lfmui.errors import InputError, read_json
+from lfmui.settings import SAMPLING, Settings
 from lfmui.tiling import FIELDS as TILING_FIELDS
+from lfmui.tiling import Tiling
+from lfmui.turns import MAX_IMAGES_PER_CHAT
 
 FORMAT = "lfmui-session/1"
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
@@ -57,7 +61,7 @@ def export_session(
     """The bundle (a JSON-able dict) for a chat and its settings."""
     messages = []
     for turn in turns:
-        entry = {k: v for k, v in turn.items() if k not in ("images", "images_dropped")}
+        entry = {k: v for k, v in turn.items() if k not in ("images", "images_dropped", "imported")}
         if turn["role"] == "user":
             entry["images"] = [_embed(p) for p in turn.get("images", [])]
         messages.append(entry)
@@ -82,21 +86,25 @@ def write_bundle(bundle: dict[str, Any]) -> str:
     return str(path)
 
 
+MAX_IMPORTS_KEPT = 20  # imported chats whose images stay on disk (the browser keeps 20 chats)
+
+
 def read_bundle(path: str) -> dict[str, Any]:
-    """A bundle file, checked: size, JSON, format, field types. Never trusts its contents."""
+    """A bundle file, checked: size, JSON, format, the types of its sections. Its messages are
+    rebuilt one by one by ``restore``; nothing in it is trusted."""
     file = Path(path)
     if file.stat().st_size > MAX_BUNDLE_BYTES:
         raise InputError("The session file is over 20 MB; export a shorter chat.")
     try:
-        bundle = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        bundle = read_json(file.read_bytes(), "The session file")
+    except InputError:
         raise InputError(
-            "This is not a session file (not JSON). Pick a file exported here."
+            "This is not a session file (not JSON, or nested too deeply). Pick a file exported "
+            "here."
         ) from None
     if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
         raise InputError(f"This is not an lfmui session file (expected format {FORMAT}).")
-    messages = bundle.get("messages")
-    if not isinstance(messages, list) or not all(_message_ok(m) for m in messages):
+    if not isinstance(bundle.get("messages"), list):
         raise InputError("The session file's messages are damaged; export the chat again.")
     for key, kind in (("sampling", dict), ("tiling", dict), ("model", dict)):
         if not isinstance(bundle.get(key), kind):
@@ -104,37 +112,116 @@ def read_bundle(path: str) -> dict[str, Any]:
     return bundle
 
 
-def _message_ok(message: Any) -> bool:
-    return (
-        isinstance(message, dict)
-        and message.get("role") in ("user", "assistant")
-        and isinstance(message.get("text", ""), str)
-        and isinstance(message.get("images", []), list)
+@dataclass
+class Restored:
+    """An imported session as the chat takes it: every field checked, with a sentence for each
+    part left out (``notes``)."""
+
+    turns: list[dict[str, Any]]
+    system_prompt: str
+    sampling: dict[str, Any]  # only the settings that are valid
+    tiling: dict[str, Any]  # empty when the file's are not valid together
+    use_tools: bool
+    model_id: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def restore(bundle: dict[str, Any]) -> Restored:
+    """A checked bundle (``read_bundle``) rebuilt field by field, as the browser's saved chats
+    are (``chats.clean_turn``): its images written out through the upload checks (at most the
+    chat's ``MAX_IMAGES_PER_CHAT``) into a fresh ``lfmui-import-*`` folder, which goes again
+    when the import is refused; only the ``MAX_IMPORTS_KEPT`` newest such folders are kept."""
+    folder = Path(tempfile.mkdtemp(prefix="lfmui-import-"))
+    try:
+        turns, notes = _turns(bundle["messages"], folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    _sweep_imports()
+    sampling, bad = {}, []
+    for name in SAMPLING:
+        if name in bundle["sampling"]:
+            try:
+                Settings.from_dict({name: bundle["sampling"][name]})
+                sampling[name] = bundle["sampling"][name]
+            except InputError:
+                bad.append(name)
+    if bad:
+        notes.append(f"The file's {', '.join(bad)} were not valid; the current values are kept.")
+    given = {k: v for k, v in bundle["tiling"].items() if k in TILING_FIELDS}
+    try:
+        cut = Tiling.from_dict(given)
+        tiling = {name: getattr(cut, name) for name in given}
+    except InputError as exc:
+        tiling = {}
+        notes.append(f"The file's image-detail settings were not used: {exc}")
+    system = bundle.get("system_prompt", "")
+    model_id = bundle["model"].get("id")
+    return Restored(
+        turns,
+        system if isinstance(system, str) else "",
+        sampling,
+        tiling,
+        bundle.get("use_tools") is True,
+        model_id[:200] if isinstance(model_id, str) else None,
+        notes,
     )
 
 
-def restore_turns(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chat's turns from a checked bundle; embedded images written out and checked."""
-    folder = Path(tempfile.mkdtemp(prefix="lfmui-import-"))
-    restored = []
-    for index, message in enumerate(bundle["messages"]):
-        turn = {k: v for k, v in message.items() if k != "images"}
-        if message["role"] == "user":
-            turn["images"] = [
-                _unembed(image, folder / f"{index}-{n}")
-                for n, image in enumerate(message["images"])
-            ]
-        restored.append(turn)
-    return restored
+def _turns(messages: list[Any], folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    turns, dropped, extra_images = [], 0, 0
+    room = MAX_IMAGES_PER_CHAT
+    for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            embedded = message.get("images")
+            embedded = embedded if isinstance(embedded, list) else []
+            extra_images += max(len(embedded) - room, 0)
+            kept = embedded[:room]
+            room -= len(kept)
+            message = {
+                **message,
+                "images": [
+                    _unembed(image, folder / f"{index}-{n}") for n, image in enumerate(kept)
+                ],
+            }
+        turn, _ = chats.clean_turn(message, folder)
+        if turn is None:
+            dropped += 1
+            continue
+        if turn["role"] == "user":
+            turn["imported"] = True  # shown like model output: no HTML, images as links
+        turns.append(turn)
+    if messages and not turns:
+        raise InputError("The session file's messages are damaged; export the chat again.")
+    notes = []
+    if dropped:
+        notes.append(f"{dropped} damaged message(s) of the file were left out.")
+    if extra_images:
+        notes.append(
+            f"The chat takes at most {MAX_IMAGES_PER_CHAT} images: the first were kept, "
+            f"{extra_images} more left out."
+        )
+    return turns, notes
+
+
+def _sweep_imports() -> None:
+    """Remove all but the MAX_IMPORTS_KEPT newest imported folders."""
+    folders = sorted(
+        Path(tempfile.gettempdir()).glob("lfmui-import-*"),
+        key=lambda f: f.stat().st_mtime if f.exists() else 0,
+        reverse=True,
+    )
+    for old in folders[MAX_IMPORTS_KEPT:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _unembed(image: Any, stem: Path) -> str:
-    data = image.get("data") if isinstance(image, dict) else None
+    image = image if isinstance(image, dict) else {}
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(str(image.get("name", ""))).name)[:80]
     name = Path(name).stem or "image"
     # one folder per image: names kept as sent
     what = "An image in the session file"
-    return str(images.save_data_url(data, stem / name, what))
+    return str(images.save_data_url(image.get("data"), stem / name, what))
 
 
 # ---- copy as code ------------------------------------------------------------------------------

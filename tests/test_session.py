@@ -73,7 +73,7 @@ def test_export_import_round_trip_restores_the_same_session(chat):
     assert [t["name"] for t in bundle["tools"]][:2] == ["calculator", "convert_units"]
     path = session.write_bundle(bundle)
     loaded = session.read_bundle(path)
-    restored = session.restore_turns(loaded)
+    restored = session.restore(loaded).turns
     assert Image.open(restored[0]["images"][0]).getpixel((0, 0)) == (255, 215, 0)
     again = session.export_session(
         restored,
@@ -93,7 +93,13 @@ def test_export_import_round_trip_restores_the_same_session(chat):
         (b"not json", "not JSON"),
         (b'{"format": "other"}', "not an lfmui session"),
         (
-            json.dumps({"format": session.FORMAT, "messages": [{"role": "system"}]}).encode(),
+            json.dumps(
+                {
+                    "format": session.FORMAT,
+                    "messages": [{"role": "system"}],
+                    **{k: {} for k in ("sampling", "tiling", "model")},
+                }
+            ).encode(),
             "damaged",
         ),
         (
@@ -106,7 +112,7 @@ def test_bad_session_files_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_bytes(content)
     with pytest.raises(InputError, match=message):
-        session.read_bundle(path)
+        session.restore(session.read_bundle(path))
 
 
 @pytest.mark.parametrize("data", ["data:image/png;base64,@@@", "no comma", 5])
@@ -114,7 +120,7 @@ def test_damaged_embedded_images_are_refused(chat, data):
     bundle = _bundle(chat)
     bundle["messages"][0]["images"][0]["data"] = data
     with pytest.raises(InputError, match="damaged"):
-        session.restore_turns(bundle)
+        session.restore(bundle)
 
 
 def test_embedded_images_pass_the_upload_checks(chat):
@@ -124,7 +130,7 @@ def test_embedded_images_pass_the_upload_checks(chat):
     encoded = base64.b64encode(tiff.getvalue()).decode()
     bundle["messages"][0]["images"][0]["data"] = f"data:image/png;base64,{encoded}"
     with pytest.raises(InputError, match="not a PNG, JPEG, WEBP or GIF"):
-        session.restore_turns(bundle)
+        session.restore(bundle)
 
 
 def test_copy_as_code_is_valid_python_with_the_settings(chat):

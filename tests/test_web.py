@@ -308,8 +308,9 @@ def test_foreign_origin_and_host_a_cross_origin_upload_and_a_rebound_host_are_re
         )
         assert status == 403 and b"--allow-origin" in answer, origin
     assert _files(folder) == before  # nothing was stored
+    rebound = {"Host": f"rebound.example:{own.split(':')[1]}"}
     for path, method in (("/", "GET"), ("/gradio_api/upload", "POST"), ("/v1/models", "GET")):
-        status, _, answer = _raw(url, method, path, {"Host": f"rebound.example:{own.split(':')[1]}"})
+        status, _, answer = _raw(url, method, path, rebound)
         assert status == 400 and b"--allow-host rebound.example" in answer, path
     # the app's own page, localhost and scripts (no Origin) are served
     status, _, _ = _raw(

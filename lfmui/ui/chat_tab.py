@@ -301,7 +301,8 @@ class ChatTab:
         text = edit.value if isinstance(edit.value, str) else ""
         if not text.strip() and not history[number].get("images"):
             raise InputError("The edited message is empty; type something or undo the edit.")
-        history = [*history[:number], {**history[number], "text": text}]
+        edited = {k: v for k, v in history[number].items() if k != "imported"}  # now yours
+        history = [*history[:number], {**edited, "text": text}]
         with _replies.one(request.session_hash) as stop:
             yield history, to_chatbot(history)
             yield from self._reply(history, data, stop)
@@ -370,23 +371,25 @@ class ChatTab:
     def on_import(self, path: str | None):
         if not path:
             return [gr.skip()] * len(self._import_outputs())
-        bundle = session.read_bundle(path)
-        restored = session.restore_turns(bundle)
+        restored = session.restore(session.read_bundle(path))
         loaded = self.manager.current()
-        wanted = bundle["model"].get("id")
+        wanted = restored.model_id
         if wanted and (loaded is None or loaded.spec.id != wanted):
             gr.Warning(
-                f"This session was made with {wanted}; load it in the Models tab to continue it."
+                f"This session was made with {wanted[:80]}; load it in the Models tab to "
+                "continue it."
             )
-        sampling, cut = bundle["sampling"], bundle["tiling"]
+        for note in restored.notes:
+            gr.Warning(note)
+        sampling, cut = restored.sampling, restored.tiling
         return [
-            restored,
-            to_chatbot(restored),
-            str(bundle.get("system_prompt", "")),
+            restored.turns,
+            to_chatbot(restored.turns),
+            restored.system_prompt,
             *(sampling.get(name, gr.skip()) for name in SAMPLING),
             *(cut.get(name, gr.skip()) for name in tiling.FIELDS),
-            "custom",
-            bool(bundle.get("use_tools")),
+            "custom" if cut else gr.skip(),
+            restored.use_tools,
         ]
 
     def _import_outputs(self) -> list[Any]:

@@ -71,8 +71,9 @@ def _messages(turns: list[dict[str, Any]]):
             if turn.get("images_dropped"):
                 note = "<sub>images not sent: this model reads text only</sub>"
                 yield number, "note", {"role": "user", "content": note}
-            if turn["text"]:
-                yield number, "text", {"role": "user", "content": turn["text"]}
+            if turn["text"]:  # an imported file's words are someone else's: shown safe
+                text = safe_markdown(turn["text"]) if turn.get("imported") else turn["text"]
+                yield number, "text", {"role": "user", "content": text}
             continue
         for used in turn.get("tools", []):
             yield number, "tool", tool_message(used)
