@@ -4,22 +4,30 @@
 Google-style docstring (first paragraph = description, ``Args:`` = parameter descriptions).
 ``execute`` runs a parsed call with a timeout and an output cap; an unknown tool, bad arguments,
 a tool that raises or one that hangs all become a ``ToolResult`` the model reads, never an
-exception in the loop. A Python thread cannot be killed: a tool that hangs past its timeout keeps
-one of the pool's 4 workers until it returns (the built-ins cannot hang: they are pure, with no
-I/O, no network and bounded work).
+exception in the loop.
+
+Where tools run: in worker processes (``_Workers``: forked from a forkserver that imported only
+this module, at most ``MAX_WORKERS`` at once, each reused call after call). A call that overruns
+its timeout is stopped by killing its process, so a hung tool holds nothing: the next call gets
+a fresh worker. A tool's function therefore travels by reference: it must be defined at the top
+level of a module (``Tool.from_function`` refuses a closure or a lambda), and what it returns
+comes back as JSON text. The picture a tool may read (``current_image``) goes along as a copy of
+at most ``IMAGE_SIDE`` px, with its full size in ``info["size"]``.
 """
 
 from __future__ import annotations
 
 import ast
-import concurrent.futures
 import contextvars
 import datetime as dt
 import functools
 import json
 import math
+import multiprocessing
 import operator
+import pickle
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +40,8 @@ from lfmui.errors import InputError, read_json
 
 TIMEOUT_S = 2.0
 MAX_OUTPUT_CHARS = 4_000
-_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="lfmui-tool")
+MAX_WORKERS = 4
+IMAGE_SIDE = 256
 current_image: contextvars.ContextVar[Any] = contextvars.ContextVar("current_image", default=None)
 
 
@@ -52,6 +61,14 @@ class Tool:
         Google-style docstring (every argument described under ``Args:``)."""
         from transformers.utils.chat_template_utils import get_json_schema
 
+        try:
+            pickle.dumps(fn)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            raise InputError(
+                f"{getattr(fn, '__name__', 'A tool')}: a tool runs in a worker process, so its "
+                "function must be defined at the top level of a module (not a closure or a "
+                "lambda)."
+            ) from None
         schema = get_json_schema(fn)["function"]
         return cls(schema["name"], schema["description"], schema["parameters"], fn)
 
@@ -123,20 +140,100 @@ def execute(
         return result(False, "Error: " + " ".join(problems))
     if tool.fn is None:
         return result(False, f"Error: {name} has no implementation here; answer without it.")
-    context = contextvars.copy_context()
-    job = _executor.submit(context.run, tool.fn, **arguments)
+    ok, output = _workers.run(tool.fn, arguments, _portable(current_image.get()), timeout)
+    return result(ok, output if ok else f"Error: {name} {output}")
+
+
+def _call(fn: Callable[..., Any], arguments: dict[str, Any]) -> tuple[bool, str]:
+    """One call, in a worker: (True, its value as JSON text) or (False, what went wrong)."""
     try:
-        value = job.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        job.cancel()
-        return result(False, f"Error: {name} did not finish within {timeout:g} s.")
+        value = fn(**arguments)
     except Exception as exc:  # the tool's own failure: reported to the model
-        return result(False, f"Error: {name} failed: {type(exc).__name__}: {str(exc)[:300]}")
+        return False, f"failed: {type(exc).__name__}: {str(exc)[:300]}"
     try:
         text = value if isinstance(value, str) else json.dumps(value, allow_nan=False, default=str)
     except ValueError:
-        return result(False, f"Error: {name} returned a value that is not valid JSON.")
-    return result(True, text)
+        return False, "returned a value that is not valid JSON."
+    return True, text
+
+
+def _serve(connection: Any) -> None:
+    """A worker process's loop: calls in, (ok, text) out, until the pipe closes."""
+    while True:
+        try:
+            fn, arguments, image = connection.recv()
+        except (EOFError, OSError):
+            return
+        token = current_image.set(image)
+        try:
+            connection.send(_call(fn, arguments))
+        finally:
+            current_image.reset(token)
+
+
+class _Workers:
+    """Worker processes for tool calls: idle ones are reused; one whose call overruns is killed."""
+
+    def __init__(self) -> None:
+        self._idle: list[tuple[Any, Any]] = []  # (process, connection)
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_WORKERS)
+
+    def run(
+        self, fn: Callable[..., Any], arguments: dict[str, Any], image: Any, timeout: float
+    ) -> tuple[bool, str]:
+        if not self._slots.acquire(timeout=timeout):
+            return False, f"did not start: {MAX_WORKERS} tool calls are running; try again."
+        try:
+            process, connection = self._take()
+            try:
+                connection.send((fn, arguments, image))
+                if connection.poll(timeout):
+                    answer = connection.recv()
+                    with self._lock:
+                        self._idle.append((process, connection))
+                    return answer
+                _kill(process, connection)
+                return False, f"did not finish within {timeout:g} s; it was stopped."
+            except (EOFError, OSError, pickle.PicklingError):  # the worker died mid-call
+                _kill(process, connection)
+                return False, "failed: its worker process ended during the call."
+        finally:
+            self._slots.release()
+
+    def _take(self) -> tuple[Any, Any]:
+        with self._lock:
+            while self._idle:
+                process, connection = self._idle.pop()
+                if process.is_alive():
+                    return process, connection
+                connection.close()
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # the server imports this module only
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_serve, args=(theirs,), daemon=True, name="lfmui-tool")
+        process.start()
+        theirs.close()
+        return process, ours
+
+
+def _kill(process: Any, connection: Any) -> None:
+    process.kill()
+    process.join(timeout=5)
+    connection.close()
+
+
+_workers = _Workers()
+
+
+def _portable(image: Any) -> Any:
+    """The picture a tool may read, small enough to send to a worker; its size kept."""
+    if image is None:
+        return None
+    small = image.copy()
+    small.thumbnail((IMAGE_SIDE, IMAGE_SIDE))
+    small.info = {"size": image.size}
+    return small
 
 
 def _builtin_fn(name: str) -> Callable[..., Any] | None:
@@ -326,6 +423,7 @@ def image_facts() -> dict[str, Any]:
     image = current_image.get()
     if image is None:
         raise ValueError("no image is attached to this conversation")
+    width, height = image.info.get("size", image.size)  # a worker gets a smaller copy
     small = image.convert("RGB").resize((64, 64)).quantize(colors=4)
     palette = small.getpalette()[:12]
     counts = sorted(small.getcolors(), reverse=True)
@@ -336,7 +434,7 @@ def image_facts() -> dict[str, Any]:
         }
         for c, i in counts
     ]
-    return {"width": image.width, "height": image.height, "dominant_colours": colours}
+    return {"width": width, "height": height, "dominant_colours": colours}
 
 
 _BUILTIN_FUNCTIONS = (calculator, convert_units, date_math, get_weather, search_docs, image_facts)
