@@ -96,6 +96,13 @@ class Tool:
                 f"{name}: its parameters are not a valid JSON schema (at {where[:60]}); "
                 "fix the definition."
             ) from None
+        try:  # the definition goes into the prompt: text a tokenizer can read
+            json.dumps(schema, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"{name}: its definition holds a broken character (an unpaired UTF-16 "
+                "surrogate); remove it."
+            ) from None
         description = str(schema.get("description", ""))[:1000]
         return cls(name, description, parameters, _builtin_fn(name))
 
