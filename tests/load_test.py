@@ -53,9 +53,9 @@ def _resources(pid: int, temp: Path) -> dict[str, float]:
     }
 
 
-def _serve(temp: Path, **env_extra: str) -> tuple[subprocess.Popen, str]:
+def _serve(temp: Path, log: Path | None = None, **env_extra: str) -> tuple[subprocess.Popen, str]:
     """`python app.py` on the offline tiny model, in its own process (so its resources are its
-    own), with its own gradio temp dir; returns once it answers."""
+    own), with its own gradio temp dir (and its output in `log`); returns once it answers."""
     from gradio_client import Client
 
     port = _free_port()
@@ -65,8 +65,8 @@ def _serve(temp: Path, **env_extra: str) -> tuple[subprocess.Popen, str]:
         [sys.executable, "app.py", "--offline", "--model", "lfm2-vl-tiny", "--port", str(port)],
         cwd=root,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("ab") if log else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):

@@ -7,6 +7,7 @@ import base64
 import http.client
 import io
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +25,11 @@ def served(tiny_paths):
     folder = Path(tempfile.mkdtemp(prefix="lfmui-web-"))
     tmpdir = folder / "tmp"
     tmpdir.mkdir()
-    server, url = _serve(folder / "gradio", TMPDIR=str(tmpdir))
+    server, url = _serve(folder / "gradio", folder / "server.log", TMPDIR=str(tmpdir))
     yield url, folder
     server.terminate()
     server.wait(timeout=30)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -40,7 +42,8 @@ def _get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
 
 
 def _files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    found = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    return found - {"server.log"}
 
 
 def _still_serves(url: str) -> None:
@@ -447,3 +450,13 @@ def test_headers_a_ranged_file_response_echoes_no_request_header(served):
     assert headers["content-range"].startswith("bytes 0-3/")
     for name in ("cookie", "x-probe", "range", "host"):
         assert name not in headers, name
+
+
+def test_no_traceback_in_the_server_log_after_every_hostile_request_above(served):
+    """issue 18: every hostile input gets a sentence, and none logs at ERROR level (this runs
+    last in the module, after the requests above)."""
+    _, folder = served
+    log = (folder / "server.log").read_text(errors="replace")
+    assert "lfmui" in log or "Running on" in log  # the log is the server's
+    bad = [line for line in log.splitlines() if line.startswith("ERROR") or "Traceback" in line]
+    assert bad == []
