@@ -147,7 +147,9 @@ def restore(bundle: dict[str, Any]) -> Restored:
             except InputError:
                 bad.append(name)
     if bad:
-        notes.append(f"The file's {', '.join(bad)} were not valid; the current values are kept.")
+        notes.append(
+            f"The file's values for {', '.join(bad)} were not valid; the current ones are kept."
+        )
     given = {k: v for k, v in bundle["tiling"].items() if k in TILING_FIELDS}
     try:
         cut = Tiling.from_dict(given)

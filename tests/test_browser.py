@@ -455,6 +455,79 @@ def test_export_and_reimport_a_session(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "session.png"), full_page=True)
 
 
+def test_imported_remote_images_a_hostile_session_file_loads_nothing(page, tmp_path):
+    """issue 18, classes 6, 8 and 9 in the browser: an imported file whose words carry a
+    Markdown image and an <img> (a tracking pixel), an answer whose error carries another,
+    14 images (the chat takes 12) and max_new_tokens "DROP". The pixel's server is asked for
+    nothing; the chat shows the words and the links; warnings say what was left out."""
+    import base64
+    import http.server
+    import io
+    import threading
+
+    asked: list[str] = []
+
+    class Pixel(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server name)
+            asked.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pixel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pixel = f"http://127.0.0.1:{server.server_address[1]}"
+    data = io.BytesIO()
+    Image.new("RGB", (8, 8), (250, 200, 0)).save(data, "PNG")
+    picture = {
+        "name": "p.png",
+        "data": "data:image/png;base64," + base64.b64encode(data.getvalue()).decode(),
+    }
+    bundle = {
+        "format": "lfmui-session/1",
+        "model": {"id": "lfm2-vl-tiny"},
+        "system_prompt": "",
+        "sampling": {"max_new_tokens": "DROP", "temperature": 0.3},
+        "tiling": {},
+        "use_tools": False,
+        "messages": [
+            {
+                "role": "user",
+                "text": f"Look ![tracker]({pixel}/md.png) and <img src='{pixel}/html.png'> here.",
+                "images": [picture] * 4,
+            },
+            {"role": "assistant", "text": "Noted.", "error": f"<img src='{pixel}/error.png'>"},
+            *[{"role": "user", "text": f"More {n}", "images": [picture] * 4} for n in range(3)],
+        ],
+    }
+    path = tmp_path / "hostile-session.json"
+    path.write_text(json.dumps(bundle))
+    try:
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_role("button", name="Clear", exact=True).last.click()
+        page.get_by_text("Session: export, import, copy as code").click()
+        page.get_by_label("Import a session file").locator("input[type=file]").or_(
+            page.locator("input[type=file][accept*='.json']")
+        ).first.set_input_files(str(path))
+        page.get_by_text("More 2").wait_for(timeout=15_000)
+        page.get_by_text("values for max_new_tokens were not valid").first.wait_for(timeout=10_000)
+        page.get_by_text("at most 12 images").first.wait_for(timeout=10_000)
+        page.get_by_text("image: tracker").first.wait_for(timeout=10_000)  # a link now
+        page.wait_for_timeout(1500)
+        shown = page.locator("[data-testid=user] img, [data-testid=bot] img")
+        sources = [shown.nth(i).get_attribute("src") or "" for i in range(shown.count())]
+        assert not [src for src in sources if src.startswith(pixel)]
+        assert len([src for src in sources if "gradio_api/file=" in src]) == 12
+        assert asked == []  # the browser fetched nothing from the pixel's server
+        assert page.get_by_text("Error", exact=True).count() == 0
+        page.screenshot(path=str(ARTIFACTS / "import-hostile.png"), full_page=True)
+    finally:
+        server.shutdown()
+        page.get_by_role("button", name="Clear", exact=True).last.click()
+
+
 def test_dark_theme_and_phone_width(page, app_url):
     page.get_by_role("button", name="Dark / light").click()
     assert page.evaluate("document.body.classList.contains('dark')")

@@ -84,7 +84,9 @@ def test_typed_conversions_an_imported_session_is_rebuilt_field_by_field():
     assert restored.sampling == {"temperature": 0.5}
     assert restored.tiling == {}
     said = " ".join(restored.notes)
-    assert "max_new_tokens, top_p, seed were not valid; the current values are kept" in said
+    assert (
+        "values for max_new_tokens, top_p, seed were not valid; the current ones are kept" in said
+    )
     assert "max_tiles must be a whole number" in said
     assert "2 damaged message(s) of the file were left out" in said
     to_chatbot(restored.turns)  # renders
