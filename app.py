@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         threading.Thread(
             target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
         ).start()
-    allowed = Allowed.configured(tuple(args.allow_host), tuple(args.allow_origin))
+    allowed = Allowed.configured((args.host, *args.allow_host), tuple(args.allow_origin))
     app.launch(**launch_settings(args.host, args.port, manager, allowed))
 
 

@@ -137,7 +137,9 @@ def launch_settings(
         "css": CSS,
         "app_kwargs": {
             # who may call, body caps, no inline files, bounded uploads
-            "middleware": [Middleware(RequestGuard, allowed=allowed or Allowed.configured())],
+            "middleware": [
+                Middleware(RequestGuard, allowed=allowed or Allowed.configured((host,)))
+            ],
             "routes": v1.routes(manager) if manager is not None else [],
         },
     }

@@ -17,10 +17,10 @@ it runs as a Space, and by the origins in ``LFMUI_FRAME_ANCESTORS`` (a reverse p
 another site cannot frame it and steer a user's clicks.
 
 Who may call (``Allowed``), checked before anything else, for HTTP and websockets alike:
-- the ``Host`` header must name this server: an IP address, ``localhost``, this machine's name,
-  the Space's host (``SPACE_HOST``), or a name given with ``--allow-host`` /
-  ``LFMUI_ALLOWED_HOSTS``; any other name is refused (400), which defeats DNS rebinding (a
-  foreign name made to resolve to 127.0.0.1);
+- the ``Host`` header must name this server: an IP address, ``localhost``, this machine's names,
+  the name it listens on (``--host``), the Space's host (``SPACE_HOST``), or a name given with
+  ``--allow-host`` / ``LFMUI_ALLOWED_HOSTS``; any other name is refused (400), which defeats DNS
+  rebinding (a foreign name made to resolve to 127.0.0.1);
 - a request that carries an ``Origin`` (browsers send one on every cross-site request and every
   POST) must come from the page's own origin, or one given with ``--allow-origin`` /
   ``LFMUI_ALLOWED_ORIGINS`` (a reverse proxy's page); any other page, ``null`` included, is
@@ -121,7 +121,8 @@ class Allowed:
             return re.split(r"[\s,]+", os.environ.get(name, "").strip())
 
         names = [*hosts, *listed("LFMUI_ALLOWED_HOSTS"), os.environ.get("SPACE_HOST", "")]
-        names += [socket.gethostname(), socket.getfqdn()]
+        machine = socket.gethostname()
+        names += [machine, socket.getfqdn(), f"{machine}.local"]  # .local: its mDNS name
         pages = [*origins, *listed("LFMUI_ALLOWED_ORIGINS")]
         if os.environ.get("SPACE_HOST"):
             pages.append("https://" + os.environ["SPACE_HOST"])
