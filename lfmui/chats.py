@@ -21,11 +21,12 @@ import json
 import math
 import tempfile
 import time
+import typing
 import uuid
 from pathlib import Path
 from typing import Any
 
-from lfmui import prompts
+from lfmui import engine, prompts
 from lfmui.prompts import TOOL_CALL_MARKERS as CALLS
 
 VERSION = 1
@@ -143,7 +144,7 @@ def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
         "role": "assistant",
         "text": prompts.escape_specials(turn.get("text", "")),
         "status": turn.get("status") if turn.get("status") in STATUSES else "eos",
-        "metrics": {str(k)[:40]: v for k, v in metrics.items() if _number(v) or isinstance(v, str)},
+        "metrics": {k: _metric(k, v) for k, v in metrics.items() if _metric(k, v) is not None},
         "random_weights": turn.get("random_weights") is True,
     }
     if clean["status"] == "streaming":  # the page went away mid-reply
@@ -227,6 +228,23 @@ def _uploaded(path: str, uploads: Path) -> bool:
         return imported and file.is_file()
     except (OSError, ValueError):
         return False
+
+
+def _metric(name: Any, value: Any) -> Any:
+    """A metric as ``engine.Metrics`` types it (a number, or text for its text keys); None
+    for anything else ("1" as a time, text under a name of ours that holds a number)."""
+    kind = _METRIC_TYPES.get(name)
+    if kind is str:
+        return value[:200] if isinstance(value, str) else None
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    return value if kind is not None and _number(value) else None
+
+
+_METRIC_TYPES = {
+    name: str if hint is str else bool if hint is bool else float
+    for name, hint in typing.get_type_hints(engine.Metrics).items()
+}
 
 
 def _number(value: Any) -> bool:

@@ -47,6 +47,7 @@ class Metrics(TypedDict, total=False):
     image_tokens: int
     peak_memory_gib: float
     peak_memory_kind: str
+    server_ignored: str  # an endpoint's: the settings it refused by name
     done: str
     random_weights: bool
 

@@ -90,6 +90,11 @@ def test_typed_conversions_an_imported_session_is_rebuilt_field_by_field():
     assert "max_tiles must be a whole number" in said
     assert "2 damaged message(s) of the file were left out" in said
     to_chatbot(restored.turns)  # renders
+    # found by the fuzz run: a time given as text broke the footer's number format
+    mixed = {**HOSTILE_ANSWER, "metrics": {"ttft_s": "1", "generated_tokens": 3, "x": 1}}
+    clean, _ = chats.clean_turn(mixed, Path(tempfile.gettempdir()))
+    assert clean["metrics"] == {"generated_tokens": 3}
+    to_chatbot([clean])
 
 
 def test_typed_conversions_max_rounds_and_settings_through_the_api():
