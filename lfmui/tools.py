@@ -6,8 +6,8 @@ Google-style docstring (first paragraph = description, ``Args:`` = parameter des
 a tool that raises or one that hangs all become a ``ToolResult`` the model reads, never an
 exception in the loop.
 
-Where tools run: in worker processes (``_Workers``: forked from a forkserver that imported only
-this module, at most ``MAX_WORKERS`` at once, each reused call after call). A call that overruns
+Where tools run: in worker processes (``_Workers``: fresh interpreters that import only this
+module, at most ``MAX_WORKERS`` at once, each reused call after call). A call that overruns
 its timeout is stopped by killing its process, so a hung tool holds nothing: the next call gets
 a fresh worker. A tool's function therefore travels by reference: it must be defined at the top
 level of a module (``Tool.from_function`` refuses a closure or a lambda), and what it returns
@@ -23,10 +23,13 @@ import datetime as dt
 import functools
 import json
 import math
-import multiprocessing
 import operator
+import os
 import pickle
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +44,7 @@ from lfmui.errors import InputError, read_json
 TIMEOUT_S = 2.0
 MAX_OUTPUT_CHARS = 4_000
 MAX_WORKERS = 4
+WORKER_START_S = 30.0  # a fresh interpreter importing this module: about 0.3 s, more when busy
 IMAGE_SIDE = 256
 current_image: contextvars.ContextVar[Any] = contextvars.ContextVar("current_image", default=None)
 
@@ -164,8 +168,13 @@ def _call(fn: Callable[..., Any], arguments: dict[str, Any]) -> tuple[bool, str]
     return True, text
 
 
-def _serve(connection: Any) -> None:
-    """A worker process's loop: calls in, (ok, text) out, until the pipe closes."""
+def serve(fd: int) -> None:
+    """A worker process's loop (``python -c "...serve(fd)"``): calls in, (ok, text) out, over
+    the socket `fd`, until it closes."""
+    from multiprocessing.connection import Connection
+
+    connection = Connection(fd)
+    connection.send("ready")
     while True:
         try:
             fn, arguments, image = connection.recv()
@@ -179,10 +188,14 @@ def _serve(connection: Any) -> None:
 
 
 class _Workers:
-    """Worker processes for tool calls: idle ones are reused; one whose call overruns is killed."""
+    """Worker processes for tool calls: idle ones are reused; one whose call overruns is killed.
+
+    A worker is a fresh interpreter that imports this module only (``subprocess``, not
+    ``multiprocessing``: its children import the main script again, and ``app.py`` builds the
+    whole app at import)."""
 
     def __init__(self) -> None:
-        self._idle: list[tuple[Any, Any]] = []  # (process, connection)
+        self._idle: list[tuple[subprocess.Popen, Any]] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_WORKERS)
 
@@ -192,7 +205,10 @@ class _Workers:
         if not self._slots.acquire(timeout=timeout):
             return False, f"did not start: {MAX_WORKERS} tool calls are running; try again."
         try:
-            process, connection = self._take()
+            try:
+                process, connection = self._take()
+            except OSError as exc:
+                return False, f"did not start: no worker process ({exc.strerror or exc})."
             try:
                 connection.send((fn, arguments, image))
                 if connection.poll(timeout):
@@ -208,25 +224,39 @@ class _Workers:
         finally:
             self._slots.release()
 
-    def _take(self) -> tuple[Any, Any]:
+    def _take(self) -> tuple[subprocess.Popen, Any]:
         with self._lock:
             while self._idle:
                 process, connection = self._idle.pop()
-                if process.is_alive():
+                if process.poll() is None:
                     return process, connection
                 connection.close()
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])  # the server imports this module only
-        ours, theirs = context.Pipe()
-        process = context.Process(target=_serve, args=(theirs,), daemon=True, name="lfmui-tool")
-        process.start()
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        paths = os.pathsep.join(p for p in sys.path if p)  # a tool defined in any module here
+        process = subprocess.Popen(
+            [sys.executable, "-c", f"import lfmui.tools as t; t.serve({theirs.fileno()})"],
+            pass_fds=[theirs.fileno()],
+            env={**os.environ, "PYTHONPATH": paths},
+            stdin=subprocess.DEVNULL,
+        )
         theirs.close()
-        return process, ours
+        connection = Connection(ours.detach())
+        if not connection.poll(WORKER_START_S) or connection.recv() != "ready":
+            _kill(process, connection)
+            raise OSError(0, f"a worker did not start within {WORKER_START_S:g} s")
+        return process, connection
+
+    def running(self) -> list[int]:
+        """The pids of the idle workers (for tests and the log)."""
+        with self._lock:
+            return [process.pid for process, _ in self._idle if process.poll() is None]
 
 
-def _kill(process: Any, connection: Any) -> None:
+def _kill(process: subprocess.Popen, connection: Any) -> None:
     process.kill()
-    process.join(timeout=5)
+    process.wait(timeout=5)
     connection.close()
 
 
