@@ -43,6 +43,12 @@ class InputError(LfmuiError):
     """A bad request: settings out of range, text too long, wrong modality."""
 
 
+def broken_character(text: str) -> bool:
+    """Whether `text` holds an unpaired UTF-16 surrogate: no character at all, which no
+    tokenizer can read (JSON's escapes let one through)."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def read_json(text: str | bytes, what: str) -> object:
     """JSON that came from a user or a client: InputError naming `what` when it is not JSON,
     or is nested deeper than the parser goes (a RecursionError escaped as "something went

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import jsonschema
 
 from lfmui import toolcalls
-from lfmui.errors import InputError, read_json
+from lfmui.errors import InputError, broken_character, read_json
 
 TIMEOUT_S = 2.0
 MAX_OUTPUT_CHARS = 4_000
@@ -100,13 +100,11 @@ class Tool:
                 f"{name}: its parameters are not a valid JSON schema (at {where[:60]}); "
                 "fix the definition."
             ) from None
-        try:  # the definition goes into the prompt: text a tokenizer can read
-            json.dumps(schema, ensure_ascii=False, default=str).encode("utf-8")
-        except UnicodeEncodeError:
+        if broken_character(json.dumps(schema, ensure_ascii=False, default=str)):  # to the prompt
             raise InputError(
                 f"{name}: its definition holds a broken character (an unpaired UTF-16 "
                 "surrogate); remove it."
-            ) from None
+            )
         description = str(schema.get("description", ""))[:1000]
         return cls(name, description, parameters, _builtin_fn(name))
 

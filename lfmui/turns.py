@@ -6,7 +6,6 @@ raised as ``LfmuiError`` before generation starts, or arrive as an ``error`` eve
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,12 +13,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from lfmui import engine, images, prompts, toolcalls, tools
-from lfmui.errors import InputError
+from lfmui.errors import InputError, broken_character
 from lfmui.manager import ModelManager
 from lfmui.tiling import Tiling, plan_tiles
 
 MAX_PROMPT_CHARS = 100_000
-_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_IMAGES_PER_MESSAGE = 4
 MAX_IMAGES_PER_CHAT = 12
 
@@ -166,7 +164,7 @@ def check_conversation(conversation: list[dict[str, Any]]) -> None:
     for message in conversation:
         content = message["content"]
         texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content]
-        if any(_SURROGATE.search(text) for text in texts):
+        if any(broken_character(text) for text in texts):
             raise InputError(
                 "The message holds a broken character (an unpaired UTF-16 surrogate); remove "
                 "it or paste the text again."

@@ -460,3 +460,15 @@ def test_no_traceback_in_the_server_log_after_every_hostile_request_above(served
     assert "lfmui" in log or "Running on" in log  # the log is the server's
     bad = [line for line in log.splitlines() if line.startswith("ERROR") or "Traceback" in line]
     assert bad == []
+
+
+def test_upload_caps_the_ledger_of_clients_stays_bounded(monkeypatch):
+    """A client's address can be forged (X-Forwarded-For): the per-client ledger keeps at
+    most MAX_CLIENTS, the least recent forgotten first."""
+    from lfmui.ui import guard
+
+    monkeypatch.setattr(guard, "MAX_CLIENTS", 3)
+    ledger = guard._UploadLedger()
+    for n in range(10):
+        assert ledger.room(f"10.0.0.{n}", 1, 1)
+    assert list(ledger._entries) == ["10.0.0.7", "10.0.0.8", "10.0.0.9"]

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.utils import get_upload_folder
 
 from lfmui import chats, offline, session, tiling, tools, turns
 from lfmui.errors import InputError, LfmuiError
@@ -20,6 +19,7 @@ from lfmui.manager import ModelManager
 from lfmui.settings import SAMPLING, Settings
 from lfmui.ui import gpu
 from lfmui.ui.controls import TilingControls, sampling_control
+from lfmui.ui.guard import upload_folder
 from lfmui.ui.render import owners, to_chatbot, warns
 from lfmui.ui.running import ACCELERATOR, Running
 
@@ -477,7 +477,7 @@ def build(manager: ModelManager) -> dict[str, Any]:
     }
 
 
-UPLOADS = Path(get_upload_folder())  # where gradio keeps uploads: stored images must be there
+UPLOADS = upload_folder()  # where gradio keeps uploads: stored images must be there
 
 
 def _listed(stored: list[dict[str, Any]], current: str) -> gr.Dropdown:

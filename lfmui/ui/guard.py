@@ -48,6 +48,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,7 @@ MAX_UPLOAD_BYTES = 64 * 2**20
 CLIENT_UPLOAD_BYTES = 1 * 2**30
 CLIENT_UPLOAD_FILES = 400
 CLIENT_WINDOW_S = 3600.0
+MAX_CLIENTS = 10_000
 MIN_FREE_DISK = 1 * 2**30
 UPLOAD_CHUNK = 2**20
 # headers a response may carry with the same value as the request: the representation's own
@@ -179,17 +181,21 @@ def _netloc(netloc: str, scheme: str) -> str:
 
 
 class _UploadLedger:
-    """What each client stored in the last CLIENT_WINDOW_S: (time, bytes, files) entries."""
+    """What each client stored in the last CLIENT_WINDOW_S: (time, bytes, files) entries, for
+    at most MAX_CLIENTS clients, the least recent forgotten first (a client's address can be
+    forged, so the ledger must stay bounded)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, list[tuple[float, int, int]]] = {}
+        self._entries: OrderedDict[str, list[tuple[float, int, int]]] = OrderedDict()
 
     def room(self, client: str, size: int, files: int) -> bool:
         with self._lock:
             now = time.monotonic()
-            kept = [e for e in self._entries.get(client, []) if now - e[0] < CLIENT_WINDOW_S]
-            self._entries[client] = kept
+            kept = [e for e in self._entries.pop(client, []) if now - e[0] < CLIENT_WINDOW_S]
+            self._entries[client] = kept  # now the most recent
+            while len(self._entries) > MAX_CLIENTS:
+                self._entries.popitem(last=False)
             stored = sum(e[1] for e in kept) + size
             count = sum(e[2] for e in kept) + files
             if stored > CLIENT_UPLOAD_BYTES or count > CLIENT_UPLOAD_FILES:

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from lfmui import openai_api
+from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager
 
 
@@ -30,9 +31,9 @@ def routes(manager: ModelManager) -> list[Route]:
 
     async def chat_completions(request: Request):
         try:
-            body = json.loads(await request.body())
-        except (ValueError, RecursionError):  # RecursionError: nested too deeply
-            return _error(openai_api.ApiError("The body is not valid JSON; send a JSON object."))
+            body = read_json(await request.body(), "The body (send a JSON object)")
+        except InputError as exc:
+            return _error(openai_api.refused(exc))
         try:
             chat = await run_in_threadpool(openai_api.parse_request, body, manager)
         except Exception as exc:  # every refusal is an OpenAI-shaped answer
