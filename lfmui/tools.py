@@ -8,7 +8,8 @@ exception in the loop.
 
 Where tools run: in worker processes (``_Workers``: fresh interpreters that import only this
 module, at most ``MAX_WORKERS`` at once, each reused call after call). A call that overruns
-its timeout is stopped by killing its process, so a hung tool holds nothing: the next call gets
+its timeout (counted once the function is loaded: importing its module is not the tool's
+time) is stopped by killing its process, so a hung tool holds nothing: the next call gets
 a fresh worker. A tool's function therefore travels by reference: it must be defined at the top
 level of a module (``Tool.from_function`` refuses a closure or a lambda), and what it returns
 comes back as JSON text. The picture a tool may read (``current_image``) goes along as a copy of
@@ -174,8 +175,16 @@ def serve(fd: int) -> None:
     connection = Connection(fd)
     connection.send("ready")
     while True:
+        try:  # the function first: its module is imported here, outside the call's time
+            fn = connection.recv()
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # noqa: BLE001 - a module that cannot be imported here
+            connection.send(f"could not be loaded: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        connection.send("ready")
         try:
-            fn, arguments, image = connection.recv()
+            arguments, image = connection.recv()
         except (EOFError, OSError):
             return
         token = current_image.set(image)
@@ -208,11 +217,18 @@ class _Workers:
             except OSError as exc:
                 return False, f"did not start: no worker process ({exc.strerror or exc})."
             try:
-                connection.send((fn, arguments, image))
+                connection.send(fn)  # loaded (its module imported) before the clock starts
+                if not connection.poll(WORKER_START_S):
+                    _kill(process, connection)
+                    return False, f"did not start: its module took over {WORKER_START_S:g} s."
+                loaded = connection.recv()
+                if loaded != "ready":
+                    self._give_back(process, connection)
+                    return False, loaded
+                connection.send((arguments, image))
                 if connection.poll(timeout):
                     answer = connection.recv()
-                    with self._lock:
-                        self._idle.append((process, connection))
+                    self._give_back(process, connection)
                     return answer
                 _kill(process, connection)
                 return False, f"did not finish within {timeout:g} s; it was stopped."
@@ -221,6 +237,10 @@ class _Workers:
                 return False, "failed: its worker process ended during the call."
         finally:
             self._slots.release()
+
+    def _give_back(self, process: subprocess.Popen, connection: Any) -> None:
+        with self._lock:
+            self._idle.append((process, connection))
 
     def _take(self) -> tuple[subprocess.Popen, Any]:
         with self._lock:
