@@ -1,7 +1,8 @@
 """lfmui: try Liquid AI's LFM2 models in a browser.
 
 `demo` at module level serves hot reload, Spaces and tests; `python app.py` parses flags, loads the
-start-up model in the background and serves on 127.0.0.1:7860.
+start-up model in the background and serves on 127.0.0.1:7860, or where GRADIO_SERVER_NAME and
+GRADIO_SERVER_PORT say (a Space sets 0.0.0.0 and 7860).
 """
 
 from __future__ import annotations
@@ -12,25 +13,62 @@ import os
 import threading
 from pathlib import Path
 
-from lfmui import endpoint, engine, quant
-from lfmui.catalog import Catalog
-from lfmui.errors import LfmuiError
-from lfmui.hub import choose_startup_model
-from lfmui.manager import ModelManager
-from lfmui.ui import build_app, launch_settings
-from lfmui.ui.guard import Allowed
+
+def _port(text: str) -> int:
+    """A TCP port number, for --port and GRADIO_SERVER_PORT."""
+    try:
+        port = int(text.strip())
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
+    return port
+
+
+def _listen_defaults() -> tuple[str, int]:
+    """Where to listen when no flag says: gradio's own variables, which a Space sets (0.0.0.0,
+    7860), else 127.0.0.1:7860. A port that is no number ends the start with a sentence."""
+    host = os.environ.get("GRADIO_SERVER_NAME", "").strip() or "127.0.0.1"
+    raw = os.environ.get("GRADIO_SERVER_PORT", "").strip()
+    try:
+        return host, _port(raw) if raw else 7860
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(
+            f"app.py: GRADIO_SERVER_PORT={exc}. Set it to the port to serve on, or unset it "
+            "for 7860."
+        ) from None
+
+
+# Read before gradio is imported: gradio itself reads GRADIO_SERVER_PORT with int() at import.
+LISTEN = _listen_defaults()
+
+from lfmui import endpoint, engine, quant  # noqa: E402
+from lfmui.catalog import Catalog  # noqa: E402
+from lfmui.errors import LfmuiError  # noqa: E402
+from lfmui.hub import choose_startup_model  # noqa: E402
+from lfmui.manager import ModelManager  # noqa: E402
+from lfmui.ui import build_app, launch_settings  # noqa: E402
+from lfmui.ui.guard import Allowed  # noqa: E402
 
 demo = build_app()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve the lfmui web app.")
+    host, port = LISTEN
     parser.add_argument("--model", help="catalog id (e.g. LFM2-VL-1.6B) or a local checkpoint dir")
     parser.add_argument(
         "--quantization", default="auto", help=f"auto, {', '.join(quant.QUANTIZATIONS)}"
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--host",
+        default=host,
+        help="the address to listen on (default: GRADIO_SERVER_NAME, "
+        "else 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    parser.add_argument(
+        "--port", type=_port, default=port, help="default: GRADIO_SERVER_PORT, else 7860"
+    )
     parser.add_argument(
         "--offline",
         action="store_true",
@@ -97,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
             target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
         ).start()
     allowed = Allowed.configured((args.host, *args.allow_host), tuple(args.allow_origin))
+    global demo  # the app gradio launches is this module's demo (its Spaces reloader looks here)
+    demo = app
     app.launch(**launch_settings(args.host, args.port, manager, allowed))
 
 

@@ -100,19 +100,11 @@ class Endpoint:
     ) -> Endpoint:
         """Reach `url` (the server's base URL, with or without ``/v1``) and pick `model`, or
         the first it lists; EndpointError says what is wrong."""
-        import httpx
-        import openai
-
         base = _base_url(url)
         model = (model or "").strip() or None
         if extra_body is not None and not isinstance(extra_body, dict):
             raise EndpointError('Extra request fields must be a JSON object, e.g. {"top_k": 20}.')
-        client = openai.OpenAI(
-            base_url=base,
-            api_key=api_key or "not-needed",
-            max_retries=0,
-            timeout=httpx.Timeout(LIST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-        )
+        client = _client(base, api_key)
         models, note = _list_models(client, base, model)
         if model is None:
             model = models[0]
@@ -259,7 +251,6 @@ class Endpoint:
 
     def _open(self, body: dict[str, Any], time_limit: float) -> Any:
         """The stream of chunks; a field the server refuses by name is dropped and asked again."""
-        import httpx
         import openai
 
         fields = {k: v for k, v in body.items() if k not in ("model", "messages")}
@@ -270,7 +261,7 @@ class Endpoint:
                     messages=body["messages"],
                     stream=True,
                     extra_body=fields,
-                    timeout=httpx.Timeout(time_limit, connect=CONNECT_TIMEOUT_S),
+                    timeout=openai.Timeout(time_limit, connect=CONNECT_TIMEOUT_S),
                 )
             except openai.APIStatusError as exc:
                 named = _refused_field(exc, fields)
@@ -429,6 +420,25 @@ def _base_url(url: str) -> str:
             "http://localhost:8000/v1."
         )
     return url if url.endswith("/v1") else f"{url}/v1"
+
+
+def _client(base: str, api_key: str | None) -> Any:
+    """The SDK's client for `base`; an SDK that is missing or does not fit is a sentence."""
+    try:
+        import openai
+
+        return openai.OpenAI(
+            base_url=base,
+            api_key=api_key or "not-needed",
+            max_retries=0,
+            timeout=openai.Timeout(LIST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        )
+    except Exception as exc:  # noqa: BLE001 - ImportError, or an SDK of another major version
+        log.exception("the openai SDK could not make a client")
+        raise EndpointError(
+            f"The openai package could not be used ({type(exc).__name__}: {_short(exc)}). "
+            "Install the versions lfmui is tested with: pip install -r requirements.txt."
+        ) from None
 
 
 def _list_models(client: Any, base: str, model: str | None) -> tuple[list[str], str]:

@@ -18,6 +18,20 @@ def offline_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return os.environ["LFMUI_CACHE"]
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """The versions that decide most failures, as this run resolved them."""
+    from importlib import metadata
+
+    names = ("torch", "transformers", "gradio", "openai", "httpx2", "httpx", "playwright")
+    versions = []
+    for name in names:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} missing")
+    return "lfmui: " + ", ".join(versions)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

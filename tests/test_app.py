@@ -565,20 +565,6 @@ def test_zerogpu_wraps_the_gpu_functions():
     assert plain.stdout.strip() == "False {}"  # elsewhere the plain functions
 
 
-def test_readme_spaces_header_matches_the_pins():
-    header = (ROOT / "README.md").read_text().split("---")[1]
-    fields = dict(line.split(": ", 1) for line in header.strip().splitlines() if ": " in line)
-    pinned = next(
-        line.split("==")[1].strip()
-        for line in (ROOT / "requirements.txt").read_text().splitlines()
-        if line.startswith("gradio==")
-    )
-    assert fields["sdk"] == "gradio" and fields["sdk_version"] == pinned
-    assert fields["app_file"] == "app.py" and len(fields["short_description"]) <= 60
-    for repo in ("LiquidAI/LFM2-VL-450M", "LiquidAI/LFM2-VL-1.6B", "LiquidAI/LFM2-8B-A1B"):
-        assert f"  - {repo}" in header
-
-
 def test_item05_served_settings_and_one_accelerator_group(tiny_paths):
     """What the app is served with: upload cap, bounded queue, one concurrency group for every
     event that uses the model, sanitized chat HTML, no flagging, no share link, no monitoring,

@@ -28,6 +28,8 @@ from lfmui.endpoint import Endpoint, EndpointError
 from lfmui.manager import ModelManager
 
 ROOT = Path(__file__).resolve().parents[1]
+# the console script of the transformers installed beside this Python (no activated venv needed)
+TRANSFORMERS_CLI = str(Path(sys.executable).parent / "transformers")
 ASK = "What is 2+3?"
 CALL = '[calculator(expression="2+3")]'
 ANSWER = "The answer is 5."
@@ -62,7 +64,7 @@ def served(tiny_paths, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            ["transformers", "serve", path, "--port", str(port), "--device", "cpu"],
+            [TRANSFORMERS_CLI, "serve", path, "--port", str(port), "--device", "cpu"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

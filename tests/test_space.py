@@ -1,0 +1,179 @@
+"""A Hugging Face Space rehearsed on the loopback: `python app.py` with no flags, started with the
+environment a Space sets, reached through requests that carry the Space's Host and Origin."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE_HOST = "lfmui-tests-lfmui.hf.space"
+SPACE = {  # what Spaces set for `python app.py` (plus HF_HOME on a writable folder)
+    "SPACE_ID": "lfmui-tests/lfmui",
+    "SPACE_HOST": SPACE_HOST,
+    "SPACE_AUTHOR_NAME": "lfmui-tests",
+    "SYSTEM": "spaces",
+    "GRADIO_SERVER_NAME": "0.0.0.0",
+}
+AS_VISITOR = {"Host": SPACE_HOST, "Origin": f"https://{SPACE_HOST}"}
+LOAD_DELAY_S = 8.0
+# Test-only: reading the weights waits LOAD_DELAY_S first, so the first page is asked for while the
+# model is still loading (the tiny model would otherwise be ready before the port opens).
+SLOW_FIRST_LOAD = """
+import os, time
+import lfmui.manager as manager
+_load_weights = manager.ModelManager._load_weights
+def load_weights(self, *args, **kwargs):
+    time.sleep(float(os.environ["LFMUI_TEST_LOAD_DELAY_S"]))
+    return _load_weights(self, *args, **kwargs)
+manager.ModelManager._load_weights = load_weights
+"""
+
+
+def _space_port() -> int:
+    """7860, as on a Space, where it is free here; else any free port."""
+    for port in (7860, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise AssertionError("no free port")
+
+
+def _listening(port: int) -> list[str]:
+    """The local addresses of the listening TCP sockets on `port` (from /proc/net/tcp*)."""
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.append("[::]" if address == "0" * width and width == 32 else address)
+    return ["0.0.0.0" if a == "00000000" else a for a in found]
+
+
+def _wait_until_listening(process: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"app.py exited: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"app.py did not listen within 180 s: {log.read_text()[-2000:]}")
+
+
+# gradio's Spaces reloader (SYSTEM=spaces) leaves event loops whose __del__ prints this; a bare
+# gr.Blocks app started with the same environment prints it too
+GRADIO_ON_SPACES = re.compile(
+    r"Exception ignored in: <function BaseEventLoop.__del__.*?"
+    r"ValueError: Invalid file descriptor: -1\n",
+    flags=re.DOTALL,
+)
+
+
+def _ours(log: str) -> str:
+    return GRADIO_ON_SPACES.sub("", log)
+
+
+def _call(base: str, name: str, data: list) -> list[tuple[str, object]]:
+    """A gradio API call as a visitor's browser makes it: (event, data) as streamed."""
+    with httpx.Client(headers=AS_VISITOR, timeout=60) as http:
+        started = http.post(f"{base}/gradio_api/call/{name}", json={"data": data})
+        assert started.status_code == 200, started.text
+        event_id = started.json()["event_id"]
+        events, kind = [], None
+        with http.stream("GET", f"{base}/gradio_api/call/{name}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    events.append((kind, json.loads(line.removeprefix("data: "))))
+        return events
+
+
+@pytest.fixture(scope="module")
+def space(tiny_paths):
+    folder = Path(tempfile.mkdtemp(prefix="lfmui-space-"))
+    (folder / "hf").mkdir()
+    (folder / "shim").mkdir()
+    (folder / "shim" / "sitecustomize.py").write_text(SLOW_FIRST_LOAD)
+    port = _space_port()
+    log = folder / "app.log"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
+        **SPACE,
+        "GRADIO_SERVER_PORT": str(port),
+        "HF_HOME": str(folder / "hf"),
+        "HF_HUB_OFFLINE": "1",  # traffic stays on the loopback: the start falls back to tiny
+        "GRADIO_TEMP_DIR": str(folder / "gradio"),
+        "PYTHONPATH": os.pathsep.join([str(folder / "shim"), str(ROOT)]),
+        "LFMUI_TEST_LOAD_DELAY_S": str(LOAD_DELAY_S),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_until_listening(process, port, log)
+        yield port, process, log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_space_listens_on_every_interface_on_its_port(space):
+    port, _, _ = space
+    assert set(_listening(port)) <= {"0.0.0.0", "[::]"} and _listening(port)
+
+
+def test_space_first_page_is_quick_while_the_model_loads_then_it_streams(space):
+    port, _, log = space
+    base = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    page = httpx.get(f"{base}/", headers=AS_VISITOR, timeout=30)
+    first_page_s = time.monotonic() - started
+    assert page.status_code == 200 and "gradio" in page.text
+    assert first_page_s < 3.0, f"first page took {first_page_s:.2f} s"
+    # Hugging Face frames the Space's page: its CSP says so
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors" in policy and "https://huggingface.co" in policy
+
+    status = _call(base, "status", [])[-1][1][0]
+    assert status["state"] == "loading", status  # the page came before the model
+    deadline = time.monotonic() + 120
+    while status["state"] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.25)
+        status = _call(base, "status", [])[-1][1][0]
+    assert status["state"] == "ready" and status["model_id"] == "lfm2-vl-tiny", status
+
+    settings = json.dumps({"max_new_tokens": 8, "temperature": 1.0, "seed": 3})
+    events = _call(base, "generate", ["Describe the sea.", None, settings])
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("generating") >= 2 and kinds[-1] == "complete", kinds  # streamed
+    assert "Traceback" not in _ours(log.read_text())
+
+
+def test_space_a_foreign_origin_is_refused(space):
+    port, _, _ = space
+    response = httpx.get(
+        f"http://127.0.0.1:{port}/gradio_api/info",
+        headers={"Host": SPACE_HOST, "Origin": "https://elsewhere.example"},
+        timeout=30,
+    )
+    assert response.status_code == 403
