@@ -61,3 +61,20 @@ def vl_manager(tiny_paths):
     manager.load("lfm2-vl-tiny", "fp32")
     yield manager
     manager.unload()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A browser test that fails leaves a screenshot of its page: tests/artifacts/failed-*.png."""
+    outcome = yield
+    report = outcome.get_result()
+    page = getattr(item, "funcargs", {}).get("page")
+    if report.when == "call" and report.failed and page is not None:
+        from pathlib import Path
+
+        folder = Path(__file__).parent / "artifacts"
+        folder.mkdir(exist_ok=True)
+        try:
+            page.screenshot(path=str(folder / f"failed-{item.name[:80]}.png"), full_page=True)
+        except Exception as exc:  # noqa: BLE001 - a closed page: the failure is reported anyway
+            report.sections.append(("screenshot", f"no screenshot: {exc}"))

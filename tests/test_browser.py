@@ -13,10 +13,38 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
+SLOW = 60_000  # ms: the longest any condition below is waited for (a loaded 2-core machine)
+
+
+def until(action, check, timeout_ms: int = SLOW) -> None:
+    """Do `action`, then wait (up to 2 s) for `check` to hold; again until `timeout_ms`. For
+    inputs the page can undo while it re-renders (an accordion opening, a slider re-bound)."""
+    import time
+
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        action()
+        try:
+            check(2_000)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def streaming(page) -> None:
+    """The reply streams: the box's send arrow has turned into Stop."""
+    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=SLOW)
+
+
+def idle(page) -> None:
+    """No reply streams: Stop has turned back into the send arrow."""
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden(timeout=SLOW)
 
 
 class AppState:
@@ -102,7 +130,7 @@ def page(app_url):
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app_url)
-        page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+        page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
         yield page
         browser.close()
 
@@ -129,20 +157,19 @@ def _max_new_tokens(page, value: int) -> None:
     if not slider.is_visible():
         page.get_by_text("Generation settings").click()
     number = page.get_by_label("number input for Max new tokens").first
-    for _ in range(10):  # the accordion animates open; a fill during it can be undone
-        slider.fill(str(value))
-        page.wait_for_timeout(300)
-        if number.input_value() == str(value):
-            return
-    assert number.input_value() == str(value)
+    # the accordion animates open; a fill during it can be undone
+    until(
+        lambda: slider.fill(str(value)),
+        lambda ms: expect(number).to_have_value(str(value), timeout=ms),
+    )
 
 
 def test_chat_streams_a_reply_with_an_image(page, tmp_path):
     assert page.get_by_text("random weights: replies are noise").first.is_visible()
     _send(page, _picture(tmp_path / "sun.png"), "What is in this picture?")
     bot = page.locator(".message-row.bot-row, [data-testid=bot]").last
-    bot.wait_for(timeout=30_000)
-    page.get_by_text("tok/s").last.wait_for(timeout=60_000)  # metrics footer: reply finished
+    bot.wait_for(timeout=SLOW)
+    page.get_by_text("tok/s").last.wait_for(timeout=SLOW)  # metrics footer: reply finished
     assert page.locator("img[src*='sun']").count() >= 1 or page.locator("img").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
 
@@ -152,16 +179,15 @@ def test_regenerate_replaces_the_last_reply(page):
     before = footers.count()
     assert before >= 1
     page.get_by_role("button", name="Regenerate").click()
-    page.wait_for_timeout(500)
-    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
-    page.wait_for_timeout(500)
-    assert page.get_by_text("tok/s").count() == before  # replaced, not appended
+    page.get_by_text("answer 2 of 2").wait_for(timeout=SLOW)  # the new answer streams
+    expect(page.locator("[data-testid=bot]").last).to_contain_text("tok/s", timeout=SLOW)  # ended
+    assert footers.count() == before  # replaced, not appended
     assert page.get_by_text("What is in this picture?").count() == 1
 
 
 def test_models_tab_shows_status_and_levels(page):
     page.get_by_role("tab", name="Models").click()
-    page.get_by_text("resident weights").wait_for(timeout=10_000)
+    page.get_by_text("resident weights").wait_for(timeout=SLOW)
     assert page.get_by_text("lfm2-vl-tiny (offline, random weights)").first.is_visible()
     assert page.get_by_text("4-bit (bitsandbytes nf4)").first.is_visible()
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
@@ -184,7 +210,7 @@ def test_models_tab_marks_which_levels_fit(page, monkeypatch):
     def row(label: str):
         return table.get_by_role("row", name=re.compile("^" + re.escape(label)))
 
-    expect(table).to_contain_text("Memory free now: 14.0 GiB", timeout=10_000)
+    expect(table).to_contain_text("Memory free now: 14.0 GiB", timeout=SLOW)
     expect(row("fp32 ")).to_contain_text("✗ too big: ~32.0 GiB")
     expect(row("bf16 ")).to_contain_text("✗ too big")
     expect(row("4-bit (bitsandbytes nf4)")).to_contain_text("✓ fits: ~")
@@ -210,20 +236,24 @@ def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
         }""",
         list(data),
     )
-    page.locator(".thumbnail-item, .thumbnail-image, img[alt]").first.wait_for(timeout=10_000)
+    page.locator(".thumbnail-item, .thumbnail-image, img[alt]").first.wait_for(timeout=SLOW)
     box.fill("Describe this picture at length.")
     with app_state.reply_never_ends():
         box.press("Enter")
         bot = page.locator(".message-row.bot-row, [data-testid=bot]").last
-        grown = []
-        for _ in range(40):  # watch the reply stream: its text keeps growing
-            page.wait_for_timeout(250)
-            grown.append(len(bot.inner_text()))
-            if len(set(grown)) >= 3:
-                break
-        assert len(set(grown)) >= 3, grown
+        bot.wait_for(timeout=SLOW)
+        page.wait_for_function(  # watch the reply stream: its text has had three lengths
+            """(el) => {
+                el._lengths = el._lengths || new Set();
+                el._lengths.add(el.innerText.length);
+                return el._lengths.size >= 3;
+            }""",
+            arg=bot.element_handle(),
+            polling=100,
+            timeout=SLOW,
+        )
         page.get_by_role("button", name="Stop").click()
-        page.get_by_text("stopped ·").last.wait_for(timeout=5_000)
+        page.get_by_text("stopped ·").last.wait_for(timeout=SLOW)
         stopped_tokens = int(
             page.get_by_text("stopped ·").last.inner_text().split(" tokens")[0].split()[-1]
         )
@@ -239,7 +269,7 @@ def test_tiling_inspector_draws_the_plan_and_follows_the_sliders(page, tmp_path)
     page.get_by_text("Image detail").click()
     page.get_by_role("button", name="Open the tiling inspector").click()
     panel = page.locator("#inspector-panel")
-    panel.get_by_text("Upload an image to see how the model will cut it.").wait_for(timeout=10_000)
+    panel.get_by_text("Upload an image to see how the model will cut it.").wait_for(timeout=SLOW)
     tall = Image.new("RGB", (1000, 3000), "#e2e8f0")
     draw = ImageDraw.Draw(tall)
     for i, colour in enumerate(["#2b6cb0", "#38a169", "#d69e2e", "#e53e3e", "#805ad5"]):
@@ -249,21 +279,18 @@ def test_tiling_inspector_draws_the_plan_and_follows_the_sliders(page, tmp_path)
     summary = panel.get_by_text("image tokens** (budget").or_(
         panel.get_by_text("image tokens (budget")
     )
-    summary.first.wait_for(timeout=20_000)
-    first = page.locator("#tiling-summary").inner_text()
-    assert "row(s) x 1 column(s)" in first
+    summary.first.wait_for(timeout=SLOW)
+    plan = page.locator("#tiling-summary")
+    expect(plan).to_contain_text(re.compile(r"[3-9] row\(s\) x 1 column\(s\)"), timeout=SLOW)
     slider = panel.get_by_label("range slider for Max tiles")
-    for _ in range(10):
-        slider.fill("2")
-        page.wait_for_timeout(600)
-        second = page.locator("#tiling-summary").inner_text()
-        if second != first:
-            break
-    assert second != first and "2 row(s) x 1 column(s)" in second
+    until(  # the plan follows the slider: 2 tiles at most, so 2 rows
+        lambda: slider.fill("2"),
+        lambda ms: expect(plan).to_contain_text("2 row(s) x 1 column(s)", timeout=ms),
+    )
     slider.fill("4")
     panel.get_by_label("Add a thumbnail of the whole image").check()
-    page.locator("#tiling-summary").get_by_text("thumbnail ").wait_for(timeout=10_000)
-    page.wait_for_timeout(800)
+    expect(plan).to_contain_text("thumbnail ", timeout=SLOW)
+    expect(panel.locator("img").first).to_be_visible(timeout=SLOW)
     page.screenshot(path=str(ARTIFACTS / "inspector.png"), full_page=True)
 
 
@@ -277,7 +304,7 @@ def test_chat_image_detail_preset_applies_to_the_next_message(page, tmp_path):
     _max_new_tokens(page, 64)
     _send(page, _picture(tmp_path / "fast.png"), "Quick look, please.")
     footer = page.get_by_text("image) ·").last
-    footer.wait_for(timeout=60_000)
+    footer.wait_for(timeout=SLOW)
     image_tokens = int(footer.inner_text().split(" image)")[0].split("(")[-1])
     assert 0 < image_tokens <= 64  # the fast preset, not the model's 256-token default
 
@@ -294,7 +321,7 @@ def test_tool_playground_shows_the_trace(page, app_state):
     with scripted_generate(app_state.manager.current(), [call, answer]):
         panel.get_by_role("button", name="Run").click()
         trace = page.locator("#tool-trace")
-        trace.get_by_text("Final answer").wait_for(timeout=60_000)
+        trace.get_by_text("Final answer").wait_for(timeout=SLOW)
     text = trace.inner_text()
     assert "<|tool_call_start|>" in text  # the raw model text, special tokens visible
     assert '"city": "Paris"' in text and "get_weather" in text and '"temperature": 64' in text
@@ -315,14 +342,17 @@ def test_chat_with_tools_shows_used_tool_messages(page, app_state):
         box = page.get_by_placeholder("Type a message, paste or drop an image…")
         box.fill("What is 21 times 2?")
         box.press("Enter")
-        page.get_by_text("That makes 42.").wait_for(timeout=60_000)
+        page.get_by_text("That makes 42.").wait_for(timeout=SLOW)
     used = page.get_by_text("Used tool calculator")
     assert used.count() == 1
-    page.get_by_text("prompt 1892").or_(page.get_by_text("tok/s")).last.wait_for(timeout=10_000)
-    page.wait_for_timeout(1000)  # the reply's last update has rendered
-    used.first.click()  # the collapsible ("done": closed) opens to show what went back
-    page.get_by_text('arguments: {"expression": "21 * 2"}').wait_for(timeout=5_000)
-    page.wait_for_timeout(500)
+    page.get_by_text("prompt 1892").or_(page.get_by_text("tok/s")).last.wait_for(timeout=SLOW)
+    idle(page)  # the reply's last update has rendered
+    until(  # the collapsible ("done": closed) opens to show what went back
+        lambda: used.first.click(),
+        lambda ms: expect(page.get_by_text('arguments: {"expression": "21 * 2"}')).to_be_visible(
+            timeout=ms
+        ),
+    )
     page.screenshot(path=str(ARTIFACTS / "chat-tools.png"), full_page=True)
     page.get_by_label("Use tools").first.uncheck()
 
@@ -338,16 +368,15 @@ def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
     with scripted_generate(app_state.manager.current(), [call, "Noted."]) as script:
         panel.get_by_role("button", name="Run").click()
         send = panel.get_by_role("button", name="Send results")
-        send.wait_for(timeout=60_000)
+        send.wait_for(timeout=SLOW)
         editor = panel.locator(".cm-content").last
-        editor.get_by_text("demo table").wait_for(timeout=10_000)  # the prefilled result
-        page.wait_for_timeout(500)
+        editor.get_by_text("demo table").wait_for(timeout=SLOW)  # the prefilled result
         editor.click()
         page.keyboard.press("Control+A")
         page.keyboard.insert_text('[{"name": "get_weather", "output": {"sky": "edited by hand"}}]')
         assert "edited by hand" in editor.inner_text()
         send.click()
-        page.locator("#tool-trace").get_by_text("Final answer").wait_for(timeout=60_000)
+        page.locator("#tool-trace").get_by_text("Final answer").wait_for(timeout=SLOW)
     assert "edited by hand" in page.locator("#tool-trace").inner_text()
     assert len(script.prompts) == 2  # the model ran again, after the edited result went back
     panel.get_by_role("radio", name="automatic").check()
@@ -361,10 +390,10 @@ def test_escape_stops_the_reply(page, app_state, tmp_path):
         box = page.get_by_placeholder("Type a message, paste or drop an image…")
         box.fill("Talk until I press Escape.")
         box.press("Enter")
-        page.get_by_text("…").or_(page.locator(".bot-row")).last.wait_for(timeout=30_000)
-        page.wait_for_timeout(1500)
+        page.get_by_text("…").or_(page.locator(".bot-row")).last.wait_for(timeout=SLOW)
+        streaming(page)
         page.keyboard.press("Escape")
-        page.get_by_text("stopped ·").last.wait_for(timeout=5_000)
+        page.get_by_text("stopped ·").last.wait_for(timeout=SLOW)
     _max_new_tokens(page, 64)
 
 
@@ -379,22 +408,22 @@ def test_item31_one_reply_per_chat_while_it_streams(page, app_state):
     with app_state.reply_never_ends(seconds_per_token=0.02):
         box.fill("The first message.")
         box.press("Enter")
-        bots.last.wait_for(timeout=30_000)
-        page.wait_for_timeout(1000)
+        bots.last.wait_for(timeout=SLOW)
+        streaming(page)
         box.fill("A second message typed while the first reply streams.")
         box.press("Enter")
         page.get_by_role("button", name="Regenerate").click()
-        page.get_by_text("A reply is still streaming in this chat").first.wait_for(timeout=10_000)
+        page.get_by_text("A reply is still streaming in this chat").first.wait_for(timeout=SLOW)
         assert box.input_value() == "A second message typed while the first reply streams."
         assert users.count() == 1 and bots.count() == 1
         page.screenshot(path=str(ARTIFACTS / "busy.png"), full_page=True)
         page.keyboard.press("Escape")
-        page.get_by_text("stopped ·").last.wait_for(timeout=5_000)
+        page.get_by_text("stopped ·").last.wait_for(timeout=SLOW)
     assert app_state.generation_thread_idle(5)
     _max_new_tokens(page, 16)
     box.press("Enter")
-    page.get_by_text("A second message typed while").last.wait_for(timeout=10_000)
-    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
+    page.get_by_text("A second message typed while").last.wait_for(timeout=SLOW)
+    page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
     assert users.count() == 2 and bots.count() == 2
     assert [u.inner_text().strip() for u in users.all()] == [
         "The first message.",
@@ -411,31 +440,31 @@ def test_item08_a_refused_image_keeps_the_chat_and_the_box(page, tmp_path):
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     box.fill("Hello.")
     box.press("Enter")
-    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
+    page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
     users = page.locator("[data-testid=user]")
     before = users.count()
     assert before == 1
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image at all")
     _send(page, bad, "Is this picture readable?")
-    page.get_by_text("Could not read image 'broken.png'").first.wait_for(timeout=10_000)
+    page.get_by_text("Could not read image 'broken.png'").first.wait_for(timeout=SLOW)
     assert box.input_value() == "Is this picture readable?"
     assert users.count() == before and users.first.is_visible()
     assert page.get_by_text("Error", exact=True).count() == 0
     page.screenshot(path=str(ARTIFACTS / "refused.png"), full_page=True)
     page.reload()  # a fresh session for the tests after (the box still holds the bad file)
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
 
 
 def test_export_and_reimport_a_session(page, tmp_path):
     page.get_by_role("tab", name="Chat").click()
     page.get_by_role("button", name="Clear", exact=True).last.click()
     _send(page, _picture(tmp_path / "kept.png"), "Remember this picture.")
-    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
+    page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
     page.get_by_text("Session: export, import, copy as code").click()
     page.get_by_role("button", name="Export session").click()
     link = page.locator('a[download="lfmui-session.json"]').first
-    link.wait_for(timeout=10_000)
+    link.wait_for(timeout=SLOW)
     with page.expect_download() as download:
         link.click()
     saved = tmp_path / "session.json"
@@ -445,13 +474,13 @@ def test_export_and_reimport_a_session(page, tmp_path):
     page.get_by_role("button", name="Clear", exact=True).last.click()
     from playwright.sync_api import expect  # waits for the cleared chat (a bare count raced)
 
-    expect(page.get_by_text("Remember this picture.")).to_have_count(0, timeout=10_000)
+    expect(page.get_by_text("Remember this picture.")).to_have_count(0, timeout=SLOW)
     page.get_by_label("Import a session file").locator("input[type=file]").or_(
         page.locator("input[type=file][accept*='.json']")
     ).first.set_input_files(str(saved))
-    page.get_by_text("Remember this picture.").wait_for(timeout=10_000)
+    page.get_by_text("Remember this picture.").wait_for(timeout=SLOW)
     page.get_by_role("button", name="Show as code").click()
-    page.get_by_text("AutoModelForImageTextToText").first.wait_for(timeout=10_000)
+    page.get_by_text("AutoModelForImageTextToText").first.wait_for(timeout=SLOW)
     page.screenshot(path=str(ARTIFACTS / "session.png"), full_page=True)
 
 
@@ -511,12 +540,14 @@ def test_imported_remote_images_a_hostile_session_file_loads_nothing(page, tmp_p
         page.get_by_label("Import a session file").locator("input[type=file]").or_(
             page.locator("input[type=file][accept*='.json']")
         ).first.set_input_files(str(path))
-        page.get_by_text("More 2").wait_for(timeout=15_000)
-        page.get_by_text("values for max_new_tokens were not valid").first.wait_for(timeout=10_000)
-        page.get_by_text("at most 12 images").first.wait_for(timeout=10_000)
-        page.get_by_text("image: tracker").first.wait_for(timeout=10_000)  # a link now
-        page.wait_for_timeout(1500)
+        page.get_by_text("More 2").wait_for(timeout=SLOW)
+        page.get_by_text("values for max_new_tokens were not valid").first.wait_for(timeout=SLOW)
+        page.get_by_text("at most 12 images").first.wait_for(timeout=SLOW)
+        page.get_by_text("image: tracker").first.wait_for(timeout=SLOW)  # a link now
         shown = page.locator("[data-testid=user] img, [data-testid=bot] img")
+        expect(shown.and_(page.locator("img[src*='gradio_api/file=']"))).to_have_count(
+            12, timeout=SLOW
+        )
         sources = [shown.nth(i).get_attribute("src") or "" for i in range(shown.count())]
         assert not [src for src in sources if src.startswith(pixel)]
         assert len([src for src in sources if "gradio_api/file=" in src]) == 12
@@ -536,7 +567,7 @@ def test_dark_theme_and_phone_width(page, app_url):
     page.get_by_role("button", name="Dark / light").click()
     phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
     phone.goto(app_url)
-    phone.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    phone.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
     overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1  # nothing wider than the phone's screen
     tabs = phone.get_by_role("tab", name="Chat").bounding_box()
@@ -549,7 +580,7 @@ def test_every_control_has_a_label(page):
     """Every input, text area, select and text button we put on the Chat tab has a name a
     screen reader can read (gradio's own icon and image buttons are left to gradio)."""
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_text("What does this chart show?").first.wait_for(timeout=10_000)
+    page.get_by_text("What does this chart show?").first.wait_for(timeout=SLOW)
     unlabeled = page.evaluate(
         """() => [...document.querySelectorAll('input, textarea, select, button')]
             .filter((el) => el.offsetParent !== null && el.type !== 'file')
@@ -570,14 +601,17 @@ def test_load_a_model_from_the_models_tab(page):
     page.get_by_role("tab", name="Models").click()
     page.locator("#model-picker input").first.click()
     page.get_by_role("option", name="lfm2-moe-tiny").first.click()
+    expect(page.locator("#model-picker input").first).to_have_value(re.compile("^lfm2-moe-tiny"))
+    # a new pick resets the level to auto, by the server's reply: Load only once it landed
+    expect(page.locator("#level-picker input[value='auto']")).to_be_checked(timeout=SLOW)
     page.get_by_role("button", name="Load", exact=True).click()
     status = f"lfm2-moe-tiny (offline, random weights) · {fastest}"
-    page.get_by_text(status).wait_for(timeout=60_000)
+    page.get_by_text(status).wait_for(timeout=SLOW)
     # a reload shows the server's state: the picker, the level, the chat's chip, and a
     # message box that takes no images (the text-only model loaded)
     page.reload()
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
-    page.get_by_text(f"Model: lfm2-moe-tiny · {fastest}").wait_for(timeout=10_000)
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+    page.get_by_text(f"Model: lfm2-moe-tiny · {fastest}").wait_for(timeout=SLOW)
     assert page.get_by_placeholder("this model reads text only").count() == 1
     assert page.locator("#model-chip").get_by_text("random weights").count() == 1
     page.get_by_role("tab", name="Models").click()
@@ -586,11 +620,13 @@ def test_load_a_model_from_the_models_tab(page):
     page.screenshot(path=str(ARTIFACTS / "reload-state.png"), full_page=True)
     page.locator("#model-picker input").first.click()
     page.get_by_role("option", name="lfm2-vl-tiny").first.click()
+    expect(page.locator("#model-picker input").first).to_have_value(re.compile("^lfm2-vl-tiny"))
+    expect(page.locator("#level-picker input[value='auto']")).to_be_checked(timeout=SLOW)
     page.get_by_role("radio", name="fp32").check()
     page.get_by_role("button", name="Load", exact=True).click()
-    page.get_by_text("lfm2-vl-tiny (offline, random weights) · fp32").wait_for(timeout=60_000)
+    page.get_by_text("lfm2-vl-tiny (offline, random weights) · fp32").wait_for(timeout=SLOW)
     chip = page.locator("#model-chip").get_by_text("Model: lfm2-vl-tiny · fp32")
-    chip.wait_for(state="attached", timeout=10_000)  # the chat's chip follows (tab hidden)
+    chip.wait_for(state="attached", timeout=SLOW)  # the chat's chip follows (tab hidden)
     assert page.get_by_placeholder("Type a message, paste or drop an image…").count() == 1
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
 
@@ -612,8 +648,8 @@ def test_item19_model_output_runs_nothing_and_fetches_nothing(page, app_state):
         box = page.get_by_placeholder("Type a message, paste or drop an image…")
         box.fill("Say something dangerous.")
         box.press("Enter")
-        page.get_by_text("done.").last.wait_for(timeout=60_000)
-    page.wait_for_timeout(1000)
+        page.get_by_text("done.").last.wait_for(timeout=SLOW)
+    idle(page)  # the reply has ended and rendered whole
     assert not [u for u in requests if "probe.png" in u]  # no external image fetched
     assert dialogs == []  # no script ran
     bot = page.locator(".bot-row, [data-testid=bot]").last.inner_html()
@@ -630,7 +666,7 @@ def test_every_refusal_in_every_tab_is_a_warning_without_badges(page, tmp_path):
     and the tiling sliders cannot cross (a minimum pushed past its maximum takes it along)."""
 
     def warned(text: str) -> None:
-        page.get_by_text(text).first.wait_for(timeout=15_000)
+        page.get_by_text(text).first.wait_for(timeout=SLOW)
         assert page.get_by_text("Error", exact=True).count() == 0, text
 
     page.get_by_role("tab", name="Tiling inspector").click()
@@ -643,12 +679,7 @@ def test_every_refusal_in_every_tab_is_a_warning_without_badges(page, tmp_path):
     warned("Could not read image 'broken.png'")
 
     def number(label: str, value: str) -> None:
-        box = panel.get_by_label(f"number input for {label}")
-        for _ in range(20):
-            if box.input_value() == value:
-                return
-            page.wait_for_timeout(250)
-        assert box.input_value() == value, label
+        expect(panel.get_by_label(f"number input for {label}")).to_have_value(value, timeout=SLOW)
 
     panel.get_by_label("range slider for Max image tokens").fill("128")
     number("Max image tokens", "128")
@@ -677,7 +708,7 @@ def test_every_refusal_in_every_tab_is_a_warning_without_badges(page, tmp_path):
     warned("is not an http(s) URL")
     page.screenshot(path=str(ARTIFACTS / "refusals.png"), full_page=True)
     page.reload()  # a fresh page for the tests after
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
 
 
 def test_chats_and_the_theme_survive_a_reload(page):
@@ -688,29 +719,31 @@ def test_chats_and_the_theme_survive_a_reload(page):
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     box.fill("Remember this conversation about lighthouses.")
     box.press("Enter")
-    page.get_by_text("tok/s").last.wait_for(timeout=60_000)
-    page.wait_for_timeout(1000)  # stored after the reply ends
+    page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
+    idle(page)  # stored after the reply ends: the list of kept chats names it
+    expect(page.locator("#past-chats input").first).to_have_value(
+        re.compile("lighthouses"), timeout=SLOW
+    )
     page.get_by_role("button", name="Dark / light").click()
     page.reload()
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
     chat = page.locator("[data-testid=user]")
-    chat.get_by_text("Remember this conversation about lighthouses.").wait_for(timeout=15_000)
+    chat.get_by_text("Remember this conversation about lighthouses.").wait_for(timeout=SLOW)
     assert page.locator("[data-testid=bot]").count() >= 1
     assert "dark" in (page.locator("body").get_attribute("class") or "")
     page.screenshot(path=str(ARTIFACTS / "reloaded-chat.png"), full_page=True)
     page.locator("#new-chat").click()
-    page.wait_for_timeout(500)
-    assert page.locator("[data-testid=user]").count() == 0
+    expect(page.locator("[data-testid=user]")).to_have_count(0)
     page.locator("#past-chats input").first.click()
     page.get_by_role("option", name="Remember this conversation about lighthouses.").click()
-    chat.get_by_text("Remember this conversation about lighthouses.").wait_for(timeout=10_000)
+    chat.get_by_text("Remember this conversation about lighthouses.").wait_for(timeout=SLOW)
     page.get_by_role("button", name="Dark / light").click()  # light again for the tests after
 
 
 def test_chats_stored_damaged_are_dropped_with_a_warning(page):
     page.evaluate("localStorage.setItem('lfmui-chats', '{\"not\": \"what lfmui wrote\"')")
     page.reload()
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
     page.get_by_role("tab", name="Chat").click()
     page.get_by_placeholder("Type a message, paste or drop an image…").wait_for()
     assert page.get_by_text("Error", exact=True).count() == 0
@@ -729,19 +762,19 @@ def test_edit_a_sent_message_and_the_chat_runs_again_from_it(page, app_state):
         for text, answer in (("First question", "First answer."), ("Second one", "Second answer.")):
             box.fill(text)
             box.press("Enter")
-            page.get_by_text(answer).wait_for(timeout=60_000)
-            page.wait_for_timeout(500)
+            page.get_by_text(answer).wait_for(timeout=SLOW)
+            idle(page)
         first = page.locator("[data-testid=user]").filter(has_text="First question")
         first.hover()
         page.get_by_role("button", name="Edit").first.click()  # the first message's
         editor = page.locator("#chat-pane textarea").first
         editor.fill("First question, edited")
         page.get_by_role("button", name="Submit").first.click()
-        page.get_by_text("Answer, again:").wait_for(timeout=60_000)
+        page.get_by_text("Answer, again:").wait_for(timeout=SLOW)
     users = page.locator("[data-testid=user]")
     assert users.count() == 1 and "First question, edited" in users.first.inner_text()
     assert page.get_by_text("Second answer.").count() == 0  # the later turns went
-    page.locator("[data-testid=bot] .katex").first.wait_for(timeout=15_000)  # LaTeX rendered
+    page.locator("[data-testid=bot] .katex").first.wait_for(timeout=SLOW)  # LaTeX rendered
     page.screenshot(path=str(ARTIFACTS / "chat-edit.png"), full_page=True)
 
 
@@ -754,16 +787,16 @@ def test_regenerated_answers_are_kept_to_flip_between(page, app_state):
     with scripted_generate(app_state.manager.current(), ["Answer one.", "Answer two."]):
         box.fill("Say something.")
         box.press("Enter")
-        page.get_by_text("Answer one.").wait_for(timeout=60_000)
-        page.wait_for_timeout(500)
+        page.get_by_text("Answer one.").wait_for(timeout=SLOW)
+        idle(page)
         page.get_by_role("button", name="Regenerate").click()
-        page.get_by_text("answer 2 of 2").wait_for(timeout=60_000)
+        page.get_by_text("answer 2 of 2").wait_for(timeout=SLOW)
     assert page.get_by_text("Answer one.").count() == 0
     page.get_by_role("button", name="◀ Earlier answer").click()
-    page.get_by_text("answer 1 of 2").wait_for(timeout=10_000)
+    page.get_by_text("answer 1 of 2").wait_for(timeout=SLOW)
     assert page.get_by_text("Answer one.").count() == 1
     page.get_by_role("button", name="Later answer ▶").click()
-    page.get_by_text("Answer two.").wait_for(timeout=10_000)
+    page.get_by_text("Answer two.").wait_for(timeout=SLOW)
     page.screenshot(path=str(ARTIFACTS / "chat-alternatives.png"), full_page=True)
 
 
@@ -779,11 +812,11 @@ def test_tool_playground_can_be_tried_offline_with_a_typed_first_reply(page):
     panel.get_by_role("radio", name="manual").check()
     panel.get_by_role("button", name="Run").click()
     send = panel.get_by_role("button", name="Send results")
-    send.wait_for(timeout=60_000)
+    send.wait_for(timeout=SLOW)
     trace = page.locator("#tool-trace")
     assert "You wrote" in trace.inner_text() and '"city": "Oslo"' in trace.inner_text()
     send.click()
-    trace.get_by_text("Final answer").wait_for(timeout=60_000)
+    trace.get_by_text("Final answer").wait_for(timeout=SLOW)
     assert "noise from random weights" in trace.inner_text()
     page.screenshot(path=str(ARTIFACTS / "tools-typed.png"), full_page=True)
     panel.locator("#typed-reply textarea").fill("")

@@ -1,6 +1,8 @@
 """Stop while the full-shape VL-450M at fp32 reads a 1024x768 picture on the CPU (the longest
-part of a reply there, several seconds): the reply ends within 1.5 s of the click, and the next
-message starts at once. In headless Debian chromium, like tests/test_browser.py."""
+part of a reply there, several seconds): the reply ends before its first token, in under a third
+of the time the same picture takes to read unstopped (measured in the same run, so a loaded
+machine slows both), and the next message starts at once. In headless Debian chromium, like
+tests/test_browser.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import time
 
 import pytest
 from PIL import Image, ImageDraw
-from test_browser import ARTIFACTS, CHROMIUM, _max_new_tokens, _send
+from test_browser import ARTIFACTS, CHROMIUM, _max_new_tokens, _send, streaming
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +37,7 @@ def app_url(offline_cache):
 
 
 def test_stop_during_an_image_prefill_ends_the_reply_at_once(app_url, tmp_path):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     photo = Image.new("RGB", (1024, 768), "#3b7a57")
     ImageDraw.Draw(photo).rectangle((200, 150, 800, 600), fill="#f4d35e")
@@ -50,22 +52,27 @@ def test_stop_during_an_image_prefill_ends_the_reply_at_once(app_url, tmp_path):
         page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
         _max_new_tokens(page, 16)
         _send(page, tmp_path / "photo.png", "Describe this photo.")
-        page.wait_for_timeout(1000)  # the picture is being read: seconds at fp32 on this CPU
+        streaming(page)  # the picture is being read: seconds at fp32 on this CPU
         assert page.get_by_text("stopped ·").count() == 0  # still in the prefill
         clicked = time.perf_counter()
         page.get_by_role("button", name="Stop").click()
         page.get_by_text("stopped ·").last.wait_for(timeout=10_000)
         took = time.perf_counter() - clicked
         page.screenshot(path=str(ARTIFACTS / "stop-prefill.png"), full_page=True)
-        assert took < 1.5, f"the reply ended {took:.2f} s after Stop"
         footer = page.get_by_text("stopped ·").last.inner_text()
         assert " 0 tokens" in footer  # stopped before its first token
+        finished = page.get_by_text("tok/s").or_(page.get_by_text("max tokens ·"))
         box = page.get_by_placeholder("Type a message, paste or drop an image…")
         box.fill("Hello")
         box.press("Enter")
-        page.get_by_text("tok/s").or_(page.get_by_text("max tokens ·")).last.wait_for(
-            timeout=60_000
-        )
+        finished.last.wait_for(timeout=60_000)
         # the next message was not queued behind the stopped one (its footer would say so)
         assert page.locator("text=/queued/").count() == 0, "the next reply waited in the queue"
+        replies = finished.count()
+        _max_new_tokens(page, 1)
+        sent = time.perf_counter()
+        _send(page, tmp_path / "photo.png", "Describe this photo.")  # read whole this time
+        expect(finished).to_have_count(replies + 1, timeout=120_000)
+        unstopped = time.perf_counter() - sent
+        assert took < unstopped / 3, f"Stop took {took:.2f} s; the whole read {unstopped:.2f} s"
         browser.close()

@@ -201,7 +201,7 @@ def test_item04_opening_an_uploaded_page_runs_nothing(served):
                     page.goto(link)
             except Error as exc:  # "Download is starting": the navigation became a download
                 assert "Download" in str(exc), exc
-            page.wait_for_timeout(300)
+            page.wait_for_timeout(300)  # a window for a script to run, were one to run
             assert page.title() != "ran" and page.url == "about:blank"
         # as an <img>, <iframe> and <script> of a page of the app's own origin
         page.goto(url)
@@ -216,7 +216,7 @@ def test_item04_opening_an_uploaded_page_runs_nothing(served):
             }""",
             links,
         )
-        page.wait_for_timeout(1500)
+        page.wait_for_timeout(1500)  # a window for a script to run, were one to run
         browser.close()
     assert dialogs == []
 
@@ -262,10 +262,10 @@ def test_headers_a_foreign_page_cannot_frame_the_app(served, tmp_path):
             )
             page = browser.new_page()
             page.goto(f"http://localhost:{server.server_address[1]}/frame.html")
-            page.wait_for_timeout(3000)
+            page.frame_locator("#plain").get_by_text("framed fine").wait_for(timeout=30_000)
+            page.wait_for_load_state("load")  # every frame has loaded or been refused
             frame = page.frame_locator("#app")
             assert frame.get_by_text("lfmui · try Liquid AI").count() == 0
-            page.frame_locator("#plain").get_by_text("framed fine").wait_for(timeout=10_000)
             browser.close()
     finally:
         server.shutdown()
