@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def _port(text: str) -> int:
@@ -43,6 +44,7 @@ def _listen_defaults() -> tuple[str, int]:
 LISTEN = _listen_defaults()
 
 from lfmui import endpoint, engine, quant  # noqa: E402
+from lfmui.access import Access  # noqa: E402
 from lfmui.catalog import Catalog  # noqa: E402
 from lfmui.errors import LfmuiError  # noqa: E402
 from lfmui.hub import choose_startup_model  # noqa: E402
@@ -103,6 +105,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "https://proxy.example.com; repeatable",
     )
     parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the key /v1 asks for (Authorization: Bearer KEY); needed beyond this machine; "
+        "LFMUI_API_KEY keeps it out of the process list",
+    )
+    parser.add_argument(
+        "--allow-endpoint",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host an endpoint may point at although it is private, link-local or (on a "
+        "Space) this machine; --endpoint's own host is allowed; repeatable",
+    )
+    parser.add_argument(
         "--synthetic",
         action="store_true",
         help="list the full-shape random-weight builds (for benchmarks)",
@@ -127,9 +143,11 @@ def main(argv: list[str] | None = None) -> None:
         requested = catalog.add_local(requested).id
     model_id, note = choose_startup_model(catalog, requested, args.offline)
     manager = ModelManager(catalog, on_loaded=engine.warm_up)
+    named = [*args.allow_endpoint, urlsplit(args.endpoint or "").hostname or ""]
+    access = Access.configured(args.host, [h for h in named if h], args.api_key or "")
     if args.endpoint:
-        note = " ".join(filter(None, [note, _connect_at_start(manager, args)]))
-    app = build_app(manager, startup_note=note)
+        note = " ".join(filter(None, [note, _connect_at_start(manager, args, access)]))
+    app = build_app(manager, startup_note=note, access=access)
     if manager.endpoint is None or args.model:
         threading.Thread(
             target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
@@ -137,23 +155,31 @@ def main(argv: list[str] | None = None) -> None:
     allowed = Allowed.configured((args.host, *args.allow_host), tuple(args.allow_origin))
     global demo  # the app gradio launches is this module's demo (its Spaces reloader looks here)
     demo = app
-    app.launch(**launch_settings(args.host, args.port, manager, allowed))
+    app.launch(**launch_settings(args.host, args.port, manager, allowed, access))
 
 
-def _connect_at_start(manager: ModelManager, args: argparse.Namespace) -> str:
+def _connect_at_start(manager: ModelManager, args: argparse.Namespace, access: Access) -> str:
     """Use the endpoint of --endpoint; where it cannot be used, the note that says so (the
     in-process model then loads and answers)."""
     try:
+        access.check_endpoint(args.endpoint)
         extra = endpoint.extra_fields(args.endpoint_body)
         key = os.environ.get("LFMUI_ENDPOINT_KEY")  # a key stays out of the process list
         manager.use_endpoint(
             endpoint.Endpoint.connect(
-                args.endpoint, args.endpoint_model, key, extra, manager.catalog
+                args.endpoint,
+                args.endpoint_model,
+                key,
+                extra,
+                manager.catalog,
+                show_url=access.local,
             )
         )
     except LfmuiError as exc:
         logging.getLogger("lfmui").error("endpoint: %s", exc)
-        return f"The endpoint could not be used: {exc} The in-process model answers instead."
+        hidden = "the server log says why (visitors are not shown where it is)."
+        why = exc if access.local else hidden
+        return f"The endpoint could not be used: {why} The in-process model answers instead."
     return ""
 
 

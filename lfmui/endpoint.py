@@ -14,8 +14,12 @@ Policy, stated once:
   per-request processor settings). A server that refuses one by name (a 400 or 422 that names
   it) is asked again without it, and each reply says what the server did not take. A server
   that silently ignores a field cannot be told apart; the Models tab says so.
-- Stop closes the stream at once, before the first token too: the server sees the client
-  leave and aborts the request.
+- Stop closes the stream at once, before the first token and before the response headers too:
+  the server sees the client leave and aborts the request.
+- The upstream is bounded: one deadline for the whole reply (the time limit; keep-alive comments
+  do not extend it), at most a few chunks more than ``max_tokens`` and ``CHARS_PER_TOKEN``
+  characters a token (the reply then ends as at max tokens), one deadline for Connect, and at
+  most ``MAX_LISTED_MODELS`` model ids.
 - Metrics come from the stream: TTFT from the request to the first text, tokens/s and token
   counts from the usage the server reports (chunks counted when it reports none).
 - Tool calls: the server's ``tool_calls`` are written back as LFM2's call block
@@ -58,6 +62,11 @@ from lfmui.tiling import Tiling, fit
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 LIST_TIMEOUT_S = 15.0
+CONNECT_DEADLINE_S = 30.0  # Connect, listing the models included, ends within this
+MAX_LISTED_MODELS = 200
+EXTRA_CHUNKS = 16  # chunks past max_tokens a server may send (role, usage, split tokens)
+CHARS_PER_TOKEN = 64  # a reply's characters (text and tool calls) per token asked for
+MIN_REPLY_CHARS = 64 * 1024
 OPTIONAL = {  # request fields a server may refuse, and what the user is told it did not take
     "min_p": "min_p",
     "repetition_penalty": "repetition penalty",
@@ -88,6 +97,12 @@ class Endpoint:
     extra_body: dict[str, Any] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)  # OPTIONAL fields this server refused
     note: str = ""  # what connecting found (no model list, no processor config)
+    show_url: bool = True  # False: the address and extra fields are the owner's, shown to none
+
+    @property
+    def where(self) -> str:
+        """The address as the page and the API show it."""
+        return self.url if self.show_url else "an endpoint the owner connected"
 
     @classmethod
     def connect(
@@ -97,15 +112,18 @@ class Endpoint:
         api_key: str | None = None,
         extra_body: dict[str, Any] | None = None,
         catalog: Catalog | None = None,
+        show_url: bool = True,
     ) -> Endpoint:
         """Reach `url` (the server's base URL, with or without ``/v1``) and pick `model`, or
-        the first it lists; EndpointError says what is wrong."""
+        the first it lists; EndpointError says what is wrong. With `show_url` False (an app
+        that strangers reach) its address and extra fields are shown to nobody."""
         base = _base_url(url)
         model = (model or "").strip() or None
         if extra_body is not None and not isinstance(extra_body, dict):
             raise EndpointError('Extra request fields must be a JSON object, e.g. {"top_k": 20}.')
         client = _client(base, api_key)
-        models, note = _list_models(client, base, model)
+        models, note = _within(CONNECT_DEADLINE_S, base, lambda: _list_models(client, base, model))
+        models = models[:MAX_LISTED_MODELS]
         if model is None:
             model = models[0]
         elif models and model not in models:
@@ -113,7 +131,14 @@ class Endpoint:
                 f"{base} serves {', '.join(m[:60] for m in models[:8])}, not '{model[:80]}'. "
                 "Pick one of those, or leave the model id empty for the first."
             )
-        endpoint = cls(base, model, models or [model], client, extra_body=dict(extra_body or {}))
+        endpoint = cls(
+            base,
+            model,
+            models or [model],
+            client,
+            extra_body=dict(extra_body or {}),
+            show_url=show_url,
+        )
         endpoint._describe(catalog or Catalog(), note)
         return endpoint
 
@@ -146,11 +171,11 @@ class Endpoint:
     # ---- state ------------------------------------------------------------------------------
     @property
     def label(self) -> str:
-        return f"{self.model} at {self.url}"
+        return f"{self.model} at {self.where}"
 
     def status(self) -> dict[str, Any]:
         return {
-            "url": self.url,
+            "url": self.where,
             "model": self.model,
             "models": self.models,
             "kind": self.kind,
@@ -180,32 +205,48 @@ class Endpoint:
         cut = self.tiling(tiling)
         body = self._body(conversation, settings, cut, tiling, tools)
         submitted = time.perf_counter()
+        deadline = submitted + settings.time_limit
+        reply = _Reply()
         try:
-            stream = self._open(body, settings.time_limit)
+            stream, reason = self._open_within(body, settings.time_limit, stop, deadline)
         except EndpointError as exc:
             yield Event("error", data={"error": "EndpointError", "message": str(exc)})
             return
-        reply = _Reply()
-        reason = None
-        ended = threading.Event()
-        threading.Thread(target=_close_on_stop, args=(stop, ended, stream), daemon=True).start()
+        if stream is None:  # Stop, or the deadline, came before the response headers
+            yield Event("metrics", data=self._metrics(reply, submitted, settings))
+            yield Event("done", data={"reason": reason})
+            return
+        most_chunks = settings.max_new_tokens + EXTRA_CHUNKS
+        most_chars = max(MIN_REPLY_CHARS, settings.max_new_tokens * CHARS_PER_TOKEN)
+        ended, expired = threading.Event(), threading.Event()
+        watch = (stop, ended, stream, deadline, expired)
+        threading.Thread(target=_close_on_stop, args=watch, daemon=True).start()
         try:
             with stream:
                 for chunk in stream:
-                    if stop.is_set():
+                    if stop.is_set() or expired.is_set():
                         break
-                    if time.perf_counter() - submitted > settings.time_limit:
-                        reason = "time_limit"
+                    if time.perf_counter() > deadline:
+                        expired.set()
                         break
                     delta = reply.take(chunk)
+                    over = reply.generated > most_chunks or reply.chars > most_chars
+                    if over:  # the server sends past what was asked for: it ends here
+                        reason = "max_tokens"
+                        delta = delta[: max(0, len(delta) - (reply.chars - most_chars))]
+                        delta = "" if reply.generated > most_chunks else delta
                     if delta:
                         yield Event("text", delta)
+                    if over:
+                        break
         except Exception as exc:  # noqa: BLE001 - the network and the server's JSON: a sentence
-            if not stop.is_set():  # else: Stop closed the stream under the reading
+            if not (stop.is_set() or expired.is_set()):  # else: closed under the reading
                 yield Event("error", data={"error": type(exc).__name__, "message": self._said(exc)})
                 return
         finally:
             ended.set()
+        if expired.is_set():
+            reason = "time_limit"
         if stop.is_set():
             reason = "stopped"
         if reply.calls:
@@ -248,6 +289,35 @@ class Endpoint:
         for name in self.refused:
             body.pop(name, None)
         return body
+
+    def _open_within(
+        self, body: dict[str, Any], time_limit: float, stop: threading.Event, deadline: float
+    ) -> tuple[Any, str | None]:
+        """The stream, or (None, "stopped" / "time_limit") when Stop or the deadline comes
+        before the response headers (a stream that arrives later is closed at once)."""
+        box: dict[str, Any] = {}
+        opened = threading.Event()
+
+        def open_it() -> None:
+            try:
+                box["stream"] = self._open(body, time_limit)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+            finally:
+                opened.set()
+                if box.get("abandoned") and "stream" in box:
+                    box["stream"].close()  # the server sees the client leave
+
+        threading.Thread(target=open_it, name="lfmui-endpoint-open", daemon=True).start()
+        while not opened.wait(0.05):
+            if stop.is_set() or time.perf_counter() > deadline:
+                box["abandoned"] = True
+                if opened.is_set() and "stream" in box:  # it came just now
+                    box["stream"].close()
+                return None, "stopped" if stop.is_set() else "time_limit"
+        if "error" in box:
+            raise box["error"]
+        return box["stream"], None
 
     def _open(self, body: dict[str, Any], time_limit: float) -> Any:
         """The stream of chunks; a field the server refuses by name is dropped and asked again."""
@@ -345,6 +415,7 @@ class _Reply:
     generated: int = 0  # content chunks, for servers that report no usage
     usage: dict[str, Any] | None = None
     finish: str | None = None
+    chars: int = 0  # text and tool-call characters so far
     calls: dict[int, dict[str, str]] = field(default_factory=dict)  # index -> name, arguments
 
     def take(self, chunk: Any) -> str:
@@ -361,12 +432,14 @@ class _Reply:
                 if call.function is not None:
                     held["name"] += call.function.name or ""
                     held["arguments"] += call.function.arguments or ""
+                    self.chars += len(call.function.name or "") + len(call.function.arguments or "")
             if choice.finish_reason:
                 self.finish = choice.finish_reason
         if text or self.calls:
             self.first_at = self.first_at or time.perf_counter()
         if text:
             self.generated += 1
+        self.chars += len(text)
         return text
 
     def written_calls(self) -> str:
@@ -399,11 +472,21 @@ def extra_fields(text: str | None) -> dict[str, Any] | None:
     return fields
 
 
-def _close_on_stop(stop: threading.Event, ended: threading.Event, stream: Any) -> None:
-    """Close `stream` as soon as Stop is pressed, even while the server has sent nothing yet
-    (a long prefill): the server sees the client leave and aborts the request."""
+def _close_on_stop(
+    stop: threading.Event,
+    ended: threading.Event,
+    stream: Any,
+    deadline: float = float("inf"),
+    expired: threading.Event | None = None,
+) -> None:
+    """Close `stream` as soon as Stop is pressed or the reply's deadline passes (`expired` is
+    set then), even while the server sends nothing or only keep-alive comments (a long
+    prefill): the server sees the client leave and aborts the request."""
     while not ended.wait(0.1):
-        if stop.is_set():
+        late = time.perf_counter() > deadline
+        if late and expired is not None:
+            expired.set()
+        if stop.is_set() or late:
             # closing a socket does not wake a thread blocked reading it; a shutdown does
             with contextlib.suppress(Exception):
                 network = stream.response.extensions["network_stream"]
@@ -423,15 +506,18 @@ def _base_url(url: str) -> str:
 
 
 def _client(base: str, api_key: str | None) -> Any:
-    """The SDK's client for `base`; an SDK that is missing or does not fit is a sentence."""
+    """The SDK's client for `base`; an SDK that is missing or does not fit is a sentence. It
+    follows no redirect: a server checked by lfmui.access cannot send it elsewhere."""
     try:
         import openai
 
+        timeout = openai.Timeout(LIST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
         return openai.OpenAI(
             base_url=base,
             api_key=api_key or "not-needed",
             max_retries=0,
-            timeout=openai.Timeout(LIST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            timeout=timeout,
+            http_client=openai.DefaultHttpxClient(follow_redirects=False, timeout=timeout),
         )
     except Exception as exc:  # noqa: BLE001 - ImportError, or an SDK of another major version
         log.exception("the openai SDK could not make a client")
@@ -439,6 +525,30 @@ def _client(base: str, api_key: str | None) -> Any:
             f"The openai package could not be used ({type(exc).__name__}: {_short(exc)}). "
             "Install the versions lfmui is tested with: pip install -r requirements.txt."
         ) from None
+
+
+def _within(seconds: float, base: str, work: Any) -> Any:
+    """`work()`'s result, or EndpointError once `seconds` pass (its thread is left to end on
+    its own socket timeouts)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="lfmui-endpoint-connect", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise EndpointError(
+            f"{base} did not finish answering within {seconds:.0f} s. Check that the server "
+            "is running and not overloaded, then connect again."
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _list_models(client: Any, base: str, model: str | None) -> tuple[list[str], str]:

@@ -181,7 +181,7 @@ class ModelManager:
             reads_images=(endpoint.kind if endpoint else loaded.spec.kind if loaded else "vl")
             == "vl",
             quantization=None if endpoint or loaded is None else loaded.quantization,
-            endpoint=endpoint.url if endpoint else None,
+            endpoint=endpoint.where if endpoint else None,
             random_weights=bool(
                 endpoint.random_weights if endpoint else loaded and loaded.spec.random_weights
             ),

@@ -51,6 +51,9 @@ ACCEPTED = {
     "parallel_tool_calls",
 }
 MAX_STOPS = 4
+MAX_STOP_CHARS = 256  # a stop string is held back while it may be starting: its length bounds that
+MAX_MESSAGES = 512
+TOOL_CHOICES = ("auto", "none", "required")
 SKIPPED_HEADER = "x-lfmui-skipped-tools"
 FINISH = {"eos": "stop", "stopped": "stop", "max_tokens": "length", "time_limit": "length"}
 
@@ -127,9 +130,15 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
     if (
         not isinstance(stops, list)
         or len(stops) > MAX_STOPS
-        or not all(isinstance(s, str) and s for s in stops)
+        or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops)
     ):
-        raise ApiError(f"stop must be a string or up to {MAX_STOPS} strings.", param="stop")
+        raise ApiError(
+            f"stop must be a string or up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} "
+            "characters.",
+            param="stop",
+        )
+    _count(body.get("messages"))
+    _check_tool_choice(body.get("tool_choice", "auto"))
     # where the request's images go, made only when one comes (images.save_data_url)
     folder = str(Path(tempfile.gettempdir()) / f"lfmui-v1-{uuid.uuid4().hex}")
     try:
@@ -149,6 +158,56 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
         stops,
         folder,
         skipped,
+    )
+
+
+def _count(messages: Any) -> None:
+    """Counts and shapes checked before anything is decoded: the number of messages, the
+    images per message and in all, and each assistant's earlier tool calls."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError("messages must be a non-empty list.", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise ApiError(
+            f"{len(messages):,} messages were sent; send at most {MAX_MESSAGES}.",
+            param="messages",
+        )
+    pictures = 0
+    for number, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = content if isinstance(content, list) else []
+        here = sum(1 for p in parts if isinstance(p, dict) and p.get("type") == "image_url")
+        if here > turns.MAX_IMAGES_PER_MESSAGE:
+            raise ApiError(
+                f"messages[{number}] holds {here} images; send at most "
+                f"{turns.MAX_IMAGES_PER_MESSAGE} per message.",
+                param="messages",
+            )
+        pictures += here
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls is not None and not (
+            isinstance(calls, list)
+            and all(isinstance(c, dict) and isinstance(c.get("function"), dict) for c in calls)
+        ):
+            raise ApiError(
+                f"messages[{number}].tool_calls must be a list of "
+                '{"type": "function", "function": {"name": ..., "arguments": "{...}"}}.',
+                param="messages",
+            )
+    if pictures > turns.MAX_IMAGES_PER_CHAT:
+        raise ApiError(
+            f"The messages hold {pictures} images; send at most {turns.MAX_IMAGES_PER_CHAT}.",
+            param="messages",
+        )
+
+
+def _check_tool_choice(choice: Any) -> None:
+    named = isinstance(choice, dict) and isinstance(choice.get("function"), dict)
+    if choice in TOOL_CHOICES or (named and isinstance(choice["function"].get("name"), str)):
+        return
+    raise ApiError(
+        'tool_choice must be "auto", "none", "required" or '
+        '{"type": "function", "function": {"name": "..."}}.',
+        param="tool_choice",
     )
 
 
@@ -216,13 +275,17 @@ def _content(content: Any, stem: Path, number: int) -> Any:
 def _written_call(call: Any) -> str:
     """An earlier OpenAI tool call written back the way LFM2 writes calls."""
     function = call.get("function", {}) if isinstance(call, dict) else {}
+    raw = function.get("arguments") or "{}"
     try:
-        arguments = json.loads(function.get("arguments") or "{}")
+        arguments = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
         arguments = None
     if not isinstance(arguments, dict):
         raise ApiError("A tool call's arguments must be a JSON object.")
-    return toolcalls.write_calls([{"name": function.get("name", "tool"), "arguments": arguments}])
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError("A tool call needs a function name.", param="messages")
+    return toolcalls.write_calls([{"name": name, "arguments": arguments}])
 
 
 def _tools(

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = [
     {"lfmui", "lfmui.errors"},
     # what everything may use: process memory, measurements, the call parser, the CPU weight
-    # kernels, the generation settings
+    # kernels, the generation settings, who the owner is
     {
+        "lfmui.access",
         "lfmui.heap",
         "lfmui.meters",
         "lfmui.measured",

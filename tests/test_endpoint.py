@@ -261,16 +261,21 @@ def test_the_app_runs_on_an_endpoint(served, scripted_body, tmp_path):
         full = client.chat.completions.create(**at_length)
         full_s = time.perf_counter() - started
         assert full.usage.completion_tokens == 2000  # EOS lowered by the script: to the cap
-        with client.chat.completions.create(**at_length, stream=True) as stream:
-            for number, _ in enumerate(stream):
-                if number == 3:
-                    break  # the client leaves: the app closes its stream to the server
-        started = time.perf_counter()
-        quick = client.chat.completions.create(
-            model=path, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-        )
-        assert quick.choices[0].finish_reason == "length"
-        assert time.perf_counter() - started < 0.5 * full_s  # not behind the stopped reply
+        waits = []  # transformers serve misses about one client in five that leaves (see
+        for _ in range(3):  # test_stop_closes_the_stream...): its abort shows in one of three
+            with client.chat.completions.create(**at_length, stream=True) as stream:
+                for number, _ in enumerate(stream):
+                    if number == 3:
+                        break  # the client leaves: the app closes its stream to the server
+            started = time.perf_counter()
+            quick = client.chat.completions.create(
+                model=path, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            )
+            assert quick.choices[0].finish_reason == "length"
+            waits.append(time.perf_counter() - started)
+            if waits[-1] < 0.5 * full_s:
+                break
+        assert min(waits) < 0.5 * full_s, (waits, full_s)  # not behind the stopped reply
         gradio = Client(f"http://127.0.0.1:{port}/", verbose=False)
         trace = gradio.predict(ASK, "", '{"max_new_tokens": 64}', api_name="/tool_turn")
         assert trace["rounds"][0]["calls"][0]["name"] == "calculator"
@@ -320,12 +325,33 @@ class _Fault(http.server.BaseHTTPRequestHandler):
 
     fault = "none"
     models = ["mystery-model"]
+    location = ""  # where "redirect" sends the client
+    asked: list[str] = []  # paths requested of this server
 
     def log_message(self, *args):  # quiet
         pass
 
     def do_GET(self):
-        self._send(200, json.dumps({"object": "list", "data": [{"id": m} for m in self.models]}))
+        self.asked.append(self.path)
+        if self.fault == "drip list":  # headers, then a byte every 0.5 s for a long while
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            for _ in range(240):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.5)
+            return
+        models = self.models * 5000 if self.fault == "many models" else self.models
+        if self.fault == "many models":
+            models = [f"model-{i}" for i in range(len(models))]
+        if self.fault == "redirect":
+            self.send_response(302)
+            self.send_header("Location", self.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._send(200, json.dumps({"object": "list", "data": [{"id": m} for m in models]}))
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -342,6 +368,22 @@ class _Fault(http.server.BaseHTTPRequestHandler):
             self._stream([])
             time.sleep(5)
             self._stream([f"data: {json.dumps(good)}\n\n"], headers=False)
+        elif self.fault == "no headers":  # reads the prompt for 5 s before answering at all
+            time.sleep(5)
+            self._stream([f"data: {json.dumps(good)}\n\n"])
+        elif self.fault == "comments":  # keep-alive comments only, for 10 s
+            self._stream([])
+            for _ in range(50):
+                self._stream([": keep-alive\n\n"], headers=False)
+                time.sleep(0.2)
+        elif self.fault in ("flood", "huge"):  # past max_tokens: 20,000 chunks, or 1 MB ones
+            self._stream([])
+            text = "word " if self.fault == "flood" else "x" * 1_000_000
+            many = {**chunk, "choices": [{"index": 0, "delta": {"content": text}}]}
+            line = f"data: {json.dumps(many)}\n\n".encode()
+            with contextlib.suppress(OSError):  # the client leaves early, as it should
+                for _ in range(20_000 if self.fault == "flood" else 300):
+                    self.wfile.write(line)
         elif self.fault == "unknown model":
             self._send(404, json.dumps({"error": {"message": "The model does not exist."}}))
 
@@ -364,15 +406,21 @@ class _Fault(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+HANDLERS: dict[str, type] = {}  # each fake server's handler class, by its URL
+
+
 @contextlib.contextmanager
-def _faulty(fault: str):
-    handler = type("Handler", (_Fault,), {"fault": fault})
+def _faulty(fault: str, **attributes):
+    handler = type("Handler", (_Fault,), {"fault": fault, "asked": [], **attributes})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    HANDLERS[url] = handler
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield url
     finally:
         server.shutdown()
+        HANDLERS.pop(url, None)
 
 
 @pytest.mark.parametrize(
@@ -436,8 +484,8 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
 ):
     """The Models tab's Endpoint panel connects; the chat streams a reply to an image from the
     server, Stop ends one, a tool turn shows its call; then the in-process model answers again."""
-    from playwright.sync_api import sync_playwright
-    from test_browser import ARTIFACTS, CHROMIUM, _max_new_tokens, _picture, _send
+    from playwright.sync_api import expect, sync_playwright
+    from test_browser import ARTIFACTS, CHROMIUM, _max_new_tokens, _picture, _send, idle, streaming
 
     from lfmui.ui import build_app, launch_settings
 
@@ -459,8 +507,10 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
             served_id = page.locator("#endpoint-model input").first
             served_id.fill(path)
             served_id.press("Enter")  # a custom dropdown value is taken on Enter or blur
-            page.get_by_label("Extra request fields").fill(json.dumps(scripted_body))
-            page.wait_for_timeout(500)  # the values reach the server before Connect reads them
+            extra = page.get_by_label("Extra request fields")
+            extra.fill(json.dumps(scripted_body))
+            expect(served_id).to_have_value(path)  # Connect sends what the page holds
+            expect(extra).to_have_value(json.dumps(scripted_body))
             page.locator("#endpoint-connect").click()
             page.get_by_text("Endpoint in use").wait_for(timeout=30_000)
             page.get_by_text("Replies come from the endpoint").wait_for(timeout=5_000)
@@ -476,7 +526,7 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
             box = page.get_by_placeholder("Type a message, paste or drop an image…")
             box.fill("Write at length.")
             box.press("Enter")
-            page.wait_for_timeout(1500)
+            streaming(page)
             page.get_by_role("button", name="Stop").click()
             page.get_by_text("stopped ·").last.wait_for(timeout=10_000)
             stopped = page.get_by_text("stopped ·").last.inner_text()
@@ -489,7 +539,7 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
             box.press("Enter")
             page.get_by_text(ANSWER).wait_for(timeout=60_000)
             assert page.get_by_text("Used tool calculator").count() == 1
-            page.wait_for_timeout(500)
+            idle(page)
             page.screenshot(path=str(ARTIFACTS / "chat-endpoint-tools.png"), full_page=True)
             page.get_by_label("Use tools").first.uncheck()
 
@@ -503,3 +553,66 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
     finally:
         vl_manager.use_endpoint(None)
         demo.close()
+
+
+# ---- the upstream bounded (issue 26) ------------------------------------------------------------
+def test_upstream_bounds_a_reply_past_max_tokens_ends_there(vl_manager):
+    for fault in ("flood", "huge"):
+        with _faulty(fault) as url:
+            manager = _endpoint_manager(url, None)
+            text, ended = _reply(
+                manager, [{"role": "user", "content": "Hi"}], settings={"max_new_tokens": 8}
+            )
+        assert ended["done"]["reason"] == "max_tokens", (fault, ended)
+        if fault == "flood":
+            assert text.count("word") <= 8 + 16  # 8 asked for, a few chunks of slack
+        else:
+            assert len(text) == 64 * 1024  # cut at the cap, not 300 MB
+
+
+def test_upstream_bounds_comments_do_not_extend_the_time_limit():
+    with _faulty("comments") as url:
+        manager = _endpoint_manager(url, None)
+        started = time.perf_counter()
+        _, ended = _reply(manager, [{"role": "user", "content": "Hi"}], settings={"time_limit": 1})
+        took = time.perf_counter() - started
+    assert ended["done"]["reason"] == "time_limit" and "error" not in ended
+    assert took < 5, took  # the server's comments went on for 10 s
+
+
+def test_upstream_bounds_stop_before_the_headers_ends_the_reply():
+    with _faulty("no headers") as url:
+        manager = _endpoint_manager(url, None)
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        started = time.perf_counter()
+        _, ended = _reply(manager, [{"role": "user", "content": "Hi"}], stop=stop)
+        took = time.perf_counter() - started
+    assert ended["done"]["reason"] == "stopped" and "error" not in ended
+    assert took < 2.5, took  # the server sent no headers for 5 s
+
+
+def test_upstream_bounds_connect_has_one_deadline_and_a_capped_list(monkeypatch):
+    from lfmui import endpoint as module
+
+    monkeypatch.setattr(module, "CONNECT_DEADLINE_S", 2.0)
+    with _faulty("drip list") as url:
+        started = time.perf_counter()
+        with pytest.raises(EndpointError, match="did not finish answering within 2 s"):
+            Endpoint.connect(url)
+        assert time.perf_counter() - started < 5
+    with _faulty("many models") as url:
+        endpoint = Endpoint.connect(url)
+    assert len(endpoint.models) == module.MAX_LISTED_MODELS
+
+
+def test_ssrf_a_redirect_is_not_followed():
+    """A server that passed the address check cannot send the client elsewhere (here another
+    local server, which would have listed its model)."""
+    with _faulty("none", models=["elsewhere"]) as inside:
+        with _faulty("redirect", location=f"{inside}/v1/models") as url:
+            with pytest.raises(EndpointError, match="did not list its models"):
+                Endpoint.connect(url)
+            assert HANDLERS[url].asked == ["/v1/models"]  # the redirect was sent
+        assert HANDLERS[inside].asked == []  # and not followed
+        assert Endpoint.connect(inside).model == "elsewhere"  # which it would have been

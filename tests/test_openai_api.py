@@ -294,3 +294,134 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(served):
         response.status_code == 413
         and "fewer or smaller images" in response.json()["error"]["message"]
     )
+
+
+def _post(served, body: dict, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{served[0]}/chat/completions", json=body, headers=headers, timeout=60)
+
+
+def _image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_resources_images_are_counted_before_any_is_decoded(served):
+    """Issue 26: five 40-megapixel PNGs were decoded (1 GiB) before the "at most 4" refusal.
+    Undecodable images prove the count comes first: decoding would say "damaged"."""
+    broken = "data:image/png;base64,@@"
+    one = [{"role": "user", "content": [_image_part(broken) for _ in range(5)]}]
+    response = _post(served, {"model": "lfmui", "messages": one})
+    assert response.status_code == 400 and "holds 5 images" in response.text
+    spread = [
+        {"role": "user", "content": [_image_part(broken) for _ in range(4)]} for _ in range(4)
+    ]
+    response = _post(served, {"model": "lfmui", "messages": spread})
+    assert response.status_code == 400 and "hold 16 images; send at most 12" in response.text
+
+
+def test_resources_messages_are_capped_before_they_are_read(served):
+    messages = [{"role": "user", "content": "hi"}] * 100_000
+    response = _post(served, {"model": "lfmui", "messages": messages})
+    assert response.status_code == 400
+    assert "100,000 messages were sent; send at most 512" in response.json()["error"]["message"]
+
+
+def test_resources_a_long_stop_string_is_refused(served):
+    body = {"model": "lfmui", "messages": [{"role": "user", "content": "hi"}]}
+    response = _post(served, {**body, "stop": ["x" * 250_000]})
+    assert response.status_code == 400 and "1 to 256 characters" in response.text
+    streamed = _post(served, {**body, "stop": "x" * 257, "stream": True})
+    assert streamed.status_code == 400  # a refusal is a 4xx before the first byte, streamed too
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"tool_choice": 5}, "tool_choice must be"),
+        ({"tool_choice": {"function": "get_weather"}}, "tool_choice must be"),
+        ({"tool_choice": ["auto"]}, "tool_choice must be"),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "tool_calls": 7},
+                    {"role": "user", "content": "?"},
+                ]
+            },
+            "tool_calls must be a list",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]},
+                    {"role": "user", "content": "?"},
+                ]
+            },
+            "needs a function name",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "tool_calls": ["x"]},
+                    {"role": "user", "content": "?"},
+                ]
+            },
+            "tool_calls must be a list",
+        ),
+    ],
+)
+def test_malformed_tool_shapes_are_400s_that_say_the_shape(served, extra, says):
+    body = {"model": "lfmui", "messages": [{"role": "user", "content": "hi"}], **extra}
+    response = _post(served, body)
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def keyed(served):
+    """A second server over the same manager, with /v1's key set."""
+    from lfmui.access import Access
+    from lfmui.ui import build_app, launch_settings
+
+    manager = served[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(manager)
+    access = Access.configured("127.0.0.1", api_key="sk-right-key")
+    settings = launch_settings(port=port, manager=manager, access=access)
+    demo.launch(prevent_thread_lock=True, quiet=True, **settings)
+    yield f"http://127.0.0.1:{port}/v1"
+    demo.close()
+
+
+def test_api_key_no_key_or_a_wrong_one_is_401_in_openais_shape(keyed):
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "sk-right-key"}):
+        for method, path in (("GET", "/models"), ("POST", "/chat/completions")):
+            response = httpx.request(
+                method, f"{keyed}{path}", headers=headers, json={"model": "lfmui"}, timeout=30
+            )
+            assert response.status_code == 401, (headers, path)
+            error = response.json()["error"]
+            assert error["code"] == "invalid_api_key" and "Bearer" in error["message"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=keyed, api_key="sk-wrong", max_retries=0).models.list()
+
+
+def test_api_key_the_right_key_answers(keyed):
+    client = openai.OpenAI(base_url=keyed, api_key="sk-right-key", max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == ["lfm2-vl-tiny"]
+    reply = client.chat.completions.create(
+        model="lfmui", messages=[{"role": "user", "content": "Hello"}], max_tokens=4
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_api_key_beyond_this_machine_v1_is_closed_until_a_key_is_set(monkeypatch):
+    from lfmui.access import Access
+
+    monkeypatch.delenv("LFMUI_API_KEY", raising=False)
+    monkeypatch.setenv("SPACE_ID", "someone/lfmui")
+    why = Access.configured("0.0.0.0").api_refusal({})
+    assert "needs an API key, and none is set" in why and "--api-key" in why
+    assert (
+        Access.configured("0.0.0.0", api_key="k").api_refusal({"Authorization": "Bearer k"}) == ""
+    )

@@ -3,6 +3,7 @@ environment a Space sets, reached through requests that carry the Space's Host a
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +29,8 @@ SPACE = {  # what Spaces set for `python app.py` (plus HF_HOME on a writable fol
     "GRADIO_SERVER_NAME": "0.0.0.0",
 }
 AS_VISITOR = {"Host": SPACE_HOST, "Origin": f"https://{SPACE_HOST}"}
+ADMIN_TOKEN = "owner-token-for-the-rehearsal"
+AS_OWNER = {**AS_VISITOR, "Authorization": f"Bearer {ADMIN_TOKEN}"}
 LOAD_DELAY_S = 8.0
 # Test-only: reading the weights waits LOAD_DELAY_S first, so the first page is asked for while the
 # model is still loading (the tiny model would otherwise be ready before the port opens).
@@ -90,9 +94,11 @@ def _ours(log: str) -> str:
     return GRADIO_ON_SPACES.sub("", log)
 
 
-def _call(base: str, name: str, data: list) -> list[tuple[str, object]]:
+def _call(
+    base: str, name: str, data: list, headers: dict[str, str] = AS_VISITOR
+) -> list[tuple[str, object]]:
     """A gradio API call as a visitor's browser makes it: (event, data) as streamed."""
-    with httpx.Client(headers=AS_VISITOR, timeout=60) as http:
+    with httpx.Client(headers=headers, timeout=60) as http:
         started = http.post(f"{base}/gradio_api/call/{name}", json={"data": data})
         assert started.status_code == 200, started.text
         event_id = started.json()["event_id"]
@@ -123,6 +129,7 @@ def space(tiny_paths):
         "GRADIO_TEMP_DIR": str(folder / "gradio"),
         "PYTHONPATH": os.pathsep.join([str(folder / "shim"), str(ROOT)]),
         "LFMUI_TEST_LOAD_DELAY_S": str(LOAD_DELAY_S),
+        "LFMUI_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -177,3 +184,81 @@ def test_space_a_foreign_origin_is_refused(space):
         timeout=30,
     )
     assert response.status_code == 403
+
+
+def _ready(base: str) -> dict:
+    deadline = time.monotonic() + 120
+    while True:
+        status = _call(base, "status", [])[-1][1][0]
+        if status["state"] == "ready" or time.monotonic() > deadline:
+            return status
+        time.sleep(0.25)
+
+
+def test_space_owner_only_a_visitor_cannot_load_a_model_for_everyone(space):
+    port, _, log = space
+    base = f"http://127.0.0.1:{port}"
+    assert _ready(base)["model_id"] == "lfm2-vl-tiny"
+    refused = _call(base, "load_model", ["lfm2-moe-tiny", "fp32"])
+    assert refused[-1][0] == "error"
+    assert "Only the owner of this app can load a model" in str(refused[-1][1])
+    assert _call(base, "status", [])[-1][1][0]["model_id"] == "lfm2-vl-tiny"  # unchanged
+    wrong = {**AS_VISITOR, "Authorization": "Bearer not-the-token"}
+    assert _call(base, "load_model", ["lfm2-moe-tiny", "fp32"], wrong)[-1][0] == "error"
+    loaded = _call(base, "load_model", ["lfm2-moe-tiny", "fp32"], AS_OWNER)
+    assert loaded[-1][0] == "complete" and loaded[-1][1][0]["model_id"] == "lfm2-moe-tiny"
+    assert _call(base, "load_model", ["lfm2-vl-tiny", "fp32"], AS_OWNER)[-1][0] == "complete"
+    assert "Traceback" not in _ours(log.read_text())
+
+
+class _Upstream(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that lists one model (enough to connect at start)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": "upstream-model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_space_an_endpoints_address_and_fields_are_shown_to_no_visitor(tiny_paths, tmp_path):
+    """The owner starts the Space with --endpoint (its host is named, so the loopback is let
+    in): visitors read that an endpoint answers, never where it is or what is sent to it."""
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{upstream.server_address[1]}"
+    port = _space_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
+        **SPACE,
+        "GRADIO_SERVER_PORT": str(port),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+    }
+    secret = '{"top_k": 20, "note": "an-owner-secret"}'
+    log = tmp_path / "app.log"
+    command = [sys.executable, "app.py", "--endpoint", f"http://{address}/v1"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--endpoint-body", secret], cwd=ROOT, env=env, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_until_listening(process, port, log)
+        base = f"http://127.0.0.1:{port}"
+        status = _call(base, "status", [])[-1][1][0]
+        assert status["model_id"] == "upstream-model" and status["endpoint"], status
+        page = httpx.get(f"{base}/", headers=AS_VISITOR, timeout=30).text
+        config = httpx.get(f"{base}/config", headers=AS_VISITOR, timeout=30).text
+        for seen in (json.dumps(status), page, config):
+            assert address not in seen and "an-owner-secret" not in seen
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        upstream.shutdown()

@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 import gradio as gr
 
 from lfmui import quant, tiling, toolcalls, tools, turns
+from lfmui.access import Access
 from lfmui.engine import Metrics
 from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager, ModelStatus, Readiness
@@ -65,8 +66,9 @@ class Trace(TypedDict):
 class PublicApi:
     """The endpoints, one method each; ``build`` registers them under DESIGN.md's names."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, access: Access | None = None) -> None:
         self.manager = manager
+        self.access = access or Access.configured()
 
     def status(self) -> Readiness:
         """Ready or not before you send: {ready, state (ready, loading, no_model), loading,
@@ -82,8 +84,9 @@ class PublicApi:
         ]
 
     @user_errors
-    def load_model(self, model_id: str, quantization: str) -> ModelStatus:
+    def load_model(self, model_id: str, quantization: str, request: gr.Request) -> ModelStatus:
         """Load a catalog model at a quantization level (see below); its status."""
+        self.access.require_owner(request.headers, None, "load a model")
         return self.manager.load(model_id, quantization)
 
     @user_errors
@@ -193,9 +196,9 @@ PublicApi.plan_tiles.__doc__ = (
 )
 
 
-def build(manager: ModelManager) -> None:
+def build(manager: ModelManager, access: Access | None = None) -> None:
     """Register the API endpoints (call inside the Blocks context)."""
-    api = PublicApi(manager)
+    api = PublicApi(manager, access)
     gr.api(api.status, api_name="status")
     gr.api(api.models, api_name="models")
     gr.api(api.load_model, api_name="load_model", **ACCELERATOR)

@@ -10,6 +10,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from lfmui import engine, offline
+from lfmui.access import Access
 from lfmui.manager import ModelManager
 from lfmui.ui import api, chat_tab, models_tab, tools_tab, v1, vision_tab
 from lfmui.ui.guard import Allowed, RequestGuard
@@ -45,9 +46,14 @@ CSS = """
 """
 
 
-def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr.Blocks:
-    """The lfmui app over `manager` (a fresh one with the built-in catalog by default)."""
+def build_app(
+    manager: ModelManager | None = None, startup_note: str = "", access: Access | None = None
+) -> gr.Blocks:
+    """The lfmui app over `manager` (a fresh one with the built-in catalog by default); who
+    owns it is `access` (by default: whoever runs it on this machine, or on a Space its
+    author and the admin token)."""
     manager = manager or ModelManager(on_loaded=engine.warm_up)
+    access = access or Access.configured()
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
         with gr.Row(equal_height=False):
             gr.Markdown("# lfmui · try Liquid AI's LFM2 models", elem_id="app-title")
@@ -66,8 +72,8 @@ def build_app(manager: ModelManager | None = None, startup_note: str = "") -> gr
             with gr.Tab("Tool playground", id="tools", elem_id="tools-panel"):
                 tools_tab.build(manager)
             with gr.Tab("Models", id="models"):
-                models = models_tab.build(manager, banner_box, startup_note)
-        api.build(manager)
+                models = models_tab.build(manager, banner_box, startup_note, access)
+        api.build(manager, access)
         chat["open_inspector"].click(
             lambda: gr.Tabs(selected="inspector"), None, tabs, api_visibility="private"
         )
@@ -113,6 +119,7 @@ def launch_settings(
     port: int = 7860,
     manager: ModelManager | None = None,
     allowed: Allowed | None = None,
+    access: Access | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for demo.launch: no share link, no monitoring, no MCP, caps on, only
     this server's host names and its own page (and `allowed`'s) let in; with `manager`, lfmui's
@@ -140,6 +147,8 @@ def launch_settings(
             "middleware": [
                 Middleware(RequestGuard, allowed=allowed or Allowed.configured((host,)))
             ],
-            "routes": v1.routes(manager) if manager is not None else [],
+            "routes": v1.routes(manager, access or Access.configured(host))
+            if manager is not None
+            else [],
         },
     }

@@ -9,6 +9,7 @@ import gradio as gr
 
 from lfmui import endpoint as endpoints
 from lfmui import measured, quant
+from lfmui.access import Access
 from lfmui.catalog import RANDOM_WEIGHTS_NOTE
 from lfmui.manager import GIB, ModelManager
 from lfmui.ui.render import warns
@@ -134,8 +135,15 @@ def chip(manager: ModelManager) -> str:
     return f"Model: **{ready['model_id']}**{where}{noise}"
 
 
-def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> dict[str, Any]:
-    """Lay out the tab; return the components other tabs listen to."""
+def _username(profile: gr.OAuthProfile | None) -> str | None:
+    return getattr(profile, "username", None) if profile is not None else None
+
+
+def build(
+    manager: ModelManager, banner_box: gr.Markdown, startup_note: str, access: Access
+) -> dict[str, Any]:
+    """Lay out the tab; return the components other tabs listen to. Loading, unloading and
+    the endpoint change what every visitor uses: only the owner (`access`) may."""
     choices = [(s.label, s.id) for s in manager.catalog.listed()]
     loaded = manager.current()
     with gr.Row():
@@ -156,6 +164,13 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
             with gr.Row():
                 load_button = gr.Button("Load", variant="primary")
                 unload_button = gr.Button("Unload")
+            admin = gr.Textbox(
+                label="Admin token (the owner's: loading, unloading and endpoints change "
+                "what every visitor uses)",
+                type="password",
+                visible=not access.local,
+                elem_id="admin-token",
+            )
         with gr.Column(scale=3):
             card = gr.Markdown(status_card(manager), label="Status", container=True)
             figures = gr.Markdown(measured.table(model.value), elem_id="measured-figures")
@@ -179,21 +194,32 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
     )
 
     @warns(outputs=3)
-    def load(model_id: str, quantization: str, progress=gr.Progress()):  # noqa: B008
+    def load(
+        model_id: str,
+        quantization: str,
+        token: str,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+        progress=gr.Progress(),  # noqa: B008
+    ):
+        access.require_owner(request.headers, _username(profile), "load a model", token)
         manager.load(model_id, quantization, progress=lambda f, m: progress(f, desc=m))
         return status_card(manager), banner(manager), quantization_table(manager, model_id)
 
     @warns(outputs=3)
-    def unload(model_id: str):
+    def unload(model_id: str, token: str, request: gr.Request, profile: gr.OAuthProfile | None):
+        access.require_owner(request.headers, _username(profile), "unload the model", token)
         manager.unload()
         return status_card(manager), banner(manager), quantization_table(manager, model_id)
 
     outputs = [card, banner_box, levels]  # what fits changes with what is resident
     load_event = load_button.click(
-        load, [model, level], outputs, api_visibility="private", **ACCELERATOR
+        load, [model, level, admin], outputs, api_visibility="private", **ACCELERATOR
     )
-    unloaded = unload_button.click(unload, model, outputs, api_visibility="private", **ACCELERATOR)
-    switched = endpoint_panel(manager, outputs, model)
+    unloaded = unload_button.click(
+        unload, [model, admin], outputs, api_visibility="private", **ACCELERATOR
+    )
+    switched = endpoint_panel(manager, outputs, model, access, admin)
     return {
         "model": model,
         "level": level,
@@ -204,9 +230,15 @@ def build(manager: ModelManager, banner_box: gr.Markdown, startup_note: str) -> 
     }
 
 
-def endpoint_panel(manager: ModelManager, outputs: list[Any], model: gr.Dropdown) -> list[Any]:
+def endpoint_panel(
+    manager: ModelManager,
+    outputs: list[Any],
+    model: gr.Dropdown,
+    access: Access,
+    admin: gr.Textbox,
+) -> list[Any]:
     """Connect to an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server, transformers
-    serve) or go back to the in-process model; returns the two events."""
+    serve) or go back to the in-process model, the owner only; returns the two events."""
     current = manager.endpoint
     with gr.Accordion("Endpoint: an OpenAI-compatible server", open=current is not None):
         gr.Markdown(
@@ -216,7 +248,7 @@ def endpoint_panel(manager: ModelManager, outputs: list[Any], model: gr.Dropdown
         )
         with gr.Row():
             url = gr.Textbox(
-                current.url if current else "",
+                current.url if current and current.show_url else "",
                 label="Server URL",
                 placeholder="http://localhost:8000/v1",
                 elem_id="endpoint-url",
@@ -230,7 +262,9 @@ def endpoint_panel(manager: ModelManager, outputs: list[Any], model: gr.Dropdown
             )
             key = gr.Textbox(label="API key (if the server wants one)", type="password")
         extra = gr.Textbox(
-            json.dumps(current.extra_body) if current and current.extra_body else "",
+            json.dumps(current.extra_body)
+            if current and current.extra_body and current.show_url
+            else "",
             label="Extra request fields (JSON, sent with every request)",
             placeholder='{"top_k": 20}',
             max_lines=4,
@@ -240,21 +274,43 @@ def endpoint_panel(manager: ModelManager, outputs: list[Any], model: gr.Dropdown
             local_button = gr.Button("Use the in-process model", elem_id="endpoint-local")
 
     @warns(outputs=4)
-    def connect(address: str, model_id: str | None, api_key: str, fields: str, picked: str):
+    def connect(
+        address: str,
+        model_id: str | None,
+        api_key: str,
+        fields: str,
+        picked: str,
+        token: str,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+    ):
+        access.require_owner(request.headers, _username(profile), "connect an endpoint", token)
+        access.check_endpoint((address or "").strip())
         endpoint = endpoints.Endpoint.connect(
-            address, model_id, api_key, endpoints.extra_fields(fields), manager.catalog
+            address,
+            model_id,
+            api_key,
+            endpoints.extra_fields(fields),
+            manager.catalog,
+            show_url=access.local,
         )
         manager.use_endpoint(endpoint)
         table = quantization_table(manager, picked)
         served_now = gr.Dropdown(choices=endpoint.models, value=endpoint.model)
         return status_card(manager), banner(manager), table, served_now
 
-    def use_local(picked: str):
+    @warns(outputs=3)
+    def use_local(picked: str, token: str, request: gr.Request, profile: gr.OAuthProfile | None):
+        what = "switch back to the in-process model"
+        access.require_owner(request.headers, _username(profile), what, token)
         manager.use_endpoint(None)
         return status_card(manager), banner(manager), quantization_table(manager, picked)
 
     connected = connect_button.click(
-        connect, [url, served, key, extra, model], [*outputs, served], api_visibility="private"
+        connect,
+        [url, served, key, extra, model, admin],
+        [*outputs, served],
+        api_visibility="private",
     )
-    local = local_button.click(use_local, model, outputs, api_visibility="private")
+    local = local_button.click(use_local, [model, admin], outputs, api_visibility="private")
     return [connected, local]

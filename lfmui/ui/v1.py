@@ -21,15 +21,31 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from lfmui import openai_api
+from lfmui.access import Access
 from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager
 
 
-def routes(manager: ModelManager) -> list[Route]:
-    async def models(_request: Request) -> JSONResponse:
-        return JSONResponse(openai_api.models(manager))
+def routes(manager: ModelManager, access: Access | None = None) -> list[Route]:
+    access = access or Access.configured()
+
+    def refusal(request: Request) -> JSONResponse | None:
+        """401 in OpenAI's shape unless the request carries the key /v1 asks for."""
+        why = access.api_refusal(request.headers)
+        if not why:
+            return None
+        error = openai_api.ApiError(why, 401)
+        body = error.body()
+        body["error"]["code"] = "invalid_api_key"
+        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    async def models(request: Request) -> JSONResponse:
+        return refusal(request) or JSONResponse(openai_api.models(manager))
 
     async def chat_completions(request: Request):
+        refused = refusal(request)
+        if refused is not None:
+            return refused
         try:
             body = read_json(await request.body(), "The body (send a JSON object)")
         except InputError as exc:
