@@ -38,8 +38,10 @@ EMPTY = {"version": VERSION, "chats": []}
 
 
 def secret(folder: Path) -> str:
-    """The key the browser's copy is encrypted with: made once per install and kept in
-    `folder`, so chats outlive a restart of the server (a random key per start would not)."""
+    """The key gradio's BrowserState encrypts the browser's copy with: made once per install
+    and kept in `folder`, so chats outlive a restart of the server (a random key per start
+    would not). Every page receives it, so it keeps nothing secret from that browser's user:
+    chats are private only as far as the browser profile is."""
     import secrets
 
     file = folder / "browser-state.key"

@@ -19,6 +19,7 @@ at most ``IMAGE_SIDE`` px, with its full size in ``info["size"]``.
 from __future__ import annotations
 
 import ast
+import contextlib
 import contextvars
 import datetime as dt
 import functools
@@ -28,6 +29,7 @@ import operator
 import os
 import pickle
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -258,6 +260,7 @@ class _Workers:
             pass_fds=[theirs.fileno()],
             env={**os.environ, "PYTHONPATH": paths},
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: a kill takes what the tool started
         )
         theirs.close()
         connection = Connection(ours.detach())
@@ -273,6 +276,9 @@ class _Workers:
 
 
 def _kill(process: subprocess.Popen, connection: Any) -> None:
+    """Kill the worker and every process its tool started (its process group)."""
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signal.SIGKILL)
     process.kill()
     process.wait(timeout=5)
     connection.close()

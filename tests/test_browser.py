@@ -42,6 +42,12 @@ def streaming(page) -> None:
     expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=SLOW)
 
 
+def clear_chat(page) -> None:
+    """Clear the chat, and wait until the page shows it empty."""
+    page.get_by_role("button", name="Clear", exact=True).last.click()
+    expect(page.locator("[data-testid=user]")).to_have_count(0, timeout=SLOW)
+
+
 def idle(page) -> None:
     """No reply streams: Stop has turned back into the send arrow."""
     expect(page.get_by_role("button", name="Stop")).to_be_hidden(timeout=SLOW)
@@ -144,7 +150,8 @@ def _picture(path: Path) -> Path:
 
 
 def _send(page, image, text):
-    """Attach `image` to the chat box, type `text`, press Enter."""
+    """Once no reply streams, attach `image` to the chat box, type `text`, press Enter."""
+    idle(page)
     page.locator("input[type=file]").first.set_input_files(str(image))
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     box.fill(text)
@@ -223,7 +230,7 @@ def test_models_tab_marks_which_levels_fit(page, monkeypatch):
 def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
     """Paste an image, send, watch the reply grow, press Stop: the reply ends as stopped."""
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     _max_new_tokens(page, 4096)
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     data = _picture(tmp_path / "pasted.png").read_bytes()
@@ -296,7 +303,7 @@ def test_tiling_inspector_draws_the_plan_and_follows_the_sliders(page, tmp_path)
 
 def test_chat_image_detail_preset_applies_to_the_next_message(page, tmp_path):
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     accordion = page.get_by_text("Image detail")
     if not page.get_by_label("fast").first.is_visible():
         accordion.click()
@@ -333,7 +340,7 @@ def test_chat_with_tools_shows_used_tool_messages(page, app_state):
     from scripted import scripted_generate
 
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     if not page.get_by_label("Use tools").first.is_visible():
         page.get_by_text("Generation settings").click()
     page.get_by_label("Use tools").first.check()
@@ -384,7 +391,7 @@ def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
 
 def test_escape_stops_the_reply(page, app_state, tmp_path):
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     _max_new_tokens(page, 4096)
     with app_state.reply_never_ends():
         box = page.get_by_placeholder("Type a message, paste or drop an image…")
@@ -401,7 +408,7 @@ def test_item31_one_reply_per_chat_while_it_streams(page, app_state):
     """Enter and Regenerate while a reply streams: no second generation, the typed text stays
     in the box, the history keeps one message and one reply; after Stop it sends."""
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     _max_new_tokens(page, 4096)
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     users, bots = page.locator("[data-testid=user]"), page.locator("[data-testid=bot]")
@@ -421,6 +428,7 @@ def test_item31_one_reply_per_chat_while_it_streams(page, app_state):
         page.get_by_text("stopped ·").last.wait_for(timeout=SLOW)
     assert app_state.generation_thread_idle(5)
     _max_new_tokens(page, 16)
+    idle(page)
     box.press("Enter")
     page.get_by_text("A second message typed while").last.wait_for(timeout=SLOW)
     page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
@@ -436,7 +444,7 @@ def test_item08_a_refused_image_keeps_the_chat_and_the_box(page, tmp_path):
     """A refusal is a warning toast; the chat and the message box (text and attachment) stay
     on screen as they were (a gr.Error would draw an Error badge over both)."""
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     box.fill("Hello.")
     box.press("Enter")
@@ -458,7 +466,7 @@ def test_item08_a_refused_image_keeps_the_chat_and_the_box(page, tmp_path):
 
 def test_export_and_reimport_a_session(page, tmp_path):
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     _send(page, _picture(tmp_path / "kept.png"), "Remember this picture.")
     page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
     page.get_by_text("Session: export, import, copy as code").click()
@@ -471,7 +479,7 @@ def test_export_and_reimport_a_session(page, tmp_path):
     download.value.save_as(saved)
     bundle = json.loads(saved.read_text())
     assert bundle["messages"][0]["text"] == "Remember this picture."
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     from playwright.sync_api import expect  # waits for the cleared chat (a bare count raced)
 
     expect(page.get_by_text("Remember this picture.")).to_have_count(0, timeout=SLOW)
@@ -535,7 +543,7 @@ def test_imported_remote_images_a_hostile_session_file_loads_nothing(page, tmp_p
     path.write_text(json.dumps(bundle))
     try:
         page.get_by_role("tab", name="Chat").click()
-        page.get_by_role("button", name="Clear", exact=True).last.click()
+        clear_chat(page)
         page.get_by_text("Session: export, import, copy as code").click()
         page.get_by_label("Import a session file").locator("input[type=file]").or_(
             page.locator("input[type=file][accept*='.json']")
@@ -556,7 +564,7 @@ def test_imported_remote_images_a_hostile_session_file_loads_nothing(page, tmp_p
         page.screenshot(path=str(ARTIFACTS / "import-hostile.png"), full_page=True)
     finally:
         server.shutdown()
-        page.get_by_role("button", name="Clear", exact=True).last.click()
+        clear_chat(page)
 
 
 def test_dark_theme_and_phone_width(page, app_url):
@@ -635,7 +643,7 @@ def test_item19_model_output_runs_nothing_and_fetches_nothing(page, app_state):
     from scripted import scripted_generate
 
     page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("button", name="Clear", exact=True).last.click()
+    clear_chat(page)
     probe = "http://127.0.0.1:9/probe.png"
     hostile = (
         f"Look ![cat]({probe}) and <img src={probe} onerror=alert(1)> "

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from PIL import Image, ImageDraw
-from test_browser import ARTIFACTS, CHROMIUM, _max_new_tokens, _send, idle, streaming
+from test_browser import ARTIFACTS, CHROMIUM, SLOW, _max_new_tokens, _send, idle, streaming
 
 pytestmark = pytest.mark.browser
 
@@ -49,23 +49,24 @@ def test_stop_during_an_image_prefill_ends_the_reply_at_once(app_url, tmp_path):
         )
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(app_url)
-        page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=30_000)
+        page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
         _max_new_tokens(page, 16)
         _send(page, tmp_path / "photo.png", "Describe this photo.")
         streaming(page)  # the picture is being read: seconds at fp32 on this CPU
         assert page.get_by_text("stopped ·").count() == 0  # still in the prefill
         clicked = time.perf_counter()
         page.get_by_role("button", name="Stop").click()
-        page.get_by_text("stopped ·").last.wait_for(timeout=10_000)
+        page.get_by_text("stopped ·").last.wait_for(timeout=SLOW)
         took = time.perf_counter() - clicked
         page.screenshot(path=str(ARTIFACTS / "stop-prefill.png"), full_page=True)
         footer = page.get_by_text("stopped ·").last.inner_text()
         assert " 0 tokens" in footer  # stopped before its first token
         finished = page.get_by_text("tok/s").or_(page.get_by_text("max tokens ·"))
+        idle(page)  # the box takes a message again
         box = page.get_by_placeholder("Type a message, paste or drop an image…")
         box.fill("Hello")
         box.press("Enter")
-        finished.last.wait_for(timeout=60_000)
+        finished.last.wait_for(timeout=SLOW)
         # the next message was not queued behind the stopped one (its footer would say so)
         assert page.locator("text=/queued/").count() == 0, "the next reply waited in the queue"
         idle(page)

@@ -485,7 +485,16 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
     """The Models tab's Endpoint panel connects; the chat streams a reply to an image from the
     server, Stop ends one, a tool turn shows its call; then the in-process model answers again."""
     from playwright.sync_api import expect, sync_playwright
-    from test_browser import ARTIFACTS, CHROMIUM, _max_new_tokens, _picture, _send, idle, streaming
+    from test_browser import (
+        ARTIFACTS,
+        CHROMIUM,
+        _max_new_tokens,
+        _picture,
+        _send,
+        clear_chat,
+        idle,
+        streaming,
+    )
 
     from lfmui.ui import build_app, launch_settings
 
@@ -533,7 +542,7 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
             assert int(stopped.split(" tokens")[0].split()[-1]) < 4096
 
             _max_new_tokens(page, 64)
-            page.get_by_role("button", name="Clear", exact=True).last.click()
+            clear_chat(page)
             page.get_by_label("Use tools").first.check()
             box.fill(ASK)
             box.press("Enter")

@@ -262,3 +262,61 @@ def test_space_an_endpoints_address_and_fields_are_shown_to_no_visitor(tiny_path
         process.terminate()
         process.wait(timeout=30)
         upstream.shutdown()
+
+
+# what a visitor sends to an event by its index: a value of the input's type, aimed at the
+# shared state (a model to switch to, a level, an unreachable endpoint, a wrong token)
+PROBE = {
+    "dropdown": "lfm2-moe-tiny",
+    "radio": "fp32",
+    "textbox": "http://127.0.0.1:9/v1",
+    "number": 1,
+    "slider": 1,
+    "checkbox": False,
+}
+
+
+def _every_event_as(base: str, session: str) -> list[str]:
+    """Join the queue with every event index of the page, as a visitor's script can; the
+    messages each ended with."""
+    with httpx.Client(headers=AS_VISITOR, timeout=60) as http:
+        config = http.get(f"{base}/config").json()
+        kinds = {c["id"]: c.get("type", "") for c in config["components"]}
+        ended = []
+        for index, dependency in enumerate(config["dependencies"]):
+            if not dependency.get("backend_fn"):
+                continue
+            data = [PROBE.get(kinds.get(i, "")) for i in dependency.get("inputs", [])]
+            joined = http.post(
+                f"{base}/gradio_api/queue/join",
+                json={"data": data, "fn_index": index, "session_hash": session,
+                      "event_data": None, "trigger_id": None},
+            )  # fmt: skip
+            if joined.status_code != 200:
+                ended.append(f"{index}: {joined.status_code}")
+                continue
+            with http.stream(
+                "GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}
+            ) as stream:
+                for line in stream.iter_lines():
+                    message = json.loads(line[6:]) if line.startswith("data: ") else {}
+                    if message.get("msg") == "process_completed":
+                        ended.append(f"{index}: {message.get('success')}")
+                        break
+        return ended
+
+
+def test_space_owner_only_no_event_index_lets_a_visitor_change_the_shared_model(space):
+    port, _, log = space
+    base = f"http://127.0.0.1:{port}"
+    before = _ready(base)
+    ended = _every_event_as(base, "visitor-b-probe")
+    assert len(ended) > 20, ended  # every event of the page was tried
+    after = _call(base, "status", [])[-1][1][0]
+    shared = ("model_id", "quantization", "endpoint", "state")
+    assert {k: after[k] for k in shared} == {k: before[k] for k in shared}, ended
+    # gradio logs its own refusals of malformed event data (an example index that is None, a
+    # value of the wrong type) with a traceback; none may pass through lfmui's code
+    ours = [line for line in log.read_text().splitlines() if 'File "' in line]
+    assert not [line for line in ours if "/lfmui/" in line or "app.py" in line], ours[:20]
+    assert "ERROR lfmui" not in log.read_text()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +17,10 @@ from hypothesis import strategies as st
 from lfmui import tools
 from lfmui.errors import InputError
 from lfmui.toolcalls import END, START, parse, parse_block, validate
+
+# where spawn_and_hang (run in a tool worker, which imports this module anew) writes its child's
+# pid for the test to find
+SPAWNED = Path(tempfile.gettempdir()) / f"lfmui-test-spawned-{os.getuid()}.pid"
 
 WEATHER = tools.BUILTINS["get_weather"].schema()
 SCHEMAS = [t.schema() for t in tools.BUILTINS.values()]
@@ -203,6 +211,16 @@ def boom(x: int) -> int:
 
 def hang() -> str:
     """Wait too long."""
+    time.sleep(3600)
+    return "late"
+
+
+def spawn_and_hang() -> str:
+    """Start a helper process, then wait too long."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    SPAWNED.write_text(str(child.pid))
     time.sleep(3600)
     return "late"
 
@@ -591,3 +609,18 @@ def test_parse_tool_calls_stays_linear_on_200_kB(shape):
         took.append(time.perf_counter() - started)
     assert min(took) <= 0.1, took
     assert len(parsed.errors) <= 17  # at most one per block read, and one for the rest
+
+
+def test_hung_tool_pool_a_killed_tool_takes_its_children_with_it():
+    """Issue 26: a timed-out tool's child process outlived its killed worker."""
+    import psutil
+
+    SPAWNED.write_text("")
+    registry = {"spawn": tools.Tool.from_function(spawn_and_hang)}
+    hung = tools.execute({"name": "spawn", "arguments": {}}, registry, timeout=1.0)
+    assert "did not finish within 1 s; it was stopped" in hung.output
+    pid = int(SPAWNED.read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the tool's child outlived its worker"
+        time.sleep(0.05)
