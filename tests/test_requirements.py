@@ -68,10 +68,15 @@ def undeclared(paths: list[Path], local: set[str], *files: Path) -> list[str]:
         if not dists & names:
             problems.append(
                 f"{module} (imported by {', '.join(sorted(where))}) comes from "
-                f"{' or '.join(sorted(dists))}, which {' and '.join(f.name for f in files)} "
-                f"do not declare: add it there, then run `{REGENERATE}`"
+                f"{' or '.join(sorted(dists))}, which {' and '.join(_shown(f) for f in files)} "
+                f"{'does' if len(files) == 1 else 'do'} not declare: add it there, then run "
+                f"`{REGENERATE}`"
             )
     return problems
+
+
+def _shown(file: Path) -> str:
+    return str(file.relative_to(ROOT)) if file.is_relative_to(ROOT) else file.name
 
 
 def mismatches(requirements: dict[str, Requirement], pins: dict[str, str]) -> list[str]:
