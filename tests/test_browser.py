@@ -37,20 +37,20 @@ def until(action, check, timeout_ms: int = SLOW) -> None:
                 raise
 
 
-def streaming(page) -> None:
+def streaming(page, timeout_ms: int = SLOW) -> None:
     """The reply streams: the box's send arrow has turned into Stop."""
-    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=SLOW)
+    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=timeout_ms)
 
 
 def clear_chat(page) -> None:
     """Clear the chat, and wait until the page shows it empty."""
     page.get_by_role("button", name="Clear", exact=True).last.click()
-    expect(page.locator("[data-testid=user]")).to_have_count(0, timeout=SLOW)
+    expect(page.locator("[data-testid=user]:visible")).to_have_count(0, timeout=SLOW)
 
 
-def idle(page) -> None:
+def idle(page, timeout_ms: int = SLOW) -> None:
     """No reply streams: Stop has turned back into the send arrow."""
-    expect(page.get_by_role("button", name="Stop")).to_be_hidden(timeout=SLOW)
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden(timeout=timeout_ms)
 
 
 class AppState:
