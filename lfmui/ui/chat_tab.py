@@ -183,7 +183,7 @@ class ChatTab:
             self.earlier_button = gr.Button("◀ Earlier answer", size="sm", min_width=80)
             self.regenerate_button = gr.Button("Regenerate")
             self.undo_button = gr.Button("Undo last turn (edit)")
-            self.clear_button = gr.Button("Clear")
+            self.clear_button = gr.Button("Clear", elem_id="chat-clear")
             self.later_button = gr.Button("Later answer ▶", size="sm", min_width=80)
         with gr.Accordion("Generation settings", open=False):
             self.system_prompt = gr.Textbox(label="System prompt", lines=2)
@@ -201,7 +201,9 @@ class ChatTab:
                 self.code_button = gr.Button("Show as code", size="sm")
             with gr.Row():
                 self.exported = gr.File(label="Exported session (download)", interactive=False)
-                self.imported = gr.File(label="Import a session file", file_types=[".json"])
+                self.imported = gr.File(
+                    label="Import a session file", file_types=[".json"], elem_id="session-import"
+                )
             self.transformers_box = gr.Code(
                 language="python", label="transformers code", visible=False
             )
