@@ -102,7 +102,7 @@ class Endpoint:
     @property
     def where(self) -> str:
         """The address as the page and the API show it."""
-        return self.url if self.show_url else "an endpoint the owner connected"
+        return self.url if self.show_url else "the endpoint the owner connected"
 
     @classmethod
     def connect(
@@ -212,9 +212,9 @@ class Endpoint:
         except EndpointError as exc:
             yield Event("error", data={"error": "EndpointError", "message": str(exc)})
             return
-        if stream is None:  # Stop, or the deadline, came before the response headers
+        if stream is None:  # Stop came before the response headers
             yield Event("metrics", data=self._metrics(reply, submitted, settings))
-            yield Event("done", data={"reason": reason})
+            yield Event("done", data={"reason": "stopped"})
             return
         most_chunks = settings.max_new_tokens + EXTRA_CHUNKS
         most_chars = max(MIN_REPLY_CHARS, settings.max_new_tokens * CHARS_PER_TOKEN)
@@ -230,14 +230,14 @@ class Endpoint:
                         expired.set()
                         break
                     delta = reply.take(chunk)
-                    over = reply.generated > most_chunks or reply.chars > most_chars
-                    if over:  # the server sends past what was asked for: it ends here
-                        reason = "max_tokens"
-                        delta = delta[: max(0, len(delta) - (reply.chars - most_chars))]
-                        delta = "" if reply.generated > most_chunks else delta
+                    # a server that sends past what was asked for is cut there
+                    if reply.generated > most_chunks:
+                        reason, delta = "max_tokens", ""
+                    elif reply.chars > most_chars:
+                        reason, delta = "max_tokens", delta[: most_chars - reply.chars]
                     if delta:
                         yield Event("text", delta)
-                    if over:
+                    if reason:
                         break
         except Exception as exc:  # noqa: BLE001 - the network and the server's JSON: a sentence
             if not (stop.is_set() or expired.is_set()):  # else: closed under the reading
@@ -293,8 +293,8 @@ class Endpoint:
     def _open_within(
         self, body: dict[str, Any], time_limit: float, stop: threading.Event, deadline: float
     ) -> tuple[Any, str | None]:
-        """The stream, or (None, "stopped" / "time_limit") when Stop or the deadline comes
-        before the response headers (a stream that arrives later is closed at once)."""
+        """The stream, or (None, "stopped") when Stop comes before the response headers;
+        EndpointError when the deadline does (a stream that arrives later is closed at once)."""
         box: dict[str, Any] = {}
         opened = threading.Event()
 
@@ -314,7 +314,9 @@ class Endpoint:
                 box["abandoned"] = True
                 if opened.is_set() and "stream" in box:  # it came just now
                     box["stream"].close()
-                return None, "stopped" if stop.is_set() else "time_limit"
+                if not stop.is_set():
+                    raise EndpointError(self._too_slow())
+                return None, "stopped"
         if "error" in box:
             raise box["error"]
         return box["stream"], None
@@ -344,16 +346,23 @@ class Endpoint:
                 raise EndpointError(self._said(exc)) from None
 
     # ---- sentences ----------------------------------------------------------------------------
+    def _named(self) -> str:
+        """The endpoint as a sentence begins with it (its address only where it may be shown)."""
+        return f"The endpoint {self.url}" if self.show_url else "The endpoint the owner connected"
+
+    def _too_slow(self) -> str:
+        return (
+            f"{self._named()} did not answer in time. Check that the server is running "
+            "and not overloaded, or raise the time limit, then send again."
+        )
+
     def _said(self, exc: BaseException) -> str:
         """What the user reads when the server failed with `exc`."""
         import openai
 
-        where = f"The endpoint {self.url}"
+        where = self._named()
         if isinstance(exc, openai.APITimeoutError):
-            return (
-                f"{where} did not answer in time. Check that the server is running and not "
-                "overloaded, or raise the time limit, then send again."
-            )
+            return self._too_slow()
         if isinstance(exc, openai.APIConnectionError):
             return (
                 f"{where} cannot be reached ({_cause(exc)}). Start the server or fix the "
@@ -379,7 +388,7 @@ class Endpoint:
 
     def _cut_short(self) -> str:
         return (
-            f"The endpoint {self.url} ended the reply before it finished (the stream was cut "
+            f"{self._named()} ended the reply before it finished (the stream was cut "
             "short). The server may have restarted or run out of memory; send again."
         )
 
@@ -399,7 +408,7 @@ class Endpoint:
             "generated_tokens": generated,
             "total_s": round(ended - submitted, 4),
             "image_tokens": 0,
-            "endpoint": self.url,
+            "endpoint": self.where,
             "tokens_counted_from": "usage" if reply.usage else "stream chunks",
         }
         if self.refused:

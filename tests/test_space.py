@@ -256,7 +256,9 @@ def test_space_an_endpoints_address_and_fields_are_shown_to_no_visitor(tiny_path
         assert status["model_id"] == "upstream-model" and status["endpoint"], status
         page = httpx.get(f"{base}/", headers=AS_VISITOR, timeout=30).text
         config = httpx.get(f"{base}/config", headers=AS_VISITOR, timeout=30).text
-        for seen in (json.dumps(status), page, config):
+        reply = _call(base, "generate", ["Hi", None, '{"max_new_tokens": 4}'])  # its sentence
+        metrics = _call(base, "last_metrics", [])
+        for seen in (json.dumps(status), page, config, json.dumps(reply), json.dumps(metrics)):
             assert address not in seen and "an-owner-secret" not in seen
     finally:
         process.terminate()
