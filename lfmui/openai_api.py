@@ -217,9 +217,8 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
     return {names[k]: v for k, v in body.items() if k in names and v is not None}
 
 
-def _conversation(messages: Any, folder: Path) -> list[dict[str, Any]]:
-    if not isinstance(messages, list) or not messages:
-        raise ApiError("messages must be a non-empty list.", param="messages")
+def _conversation(messages: list[Any], folder: Path) -> list[dict[str, Any]]:
+    """The messages, counted and shaped by ``_count`` already, with their images decoded."""
     conversation = []
     for number, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in (
