@@ -43,8 +43,10 @@ def streaming(page, timeout_ms: int = SLOW) -> None:
 
 
 def clear_chat(page) -> None:
-    """Clear the chat, and wait until the page shows it empty (the chat's own Clear: a file
-    box that holds a file has a Clear button too)."""
+    """Once no reply streams (a reply's last updates would fill the chat again), clear the
+    chat, and wait until the page shows it empty (the chat's own Clear: a file box that holds
+    a file has a Clear button too)."""
+    idle(page)
     page.locator("#chat-clear").click()
     expect(page.locator("[data-testid=user]:visible")).to_have_count(0, timeout=SLOW)
 
@@ -450,9 +452,9 @@ def test_item08_a_refused_image_keeps_the_chat_and_the_box(page, tmp_path):
     box.fill("Hello.")
     box.press("Enter")
     page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
-    users = page.locator("[data-testid=user]")
-    before = users.count()
-    assert before == 1
+    users = page.locator("[data-testid=user]:visible")
+    expect(users).to_have_count(1)
+    before = 1
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image at all")
     _send(page, bad, "Is this picture readable?")
