@@ -465,6 +465,8 @@ def test_item08_a_refused_image_keeps_the_chat_and_the_box(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "refused.png"), full_page=True)
     page.reload()  # a fresh session for the tests after (the box still holds the bad file)
     page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+    # the chat comes back from this browser's storage (and has, before the next test clears)
+    expect(page.locator("[data-testid=user]:visible").filter(has_text="Hello.")).to_have_count(1)
 
 
 def test_export_and_reimport_a_session(page, tmp_path):

@@ -442,9 +442,11 @@ class ChatTab:
         )
         if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
             self.box.stop(None, None, None, cancels=[submitted, regenerated, edited])
-        cleared = self.clear_button.click(lambda: ([], []), None, chat, queue=False, **private)
+        # queued, like the page's restore of the kept chats: a Clear right after a reload comes
+        # after that restore instead of being overtaken by it (the restored chat came back)
+        cleared = self.clear_button.click(lambda: ([], []), None, chat, **private)
         # the Chatbot's own trash icon clears the rendering; the conversation must go with it
-        trashed = self.chatbot.clear(lambda: [], None, self.state, queue=False, **private)
+        trashed = self.chatbot.clear(lambda: [], None, self.state, **private)
         store = ([self.saved, self.chat_id, self.state], [self.saved, self.past])
         flips = [
             button.click(lambda h, s=step: self.on_flip(h, s), self.state, chat, **private)
