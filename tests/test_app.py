@@ -654,3 +654,47 @@ def test_tool_schemas_jsonschema_cannot_use_are_refused(client, schema, where):
     tools_json = json.dumps([{"name": "f", "parameters": schema}])
     with pytest.raises(AppError, match=f"not a valid JSON schema \\({where}"):
         client.predict("[f()]", tools_json, api_name="/parse_tool_calls")
+
+
+def test_clear_stops_a_running_reply_and_waits_for_its_last_update():
+    """Clear against a streaming reply: the reply is stopped, and Clear answers only once the
+    reply has ended, so the reply's last update cannot fill the cleared chat again."""
+    import threading
+    import time
+
+    from lfmui.ui.running import Running
+
+    running = Running("busy")
+    sent: list[str] = []
+
+    def reply():
+        with running.one("s") as stop:
+            while not stop.wait(0.01):
+                sent.append("token")
+            time.sleep(0.2)  # the stopped reply's last update takes a while
+            sent.append("last update")
+
+    worker = threading.Thread(target=reply)
+    worker.start()
+    while not sent:
+        time.sleep(0.01)
+    assert running.stop_and_wait("s", timeout=5)
+    sent.append("cleared")
+    worker.join()
+    assert sent[-2:] == ["last update", "cleared"]
+    assert running.stop_and_wait("nobody", timeout=0.1)  # nothing running: at once
+
+    held = threading.Event()
+
+    def deaf():  # a reply that ignores Stop: Clear gives up and says so
+        with running.one("t"):
+            held.wait(5)
+
+    worker = threading.Thread(target=deaf)
+    worker.start()
+    while running.flag("t") is None:
+        time.sleep(0.01)
+    assert not running.stop_and_wait("t", timeout=0.2)
+    held.set()
+    worker.join()
+    assert running.flag("t") is None

@@ -441,6 +441,26 @@ def test_item31_one_reply_per_chat_while_it_streams(page, app_state):
     _max_new_tokens(page, 64)
 
 
+def test_clear_while_a_reply_streams_stops_it_and_the_chat_stays_empty(page, app_state):
+    """Clear during a reply: the reply stops, and its last update does not bring the chat
+    back (it used to, when Clear landed between two of the reply's updates)."""
+    page.get_by_role("tab", name="Chat").click()
+    clear_chat(page)
+    _max_new_tokens(page, 4096)
+    box = page.get_by_placeholder("Type a message, paste or drop an image…")
+    with app_state.reply_never_ends(seconds_per_token=0.02):
+        box.fill("Clear me while you answer.")
+        box.press("Enter")
+        page.locator("[data-testid=bot]").last.wait_for(timeout=SLOW)
+        streaming(page)
+        clear_chat(page)
+        idle(page)  # the reply has ended (its send arrow is back after its last update)
+    assert app_state.generation_thread_idle(5)
+    expect(page.locator("[data-testid=user]:visible")).to_have_count(0)
+    expect(page.locator("[data-testid=bot]:visible")).to_have_count(0)
+    _max_new_tokens(page, 64)
+
+
 def test_item08_a_refused_image_keeps_the_chat_and_the_box(page, tmp_path):
     """A refusal is a warning toast; the chat and the message box (text and attachment) stay
     on screen as they were (a gr.Error would draw an Error badge over both)."""

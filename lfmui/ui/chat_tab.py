@@ -27,6 +27,7 @@ EXAMPLES = [
     str(Path(__file__).resolve().parents[2] / "assets" / "examples" / name)
     for name in ("chart.png", "house.png")
 ]
+CLEAR_WAIT_S = 10.0  # how long Clear waits for a stopped reply to end (it stops within a token)
 _replies = Running(  # the chat's running reply per session
     "A reply is still streaming in this chat; wait for it or press Stop, then send again."
 )
@@ -348,6 +349,15 @@ class ChatTab:
     def on_stop(request: gr.Request) -> None:
         _replies.stop(request.session_hash)
 
+    @staticmethod
+    def on_clear(request: gr.Request):
+        """The chat empties. A reply still streaming in it is stopped first and has ended
+        before the empty chat is sent: its last update would otherwise fill the chat again."""
+        if not _replies.stop_and_wait(request.session_hash, CLEAR_WAIT_S):
+            gr.Warning("The reply is still stopping; press Clear again in a moment.")
+            return gr.skip(), gr.skip()
+        return [], []
+
     @warns(outputs=1)
     def on_export(self, data: dict):
         if not data[self.state]:
@@ -444,9 +454,9 @@ class ChatTab:
             self.box.stop(None, None, None, cancels=[submitted, regenerated, edited])
         # queued, like the page's restore of the kept chats: a Clear right after a reload comes
         # after that restore instead of being overtaken by it (the restored chat came back)
-        cleared = self.clear_button.click(lambda: ([], []), None, chat, **private)
+        cleared = self.clear_button.click(self.on_clear, None, chat, **private)
         # the Chatbot's own trash icon clears the rendering; the conversation must go with it
-        trashed = self.chatbot.clear(lambda: [], None, self.state, **private)
+        trashed = self.chatbot.clear(self.on_clear, None, chat, **private)
         store = ([self.saved, self.chat_id, self.state], [self.saved, self.past])
         flips = [
             button.click(lambda h, s=step: self.on_flip(h, s), self.state, chat, **private)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ class Running:
     def __init__(self, busy: str) -> None:
         self.busy = busy  # what a second request while one runs is told
         self._flags: dict[str, weakref.ref[threading.Event]] = {}
+        self._ended: dict[str, threading.Event] = {}  # set once the session's reply has ended
         self._lock = threading.Lock()
 
     def flag(self, session: str) -> threading.Event | None:
@@ -41,6 +43,23 @@ class Running:
         if flag is not None:
             flag.set()
 
+    def stop_and_wait(self, session: str, timeout: float) -> bool:
+        """Stop the session's running reply and wait until it has ended (its last update is
+        then sent): False if it is still running after `timeout` seconds."""
+        with self._lock:
+            flag, ended = self.flag(session), self._ended.get(session)
+        if flag is None or ended is None:
+            return True
+        flag.set()
+        del flag  # held only by the reply: a dropped generator frees the session
+        deadline = time.monotonic() + timeout
+        while not ended.wait(0.05):
+            if self.flag(session) is None:
+                return True
+            if time.monotonic() > deadline:
+                return False
+        return True
+
     @contextlib.contextmanager
     def one(self, session: str) -> Iterator[threading.Event]:
         """The Stop flag of a new reply in `session`; a second one while it runs is refused
@@ -48,11 +67,15 @@ class Running:
         with self._lock:
             if self.flag(session) is not None:
                 raise InputError(self.busy)
-            flag = threading.Event()
+            flag, ended = threading.Event(), threading.Event()
             self._flags[session] = weakref.ref(flag)
+            self._ended[session] = ended
         try:
             yield flag
         finally:
             with self._lock:
                 if self.flag(session) is flag:
                     del self._flags[session]
+                if self._ended.get(session) is ended:
+                    del self._ended[session]
+            ended.set()
