@@ -66,3 +66,8 @@ def read_json(text: str | bytes, what: str) -> object:
 
 class InsufficientMemory(LfmuiError):
     """A load refused before it starts: the model at that level would not fit here."""
+
+
+class PoolFull(InsufficientMemory):
+    """A model would not fit the pool's budget, and the models that would have to go are
+    answering: nothing was unloaded."""

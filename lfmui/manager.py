@@ -29,6 +29,7 @@ from lfmui.errors import (
     LoadInProgress,
     ModelLoadError,
     NoModelLoaded,
+    PoolFull,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class ModelStatus(TypedDict):
     """``LoadedModel.status`` (what /load_model returns): typed for the API page."""
 
     model_id: str
+    key: str  # how a pick names it: model id @ level
     label: str
     kind: str  # vl or text
     quantization: str
@@ -68,6 +70,13 @@ class LoadedModel:
     cancel: threading.Event = field(default_factory=threading.Event)  # set: switch wants it gone
     leases: int = 0
     decode_note: str = ""
+    footprint: int = 0  # what it takes of the pool's budget: the pre-flight estimate's total
+    last_used: float = field(default_factory=time.monotonic)  # for least-recently-used eviction
+
+    @property
+    def key(self) -> str:
+        """How the pool names it: a model at one level (a second level is a second model)."""
+        return pool_key(self.spec.id, self.quantization)
 
     @property
     def tokenizer(self) -> Any:
@@ -76,6 +85,7 @@ class LoadedModel:
     def status(self) -> ModelStatus:
         return ModelStatus(
             model_id=self.spec.id,
+            key=self.key,
             label=self.spec.label,
             kind=self.spec.kind,
             quantization=self.quantization,
@@ -105,13 +115,36 @@ class Readiness(TypedDict):
     requests_in_flight: int
 
 
+def pool_key(model_id: str, quantization: str) -> str:
+    return f"{model_id}@{quantization}"
+
+
+class PoolEntry(TypedDict):
+    """One model of ``ModelManager.pool``: what a visitor's picker lists."""
+
+    key: str  # what a pick names: model id @ level
+    model_id: str
+    quantization: str
+    default: bool  # answers visitors who picked nothing
+    answering: int  # requests using it now (it cannot be evicted while this is above 0)
+    idle_s: float
+    gib: float  # its share of the pool's budget
+
+
 def memory_report(loaded: LoadedModel | None) -> dict[str, Any]:
     """`loaded`'s weight bytes, the process RSS and, on CUDA, allocated/reserved/peak."""
     return heap.memory_report(loaded.weight_bytes if loaded else 0, quant.cuda_available())
 
 
 class ModelManager:
-    """Holds one model; loads, switches and unloads it under a lock."""
+    """Holds the resident models: one by default; with a pool budget, as many as it holds.
+
+    Without a budget a load replaces the resident model (a laptop: picking a model loads it).
+    With `pool_budget` bytes, models stay resident side by side while their estimates fit the
+    budget; a load that does not fit evicts the least recently used idle ones, never one that
+    is answering, and is refused with a sentence when evicting every idle one is not enough.
+    The default model answers whoever picked none; a pick names a resident model by its key.
+    """
 
     def __init__(
         self,
@@ -119,6 +152,8 @@ class ModelManager:
         drain_seconds: float = 10.0,
         on_loaded: Callable[[LoadedModel], str] | None = None,
         stop_seconds: float = 30.0,
+        pool_budget: int | None = None,
+        load_on_demand: bool = False,
     ) -> None:
         self.catalog = catalog or Catalog()
         self.on_loaded = on_loaded  # e.g. engine.warm_up: compile before the first request
@@ -126,7 +161,10 @@ class ModelManager:
         self.stop_seconds = stop_seconds  # then, asked to stop, they let go within this
         self._load_lock = threading.Lock()
         self._state = threading.Condition()
-        self._current: LoadedModel | None = None
+        self._current: LoadedModel | None = None  # the default model
+        self._pool: dict[str, LoadedModel] = {}  # every resident model, the default included
+        self.pool_budget = pool_budget  # bytes; None: one resident model
+        self.load_on_demand = load_on_demand  # a visitor's pick may load into the pool
         self._switching = False
         self.loading: str | None = None  # id being loaded, for the status card
         # an OpenAI-compatible server that answers instead of the resident model (which stays
@@ -141,31 +179,95 @@ class ModelManager:
     def current(self) -> LoadedModel | None:
         return self._current
 
-    @contextlib.contextmanager
-    def lease(self) -> Iterator[LoadedModel]:
-        """Use the resident model for one request; a switch waits for (or stops) the lease."""
+    def resolve(self, pick: str | None) -> LoadedModel | None:
+        """The resident model a pick names: its key (id@level), or a model id (its most
+        recently used level); None, "" or "default": the default model."""
+        if pick in (None, "", "default"):
+            return self._current
         with self._state:
-            loaded = self._current
-            if self._switching or (loaded is None and self.loading):
+            if pick in self._pool:
+                return self._pool[pick]
+            same = [m for m in self._pool.values() if m.spec.id == pick]
+        return max(same, key=lambda m: m.last_used) if same else None
+
+    @contextlib.contextmanager
+    def lease(self, pick: str | None = None) -> Iterator[LoadedModel]:
+        """Use a resident model for one request (the default one, or the one `pick` names);
+        a switch or an eviction waits for (or stops) the lease."""
+        with self._state:
+            loaded = self.resolve(pick)
+            default = loaded is self._current
+            if default and (self._switching or (loaded is None and self.loading)):
                 raise NoModelLoaded(
                     f"A model switch is in progress ({self.loading or 'finishing'}); "
                     "send again in a moment."
                 )
+            if loaded is None and pick not in (None, "", "default"):
+                raise NoModelLoaded(
+                    f"{str(pick)[:80]} is not loaded here any more (it made room for another "
+                    "model). Pick a loaded model in the Models tab, or pick this one again."
+                )
             if loaded is None:
                 raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
             loaded.leases += 1
+            loaded.last_used = time.monotonic()
         try:
             yield loaded
         finally:
             with self._state:
                 loaded.leases -= 1
+                loaded.last_used = time.monotonic()
                 self._state.notify_all()
 
-    def readiness(self) -> Readiness:
+    def pool(self) -> list[PoolEntry]:
+        """The resident models, most recently used first."""
+        now = time.monotonic()
+        with self._state:
+            resident = sorted(self._pool.values(), key=lambda m: -m.last_used)
+            return [
+                PoolEntry(
+                    key=m.key,
+                    model_id=m.spec.id,
+                    quantization=m.quantization,
+                    default=m is self._current,
+                    answering=m.leases,
+                    idle_s=0.0 if m.leases else round(now - m.last_used, 1),
+                    gib=round(m.footprint / GIB, 3),
+                )
+                for m in resident
+            ]
+
+    def pick(
+        self,
+        model_id: str,
+        quantization: str | None = None,
+        progress: Progress | None = None,
+        may_load: bool | None = None,
+    ) -> str:
+        """A visitor's pick: the key of a resident `model_id` (at `quantization` when named),
+        loaded into the pool first when loading on demand is allowed (`may_load`, else the
+        owner's setting) and it fits; the default model is left as it is."""
+        wanted = None if quantization in (None, "", "auto") else str(quantization)
+        with self._state:
+            for loaded in sorted(self._pool.values(), key=lambda m: -m.last_used):
+                if loaded.spec.id == model_id and wanted in (None, loaded.quantization):
+                    loaded.last_used = time.monotonic()
+                    return loaded.key
+        if not (self.load_on_demand if may_load is None else may_load):
+            self.catalog.get(model_id)  # an unknown id: its own sentence
+            resident = ", ".join(sorted(self._pool)) or "none"
+            raise NoModelLoaded(
+                f"{model_id} is not loaded here, and only the owner may load models. "
+                f"Pick a loaded one ({resident})."
+            )
+        return self._load(model_id, quantization, progress, default=False)["key"]
+
+    def readiness(self, pick: str | None = None) -> Readiness:
         """What answers now, the one place that says it: ready or not (and why), the endpoint
-        in use or the resident model, whether it reads images, whether its replies are
-        random-weight noise, and the requests holding the model now."""
-        loaded, endpoint = self._current, self.endpoint
+        in use or the resident model (the default one, or the one `pick` names), whether it
+        reads images, whether its replies are random-weight noise, and the requests holding
+        the model now."""
+        loaded, endpoint = self.resolve(pick), self.endpoint
         if endpoint is not None:
             state = "ready"
         elif self._switching or self.loading:
@@ -200,7 +302,12 @@ class ModelManager:
     def load(
         self, model_id: str, quantization: str | None = None, progress: Progress | None = None
     ) -> ModelStatus:
-        """Make `model_id` at `quantization` the resident model; return its status."""
+        """Make `model_id` at `quantization` the default model; return its status."""
+        return self._load(model_id, quantization, progress, default=True)
+
+    def _load(
+        self, model_id: str, quantization: str | None, progress: Progress | None, default: bool
+    ) -> ModelStatus:
         if not self._load_lock.acquire(blocking=False):
             raise LoadInProgress(
                 f"{self.loading or 'Another model'} is loading; wait for it to finish, then retry."
@@ -208,17 +315,21 @@ class ModelManager:
         try:
             with self._state:
                 self.loading = str(model_id)[:80]
-            return self._load_locked(model_id, quantization, progress or _no_progress)
+            return self._load_locked(model_id, quantization, progress or _no_progress, default)
         finally:
             with self._state:
                 self.loading = None
             self._load_lock.release()
 
     def unload(self) -> None:
+        """Unload every resident model (each after its requests drain)."""
         with self._load_lock:
-            self._retire_current()
+            for loaded in list(self._pool.values()):
+                self._retire(loaded)
 
-    def _load_locked(self, model_id: str, quantization: str | None, progress: Progress) -> dict:
+    def _load_locked(
+        self, model_id: str, quantization: str | None, progress: Progress, default: bool
+    ) -> ModelStatus:
         spec = self.catalog.get(model_id)
         current = self._current
         try:
@@ -230,8 +341,14 @@ class ModelManager:
                 location = self._locate(spec, progress)
                 config = memory.config_of(spec, location)
             level = self._fitting_level(spec, config, quantization)
-            if current and current.spec.id == spec.id and current.quantization == level.name:
-                return current.status()
+            resident = self._pool.get(pool_key(spec.id, level.name))
+            if resident is not None:
+                if default:
+                    with self._state:
+                        self._current = resident
+                return resident.status()
+            footprint = memory.estimate(config, level).total
+            evicted = self._room_for(spec.id, level.name, footprint)  # refused: nothing changed
             progress(0.05, f"checking {spec.id}")
             location = location or self._locate(spec, progress)
             if spec.source == "hub":  # the weights come down while the old model still serves
@@ -240,9 +357,13 @@ class ModelManager:
             raise
         except Exception as exc:  # building an offline checkpoint ran out of memory, say
             raise ModelLoadError(_load_failure(spec, exc)) from None
-        previous = (current.spec.id, current.quantization) if current else None
-        progress(0.3, "freeing the previous model" if current else "loading weights")
-        self._retire_current()
+        replaced = [current] if current and self.pool_budget is None else []
+        previous = (current.spec.id, current.quantization) if replaced else None
+        progress(0.3, "freeing the previous model" if replaced or evicted else "loading weights")
+        for loaded in replaced:
+            self._retire(loaded)
+        for loaded in evicted:
+            self._retire(loaded, idle_only=True)
         failure = None
         try:
             progress(0.4, f"loading {spec.id} ({level.name})")
@@ -262,19 +383,56 @@ class ModelManager:
             if previous:
                 failure += self._restore(*previous)
             raise ModelLoadError(failure)
+        loaded.footprint = footprint
         with self._state:
-            self._current = loaded
+            self._pool[loaded.key] = loaded
+            if default or self._current is None:
+                self._current = loaded
         progress(1.0, f"{spec.id} loaded")
         return loaded.status()
+
+    def _room_for(self, model_id: str, level: str, footprint: int) -> list[LoadedModel]:
+        """The idle models to evict, least recently used first, so that `footprint` more
+        bytes fit the pool's budget; PoolFull (nothing evicted) when evicting every idle one
+        is not enough. Without a budget the resident model is replaced, as a switch."""
+        if self.pool_budget is None:
+            return []
+        with self._state:
+            resident = sorted(self._pool.values(), key=lambda m: m.last_used)
+        used = sum(m.footprint for m in resident)
+        evicted: list[LoadedModel] = []
+        for loaded in resident:
+            if used + footprint <= self.pool_budget:
+                break
+            if loaded.leases == 0:
+                evicted.append(loaded)
+                used -= loaded.footprint
+        if used + footprint <= self.pool_budget:
+            return evicted
+        answering = [m.key for m in resident if m not in evicted]
+        if footprint > self.pool_budget:
+            reason = "more than the whole pool holds"
+        else:
+            reason = f"the pool is full and {', '.join(answering)} are answering now"
+        raise PoolFull(
+            f"{model_id} at {level} needs about {memory.gib(footprint)} of the pool's "
+            f"{memory.gib(self.pool_budget)}: {reason}, so no model was unloaded for it. "
+            "Pick a loaded model, or pick this one again when a reply has ended."
+        )
 
     def levels(self, model_id: str) -> list[dict[str, Any]]:
         """Every quantization level for `model_id`: runs here, memory estimate, fits now."""
         return memory.levels_for(self.catalog.get(model_id), *self._room())
 
     def _room(self) -> tuple[str, int]:
-        """The device a load goes to, and the bytes the resident model frees on a switch."""
-        current = self._current
-        return "cuda" if quant.cuda_available() else "cpu", current.weight_bytes if current else 0
+        """The device a load goes to, and the bytes a load may free: the resident model's on a
+        switch; with a pool, the idle models' (eviction)."""
+        device = "cuda" if quant.cuda_available() else "cpu"
+        if self.pool_budget is None:
+            current = self._current
+            return device, current.weight_bytes if current else 0
+        with self._state:
+            return device, sum(m.weight_bytes for m in self._pool.values() if not m.leases)
 
     def _fitting_level(self, spec, config, quantization) -> quant.QuantLevel:
         """The level to load: the one asked for, refused at once (InsufficientMemory) when it
@@ -307,6 +465,7 @@ class ModelManager:
             )  # outside the except block, as in _load_locked
             return f" The previous model ({model_id}) could not be reloaded; load one again."
         with self._state:
+            self._pool[loaded.key] = loaded
             self._current = loaded
         return f" The previous model ({model_id}, {quantization}) is loaded again."
 
@@ -363,15 +522,20 @@ class ModelManager:
             weight_bytes=heap.weight_bytes(model),
         )
 
-    def _retire_current(self) -> None:
-        """Drain leases (grace period, then ask them to stop), then free the resident model.
-        A lease that outlasts both (a request stuck outside generation) ends the switch with
-        ModelLoadError, the resident model still serving."""
+    def _retire(self, loaded: LoadedModel, idle_only: bool = False) -> None:
+        """Drain `loaded`'s leases (grace period, then ask them to stop), then free it. A lease
+        that outlasts both (a request stuck outside generation) ends the switch with
+        ModelLoadError, the model still serving. An eviction (`idle_only`) takes an idle
+        model only: one that began answering meanwhile stays, and the load is refused."""
         with self._state:
-            loaded = self._current
-            if loaded is None:
+            if self._pool.get(loaded.key) is not loaded:
                 return
-            self._switching = True
+            if idle_only and loaded.leases:
+                raise PoolFull(
+                    f"{loaded.key} began answering while room was made for another model, so "
+                    "it stays; pick again when its reply has ended."
+                )
+            self._switching = loaded is self._current
             try:
                 if not self._state.wait_for(lambda: not loaded.leases, self.drain_seconds):
                     loaded.cancel.set()  # generations stop at their next token
@@ -382,7 +546,10 @@ class ModelManager:
                             f"stop within {self.drain_seconds + self.stop_seconds:g} s, so it "
                             "keeps serving. Stop or close the running replies, then load again."
                         )
-                self._current = None
+                del self._pool[loaded.key]
+                if self._current is loaded:  # the most recently used other one takes over
+                    rest = sorted(self._pool.values(), key=lambda m: -m.last_used)
+                    self._current = rest[0] if rest else None
             finally:
                 self._switching = False
         loaded.model = None

@@ -425,3 +425,82 @@ def test_a_switch_drops_the_decoded_pictures(manager, tmp_path):
     assert images._decoded
     manager.load("lfm2-moe-tiny", "fp32")
     assert not images._decoded
+
+
+def _pool_manager(budget_models: int) -> tuple[ModelManager, dict[str, int]]:
+    """A pool whose budget holds `budget_models` of the tiny fp32 models (their estimates)."""
+    from lfmui import memory
+
+    sizes = {
+        name: memory.estimate(memory.config_of(Catalog().get(name)), quant.resolve("fp32")).total
+        for name in ("lfm2-vl-tiny", "lfm2-moe-tiny")
+    }
+    budget = sum(sorted(sizes.values())[-budget_models:]) if budget_models else 1
+    return ModelManager(pool_budget=budget), sizes
+
+
+def _reply_from(manager: ModelManager, key: str) -> str:
+    with manager.lease(key) as loaded:
+        assert loaded.key == key
+        inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "hello"}])
+        settings = engine.Settings(max_new_tokens=3, temperature=0)
+        events = list(engine.stream(loaded, inputs, settings))
+    assert events[-1].kind == "done", events
+    return loaded.spec.id
+
+
+def test_pool_a_third_pick_evicts_the_idle_least_recently_used_model(tiny_paths):
+    manager, _ = _pool_manager(2)
+    manager.load("lfm2-vl-tiny", "fp32")
+    vl = weakref.ref(manager.current().model)
+    moe = manager.pick("lfm2-moe-tiny", "fp32", may_load=True)
+    assert [e["key"] for e in manager.pool()] == [moe, "lfm2-vl-tiny@fp32"]
+    assert manager.current().spec.id == "lfm2-vl-tiny"  # a visitor's pick leaves the default
+    assert _reply_from(manager, moe) == "lfm2-moe-tiny"  # the vl model is now the idle LRU
+    third = manager.pick("lfm2-vl-tiny", "bf16", may_load=True)
+    assert sorted(e["key"] for e in manager.pool()) == sorted([moe, third])
+    gc.collect()
+    assert vl() is None  # the evicted model's weights are freed
+    assert _reply_from(manager, third) == "lfm2-vl-tiny"
+    with pytest.raises(NoModelLoaded, match="not loaded here any more"):
+        with manager.lease("lfm2-vl-tiny@fp32"):
+            pass
+    manager.unload()
+    assert manager.pool() == []
+
+
+def test_pool_a_pick_while_every_model_answers_is_refused_and_nothing_is_killed(tiny_paths):
+    from lfmui.errors import PoolFull
+
+    manager, _ = _pool_manager(2)
+    manager.load("lfm2-vl-tiny", "fp32")
+    moe = manager.pick("lfm2-moe-tiny", "fp32", may_load=True)
+    with manager.lease("lfm2-vl-tiny@fp32") as a, manager.lease(moe) as b:
+        with pytest.raises(PoolFull, match="are answering now") as refused:
+            manager.pick("lfm2-vl-tiny", "bf16", may_load=True)
+        assert "Pick a loaded model" in str(refused.value)
+        assert not a.cancel.is_set() and not b.cancel.is_set() and a.model and b.model
+    assert {e["key"] for e in manager.pool()} == {"lfm2-vl-tiny@fp32", moe}
+    assert _reply_from(manager, moe) == "lfm2-moe-tiny"
+    assert _reply_from(manager, "lfm2-vl-tiny@fp32") == "lfm2-vl-tiny"
+    manager.unload()
+
+
+def test_pool_a_visitor_cannot_load_unless_the_owner_allows_it(tiny_paths):
+    manager, _ = _pool_manager(2)
+    manager.load("lfm2-vl-tiny", "fp32")
+    with pytest.raises(NoModelLoaded, match="only the owner may load models"):
+        manager.pick("lfm2-moe-tiny")
+    assert manager.pick("lfm2-vl-tiny") == "lfm2-vl-tiny@fp32"  # a resident one: yes
+    with pytest.raises(UnknownModelError):
+        manager.pick("../../etc")
+    manager.unload()
+
+
+def test_pool_a_model_larger_than_the_budget_is_refused_before_anything_goes(tiny_paths):
+    from lfmui.errors import PoolFull
+
+    manager, _ = _pool_manager(0)
+    with pytest.raises(PoolFull, match="more than the whole pool holds"):
+        manager.load("lfm2-vl-tiny", "fp32")
+    assert manager.pool() == [] and manager.current() is None
