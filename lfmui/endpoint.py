@@ -170,6 +170,11 @@ class Endpoint:
 
     # ---- state ------------------------------------------------------------------------------
     @property
+    def key(self) -> str:
+        """How a visitor's pick names it: the model it serves, never its address."""
+        return f"endpoint:{self.model}"
+
+    @property
     def label(self) -> str:
         return f"{self.model} at {self.where}"
 

@@ -267,11 +267,14 @@ class ModelManager:
         in use or the resident model (the default one, or the one `pick` names), whether it
         reads images, whether its replies are random-weight noise, and the requests holding
         the model now."""
-        loaded, endpoint = self.resolve(pick), self.endpoint
+        endpoint = self.endpoint
+        if endpoint is not None and pick not in (None, "", "default", endpoint.key):
+            endpoint = None  # the visitor picked a resident model
+        loaded = self.resolve(pick)
         if endpoint is not None:
             state = "ready"
-        elif self._switching or self.loading:
-            state = "loading"
+        elif self._switching or (self.loading and (loaded is None or self.pool_budget is None)):
+            state = "loading"  # (a load into a pool leaves the resident models answering)
         else:
             state = "ready" if loaded is not None else "no_model"
         return Readiness(

@@ -1,4 +1,4 @@
-"""One chat turn: lease the resident model, build its inputs, stream the reply.
+"""One chat turn: the picked Backend (lfmui.backends) streams the reply; the tool loop over it.
 
 The UI and the API call ``chat_turn``; it never touches gradio. Errors the user can act on are
 raised as ``LfmuiError`` before generation starts, or arrive as an ``error`` event after.
@@ -7,15 +7,13 @@ raised as ``LfmuiError`` before generation starts, or arrive as an ``error`` eve
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from lfmui import engine, images, prompts, toolcalls, tools
+from lfmui import backends, engine, images, toolcalls, tools
 from lfmui.errors import InputError, broken_character
 from lfmui.manager import ModelManager
-from lfmui.tiling import Tiling, plan_tiles
 
 MAX_PROMPT_CHARS = 100_000
 MAX_IMAGES_PER_MESSAGE = 4
@@ -32,36 +30,19 @@ def chat_turn(
     tools: list[dict[str, Any]] | None = None,
     raw: bool = False,
     generate_kwargs: dict[str, Any] | None = None,
+    model: str | None = None,
 ) -> Iterator[engine.Event]:
-    """Stream the assistant's reply to `conversation` (the last message is the user's).
+    """Stream the assistant's reply to `conversation` (the last message is the user's) from
+    the Backend `model` picks (None: the default one).
 
     `tiling` overrides the loaded model's image-processor defaults for this request only;
     `tools` (JSON schemas) go into the system turn; `raw` keeps special tokens (tool-call
     markers) in the text; `generate_kwargs` reaches generate() (tests force outputs with it).
-    While the manager uses an endpoint, the endpoint answers (`generate_kwargs` stay here).
+    An endpoint takes neither `raw` nor `generate_kwargs` (lfmui.backends.Remote).
     """
     check_conversation(conversation)
-    endpoint = manager.endpoint
-    if endpoint is not None:  # an OpenAI-compatible server answers (lfmui.endpoint)
-        checked = engine.Settings.from_dict(settings or {}, defaults=endpoint.sampling)
-        yield from endpoint.chat(conversation, checked, stop, tiling, tools)
-        return
-    with manager.lease() as loaded:
-        checked = engine.Settings.from_dict(settings or {}, defaults=dict(loaded.spec.sampling))
-        cut = tiling_of(loaded, tiling)
-        started = time.perf_counter()
-        inputs = prompts.build_inputs(loaded, conversation, cut, tools)
-        preprocess = {"preprocess_s": round(time.perf_counter() - started, 4)}
-        _check_context(loaded, inputs, checked.max_new_tokens)
-        yield from engine.stream(
-            loaded,
-            inputs,
-            checked,
-            stop,
-            skip_special_tokens=not raw,
-            extra_generate_kwargs=generate_kwargs,
-            extra_metrics=preprocess,
-        )
+    backend = backends.of(manager, model)
+    yield from backend.chat(conversation, settings, stop, tiling, tools, raw, generate_kwargs)
 
 
 def user_message(text: str, paths: list[str]) -> dict[str, Any]:
@@ -126,35 +107,12 @@ def conversation_of(
 
 
 def inspect_image(
-    manager: ModelManager, path: str, values: dict[str, Any] | None
+    manager: ModelManager, path: str, values: dict[str, Any] | None, model: str | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """The picture at `path` (safe intake) and how the loaded VL model's processor cuts it
-    under `values` over its defaults: grid, tiles, thumbnail, image tokens (tiling.plan_tiles)."""
+    """The picture at `path` (safe intake) and how the picked model's processor cuts it under
+    `values` over its defaults: grid, tiles, thumbnail, image tokens (tiling.plan_tiles)."""
     picture = images.load_safe(path)
-    endpoint = manager.endpoint
-    if endpoint is not None:
-        if endpoint.kind != "vl":
-            raise InputError(f"{endpoint.model} reads text only; serve a vision-language model.")
-        if endpoint.processor is None:
-            raise InputError(
-                f"The processor config of {endpoint.model[:80]} could not be read, so its cut "
-                "cannot be planned here; the server still reads images with its own settings."
-            )
-        plan = plan_tiles(endpoint.processor, picture, endpoint.tiling(values), 32_768)
-        return picture, plan
-    with manager.lease() as loaded:
-        if loaded.spec.kind != "vl":
-            raise InputError(f"{loaded.spec.id} reads text only; load a vision-language model.")
-        cut = tiling_of(loaded, values)
-        plan = plan_tiles(loaded.processor, picture, cut, context_tokens(loaded))
-    return picture, plan
-
-
-def tiling_of(loaded: Any, values: dict[str, Any] | None) -> Tiling | None:
-    """Validated per-request tiling over the loaded model's defaults (None for text models)."""
-    if loaded.spec.kind != "vl":
-        return None
-    return Tiling.from_dict(values, defaults=Tiling.from_processor(loaded.processor))
+    return picture, backends.of(manager, model).plan(picture, values)
 
 
 def check_conversation(conversation: list[dict[str, Any]]) -> None:
@@ -190,24 +148,6 @@ def check_conversation(conversation: list[dict[str, Any]]) -> None:
             f"The conversation holds {total:,} characters; the limit is {MAX_PROMPT_CHARS:,}. "
             "Shorten the message or clear the chat."
         )
-
-
-def _check_context(loaded: Any, inputs: Any, max_new_tokens: int) -> None:
-    context = context_tokens(loaded)
-    prompt = int(inputs["input_ids"].shape[-1])
-    if prompt + max_new_tokens > context:
-        raise InputError(
-            f"The conversation is {prompt:,} tokens; with max new tokens {max_new_tokens:,} it "
-            f"exceeds the model's context of {context:,}. Clear the chat, lower the image "
-            "detail, or lower max new tokens."
-        )
-
-
-def context_tokens(loaded: Any) -> int:
-    """The model's context length (its text config's max_position_embeddings)."""
-    config = loaded.model.config
-    text = getattr(config, "text_config", None) or config
-    return int(getattr(text, "max_position_embeddings", 32_768))
 
 
 # ---- the tool loop ---------------------------------------------------------------------------

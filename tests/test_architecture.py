@@ -27,6 +27,7 @@ FLOORS = [
     {"lfmui.quant", "lfmui.hub", "lfmui.prompts", "lfmui.engine", "lfmui.offline"},
     {"lfmui.memory", "lfmui.endpoint", "lfmui.chats"},
     {"lfmui.manager"},
+    {"lfmui.backends"},
     {"lfmui.turns"},
     {"lfmui.bench", "lfmui.session", "lfmui.openai_api"},
     {"lfmui.ui.render", "lfmui.ui.running", "lfmui.ui.guard", "lfmui.ui.v1"},

@@ -13,8 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import chats, offline, session, tiling, tools, turns
-from lfmui.errors import InputError, LfmuiError
+from lfmui import backends, chats, offline, session, tiling, tools, turns
+from lfmui.errors import InputError, LfmuiError, NoModelLoaded
 from lfmui.manager import ModelManager
 from lfmui.settings import SAMPLING, Settings
 from lfmui.ui import gpu
@@ -536,12 +536,9 @@ def message_box(manager: ModelManager) -> gr.MultimodalTextbox:
 
 def defaults(manager: ModelManager) -> list[Any]:
     """System prompt and generation controls reset to the loaded model's recommended values."""
-    loaded, endpoint = manager.current(), manager.endpoint
-    if endpoint is not None:
-        sampling, system_prompt = endpoint.sampling, endpoint.system_prompt
-    elif loaded is not None:
-        sampling, system_prompt = dict(loaded.spec.sampling), loaded.spec.system_prompt
-    else:
+    try:
+        backend = backends.of(manager)
+    except NoModelLoaded:
         return [gr.skip()] * (1 + len(SAMPLING))
-    recommended = Settings.from_dict({}, defaults=sampling)
-    return [system_prompt, *(getattr(recommended, n) for n in SAMPLING)]
+    recommended = Settings.from_dict({}, defaults=backend.sampling)
+    return [backend.system_prompt, *(getattr(recommended, n) for n in SAMPLING)]

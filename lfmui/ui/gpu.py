@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from lfmui import turns
-from lfmui.errors import InputError
+from lfmui import backends, turns
+from lfmui.errors import InputError, NoModelLoaded
 
 _manager: Any = None
 WRAPPED: dict[str, Callable[..., Any]] = {}
@@ -65,7 +65,7 @@ def on_gpu(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
 
     def call(manager: Any, first: Any, **options: Any) -> Iterator[Any]:
         global _manager
-        if manager.endpoint is not None:  # a server answers: no GPU of ours is needed
+        if elsewhere(manager, options.get("model")):  # no GPU of ours is needed
             yield from fn(manager, first, **options)
             return
         _manager = manager
@@ -81,6 +81,14 @@ def on_gpu(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
             raise
 
     return call
+
+
+def elsewhere(manager: Any, pick: str | None) -> bool:
+    """Whether the Backend `pick` names answers from a server elsewhere."""
+    try:
+        return not backends.of(manager, pick).on_this_machine
+    except NoModelLoaded:  # the turn itself says why nothing answers
+        return False
 
 
 chat_turn = on_gpu(turns.chat_turn)

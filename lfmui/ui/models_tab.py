@@ -7,10 +7,11 @@ from typing import Any
 
 import gradio as gr
 
+from lfmui import backends, measured, quant
 from lfmui import endpoint as endpoints
-from lfmui import measured, quant
 from lfmui.access import Access
 from lfmui.catalog import RANDOM_WEIGHTS_NOTE
+from lfmui.errors import NoModelLoaded
 from lfmui.manager import GIB, ModelManager
 from lfmui.ui.render import warns
 from lfmui.ui.running import ACCELERATOR
@@ -91,14 +92,16 @@ def endpoint_lines(status: dict[str, Any] | None) -> list[str]:
 
 def banner(manager: ModelManager, startup_note: str = "") -> str:
     """The warning strip above the tabs: random weights, offline fallback, the endpoint."""
-    loaded = manager.current()
     notes = [startup_note] if startup_note else []
-    endpoint = manager.endpoint
-    if endpoint is not None:
-        noise = f" ({RANDOM_WEIGHTS_NOTE})" if endpoint.random_weights else ""
-        notes.append(f"Replies come from the endpoint **{endpoint.label}**{noise}.")
-    elif loaded is not None and loaded.spec.random_weights:
-        notes.append(f"**{loaded.spec.id}** has {loaded.spec.note}.")
+    try:
+        backend = backends.of(manager)
+    except NoModelLoaded:
+        backend = None
+    if backend is not None and not backend.on_this_machine:
+        noise = f" ({RANDOM_WEIGHTS_NOTE})" if backend.random_weights else ""
+        notes.append(f"Replies come from the endpoint **{backend.label}**{noise}.")
+    elif backend is not None and backend.random_weights:
+        notes.append(f"**{backend.model}** has {RANDOM_WEIGHTS_NOTE}.")
     return "\n\n".join(f"⚠️ {n}" for n in notes)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import tiling, turns
+from lfmui import backends, tiling, turns
 from lfmui.errors import InputError, NoModelLoaded
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
@@ -25,12 +25,9 @@ AB_HEADERS = ["preset", "image tokens", "prompt tokens", "TTFT s", "tok/s", "ans
 
 def reset_values(manager: ModelManager) -> list[Any]:
     """Preset and knobs back to the answering model's processor defaults."""
-    loaded, endpoint = manager.current(), manager.endpoint
-    if endpoint is not None:
-        defaults = endpoint.tiling(None)
-    elif loaded is not None and loaded.spec.kind == "vl":
-        defaults = tiling.Tiling.from_processor(loaded.processor)
-    else:
+    try:
+        defaults = backends.of(manager).tiling_defaults()
+    except NoModelLoaded:
         defaults = None
     if defaults is None:
         return [gr.skip()] * (1 + len(tiling.FIELDS))

@@ -1,0 +1,207 @@
+"""What answers a chat: a Backend, the one interface callers use.
+
+An in-process model of the manager's pool and an OpenAI-compatible endpoint the owner connected
+are both Backends: each chats (engine events), says what it is (its key, the id /v1 names, the
+label the page shows), whether it reads images, whether its weights are random, its sampling
+defaults, and how it cuts an image (tiling). Callers get one from ``of(manager, pick)`` and never
+ask which kind they hold. A pick is a key from ``choices`` (None: the default, what answers for
+whoever picked nothing).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from lfmui import engine, prompts
+from lfmui.errors import InputError, NoModelLoaded
+from lfmui.manager import ModelManager
+from lfmui.settings import Settings
+from lfmui.tiling import Tiling, plan_tiles
+
+
+
+class Backend(Protocol):
+    key: str  # what a pick names
+    model: str  # the id /v1 names
+    label: str  # as the page shows it (an endpoint's address only where it may be shown)
+    reads_images: bool
+    random_weights: bool
+    on_this_machine: bool  # False: a server elsewhere answers (no GPU of ours is used)
+    sampling: dict[str, Any]
+    system_prompt: str
+
+    def chat(
+        self,
+        conversation: list[dict[str, Any]],
+        settings: dict[str, Any] | None = None,
+        stop: threading.Event | None = None,
+        tiling: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        raw: bool = False,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> Iterator[engine.Event]: ...
+
+    def tiling_defaults(self) -> Tiling | None: ...
+
+    def plan(self, picture: Any, values: dict[str, Any] | None) -> dict[str, Any]: ...
+
+
+def of(manager: ModelManager, pick: str | None = None) -> Backend:
+    """The Backend `pick` names (None, "" or "default": the default one); NoModelLoaded says
+    what to pick instead when it is not here."""
+    endpoint = manager.endpoint
+    if pick and str(pick).startswith("endpoint:"):  # lfmui.endpoint.Endpoint.key
+        if endpoint is None or endpoint.key != pick:
+            raise NoModelLoaded(
+                "That endpoint is no longer connected; pick another model in the Models tab."
+            )
+        return Remote(endpoint)
+    if endpoint is not None and pick in (None, "", "default"):
+        return Remote(endpoint)
+    loaded = manager.resolve(pick)
+    if loaded is None:
+        with manager.lease(pick):  # raises the sentence for why nothing answers
+            loaded = manager.resolve(pick)
+    if loaded is None:
+        raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
+    return InProcess(manager, None if pick in (None, "", "default") else loaded.key)
+
+
+def choices(manager: ModelManager) -> list[tuple[str, str]]:
+    """What a visitor may pick, as (label, key): the default first, then the connected
+    endpoint and the resident models."""
+    listed = [("default (what the owner set)", "default")]
+    if manager.endpoint is not None:
+        remote = Remote(manager.endpoint)
+        listed.append((f"{remote.model} (endpoint)", remote.key))
+    for entry in manager.pool():
+        state = f"answering {entry['answering']}" if entry["answering"] else "idle"
+        listed.append((f"{entry['model_id']} · {entry['quantization']} ({state})", entry["key"]))
+    return listed
+
+
+class InProcess:
+    """A resident model of the manager's pool (`pick` None: the default one, whichever that
+    is when the reply starts), leased for each reply."""
+
+    on_this_machine = True
+
+    def __init__(self, manager: ModelManager, pick: str | None) -> None:
+        self.manager, self.pick = manager, pick
+        loaded = manager.resolve(pick)
+        if loaded is None:
+            raise NoModelLoaded(f"{str(pick)[:80]} is not loaded here any more; pick another.")
+        self.key = loaded.key
+        spec = loaded.spec
+        self.model, self.label = spec.id, f"{spec.id} · {loaded.quantization}"
+        self.reads_images, self.random_weights = spec.kind == "vl", spec.random_weights
+        self.sampling, self.system_prompt = dict(spec.sampling), spec.system_prompt
+        self._processor = loaded.processor
+
+    def chat(
+        self,
+        conversation: list[dict[str, Any]],
+        settings: dict[str, Any] | None = None,
+        stop: threading.Event | None = None,
+        tiling: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        raw: bool = False,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> Iterator[engine.Event]:
+        with self.manager.lease(self.pick) as loaded:
+            checked = Settings.from_dict(settings or {}, defaults=dict(loaded.spec.sampling))
+            cut = tiling_of(loaded, tiling)
+            started = time.perf_counter()
+            inputs = prompts.build_inputs(loaded, conversation, cut, tools)
+            preprocess = {"preprocess_s": round(time.perf_counter() - started, 4)}
+            _check_context(loaded, inputs, checked.max_new_tokens)
+            yield from engine.stream(
+                loaded,
+                inputs,
+                checked,
+                stop,
+                skip_special_tokens=not raw,
+                extra_generate_kwargs=generate_kwargs,
+                extra_metrics=preprocess,
+            )
+
+    def tiling_defaults(self) -> Tiling | None:
+        return Tiling.from_processor(self._processor) if self.reads_images else None
+
+    def plan(self, picture: Any, values: dict[str, Any] | None) -> dict[str, Any]:
+        with self.manager.lease(self.pick) as loaded:
+            if loaded.spec.kind != "vl":
+                raise InputError(
+                    f"{loaded.spec.id} reads text only; load a vision-language model."
+                )
+            cut = tiling_of(loaded, values)
+            return plan_tiles(loaded.processor, picture, cut, context_tokens(loaded))
+
+
+class Remote:
+    """The OpenAI-compatible server the owner connected (lfmui.endpoint.Endpoint)."""
+
+    on_this_machine = False
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+        self.key = endpoint.key
+        self.model, self.label = endpoint.model, endpoint.label
+        self.reads_images, self.random_weights = endpoint.kind == "vl", endpoint.random_weights
+        self.sampling, self.system_prompt = dict(endpoint.sampling), endpoint.system_prompt
+
+    def chat(
+        self,
+        conversation: list[dict[str, Any]],
+        settings: dict[str, Any] | None = None,
+        stop: threading.Event | None = None,
+        tiling: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        raw: bool = False,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> Iterator[engine.Event]:
+        """The server's reply (`raw` and `generate_kwargs` are the in-process model's: a
+        server writes its own tool calls, and a test's logits processor stays here)."""
+        checked = Settings.from_dict(settings or {}, defaults=self.sampling)
+        yield from self.endpoint.chat(conversation, checked, stop, tiling, tools)
+
+    def tiling_defaults(self) -> Tiling | None:
+        return self.endpoint.tiling(None)
+
+    def plan(self, picture: Any, values: dict[str, Any] | None) -> dict[str, Any]:
+        if not self.reads_images:
+            raise InputError(f"{self.model} reads text only; serve a vision-language model.")
+        if self.endpoint.processor is None:
+            raise InputError(
+                f"The processor config of {self.model[:80]} could not be read, so its cut "
+                "cannot be planned here; the server still reads images with its own settings."
+            )
+        return plan_tiles(self.endpoint.processor, picture, self.endpoint.tiling(values), 32_768)
+
+
+def tiling_of(loaded: Any, values: dict[str, Any] | None) -> Tiling | None:
+    """Validated per-request tiling over the loaded model's defaults (None for text models)."""
+    if loaded.spec.kind != "vl":
+        return None
+    return Tiling.from_dict(values, defaults=Tiling.from_processor(loaded.processor))
+
+
+def _check_context(loaded: Any, inputs: Any, max_new_tokens: int) -> None:
+    context = context_tokens(loaded)
+    prompt = int(inputs["input_ids"].shape[-1])
+    if prompt + max_new_tokens > context:
+        raise InputError(
+            f"The conversation is {prompt:,} tokens; with max new tokens {max_new_tokens:,} it "
+            f"exceeds the model's context of {context:,}. Clear the chat, lower the image "
+            "detail, or lower max new tokens."
+        )
+
+
+def context_tokens(loaded: Any) -> int:
+    """The model's context length (its text config's max_position_embeddings)."""
+    config = loaded.model.config
+    text = getattr(config, "text_config", None) or config
+    return int(getattr(text, "max_position_embeddings", 32_768))
