@@ -119,6 +119,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Space) this machine; --endpoint's own host is allowed; repeatable",
     )
     parser.add_argument(
+        "--pool-gib",
+        type=float,
+        default=_pool_gib(),
+        metavar="GIB",
+        help="keep several models resident within this many GiB, each visitor picking one "
+        "(default: LFMUI_POOL_GIB, else one model, replaced by a load)",
+    )
+    parser.add_argument(
+        "--load-on-demand",
+        action="store_true",
+        default=os.environ.get("LFMUI_LOAD_ON_DEMAND", "") not in ("", "0"),
+        help="a visitor's pick of a model that is not resident loads it into the pool, the "
+        "least recently used idle model making room (default: LFMUI_LOAD_ON_DEMAND; else only "
+        "the owner loads)",
+    )
+    parser.add_argument(
         "--synthetic",
         action="store_true",
         help="list the full-shape random-weight builds (for benchmarks)",
@@ -142,7 +158,15 @@ def main(argv: list[str] | None = None) -> None:
             )
         requested = catalog.add_local(requested).id
     model_id, note = choose_startup_model(catalog, requested, args.offline)
-    manager = ModelManager(catalog, on_loaded=engine.warm_up)
+    if args.pool_gib is not None and not 0 < args.pool_gib < 1e6:
+        raise SystemExit("app.py: --pool-gib must be a number of GiB above 0, e.g. 12.")
+    budget = None if args.pool_gib is None else int(args.pool_gib * 2**30)
+    manager = ModelManager(
+        catalog, on_loaded=engine.warm_up, pool_budget=budget, load_on_demand=args.load_on_demand
+    )
+    refusal = manager.budget_refusal(model_id, args.quantization)
+    if refusal:
+        raise SystemExit(f"app.py: {refusal}")
     named = [*args.allow_endpoint, urlsplit(args.endpoint or "").hostname or ""]
     access = Access.configured(args.host, [h for h in named if h], args.api_key or "")
     if args.endpoint:
@@ -156,6 +180,23 @@ def main(argv: list[str] | None = None) -> None:
     global demo  # the app gradio launches is this module's demo (its Spaces reloader looks here)
     demo = app
     app.launch(**launch_settings(args.host, args.port, manager, allowed, access))
+
+
+def _pool_gib() -> float | None:
+    """LFMUI_POOL_GIB, read before the arguments: a positive number of GiB, or unset."""
+    text = os.environ.get("LFMUI_POOL_GIB", "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e6:
+        raise SystemExit(
+            f"app.py: LFMUI_POOL_GIB={text[:40]!r} is not a number of GiB above 0. Set it to "
+            "the memory the model pool may use (e.g. 12), or unset it for one model."
+        )
+    return value
 
 
 def _connect_at_start(manager: ModelManager, args: argparse.Namespace, access: Access) -> str:

@@ -22,7 +22,6 @@ from lfmui.settings import Settings
 from lfmui.tiling import Tiling, plan_tiles
 
 
-
 class Backend(Protocol):
     key: str  # what a pick names
     model: str  # the id /v1 names
@@ -68,6 +67,41 @@ def of(manager: ModelManager, pick: str | None = None) -> Backend:
     if loaded is None:
         raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
     return InProcess(manager, None if pick in (None, "", "default") else loaded.key)
+
+
+def names(manager: ModelManager) -> dict[str, str | None]:
+    """Each name a script may give for a model (/v1's `model`, /generate's settings), and
+    the pick it stands for (None: the default): the default's id, each resident model by its
+    id (its most recently used level) and its id@level, and the endpoint's model."""
+    served = manager.readiness()["model_id"]
+    listed: dict[str, str | None] = {} if served is None else {served: None}
+    if manager.endpoint is not None:
+        listed.setdefault(manager.endpoint.model, manager.endpoint.key)
+        listed.setdefault(manager.endpoint.key, manager.endpoint.key)
+    for entry in manager.pool():  # most recently used first
+        listed.setdefault(entry["model_id"], entry["key"])
+        listed.setdefault(entry["key"], entry["key"])
+    return listed
+
+
+def named(manager: ModelManager, name: Any) -> str | None:
+    """The pick `name` stands for: "lfmui", "default" or the default's id, a resident model,
+    the endpoint, or (where the owner allows loading on demand) a listed catalog model, loaded
+    into the pool now. NoModelLoaded says which names may be used."""
+    listed = names(manager)
+    if name in (None, "", "lfmui", "default") and listed:
+        return None
+    if isinstance(name, str) and name in listed:
+        return listed[name]
+    loadable = {spec.id for spec in manager.catalog.listed()}
+    if isinstance(name, str) and manager.load_on_demand and name in loadable:
+        return manager.pick(name)
+    if not listed:
+        raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
+    usable = ", ".join(f"'{n[:80]}'" for n in list(listed)[:8])
+    raise NoModelLoaded(
+        f"Model '{str(name)[:60]}' is not loaded here; use {usable} (GET /v1/models lists them)."
+    )
 
 
 def choices(manager: ModelManager) -> list[tuple[str, str]]:
@@ -134,9 +168,7 @@ class InProcess:
     def plan(self, picture: Any, values: dict[str, Any] | None) -> dict[str, Any]:
         with self.manager.lease(self.pick) as loaded:
             if loaded.spec.kind != "vl":
-                raise InputError(
-                    f"{loaded.spec.id} reads text only; load a vision-language model."
-                )
+                raise InputError(f"{loaded.spec.id} reads text only; load a vision-language model.")
             cut = tiling_of(loaded, values)
             return plan_tiles(loaded.processor, picture, cut, context_tokens(loaded))
 

@@ -394,6 +394,38 @@ class ModelManager:
         progress(1.0, f"{spec.id} loaded")
         return loaded.status()
 
+    def budget_refusal(self, model_id: str, quantization: str | None = None) -> str | None:
+        """Why the pool's budget cannot hold `model_id` at `quantization` (auto: at any level
+        that runs here), naming the largest level that fits; None when it can (or when there
+        is no budget, or the model's shape is known only once it is located)."""
+        if self.pool_budget is None:
+            return None
+        spec = self.catalog.get(model_id)
+        config = memory.config_of(spec)
+        if config is None:
+            return None
+        runs = [lv for lv in quant.QUANTIZATIONS.values() if lv.probe().ok]
+        sizes = {lv.name: memory.estimate(config, lv).total for lv in runs}
+        asked = [] if quantization in (None, "", "auto") else [quant.resolve(quantization).name]
+        wanted = asked or list(sizes)
+        if any(sizes.get(name, self.pool_budget + 1) <= self.pool_budget for name in wanted):
+            return None
+        fitting = [(size, name) for name, size in sizes.items() if size <= self.pool_budget]
+        budget = memory.gib(self.pool_budget)
+        if not fitting:
+            smallest = min(sizes.values()) if sizes else 0
+            return (
+                f"The pool budget ({budget}) cannot hold {model_id} at any level here (the "
+                f"smallest needs about {memory.gib(smallest)}). Raise --pool-gib "
+                "(LFMUI_POOL_GIB) or start with a smaller model."
+            )
+        size, name = max(fitting, key=lambda pair: pair[0])  # the table's first of a size
+        return (
+            f"The pool budget ({budget}) cannot hold {model_id} at {asked[0]} (about "
+            f"{memory.gib(sizes.get(asked[0], 0))}); the largest level that fits is {name} "
+            f"(about {memory.gib(size)}). Start with --quantization {name}, or raise --pool-gib."
+        )
+
     def _room_for(self, model_id: str, level: str, footprint: int) -> list[LoadedModel]:
         """The idle models to evict, least recently used first, so that `footprint` more
         bytes fit the pool's budget; PoolFull (nothing evicted) when evicting every idle one
@@ -446,6 +478,8 @@ class ModelManager:
             memory.check(spec.id, config, level, device, freed)
             return level
         room = memory.available(device, freed).bytes
+        if self.pool_budget is not None:  # a pool's model also fits its budget
+            room = min(room, self.pool_budget)
         candidates = quant.auto_levels()
         for level in candidates:
             if memory.estimate(config, level).total <= room:

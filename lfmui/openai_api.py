@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lfmui import images, toolcalls, turns
+from lfmui import backends, images, toolcalls, turns
 from lfmui import tools as tools_module
 from lfmui.errors import LfmuiError, NoModelLoaded
 from lfmui.manager import ModelManager
@@ -80,6 +80,8 @@ class ChatRequest:
     stops: list[str] = field(default_factory=list)
     folder: str = ""  # where the request's images were written
     skipped_tools: list[str] = field(default_factory=list)  # tools left out: why, per tool
+    model: str | None = None  # the Backend it picked (lfmui.backends.of; None: the default)
+    answered_by: str = "lfmui"  # that Backend's key: the reply's `model`, as OpenAI names its own
 
     def headers(self) -> dict[str, str]:
         """The response's own headers: the tools left out, where any were (OpenAI's shape
@@ -91,13 +93,24 @@ class ChatRequest:
 
 
 def models(manager: ModelManager) -> dict[str, Any]:
-    served = manager.readiness()["model_id"]
-    data = [] if served is None else [_model(served)]
-    return {"object": "list", "data": data}
+    """What `model` may name: the default first, then each resident model (by id, and by
+    id@level) and the connected endpoint's model."""
+    return {"object": "list", "data": [_model(name) for name in backends.names(manager)]}
 
 
 def _model(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "lfmui"}
+
+
+def _pick(model: Any, manager: ModelManager) -> str | None:
+    """The Backend the request's `model` names (lfmui.backends.named), or a 404/503 saying
+    which names it may use."""
+    try:
+        return backends.named(manager, model)
+    except NoModelLoaded as exc:
+        raise ApiError(str(exc), 404 if backends.names(manager) else 503, "model") from None
+    except LfmuiError as exc:  # a load on demand refused (the pool is full, say)
+        raise ApiError(str(exc), 503, "model") from None
 
 
 def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
@@ -113,17 +126,6 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
         )
     if body.get("n", 1) != 1:
         raise ApiError("n must be 1: lfmui returns one choice per request.", param="n")
-    served = manager.readiness()["model_id"]
-    model = body.get("model")
-    if served is None:
-        raise ApiError("No model is loaded. Load one in the Models tab first.", 503)
-    if model not in (served, "lfmui"):
-        raise ApiError(
-            f"Model '{str(model)[:60]}' is not loaded here; use '{served[:80]}' "
-            "(GET /v1/models lists it).",
-            404,
-            "model",
-        )
     settings = _settings(body)
     stops = body.get("stop") or []
     stops = [stops] if isinstance(stops, str) else stops
@@ -139,6 +141,7 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
         )
     _count(body.get("messages"))
     _check_tool_choice(body.get("tool_choice", "auto"))
+    pick = _pick(body.get("model"), manager)  # last of the checks: it may load a model
     # where the request's images go, made only when one comes (images.save_data_url)
     folder = str(Path(tempfile.gettempdir()) / f"lfmui-v1-{uuid.uuid4().hex}")
     try:
@@ -158,6 +161,8 @@ def parse_request(body: Any, manager: ModelManager) -> ChatRequest:
         stops,
         folder,
         skipped,
+        pick,
+        backends.of(manager, pick).key,
     )
 
 
@@ -321,6 +326,7 @@ def run(manager: ModelManager, request: ChatRequest, stop: threading.Event) -> I
         stop=stop,
         tools=request.tools or None,
         raw=request.tools is not None,
+        model=request.model,
     )
     sent = 0  # characters streamed so far: a possible start of a stop string is held back
     for event in events:

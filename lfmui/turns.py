@@ -356,6 +356,7 @@ def run_tool_turn(
     approve: Approve | None = None,
     generate_kwargs: dict[str, Any] | None = None,
     tiling: dict[str, Any] | None = None,
+    model: str | None = None,
 ) -> Iterator[Step]:
     """Generate, parse, execute, feed results back in the tool role, until an answer or
     `turn.max_rounds`; each step is applied to `turn` as it is yielded.
@@ -372,7 +373,8 @@ def run_tool_turn(
         if turn.typed:
             rounds = _typed_round(turn, number)
         else:
-            rounds = _model_round(manager, turn, number, settings, stop, generate_kwargs, tiling)
+            options = (settings, stop, generate_kwargs, tiling, model)
+            rounds = _model_round(manager, turn, number, *options)
         for step in rounds:
             turn.apply(step)
             yield step
@@ -418,8 +420,10 @@ def _model_round(
     stop: threading.Event | None,
     generate_kwargs: dict[str, Any] | None,
     tiling: dict[str, Any] | None,
+    model: str | None,
 ) -> Iterator[Step]:
-    """One generation with the tool list: ``Text`` steps, then ``Parsed`` (or ``Failed``)."""
+    """One generation with the tool list (on the Backend `model` picks): ``Text`` steps, then
+    ``Parsed`` (or ``Failed``)."""
     raw, metrics, reason = "", {}, "eos"
     for event in chat_turn(
         manager,
@@ -430,6 +434,7 @@ def _model_round(
         tools=turn.schemas or None,
         raw=True,
         generate_kwargs=generate_kwargs,
+        model=model,
     ):
         if event.kind == "text":
             raw += event.text

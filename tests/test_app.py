@@ -698,3 +698,35 @@ def test_clear_stops_a_running_reply_and_waits_for_its_last_update():
     held.set()
     worker.join()
     assert running.flag("t") is None
+
+
+@pytest.mark.parametrize(
+    "flags, environment, said",
+    [
+        (
+            ["--pool-gib", "0.508", "--quantization", "fp32"],
+            {},
+            "the largest level that fits is bf16",
+        ),
+        (["--pool-gib", "0.1"], {}, "cannot hold lfm2-vl-tiny at any level here"),
+        ([], {"LFMUI_POOL_GIB": "lots"}, "LFMUI_POOL_GIB='lots' is not a number of GiB"),
+        (["--pool-gib", "-2"], {}, "--pool-gib must be a number of GiB above 0"),
+    ],
+)
+def test_a_pool_budget_that_holds_no_model_stops_the_start_with_a_sentence(
+    tiny_paths, flags, environment, said
+):
+    """Bad input: a pool budget too small for the start-up model says so, and names the
+    largest level that fits; a budget that is no number names its variable."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **environment}
+    started = subprocess.run(
+        [sys.executable, "app.py", "--offline", "--port", str(_free_port()), *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode != 0
+    assert said in started.stderr, started.stderr[-2000:]
+    assert "Traceback" not in started.stderr

@@ -64,7 +64,8 @@ def _data_url(size=(300, 200), colour="red") -> str:
 
 
 def test_models_lists_the_resident_model(sdk):
-    assert [m.id for m in sdk.models.list().data] == ["lfm2-vl-tiny"]
+    """The default first, then each resident model by its id@level too."""
+    assert [m.id for m in sdk.models.list().data] == ["lfm2-vl-tiny", "lfm2-vl-tiny@fp32"]
 
 
 def test_a_streamed_chat(sdk):
@@ -408,7 +409,7 @@ def test_api_key_no_key_or_a_wrong_one_is_401_in_openais_shape(keyed):
 
 def test_api_key_the_right_key_answers(keyed):
     client = openai.OpenAI(base_url=keyed, api_key="sk-right-key", max_retries=0, timeout=120)
-    assert [m.id for m in client.models.list().data] == ["lfm2-vl-tiny"]
+    assert [m.id for m in client.models.list().data] == ["lfm2-vl-tiny", "lfm2-vl-tiny@fp32"]
     reply = client.chat.completions.create(
         model="lfmui", messages=[{"role": "user", "content": "Hello"}], max_tokens=4
     )

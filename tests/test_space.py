@@ -278,6 +278,26 @@ PROBE = {
 }
 
 
+def _join(http: httpx.Client, base: str, session: str, index: int, data: list) -> dict | str:
+    """Join the queue with event `index` as a page's script does; its completion message (or
+    the refusal's status code)."""
+    joined = http.post(
+        f"{base}/gradio_api/queue/join",
+        json={"data": data, "fn_index": index, "session_hash": session,
+              "event_data": None, "trigger_id": None},
+    )  # fmt: skip
+    if joined.status_code != 200:
+        return str(joined.status_code)
+    with http.stream(
+        "GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}
+    ) as stream:
+        for line in stream.iter_lines():
+            message = json.loads(line[6:]) if line.startswith("data: ") else {}
+            if message.get("msg") == "process_completed":
+                return message
+    return "no completion"
+
+
 def _every_event_as(base: str, session: str) -> list[str]:
     """Join the queue with every event index of the page, as a visitor's script can; the
     messages each ended with."""
@@ -289,23 +309,18 @@ def _every_event_as(base: str, session: str) -> list[str]:
             if not dependency.get("backend_fn"):
                 continue
             data = [PROBE.get(kinds.get(i, "")) for i in dependency.get("inputs", [])]
-            joined = http.post(
-                f"{base}/gradio_api/queue/join",
-                json={"data": data, "fn_index": index, "session_hash": session,
-                      "event_data": None, "trigger_id": None},
-            )  # fmt: skip
-            if joined.status_code != 200:
-                ended.append(f"{index}: {joined.status_code}")
-                continue
-            with http.stream(
-                "GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}
-            ) as stream:
-                for line in stream.iter_lines():
-                    message = json.loads(line[6:]) if line.startswith("data: ") else {}
-                    if message.get("msg") == "process_completed":
-                        ended.append(f"{index}: {message.get('success')}")
-                        break
+            done = _join(http, base, session, index, data)
+            ended.append(f"{index}: {done.get('success') if isinstance(done, dict) else done}")
         return ended
+
+
+def _event_of(config: dict, elem_id: str, trigger: str) -> int:
+    """The index of the event `trigger` of the component with `elem_id`."""
+    ids = {c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id}
+    for index, dependency in enumerate(config["dependencies"]):
+        if any(t[0] in ids and t[1] == trigger for t in dependency.get("targets", [])):
+            return index
+    raise AssertionError(f"no {trigger} event on #{elem_id}")
 
 
 def test_space_owner_only_no_event_index_lets_a_visitor_change_the_shared_model(space):
@@ -322,3 +337,106 @@ def test_space_owner_only_no_event_index_lets_a_visitor_change_the_shared_model(
     ours = [line for line in log.read_text().splitlines() if 'File "' in line]
     assert not [line for line in ours if "/lfmui/" in line or "app.py" in line], ours[:20]
     assert "ERROR lfmui" not in log.read_text()
+
+
+API_KEY = "sk-space-rehearsal"
+
+
+def _v1(base: str, model: str, tokens: int = 24) -> tuple[float, float, dict]:
+    started = time.monotonic()
+    answer = httpx.post(
+        f"{base}/v1/chat/completions",
+        headers={**AS_VISITOR, "Authorization": f"Bearer {API_KEY}"},
+        json={"model": model, "messages": [{"role": "user", "content": "Hi"}],
+              "max_tokens": tokens},
+        timeout=120,
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    return started, time.monotonic(), answer.json()
+
+
+def test_space_two_visitors_two_models_and_the_owners_endpoint(tiny_paths, tmp_path):
+    """A pool of two on a Space: A uses lfm2-vl-tiny while B's pick loads lfm2-moe-tiny into
+    the pool; both answer at the same time, each from its own model. B, through every event of
+    the page, cannot connect, unload or change A's model. The owner's token connects an
+    endpoint, which both visitors' pickers then list without its address or key."""
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{upstream.server_address[1]}"
+    port = _space_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
+        **SPACE,
+        "GRADIO_SERVER_PORT": str(port),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "LFMUI_ADMIN_TOKEN": ADMIN_TOKEN,
+        "LFMUI_API_KEY": API_KEY,
+        "LFMUI_POOL_GIB": "1.2",  # two tiny models (about 0.51 GiB each), not three
+        "LFMUI_LOAD_ON_DEMAND": "1",
+        "LFMUI_ENDPOINT_HOSTS": "127.0.0.1",  # the owner names the endpoint's host
+    }
+    log = tmp_path / "app.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_until_listening(process, port, log)
+        base = f"http://127.0.0.1:{port}"
+        assert _ready(base)["model_id"] == "lfm2-vl-tiny"
+        # B's pick loads into the pool at auto, the fastest level here (it varies by CPU)
+        assert _v1(base, "lfm2-moe-tiny", 2)[2]["model"].startswith("lfm2-moe-tiny@")
+        answers: dict[str, tuple] = {}
+        visitors = [
+            threading.Thread(target=lambda m=m: answers.__setitem__(m, _v1(base, m, 48)))
+            for m in ("lfm2-vl-tiny", "lfm2-moe-tiny")
+        ]
+        for visitor in visitors:
+            visitor.start()
+        for visitor in visitors:
+            visitor.join(180)
+        (a_start, a_end, a), (b_start, b_end, b) = answers["lfm2-vl-tiny"], answers["lfm2-moe-tiny"]
+        assert a["model"].startswith("lfm2-vl-tiny@") and b["model"].startswith("lfm2-moe-tiny@")
+        assert a["choices"][0]["message"] is not None and b["choices"][0]["message"] is not None
+        assert a_start < b_end and b_start < a_end  # at the same time
+
+        ended = _every_event_as(base, "visitor-b-probe")
+        assert len(ended) > 20, ended
+        status = _call(base, "status", [])[-1][1][0]
+        assert (status["model_id"], status["endpoint"]) == ("lfm2-vl-tiny", None), ended
+        assert _v1(base, "lfm2-vl-tiny", 2)[2]["model"] == a["model"]  # A's model, still here
+
+        with httpx.Client(headers=AS_VISITOR, timeout=60) as http_client:
+            config = http_client.get(f"{base}/config").json()
+            connect = _event_of(config, "endpoint-connect", "click")
+            url = f"http://{address}/v1"
+            secret = "sk-upstream-secret"
+            visitor = [url, None, secret, "", "lfm2-vl-tiny", "not-the-token"]
+            _join(http_client, base, "visitor-b-connect", connect, visitor)
+            assert _call(base, "status", [])[-1][1][0]["endpoint"] is None
+            owner = [url, None, secret, "", "lfm2-vl-tiny", ADMIN_TOKEN]
+            done = _join(http_client, base, "the-owner", connect, owner)
+            assert isinstance(done, dict) and done.get("success"), done
+            refresh = _event_of(config, "your-model", "focus")
+            for session in ("visitor-a", "visitor-b"):
+                shown = _join(http_client, base, session, refresh, [None])
+                assert isinstance(shown, dict) and shown.get("success"), shown
+                said = json.dumps(shown)
+                assert "upstream-model (endpoint)" in said and "endpoint:upstream-model" in said
+                assert address not in said and secret not in said
+        listed = httpx.get(
+            f"{base}/v1/models",
+            headers={**AS_VISITOR, "Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        ).text
+        assert "upstream-model" in listed and address not in listed and secret not in listed
+        # the probe's malformed values get gradio's own tracebacks; none passes through lfmui
+        frames = [line for line in log.read_text().splitlines() if 'File "' in line]
+        assert not [f for f in frames if "/lfmui/" in f or "app.py" in f], frames[:20]
+        assert "ERROR lfmui" not in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        upstream.shutdown()

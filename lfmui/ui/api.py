@@ -14,7 +14,7 @@ from typing import Any, TypedDict
 
 import gradio as gr
 
-from lfmui import quant, tiling, toolcalls, tools, turns
+from lfmui import backends, quant, tiling, toolcalls, tools, turns
 from lfmui.access import Access
 from lfmui.engine import Metrics
 from lfmui.errors import InputError, read_json
@@ -97,6 +97,7 @@ class PublicApi:
         settings = parse_settings(settings_json)
         cut = settings.pop("tiling", None)  # image detail for this request, e.g. {"max_tiles": 4}
         earlier = turns.history_of(settings.pop("messages", None), settings.pop("system", None))
+        pick = backends.named(self.manager, settings.pop("model", None))  # a visitor's model
         files = list(image_files or [])
         if not (prompt or "").strip() and not files:
             raise InputError("Send a prompt, an image, or both.")
@@ -104,12 +105,15 @@ class PublicApi:
             raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
         answer = ""
         conversation = [*earlier, turns.user_message(prompt or "", files)]
-        for event in gpu.chat_turn(self.manager, conversation, settings=settings, tiling=cut):
+        events = gpu.chat_turn(
+            self.manager, conversation, settings=settings, tiling=cut, model=pick
+        )
+        for event in events:
             if event.kind == "text":
                 answer += event.text
                 yield answer
             elif event.kind == "metrics":
-                noise = self.manager.readiness()["random_weights"]
+                noise = self.manager.readiness(pick)["random_weights"]
                 _last_metrics[request.session_hash] = {**event.data, "random_weights": noise}
                 _last_metrics.move_to_end(request.session_hash)
                 while len(_last_metrics) > MAX_SESSIONS_KEPT:  # bounded across many clients

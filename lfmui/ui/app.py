@@ -64,15 +64,16 @@ def build_app(
             elem_id="shortcuts",
         )
         banner_box = gr.Markdown(models_tab.banner(manager, startup_note), elem_id="app-banner")
+        pick = gr.State(None)  # this visitor's model (lfmui.backends; None: the default)
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
-                chat = chat_tab.build(manager)
+                chat = chat_tab.build(manager, pick)
             with gr.Tab("Tiling inspector", id="inspector", elem_id="inspector-panel"):
                 inspector = vision_tab.build(manager)
             with gr.Tab("Tool playground", id="tools", elem_id="tools-panel"):
                 tools_tab.build(manager)
             with gr.Tab("Models", id="models"):
-                models = models_tab.build(manager, banner_box, startup_note, access)
+                models = models_tab.build(manager, banner_box, startup_note, access, pick)
         api.build(manager, access)
         chat["open_inspector"].click(
             lambda: gr.Tabs(selected="inspector"), None, tabs, api_visibility="private"
@@ -84,18 +85,19 @@ def build_app(
             *inspector["controls"].all,
         ]
 
-        def model_defaults() -> list:
-            detail = vision_tab.reset_values(manager)
-            return [*chat_tab.defaults(manager), *detail, *detail]
+        def model_defaults(chosen: str | None = None) -> list:
+            detail = vision_tab.reset_values(manager, chosen)
+            return [*chat_tab.defaults(manager, chosen), *detail, *detail]
 
-        def serving() -> list:  # what answers now, wherever the page shows it
-            box = chat_tab.message_box(manager)
-            return [models_tab.chip(manager), box, *models_tab.picked(manager)]
+        def serving(chosen: str | None = None) -> list:  # what answers this visitor now
+            box = chat_tab.message_box(manager, chosen)
+            card = models_tab.pool_card(manager)
+            return [models_tab.chip(manager, chosen), box, *models_tab.picked(manager), card]
 
-        shown = [chat["chip"], chat["box"], models["model"], models["level"]]
-        for switch in [models["loaded"], models["unloaded"], *models["switched"]]:
-            switch.then(model_defaults, None, per_model, api_visibility="private")
-            switch.then(serving, None, shown, api_visibility="private")
+        shown = [chat["chip"], chat["box"], models["model"], models["level"], models["pool"]]
+        for switch in [models["loaded"], models["unloaded"], *models["switched"], models["picked"]]:
+            switch.then(model_defaults, pick, per_model, api_visibility="private")
+            switch.then(serving, pick, shown, api_visibility="private")
         demo.load(None, None, None, js=THEME_AT_LOAD)
         restore, saved, restored = chat["restore"]
         demo.load(restore, saved, restored, api_visibility="private")  # the browser's chats

@@ -48,10 +48,12 @@ def stream_reply(
     stop: threading.Event,
     tiling: dict[str, Any] | None = None,
     use_tools: bool = False,
+    pick: str | None = None,
 ):
-    """Append an assistant turn to `history` and stream the reply into it (with the built-in
-    tools when `use_tools`: their calls show as collapsible "Used tool" messages)."""
-    serving = manager.readiness()
+    """Append an assistant turn to `history` and stream the reply into it from the model the
+    visitor picked (`pick`, lfmui.backends; None: the default one), with the built-in tools
+    when `use_tools`: their calls show as collapsible "Used tool" messages."""
+    serving = manager.readiness(pick)
     reply = {
         "role": "assistant",
         "text": "",
@@ -73,13 +75,19 @@ def stream_reply(
         if use_tools:
             registry = dict(tools.BUILTINS)
             for step in gpu.tool_turn(
-                manager, conversation, registry, settings=settings, stop=stop, tiling=tiling
+                manager,
+                conversation,
+                registry,
+                settings=settings,
+                stop=stop,
+                tiling=tiling,
+                model=pick,
             ):
                 apply_step(reply, step)
                 yield history, earlier + to_chatbot([reply])
             return
         for event in gpu.chat_turn(
-            manager, conversation, settings=settings, stop=stop, tiling=tiling
+            manager, conversation, settings=settings, stop=stop, tiling=tiling, model=pick
         ):
             apply_event(reply, event)
             yield history, earlier + to_chatbot([reply])
@@ -133,8 +141,9 @@ class ChatTab:
     """The Chat tab: its components (made in ``__init__``) and its handlers, each reading its
     inputs as one dict of components (gradio still injects the request)."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, pick: gr.State) -> None:
         self.manager = manager
+        self.pick = pick  # the model this visitor picked (lfmui.backends; None: the default)
         self.state = gr.State([])
         self.chip = gr.Markdown(elem_id="model-chip")  # what answers (the app keeps it current)
         # the chats, kept in this browser (lfmui.chats): a reload or a closed tab loses nothing
@@ -224,6 +233,7 @@ class ChatTab:
             stop,
             self.image_detail.values(data),
             data[self.use_tools],
+            data[self.pick],
         )
 
     def _bundle(self, data: dict) -> dict[str, Any]:
@@ -422,6 +432,7 @@ class ChatTab:
         private = {"api_visibility": "private"}
         inputs = {
             self.state,
+            self.pick,
             self.system_prompt,
             self.use_tools,
             *self.controls,
@@ -474,8 +485,8 @@ class ChatTab:
         )
 
 
-def build(manager: ModelManager) -> dict[str, Any]:
-    tab = ChatTab(manager)
+def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
+    tab = ChatTab(manager, pick)
     return {
         "restore": (
             tab.on_restore,
@@ -523,10 +534,10 @@ def stop_ready() -> gr.MultimodalTextbox:
 TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"
 
 
-def message_box(manager: ModelManager) -> gr.MultimodalTextbox:
-    """The message box for what answers now: a text-only model takes no attachments, so an
-    image is refused before Send, not after."""
-    images = manager.readiness()["reads_images"]
+def message_box(manager: ModelManager, pick: str | None = None) -> gr.MultimodalTextbox:
+    """The message box for what answers this visitor now: a text-only model takes no
+    attachments, so an image is refused before Send, not after."""
+    images = manager.readiness(pick)["reads_images"]
     return gr.MultimodalTextbox(
         sources=["upload"] if images else [],
         file_types=["image"] if images else [".none"],
@@ -534,10 +545,10 @@ def message_box(manager: ModelManager) -> gr.MultimodalTextbox:
     )
 
 
-def defaults(manager: ModelManager) -> list[Any]:
-    """System prompt and generation controls reset to the loaded model's recommended values."""
+def defaults(manager: ModelManager, pick: str | None = None) -> list[Any]:
+    """System prompt and generation controls reset to the picked model's recommended values."""
     try:
-        backend = backends.of(manager)
+        backend = backends.of(manager, pick)
     except NoModelLoaded:
         return [gr.skip()] * (1 + len(SAMPLING))
     recommended = Settings.from_dict({}, defaults=backend.sampling)

@@ -126,9 +126,10 @@ def picked(manager: ModelManager) -> tuple[Any, Any]:
     return gr.Dropdown(value=loaded.spec.id), gr.Radio(choices, value=loaded.quantization)
 
 
-def chip(manager: ModelManager) -> str:
-    """One line over the chat: what answers, at which level, and whether it is noise."""
-    ready = manager.readiness()
+def chip(manager: ModelManager, pick: str | None = None) -> str:
+    """One line over the chat: what answers this visitor, at which level, and whether it is
+    noise."""
+    ready = manager.readiness(pick)
     if ready["model_id"] is None:
         if ready["state"] == "loading":
             return f"⏳ Loading **{ready['loading']}**…"
@@ -138,17 +139,102 @@ def chip(manager: ModelManager) -> str:
     return f"Model: **{ready['model_id']}**{where}{noise}"
 
 
+def pool_card(manager: ModelManager) -> str:
+    """What every visitor may pick from: the resident models (answering or idle), the
+    endpoint, what is loading, and the pool's room."""
+    lines = ["**Models here** (each visitor picks one for their own chats):"]
+    if manager.endpoint is not None:
+        lines.append(f"- `{manager.endpoint.model}` · an endpoint the owner connected")
+    for entry in manager.pool():
+        state = (
+            f"answering {entry['answering']}"
+            if entry["answering"]
+            else f"idle {entry['idle_s']:g} s"
+        )
+        default = " · the default" if entry["default"] else ""
+        lines.append(
+            f"- `{entry['model_id']}` · {entry['quantization']} · {state} · "
+            f"~{entry['gib']:.2f} GiB{default}"
+        )
+    if manager.loading:
+        lines.append(f"- loading `{manager.loading}`…")
+    if len(lines) == 1:
+        lines.append("- none yet")
+    budget = manager.pool_budget
+    if budget is not None:
+        used = sum(entry["gib"] for entry in manager.pool())
+        who = (
+            "a pick of another model loads it if it fits (the least recently used idle model "
+            "makes room)"
+            if manager.load_on_demand
+            else "only the owner loads models"
+        )
+        lines.append(f"\nPool: {used:.2f} of {budget / GIB:.2f} GiB in use; {who}.")
+    return "\n".join(lines)
+
+
+def pick_choices(manager: ModelManager) -> list[tuple[str, str]]:
+    """The visitor's picker: what is here, then (where visitors may load) the catalog."""
+    listed = backends.choices(manager)
+    if manager.load_on_demand:
+        here = {entry["model_id"] for entry in manager.pool()}
+        listed += [
+            (f"{spec.id} (loads into the pool)", spec.id)
+            for spec in manager.catalog.listed()
+            if spec.id not in here
+        ]
+    return listed
+
+
+def your_model(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
+    """The visitor's own model: a picker over what is here (the chat and the API ask for it by
+    name) and the pool's card; a pick changes nothing for anyone else."""
+    with gr.Row():
+        with gr.Column(scale=2):
+            yours = gr.Dropdown(
+                pick_choices(manager),
+                value="default",
+                label="Your model (this browser tab only; others keep theirs)",
+                elem_id="your-model",
+            )
+        with gr.Column(scale=3):
+            card = gr.Markdown(pool_card(manager), elem_id="pool-card")
+
+    @warns(outputs=3)
+    def on_pick(choice: str, progress=gr.Progress()):  # noqa: B008
+        key = backends.named(manager, choice)  # a catalog id loads here, if visitors may load
+        shown = gr.Dropdown(choices=pick_choices(manager), value=key or "default")
+        return key, shown, pool_card(manager)
+
+    def refresh(current: str | None):
+        value = current if current in dict(map(reversed, pick_choices(manager))) else "default"
+        return gr.Dropdown(choices=pick_choices(manager), value=value), pool_card(manager)
+
+    picked_event = yours.input(
+        on_pick, yours, [pick, yours, card], api_visibility="private", **ACCELERATOR
+    )
+    yours.focus(refresh, pick, [yours, card], api_visibility="private")
+    return {"picked": picked_event, "yours": yours, "pool": card, "refresh": refresh}
+
+
 def _username(profile: gr.OAuthProfile | None) -> str | None:
     return getattr(profile, "username", None) if profile is not None else None
 
 
 def build(
-    manager: ModelManager, banner_box: gr.Markdown, startup_note: str, access: Access
+    manager: ModelManager,
+    banner_box: gr.Markdown,
+    startup_note: str,
+    access: Access,
+    pick: gr.State,
 ) -> dict[str, Any]:
-    """Lay out the tab; return the components other tabs listen to. Loading, unloading and
-    the endpoint change what every visitor uses: only the owner (`access`) may."""
+    """Lay out the tab; return the components other tabs listen to. A visitor picks their own
+    model from what is here (`pick`); loading, unloading and the endpoint change what every
+    visitor has: only the owner (`access`) may."""
     choices = [(s.label, s.id) for s in manager.catalog.listed()]
     loaded = manager.current()
+    yours = your_model(manager, pick)
+    gr.Markdown("**The owner's controls** (the default model, the pool, endpoints)")
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(
@@ -230,6 +316,7 @@ def build(
         "loaded": load_event,
         "switched": switched,
         "unloaded": unloaded,
+        **yours,
     }
 
 

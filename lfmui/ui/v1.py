@@ -56,7 +56,7 @@ def routes(manager: ModelManager, access: Access | None = None) -> list[Route]:
             return _error(openai_api.refused(exc))
         stop = threading.Event()
         records = openai_api.run(manager, chat, stop)
-        model = str(body.get("model"))
+        model = chat.answered_by  # the model that answers, as OpenAI names its snapshot
         try:
             if not chat.stream:
                 done = openai_api.completion(model, await run_in_threadpool(list, records))

@@ -23,10 +23,10 @@ from lfmui.ui.running import ACCELERATOR
 AB_HEADERS = ["preset", "image tokens", "prompt tokens", "TTFT s", "tok/s", "answer"]
 
 
-def reset_values(manager: ModelManager) -> list[Any]:
+def reset_values(manager: ModelManager, pick: str | None = None) -> list[Any]:
     """Preset and knobs back to the answering model's processor defaults."""
     try:
-        defaults = backends.of(manager).tiling_defaults()
+        defaults = backends.of(manager, pick).tiling_defaults()
     except NoModelLoaded:
         defaults = None
     if defaults is None:
