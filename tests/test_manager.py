@@ -462,9 +462,11 @@ def test_pool_a_third_pick_evicts_the_idle_least_recently_used_model(tiny_paths)
     gc.collect()
     assert vl() is None  # the evicted model's weights are freed
     assert _reply_from(manager, third) == "lfm2-vl-tiny"
-    with pytest.raises(NoModelLoaded, match="not loaded here any more"):
-        with manager.lease("lfm2-vl-tiny@fp32"):
-            pass
+    with (
+        pytest.raises(NoModelLoaded, match="not loaded here any more"),
+        manager.lease("lfm2-vl-tiny@fp32"),
+    ):
+        pass
     manager.unload()
     assert manager.pool() == []
 
