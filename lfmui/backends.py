@@ -41,7 +41,11 @@ class Backend(Protocol):
         tools: list[dict[str, Any]] | None = None,
         raw: bool = False,
         generate_kwargs: dict[str, Any] | None = None,
-    ) -> Iterator[engine.Event]: ...
+        client: str = "",
+    ) -> Iterator[engine.Event]:
+        """The reply as engine events; `client` (a session, a /v1 caller) takes its turn on
+        the generation thread with the others (engine.FairWorker)."""
+        ...
 
     def tiling_defaults(self) -> Tiling | None: ...
 
@@ -144,6 +148,7 @@ class InProcess:
         tools: list[dict[str, Any]] | None = None,
         raw: bool = False,
         generate_kwargs: dict[str, Any] | None = None,
+        client: str = "",
     ) -> Iterator[engine.Event]:
         with self.manager.lease(self.pick) as loaded:
             checked = Settings.from_dict(settings or {}, defaults=dict(loaded.spec.sampling))
@@ -160,6 +165,7 @@ class InProcess:
                 skip_special_tokens=not raw,
                 extra_generate_kwargs=generate_kwargs,
                 extra_metrics=preprocess,
+                client=client,
             )
 
     def tiling_defaults(self) -> Tiling | None:
@@ -194,6 +200,7 @@ class Remote:
         tools: list[dict[str, Any]] | None = None,
         raw: bool = False,
         generate_kwargs: dict[str, Any] | None = None,
+        client: str = "",
     ) -> Iterator[engine.Event]:
         """The server's reply (`raw` and `generate_kwargs` are the in-process model's: a
         server writes its own tool calls, and a test's logits processor stays here)."""

@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -418,6 +420,72 @@ def run_llamacpp(
     return 0
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This machine's CPU as /proc/cpuinfo names it, with its usable cores (every CPU figure
+    carries it: speed differs between CPU classes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+        name = next(
+            line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    return f"{name} ({cores} cores)"
+
+
+def _fair_reply(manager, new_tokens: int, results: dict, client: str, who: str) -> None:
+    with manager.lease() as loaded:
+        inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "Hello"}])
+        settings = engine.Settings(max_new_tokens=new_tokens, temperature=0.0)
+        extra = {"min_new_tokens": new_tokens}
+        for event in engine.stream(
+            loaded, inputs, settings, extra_generate_kwargs=extra, client=client
+        ):
+            if event.kind == "metrics":
+                results[who].append(event.data)
+
+
+def run_fairness(model_id: str, level: str, queued: int, new_tokens: int) -> int:
+    """B has a reply running and `queued` more waiting, then A sends one: A's queue wait, in
+    B's replies, with clients taken in turn (A and B are two clients) and without (A joins B's
+    line: first come, first served), measured in the same run."""
+    manager, status = _warm_manager(model_id, level)
+    worker = engine.generation_worker()
+    for mode, a_client in (("round_robin", "A"), ("first_come", "B")):
+        results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+        reply = functools.partial(_fair_reply, manager, new_tokens, results)
+        # B: one reply running and `queued` waiting; then A sends its one
+        b_threads = [threading.Thread(target=reply, args=("B", "B")) for _ in range(queued + 1)]
+        for thread in b_threads:
+            thread.start()
+        while worker.waiting().get("B", 0) < queued + 1:
+            time.sleep(0.005)
+        a_thread = threading.Thread(target=reply, args=(a_client, "A"))
+        a_thread.start()
+        for thread in [a_thread, *b_threads]:
+            thread.join()
+        b_reply = _median([m["total_s"] for m in results["B"]])
+        a_wait = results["A"][0]["queue_wait_s"]
+        _emit(
+            {
+                "case": "fairness",
+                "mode": mode,
+                "model": model_id,
+                "level": status["quantization"],
+                "device": status["device"],
+                "cpu": cpu_model(),
+                "b_queued": queued,
+                "new_tokens": new_tokens,
+                "a_queue_wait_s": round(a_wait, 3),
+                "b_reply_s_median": round(b_reply, 3),
+                "a_wait_in_b_replies": round(a_wait / b_reply, 2),
+            }
+        )
+    manager.unload()
+    return 0
+
+
 def _gib(value: int | None) -> float | None:
     return round(value / GIB, 3) if value is not None else None
 
@@ -428,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("case", choices=["loads", "seed", "presets", "ops", "llamacpp"])
+    parser.add_argument("case", choices=["loads", "seed", "presets", "ops", "llamacpp", "fairness"])
+    parser.add_argument("--queued", type=int, default=12, help="fairness: B's queued replies")
     parser.add_argument(
         "--models",
         default=None,
@@ -471,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             args.prompt_tokens,
             args.llama_cpp,
         )
+    elif args.case == "fairness":
+        code = run_fairness(models[0], levels[0], args.queued, args.new_tokens)
     elif args.case == "ops":
         code = run_ops(models, ["bf16", *[level for level in levels if level != "bf16"]])
     elif args.case == "presets":

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
+from lfmui.errors import TooManyRequests
 from lfmui.heap import process_rss
 from lfmui.settings import Settings
 
@@ -157,8 +158,10 @@ def stream(
     skip_special_tokens: bool = True,
     extra_generate_kwargs: dict[str, Any] | None = None,
     extra_metrics: dict[str, Any] | None = None,
+    client: str = "",
 ) -> Iterator[Event]:
     """Generate a reply to `inputs` and yield its events; always ends with done or error.
+    `client` names whose reply it is: clients take turns on the generation thread.
 
     Replies take turns on the one generation thread: the time spent waiting for it is the
     reply's queue wait, and TTFT counts from the moment generate() starts.
@@ -221,7 +224,7 @@ def stream(
     submitted = time.perf_counter()
     first_token_at = None
     last_id = None
-    job = generation_worker().submit(run)
+    job = generation_worker().submit(run, client)
     try:
         while True:
             batch, finished = _drain(streamer.queue)
@@ -280,12 +283,91 @@ def failure_message(exc: BaseException) -> str:
     return GENERATE_FAILED
 
 
-_worker: concurrent.futures.ThreadPoolExecutor | None = None
+MAX_QUEUED_PER_CLIENT = 16  # replies one client may have waiting or running at once
+
+
+class FairWorker:
+    """The one long-lived thread that runs generate(), taking clients in turn.
+
+    Each client (a browser session, a /v1 caller) has its own line of jobs; the thread takes
+    the oldest job of the next client in rotation, so a client with many queued replies delays
+    another's one reply by at most one of its own. A client may hold MAX_QUEUED_PER_CLIENT
+    jobs; one more is refused with a sentence (TooManyRequests) before it queues.
+    """
+
+    def __init__(self, per_client: int = MAX_QUEUED_PER_CLIENT) -> None:
+        self.per_client = per_client
+        self._lines: dict[str, list[tuple[concurrent.futures.Future, Any]]] = {}
+        self._turn: list[str] = []  # clients with waiting jobs, in the order they are served
+        self._running: str | None = None  # the client whose job runs now
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._serve, name="lfmui-generate", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Any, client: str = "") -> concurrent.futures.Future:
+        """Queue `fn` in `client`'s line; its Future (cancel() drops it while it waits)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._ready:
+            line = self._lines.setdefault(client, [])
+            line[:] = [job for job in line if not job[0].cancelled()]
+            held = len(line) + (self._running == client)
+            if held >= self.per_client:
+                raise TooManyRequests(
+                    f"You have {held} replies waiting or running already; wait for one to "
+                    "finish, then send again."
+                )
+            line.append((future, fn))
+            if client not in self._turn and client != self._running:
+                self._turn.append(client)
+            self._ready.notify()
+        return future
+
+    def waiting(self) -> dict[str, int]:
+        """Jobs waiting or running, per client."""
+        with self._ready:
+            held = {c: len(line) for c, line in self._lines.items() if line}
+            if self._running is not None:
+                held[self._running] = held.get(self._running, 0) + 1
+            return held
+
+    def _next(self) -> tuple[concurrent.futures.Future, Any]:
+        with self._ready:
+            while True:
+                while not self._turn:
+                    self._ready.wait()
+                client = self._turn.pop(0)
+                line = self._lines.get(client)
+                if line:  # (a line whose jobs were all cancelled is empty)
+                    future, fn = line.pop(0)
+                    self._running = client
+                    return future, fn
+                self._lines.pop(client, None)
+
+    def _serve(self) -> None:
+        while True:
+            future, fn = self._next()
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # the caller's Future reports it
+                        future.set_exception(exc)
+            finally:
+                with self._ready:
+                    client, self._running = self._running, None
+                    if self._lines.get(client):
+                        self._turn.append(client)  # its next job waits for the others' turns
+                    else:
+                        self._lines.pop(client, None)
+                del future, fn  # nothing of a finished reply stays referenced here
+
+
+_worker: FairWorker | None = None
 _worker_lock = threading.Lock()
 
 
-def generation_worker() -> concurrent.futures.ThreadPoolExecutor:
-    """The one long-lived thread that runs generate().
+def generation_worker() -> FairWorker:
+    """The one long-lived thread that runs generate(), fair across clients (FairWorker).
 
     torch.compile's CUDA graphs are recorded per thread: a new thread per request would record
     them again on every reply (measured: +144 ms TTFT and 0.73x decode on an H100). One thread
@@ -294,12 +376,12 @@ def generation_worker() -> concurrent.futures.ThreadPoolExecutor:
     global _worker
     with _worker_lock:
         if _worker is None:
-            _worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lfmui-generate")
+            _worker = FairWorker()
             _use_the_cores(_worker)
         return _worker
 
 
-def _use_the_cores(worker: concurrent.futures.ThreadPoolExecutor) -> None:
+def _use_the_cores(worker: FairWorker) -> None:
     """An OpenMP team as wide as the cores on the generation thread, teams of one elsewhere
     (lfmui/__init__.py says why). torch.set_num_threads sets the calling thread's team and the
     default that threads yet to start take up, so the worker widens its own team, then this

@@ -71,3 +71,7 @@ class InsufficientMemory(LfmuiError):
 class PoolFull(InsufficientMemory):
     """A model would not fit the pool's budget, and the models that would have to go are
     answering: nothing was unloaded."""
+
+
+class TooManyRequests(InputError):
+    """A client has as many replies waiting or running as it may (/v1 answers 429)."""

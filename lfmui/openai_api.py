@@ -30,7 +30,7 @@ from typing import Any
 
 from lfmui import backends, images, toolcalls, turns
 from lfmui import tools as tools_module
-from lfmui.errors import LfmuiError, NoModelLoaded
+from lfmui.errors import LfmuiError, NoModelLoaded, TooManyRequests
 from lfmui.manager import ModelManager
 
 ACCEPTED = {
@@ -316,8 +316,11 @@ def _tools(
     return turns.apply_tool_choice(conversation, schemas, str(choice))
 
 
-def run(manager: ModelManager, request: ChatRequest, stop: threading.Event) -> Iterator[dict]:
-    """The reply as ("delta", text) / ("calls", [...]) / ("end", finish, usage) records."""
+def run(
+    manager: ModelManager, request: ChatRequest, stop: threading.Event, client: str = ""
+) -> Iterator[dict]:
+    """The reply as ("delta", text) / ("calls", [...]) / ("end", finish, usage) records;
+    `client` takes its turn on the generation thread with the others."""
     text, usage, finish = "", {}, "stop"
     events = turns.chat_turn(
         manager,
@@ -327,6 +330,7 @@ def run(manager: ModelManager, request: ChatRequest, stop: threading.Event) -> I
         tools=request.tools or None,
         raw=request.tools is not None,
         model=request.model,
+        client=client,
     )
     sent = 0  # characters streamed so far: a possible start of a stop string is held back
     for event in events:
@@ -441,6 +445,8 @@ def refused(exc: Exception) -> ApiError:
         return exc
     if isinstance(exc, NoModelLoaded):
         return ApiError(str(exc), 503)
+    if isinstance(exc, TooManyRequests):
+        return ApiError(str(exc), 429)
     if isinstance(exc, LfmuiError):
         return ApiError(str(exc), 400)
     return ApiError("Something went wrong on the server; the app is still running.", 500)

@@ -31,6 +31,7 @@ def chat_turn(
     raw: bool = False,
     generate_kwargs: dict[str, Any] | None = None,
     model: str | None = None,
+    client: str = "",
 ) -> Iterator[engine.Event]:
     """Stream the assistant's reply to `conversation` (the last message is the user's) from
     the Backend `model` picks (None: the default one).
@@ -42,7 +43,9 @@ def chat_turn(
     """
     check_conversation(conversation)
     backend = backends.of(manager, model)
-    yield from backend.chat(conversation, settings, stop, tiling, tools, raw, generate_kwargs)
+    yield from backend.chat(
+        conversation, settings, stop, tiling, tools, raw, generate_kwargs, client
+    )
 
 
 def user_message(text: str, paths: list[str]) -> dict[str, Any]:
@@ -357,6 +360,7 @@ def run_tool_turn(
     generate_kwargs: dict[str, Any] | None = None,
     tiling: dict[str, Any] | None = None,
     model: str | None = None,
+    client: str = "",
 ) -> Iterator[Step]:
     """Generate, parse, execute, feed results back in the tool role, until an answer or
     `turn.max_rounds`; each step is applied to `turn` as it is yielded.
@@ -373,7 +377,7 @@ def run_tool_turn(
         if turn.typed:
             rounds = _typed_round(turn, number)
         else:
-            options = (settings, stop, generate_kwargs, tiling, model)
+            options = (settings, stop, generate_kwargs, tiling, model, client)
             rounds = _model_round(manager, turn, number, *options)
         for step in rounds:
             turn.apply(step)
@@ -421,6 +425,7 @@ def _model_round(
     generate_kwargs: dict[str, Any] | None,
     tiling: dict[str, Any] | None,
     model: str | None,
+    client: str,
 ) -> Iterator[Step]:
     """One generation with the tool list (on the Backend `model` picks): ``Text`` steps, then
     ``Parsed`` (or ``Failed``)."""
@@ -435,6 +440,7 @@ def _model_round(
         raw=True,
         generate_kwargs=generate_kwargs,
         model=model,
+        client=client,
     ):
         if event.kind == "text":
             raw += event.text

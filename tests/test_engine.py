@@ -352,3 +352,33 @@ def test_only_the_generation_thread_runs_a_wide_openmp_team():
         assert wide == later[0] == int(lfmui.USER_THREADS)
     else:
         assert wide == len(os.sched_getaffinity(0)) and later == [1]
+
+
+def test_fairness_clients_take_turns_so_one_reply_waits_at_most_one_of_anothers():
+    """B has one job running and 12 waiting; A's one job runs next, not thirteenth."""
+    worker = engine.FairWorker()
+    ran: list[str] = []
+    hold = threading.Event()
+    jobs = [worker.submit(lambda: (hold.wait(10), ran.append("B0")), "B")]
+    jobs += [worker.submit(lambda n=n: ran.append(f"B{n}"), "B") for n in range(1, 13)]
+    assert worker.waiting() == {"B": 13}
+    jobs.append(worker.submit(lambda: ran.append("A"), "A"))
+    hold.set()
+    for job in jobs:
+        job.result(10)
+    assert ran[:3] == ["B0", "A", "B1"] and len(ran) == 14
+    assert worker.waiting() == {}
+
+
+def test_fairness_a_client_over_its_cap_is_refused_others_are_not():
+    worker = engine.FairWorker(per_client=3)
+    hold = threading.Event()
+    held = [worker.submit(hold.wait, "B") for _ in range(3)]
+    with pytest.raises(engine.TooManyRequests, match="You have 3 replies waiting or running"):
+        worker.submit(lambda: None, "B")
+    other = worker.submit(lambda: "A's", "A")
+    held[2].cancel()  # a cancelled job (a closed tab) frees its place
+    again = worker.submit(lambda: "B's", "B")
+    hold.set()
+    assert other.result(10) == "A's" and again.result(10) == "B's"
+    assert held[2].cancelled()

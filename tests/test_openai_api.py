@@ -426,3 +426,28 @@ def test_api_key_beyond_this_machine_v1_is_closed_until_a_key_is_set(monkeypatch
     assert (
         Access.configured("0.0.0.0", api_key="k").api_refusal({"Authorization": "Bearer k"}) == ""
     )
+
+
+def test_resources_v1_runs_a_few_replies_at_once_lets_some_wait_and_turns_the_rest_away():
+    """The /v1 door: `most` replies run, `waiting` more wait without a thread, one more is
+    turned away at once (429); a reply that ends lets the next waiting one in."""
+    import asyncio
+
+    from lfmui import openai_api
+    from lfmui.errors import TooManyRequests
+    from lfmui.ui.v1 import Door
+
+    async def scenario() -> list:
+        door = Door(most=1, waiting=1)
+        first = await door.enter()
+        second = asyncio.ensure_future(door.enter())
+        await asyncio.sleep(0.2)
+        third = await door.enter()  # one running, one waiting: turned away
+        assert not second.done() and door.queued == 1
+        door.leave()
+        admitted = await asyncio.wait_for(second, 5)
+        return [first, admitted, third, door.inside, door.queued]
+
+    assert asyncio.run(scenario()) == [True, True, False, 1, 0]
+    refused = openai_api.refused(TooManyRequests("You have 16 replies waiting or running"))
+    assert refused.status == 429

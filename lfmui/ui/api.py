@@ -105,8 +105,9 @@ class PublicApi:
             raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
         answer = ""
         conversation = [*earlier, turns.user_message(prompt or "", files)]
+        client = request.session_hash or ""  # visitors take turns (engine.FairWorker)
         events = gpu.chat_turn(
-            self.manager, conversation, settings=settings, tiling=cut, model=pick
+            self.manager, conversation, settings=settings, tiling=cut, model=pick, client=client
         )
         for event in events:
             if event.kind == "text":

@@ -69,9 +69,9 @@ def build_app(
             with gr.Tab("Chat", id="chat"):
                 chat = chat_tab.build(manager, pick)
             with gr.Tab("Tiling inspector", id="inspector", elem_id="inspector-panel"):
-                inspector = vision_tab.build(manager)
+                inspector = vision_tab.build(manager, pick)
             with gr.Tab("Tool playground", id="tools", elem_id="tools-panel"):
-                tools_tab.build(manager)
+                tools_tab.build(manager, pick)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, banner_box, startup_note, access, pick)
         api.build(manager, access)

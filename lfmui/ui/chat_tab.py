@@ -49,6 +49,7 @@ def stream_reply(
     tiling: dict[str, Any] | None = None,
     use_tools: bool = False,
     pick: str | None = None,
+    client: str = "",
 ):
     """Append an assistant turn to `history` and stream the reply into it from the model the
     visitor picked (`pick`, lfmui.backends; None: the default one), with the built-in tools
@@ -82,12 +83,19 @@ def stream_reply(
                 stop=stop,
                 tiling=tiling,
                 model=pick,
+                client=client,
             ):
                 apply_step(reply, step)
                 yield history, earlier + to_chatbot([reply])
             return
         for event in gpu.chat_turn(
-            manager, conversation, settings=settings, stop=stop, tiling=tiling, model=pick
+            manager,
+            conversation,
+            settings=settings,
+            stop=stop,
+            tiling=tiling,
+            model=pick,
+            client=client,
         ):
             apply_event(reply, event)
             yield history, earlier + to_chatbot([reply])
@@ -224,7 +232,7 @@ class ChatTab:
     def settings(self, data: dict) -> dict[str, Any]:
         return settings_of([data[c] for c in self.controls])
 
-    def _reply(self, history: list, data: dict, stop: threading.Event):
+    def _reply(self, history: list, data: dict, stop: threading.Event, session: str):
         return stream_reply(
             self.manager,
             history,
@@ -234,6 +242,7 @@ class ChatTab:
             self.image_detail.values(data),
             data[self.use_tools],
             data[self.pick],
+            session,
         )
 
     def _bundle(self, data: dict) -> dict[str, Any]:
@@ -300,7 +309,7 @@ class ChatTab:
             # the box empties and its send arrow turns into Stop while the reply streams
             streaming = gr.MultimodalTextbox(value=None, submit_btn=False, stop_btn=True)
             yield history, to_chatbot(history), streaming
-            for update in self._reply(history, data, stop):
+            for update in self._reply(history, data, stop, request.session_hash):
                 yield *update, gr.skip()
 
     @warns(outputs=2)
@@ -318,7 +327,7 @@ class ChatTab:
         history = [*history[:number], {**edited, "text": text}]
         with _replies.one(request.session_hash) as stop:
             yield history, to_chatbot(history)
-            yield from self._reply(history, data, stop)
+            yield from self._reply(history, data, stop, request.session_hash)
 
     @warns(outputs=2)
     def on_regenerate(self, data: dict, request: gr.Request):
@@ -330,7 +339,7 @@ class ChatTab:
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
         with _replies.one(request.session_hash) as stop:
-            yield from self._reply(history, data, stop)
+            yield from self._reply(history, data, stop, request.session_hash)
         if earlier is not None and history[-1]["role"] == "assistant":
             history[-1] = chats.with_earlier(history[-1], earlier)
             yield history, to_chatbot(history)

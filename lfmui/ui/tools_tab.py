@@ -62,7 +62,9 @@ def render_trace(turn: turns.ToolTurn, noise: bool) -> str:
     return "\n\n".join(parts)
 
 
-def _start(manager: ModelManager, data: dict[str, Any], max_rounds: int) -> dict[str, Any]:
+def _start(
+    manager: ModelManager, data: dict[str, Any], max_rounds: int, pick: str | None = None
+) -> dict[str, Any]:
     """A fresh session state for a run: the tool turn over the prompt and optional image
     (and the model's first reply, when the user typed it)."""
     prompt = (data["prompt"] or "").strip()
@@ -73,7 +75,7 @@ def _start(manager: ModelManager, data: dict[str, Any], max_rounds: int) -> dict
     turn = turns.ToolTurn.start(conversation, registry, data["choice"] or "auto", max_rounds)
     if (data["typed"] or "").strip():
         turn.typed.append(data["typed"])
-    return {"turn": turn, "noise": manager.readiness()["random_weights"]}
+    return {"turn": turn, "noise": manager.readiness(pick)["random_weights"]}
 
 
 def edited_results(text: str, expected: int) -> list[tools.ToolResult]:
@@ -103,8 +105,9 @@ def edited_results(text: str, expected: int) -> list[tools.ToolResult]:
 class ToolsTab:
     """The playground: its components (made in ``__init__``) and its handlers."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, pick: gr.State) -> None:
         self.manager = manager
+        self.pick = pick  # the visitor's model (lfmui.backends; None: the default)
         gr.Markdown(
             "Give the model tools, ask something, and watch each round: what the model wrote "
             "(special tokens shown), how it was parsed, what ran and what went back."
@@ -183,6 +186,8 @@ class ToolsTab:
                 settings=settings,
                 stop=stop_flag,
                 pause=data[self.mode] == "manual",
+                model=data[self.pick],
+                client=session,
             )
             for _ in steps:
                 waiting = turn.pending
@@ -203,7 +208,7 @@ class ToolsTab:
             "choice": data[self.choice],
             "typed": data[self.typed],
         }
-        run_state = _start(self.manager, fresh, int(data[self.max_rounds]))
+        run_state = _start(self.manager, fresh, int(data[self.max_rounds]), data[self.pick])
         yield from self._stream(run_state, data, request.session_hash)
 
     @warns(outputs=4)
@@ -235,6 +240,7 @@ class ToolsTab:
         private = {"api_visibility": "private"}
         inputs = {
             self.state,
+            self.pick,
             self.prompt,
             self.image,
             self.tools_json,
@@ -253,5 +259,5 @@ class ToolsTab:
         self.tools_json.blur(self.on_tools_change, self.tools_json, self.choice, **private)
 
 
-def build(manager: ModelManager) -> None:
-    ToolsTab(manager)
+def build(manager: ModelManager, pick: gr.State) -> None:
+    ToolsTab(manager, pick)

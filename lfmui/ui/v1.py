@@ -8,6 +8,7 @@ the generation thread lets go of it, so the model's lease is never left behind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -25,9 +26,58 @@ from lfmui.access import Access
 from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager
 
+MAX_IN_FLIGHT = 4  # /v1 replies at once, all callers together (like the page's events)
+MAX_WAITING = 32  # more wait their turn without holding a thread; past these, 429 at once
 
-def routes(manager: ModelManager, access: Access | None = None) -> list[Route]:
+
+class Door:
+    """At most `most` /v1 replies run at once; up to `waiting` more wait in the event loop
+    (no thread of the server's pool is held while waiting, so the page stays quick); one more
+    is turned away with 429."""
+
+    def __init__(self, most: int = MAX_IN_FLIGHT, waiting: int = MAX_WAITING) -> None:
+        self.most, self.waiting, self.inside, self.queued = most, waiting, 0, 0
+        self._lock = threading.Lock()
+
+    def _try(self) -> bool:
+        with self._lock:
+            if self.inside >= self.most:
+                return False
+            self.inside += 1
+            return True
+
+    async def enter(self) -> bool:
+        if self._try():
+            return True
+        with self._lock:
+            if self.queued >= self.waiting:
+                return False
+            self.queued += 1
+        try:
+            while not self._try():
+                await asyncio.sleep(0.05)
+            return True
+        finally:
+            with self._lock:
+                self.queued -= 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.inside -= 1
+
+
+def caller(request: Request) -> str:
+    """Who sends a /v1 request, for taking turns: the first forwarded address (a Space's
+    proxy), else the peer's."""
+    forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
+    return "v1:" + (forwarded or (request.client.host if request.client else ""))
+
+
+def routes(
+    manager: ModelManager, access: Access | None = None, door: Door | None = None
+) -> list[Route]:
     access = access or Access.configured()
+    door = door or Door()
 
     def refusal(request: Request) -> JSONResponse | None:
         """401 in OpenAI's shape unless the request carries the key /v1 asks for."""
@@ -54,24 +104,40 @@ def routes(manager: ModelManager, access: Access | None = None) -> list[Route]:
             chat = await run_in_threadpool(openai_api.parse_request, body, manager)
         except Exception as exc:  # every refusal is an OpenAI-shaped answer
             return _error(openai_api.refused(exc))
+        try:
+            admitted = await door.enter()
+        except BaseException:  # the caller left while waiting its turn
+            shutil.rmtree(chat.folder, ignore_errors=True)
+            raise
+        if not admitted:
+            shutil.rmtree(chat.folder, ignore_errors=True)
+            busy = openai_api.ApiError(
+                f"{door.most} /v1 replies are running and {door.waiting} waiting already; "
+                "retry in a few seconds.",
+                429,
+            )
+            return JSONResponse(busy.body(), status_code=429, headers={"Retry-After": "2"})
         stop = threading.Event()
-        records = openai_api.run(manager, chat, stop)
+        records = openai_api.run(manager, chat, stop, caller(request))
         model = chat.answered_by  # the model that answers, as OpenAI names its snapshot
+        streaming = None
         try:
             if not chat.stream:
                 done = openai_api.completion(model, await run_in_threadpool(list, records))
-                shutil.rmtree(chat.folder, ignore_errors=True)
                 return JSONResponse(done, headers=chat.headers())
             stream = openai_api.chunks(model, records, chat.include_usage)
             first = await run_in_threadpool(next, stream)  # errors before any byte is a 4xx
+            streaming = StreamingResponse(
+                _events(first, stream, records, stop, chat.folder, door.leave),
+                media_type="text/event-stream",
+                headers=chat.headers(),
+            )
+            return streaming
         except Exception as exc:
-            _close_later(records, stop, chat.folder)
             return _error(openai_api.refused(exc))
-        return StreamingResponse(
-            _events(first, stream, records, stop, chat.folder),
-            media_type="text/event-stream",
-            headers=chat.headers(),
-        )
+        finally:  # answered, refused, or the caller left (cancelled): the reply ends here
+            if streaming is None:
+                _close_later(records, stop, chat.folder, door.leave)
 
     return [
         Route("/v1/models", models, methods=["GET"]),
@@ -79,7 +145,7 @@ def routes(manager: ModelManager, access: Access | None = None) -> list[Route]:
     ]
 
 
-async def _events(first, stream, records, stop: threading.Event, folder: str):
+async def _events(first, stream, records, stop: threading.Event, folder: str, done: Any):
     try:
         yield _sse(first)
         async for payload in iterate_in_threadpool(stream):
@@ -88,12 +154,12 @@ async def _events(first, stream, records, stop: threading.Event, folder: str):
     except Exception as exc:  # after the headers: the error as the stream's last event
         yield _sse(openai_api.refused(exc).body())
     finally:  # also when the client went away and the server cancelled this task
-        _close_later(records, stop, folder)
+        _close_later(records, stop, folder, done)
 
 
-def _close_later(records: Iterator[dict], stop: threading.Event, folder: str) -> None:
+def _close_later(records: Iterator[dict], stop: threading.Event, folder: str, done: Any) -> None:
     """Stop the reply and close its generator (which releases the model's lease) once the
-    generation thread hands it back; remove the request's images."""
+    generation thread hands it back; remove the request's images; then `done` (the door)."""
     stop.set()
 
     def close() -> None:
@@ -104,6 +170,7 @@ def _close_later(records: Iterator[dict], stop: threading.Event, folder: str) ->
             except ValueError:  # "generator already executing": its thread is finishing a step
                 time.sleep(0.05)
         shutil.rmtree(folder, ignore_errors=True)
+        done()
 
     threading.Thread(target=close, name="lfmui-v1-close", daemon=True).start()
 

@@ -62,11 +62,14 @@ def describe(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def inspect(manager: ModelManager, path: str | None, values: dict[str, Any]):
-    """(picture with the plan drawn, description, plan JSON) for the inspector."""
+def inspect(
+    manager: ModelManager, path: str | None, values: dict[str, Any], pick: str | None = None
+):
+    """(picture with the plan drawn, description, plan JSON) for the inspector, by the model
+    the visitor picked."""
     if not path:
         return None, "Upload an image to see how the model will cut it.", None
-    picture, plan = turns.inspect_image(manager, path, values)
+    picture, plan = turns.inspect_image(manager, path, values, pick)
     return tiling.preview(picture, plan), describe(plan), plan
 
 
@@ -107,7 +110,7 @@ def budget_ab(manager: ModelManager, path: str | None, question: str, new_tokens
         yield rows
 
 
-def build(manager: ModelManager) -> dict[str, Any]:
+def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
     gr.Markdown(
         "Upload an image to see how the loaded model will cut it: the tile grid and the "
         "thumbnail drawn over it, and the image tokens it costs. Counts come from the model's "
@@ -131,9 +134,9 @@ def build(manager: ModelManager) -> dict[str, Any]:
 
     @warns(outputs=3)
     def on_change(data: dict):
-        return inspect(manager, data[upload], controls.values(data))
+        return inspect(manager, data[upload], controls.values(data), data[pick])
 
-    inputs = {upload, *controls.all}
+    inputs = {upload, pick, *controls.all}
     for trigger in [upload.change, *(k.change for k in controls.knobs)]:
         trigger(
             on_change,
