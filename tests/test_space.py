@@ -440,3 +440,47 @@ def test_space_two_visitors_two_models_and_the_owners_endpoint(tiny_paths, tmp_p
         process.terminate()
         process.wait(timeout=30)
         upstream.shutdown()
+
+
+def _sign_in(component: dict) -> bool:
+    """gradio's LoginButton (a template of Button), as lfmui marks it."""
+    return component.get("props", {}).get("elem_id") == "sign-in"
+
+
+def test_space_with_hf_oauth_shows_the_sign_in_button_and_none_without(space, tmp_path):
+    """hf_oauth in the header makes the Space set OAUTH_*: the Models tab then offers the
+    owner a Hugging Face sign-in; without it (the other rehearsal) there is no button."""
+    port, _, _ = space
+    plain = httpx.get(f"http://127.0.0.1:{port}/config", headers=AS_VISITOR, timeout=30).json()
+    assert not [c for c in plain["components"] if _sign_in(c)]
+    signed = _space_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
+        **SPACE,
+        "GRADIO_SERVER_PORT": str(signed),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        # what a Space with `hf_oauth: true` sets (values of the rehearsal's own)
+        "OAUTH_CLIENT_ID": "rehearsal-client",
+        "OAUTH_CLIENT_SECRET": "rehearsal-secret",
+        "OAUTH_SCOPES": "openid profile",
+        "OPENID_PROVIDER_URL": "https://huggingface.co",
+    }
+    log = tmp_path / "app.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_until_listening(process, signed, log)
+        base = f"http://127.0.0.1:{signed}"
+        config = httpx.get(f"{base}/config", headers=AS_VISITOR, timeout=30).json()
+        buttons = [c for c in config["components"] if _sign_in(c)]
+        assert len(buttons) == 1
+        assert "Sign in with Hugging Face" in json.dumps(buttons[0])
+        # (its /login/huggingface asks huggingface.co for the provider: not from here)
+        assert "Traceback" not in _ours(log.read_text())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -260,6 +260,8 @@ def build(
                 visible=not access.local,
                 elem_id="admin-token",
             )
+            if access.sign_in:  # a Space with hf_oauth: its author (or LFMUI_OWNERS) signs in
+                gr.LoginButton("Sign in with Hugging Face (the owner)", elem_id="sign-in")
         with gr.Column(scale=3):
             card = gr.Markdown(status_card(manager), label="Status", container=True)
             figures = gr.Markdown(measured.table(model.value), elem_id="measured-figures")
