@@ -35,6 +35,7 @@ from lfmui.errors import (
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 GIB = 1024**3
+PICK_WAIT_S = 600.0  # a pick of a model that is loading for another pick waits this long for it
 
 
 class ModelStatus(TypedDict):
@@ -248,11 +249,9 @@ class ModelManager:
         loaded into the pool first when loading on demand is allowed (`may_load`, else the
         owner's setting) and it fits; the default model is left as it is."""
         wanted = None if quantization in (None, "", "auto") else str(quantization)
-        with self._state:
-            for loaded in sorted(self._pool.values(), key=lambda m: -m.last_used):
-                if loaded.spec.id == model_id and wanted in (None, loaded.quantization):
-                    loaded.last_used = time.monotonic()
-                    return loaded.key
+        resident = self._resident(model_id, wanted)
+        if resident is not None:
+            return resident
         if not (self.load_on_demand if may_load is None else may_load):
             self.catalog.get(model_id)  # an unknown id: its own sentence
             resident = ", ".join(sorted(self._pool)) or "none"
@@ -260,7 +259,27 @@ class ModelManager:
                 f"{model_id} is not loaded here, and only the owner may load models. "
                 f"Pick a loaded one ({resident})."
             )
-        return self._load(model_id, quantization, progress, default=False)["key"]
+        try:
+            return self._load(model_id, quantization, progress, default=False)["key"]
+        except LoadInProgress:
+            if self.loading != model_id:
+                raise
+        # the same model is loading for someone else's pick: this pick waits for it
+        if self._load_lock.acquire(timeout=PICK_WAIT_S):
+            self._load_lock.release()
+        resident = self._resident(model_id, wanted)
+        if resident is None:
+            raise LoadInProgress(f"{model_id} is still loading; pick it again in a moment.")
+        return resident
+
+    def _resident(self, model_id: str, level: str | None) -> str | None:
+        """The key of `model_id` in the pool (at `level`, if named), most recently used."""
+        with self._state:
+            for loaded in sorted(self._pool.values(), key=lambda m: -m.last_used):
+                if loaded.spec.id == model_id and level in (None, loaded.quantization):
+                    loaded.last_used = time.monotonic()
+                    return loaded.key
+        return None
 
     def readiness(self, pick: str | None = None) -> Readiness:
         """What answers now, the one place that says it: ready or not (and why), the endpoint

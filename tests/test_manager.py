@@ -506,3 +506,31 @@ def test_pool_a_model_larger_than_the_budget_is_refused_before_anything_goes(tin
     with pytest.raises(PoolFull, match="more than the whole pool holds"):
         manager.load("lfm2-vl-tiny", "fp32")
     assert manager.pool() == [] and manager.current() is None
+
+
+def test_pool_two_picks_of_one_model_at_once_share_its_load(tiny_paths):
+    """Two visitors (or a dropdown that reports one pick twice) pick the same model while it
+    loads: the second waits for that load instead of being refused."""
+    manager, _ = _pool_manager(2)
+    manager.load("lfm2-vl-tiny", "fp32")
+    loads = []
+    original = manager._load_weights
+
+    def counted(*args, **kwargs):
+        loads.append(args[0].id)
+        time.sleep(0.5)  # the second pick arrives while this one loads
+        return original(*args, **kwargs)
+
+    manager._load_weights = counted
+    keys: list[str] = []
+    picks = [
+        threading.Thread(target=lambda: keys.append(manager.pick("lfm2-moe-tiny", may_load=True)))
+        for _ in range(2)
+    ]
+    for pick in picks:
+        pick.start()
+    for pick in picks:
+        pick.join(60)
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("lfm2-moe-tiny@")
+    assert loads == ["lfm2-moe-tiny"]
+    manager.unload()
