@@ -81,7 +81,6 @@ def names(manager: ModelManager) -> dict[str, str | None]:
     listed: dict[str, str | None] = {} if served is None else {served: None}
     if manager.endpoint is not None:
         listed.setdefault(manager.endpoint.model, manager.endpoint.key)
-        listed.setdefault(manager.endpoint.key, manager.endpoint.key)
     for entry in manager.pool():  # most recently used first
         listed.setdefault(entry["model_id"], entry["key"])
         listed.setdefault(entry["key"], entry["key"])
@@ -97,6 +96,8 @@ def named(manager: ModelManager, name: Any) -> str | None:
         return None
     if isinstance(name, str) and name in listed:
         return listed[name]
+    if manager.endpoint is not None and name == manager.endpoint.key:  # the picker's key
+        return name
     loadable = {spec.id for spec in manager.catalog.listed()}
     if isinstance(name, str) and manager.load_on_demand and name in loadable:
         return manager.pick(name)

@@ -44,8 +44,7 @@ def streaming(page, timeout_ms: int = SLOW) -> None:
 
 def clear_chat(page) -> None:
     """Clear the chat, and wait until the page shows it empty (the chat's own Clear: a file
-    box that holds a file has a Clear button too). It does not wait for the send arrow: after
-    Regenerate the box keeps showing Stop (issue 30)."""
+    box that holds a file has a Clear button too). A reply still streaming is stopped by it."""
     page.locator("#chat-clear").click()
     expect(page.locator("[data-testid=user]:visible")).to_have_count(0, timeout=SLOW)
 

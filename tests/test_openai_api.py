@@ -451,3 +451,34 @@ def test_resources_v1_runs_a_few_replies_at_once_lets_some_wait_and_turns_the_re
     assert asyncio.run(scenario()) == [True, True, False, 1, 0]
     refused = openai_api.refused(TooManyRequests("You have 16 replies waiting or running"))
     assert refused.status == 429
+
+
+def test_fairness_v1_callers_are_let_in_in_turn():
+    """B holds the one running place and 3 waiting; A's one request, sent last, is let in
+    next (A was served least recently), then B's in their order."""
+    import asyncio
+
+    from lfmui.ui.v1 import Door
+
+    async def scenario() -> list[str]:
+        door = Door(most=1, waiting=8)
+        order: list[str] = []
+
+        async def one(name: str, client: str) -> None:
+            assert await door.enter(client)
+            order.append(name)
+
+        await one("B1", "B")
+        waiting = []
+        for name in ("B2", "B3", "B4"):
+            waiting.append(asyncio.ensure_future(one(name, "B")))
+            await asyncio.sleep(0.05)
+        waiting.append(asyncio.ensure_future(one("A", "A")))
+        await asyncio.sleep(0.1)
+        for _ in waiting:  # each reply ends, letting the next in
+            door.leave()
+            await asyncio.sleep(0.1)
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        return order
+
+    assert asyncio.run(scenario()) == ["B1", "A", "B2", "B3", "B4"]

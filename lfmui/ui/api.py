@@ -7,6 +7,7 @@ gr.Error with the same sentences the UI shows.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import typing
 from collections import OrderedDict
@@ -109,20 +110,24 @@ class PublicApi:
         events = gpu.chat_turn(
             self.manager, conversation, settings=settings, tiling=cut, model=pick, client=client
         )
-        for event in events:
-            if event.kind == "text":
-                answer += event.text
-                yield answer
-            elif event.kind == "metrics":
-                noise = self.manager.readiness(pick)["random_weights"]
-                _last_metrics[request.session_hash] = {**event.data, "random_weights": noise}
-                _last_metrics.move_to_end(request.session_hash)
-                while len(_last_metrics) > MAX_SESSIONS_KEPT:  # bounded across many clients
-                    _last_metrics.popitem(last=False)
-            elif event.kind == "done":
-                _last_metrics.setdefault(request.session_hash, {})["done"] = event.data["reason"]
-            elif event.kind == "error":
-                raise gr.Error(event.data["message"])
+        # closed on every way out: a raised error's traceback would keep the reply (and its
+        # lease on the model) suspended until collected
+        with contextlib.closing(events):
+            for event in events:
+                if event.kind == "text":
+                    answer += event.text
+                    yield answer
+                elif event.kind == "metrics":
+                    noise = self.manager.readiness(pick)["random_weights"]
+                    _last_metrics[request.session_hash] = {**event.data, "random_weights": noise}
+                    _last_metrics.move_to_end(request.session_hash)
+                    while len(_last_metrics) > MAX_SESSIONS_KEPT:  # bounded across many clients
+                        _last_metrics.popitem(last=False)
+                elif event.kind == "done":
+                    kept = _last_metrics.setdefault(request.session_hash, {})
+                    kept["done"] = event.data["reason"]
+                elif event.kind == "error":
+                    raise gr.Error(event.data["message"])
         yield answer
 
     @user_errors

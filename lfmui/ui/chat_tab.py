@@ -312,7 +312,7 @@ class ChatTab:
             for update in self._reply(history, data, stop, request.session_hash):
                 yield *update, gr.skip()
 
-    @warns(outputs=2)
+    @warns(outputs=3)
     def on_edit(self, data: dict, edit: gr.EditData, request: gr.Request):
         """A user message edited in the chat: the turns after it go, the reply runs again."""
         history = list(data[self.state])
@@ -326,10 +326,11 @@ class ChatTab:
         edited = {k: v for k, v in history[number].items() if k != "imported"}  # now yours
         history = [*history[:number], {**edited, "text": text}]
         with _replies.one(request.session_hash) as stop:
-            yield history, to_chatbot(history)
-            yield from self._reply(history, data, stop, request.session_hash)
+            yield history, to_chatbot(history), stop_ready()
+            for update in self._reply(history, data, stop, request.session_hash):
+                yield *update, gr.skip()
 
-    @warns(outputs=2)
+    @warns(outputs=3)
     def on_regenerate(self, data: dict, request: gr.Request):
         """A new answer to the last message; the earlier ones are kept to flip back to."""
         history = list(data[self.state])
@@ -339,10 +340,20 @@ class ChatTab:
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
         with _replies.one(request.session_hash) as stop:
-            yield from self._reply(history, data, stop, request.session_hash)
+            box = stop_ready()  # the send arrow turns into Stop with the reply's first update
+            for update in self._reply(history, data, stop, request.session_hash):
+                yield *update, box
+                box = gr.skip()
         if earlier is not None and history[-1]["role"] == "assistant":
             history[-1] = chats.with_earlier(history[-1], earlier)
-            yield history, to_chatbot(history)
+            yield history, to_chatbot(history), gr.skip()
+
+    @staticmethod
+    def box_now(request: gr.Request) -> gr.MultimodalTextbox:
+        """The box's button after an event: Stop while this session's reply still streams
+        (a refused second send ends first), else the send arrow."""
+        running = _replies.flag(request.session_hash) is not None
+        return stop_ready() if running else send_ready()
 
     @warns(outputs=2)
     def on_flip(self, history: list, step: int):
@@ -459,14 +470,12 @@ class ChatTab:
             self.on_submit, {self.box, *inputs}, [*chat, self.box], **private, **ACCELERATOR
         )
         regenerated = self.regenerate_button.click(
-            self.on_regenerate, inputs, chat, **private, **ACCELERATOR
+            self.on_regenerate, inputs, [*chat, self.box], **private, **ACCELERATOR
         )
-        edited = self.chatbot.edit(self.on_edit, inputs, chat, **private, **ACCELERATOR)
-        self.chatbot.edit(stop_ready, None, self.box, queue=False, **private)
-        for event in (submitted, regenerated, edited):  # the reply ended: the send arrow is back
-            event.then(send_ready, None, self.box, queue=False, **private)
+        edited = self.chatbot.edit(
+            self.on_edit, inputs, [*chat, self.box], **private, **ACCELERATOR
+        )
         self.box.stop(self.on_stop, None, None, queue=False, **private)
-        self.regenerate_button.click(stop_ready, None, self.box, queue=False, **private)
         self._undone = self.undo_button.click(
             self.on_undo, self.state, [*chat, self.box], queue=False, **private
         )
@@ -474,9 +483,15 @@ class ChatTab:
             self.box.stop(None, None, None, cancels=[submitted, regenerated, edited])
         # queued, like the page's restore of the kept chats: a Clear right after a reload comes
         # after that restore instead of being overtaken by it (the restored chat came back)
-        cleared = self.clear_button.click(self.on_clear, None, chat, **private)
+        # Clear also cancels a running reply's event: gradio would otherwise send that event's
+        # last output once more when it completes, after the cleared chat (seen under load)
+        replies = [submitted, regenerated, edited]
+        cleared = self.clear_button.click(self.on_clear, None, chat, cancels=replies, **private)
         # the Chatbot's own trash icon clears the rendering; the conversation must go with it
-        trashed = self.chatbot.clear(self.on_clear, None, chat, **private)
+        trashed = self.chatbot.clear(self.on_clear, None, chat, cancels=replies, **private)
+        # an event ended (a reply, a refusal, a Clear): Stop only while a reply still streams
+        for event in (*replies, cleared, trashed):
+            event.then(self.box_now, None, self.box, queue=False, **private)
         store = ([self.saved, self.chat_id, self.state], [self.saved, self.past])
         flips = [
             button.click(lambda h, s=step: self.on_flip(h, s), self.state, chat, **private)

@@ -32,34 +32,53 @@ MAX_WAITING = 32  # more wait their turn without holding a thread; past these, 4
 
 class Door:
     """At most `most` /v1 replies run at once; up to `waiting` more wait in the event loop
-    (no thread of the server's pool is held while waiting, so the page stays quick); one more
-    is turned away with 429."""
+    (no thread of the server's pool is held while waiting, so the page stays quick), and one
+    more is turned away with 429. Waiting callers are let in in turn: the caller served least
+    recently first, so one caller's many requests do not keep another's out."""
 
     def __init__(self, most: int = MAX_IN_FLIGHT, waiting: int = MAX_WAITING) -> None:
-        self.most, self.waiting, self.inside, self.queued = most, waiting, 0, 0
+        self.most, self.waiting, self.inside = most, waiting, 0
+        self._waiters: dict[int, str] = {}  # ticket: caller, in arrival order
+        self._served: dict[str, int] = {}  # caller: the admission it last had
+        self._count = 0
         self._lock = threading.Lock()
 
-    def _try(self) -> bool:
-        with self._lock:
-            if self.inside >= self.most:
-                return False
-            self.inside += 1
-            return True
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
 
-    async def enter(self) -> bool:
-        if self._try():
-            return True
+    def _admit(self, ticket: int, client: str) -> bool:
+        """Under the lock: let `ticket` in if there is room and it is its caller's turn."""
+        if self.inside >= self.most:
+            return False
+        turn = min(self._waiters, key=lambda t: (self._served.get(self._waiters[t], -1), t))
+        if turn != ticket:
+            return False
+        del self._waiters[ticket]
+        self.inside += 1
+        self._count += 1
+        self._served[client] = self._count
+        return True
+
+    async def enter(self, client: str = "") -> bool:
         with self._lock:
-            if self.queued >= self.waiting:
+            if len(self._waiters) >= self.waiting and self.inside >= self.most:
                 return False
-            self.queued += 1
+            self._count += 1
+            ticket = self._count
+            self._waiters[ticket] = client
         try:
-            while not self._try():
-                await asyncio.sleep(0.05)
-            return True
+            while True:
+                with self._lock:
+                    if self._admit(ticket, client):
+                        return True
+                await asyncio.sleep(0.02)
         finally:
             with self._lock:
-                self.queued -= 1
+                self._waiters.pop(ticket, None)
+                if len(self._served) > 4 * (self.most + self.waiting):  # bounded
+                    waiting = set(self._waiters.values())
+                    self._served = {c: n for c, n in self._served.items() if c in waiting}
 
     def leave(self) -> None:
         with self._lock:
@@ -105,7 +124,7 @@ def routes(
         except Exception as exc:  # every refusal is an OpenAI-shaped answer
             return _error(openai_api.refused(exc))
         try:
-            admitted = await door.enter()
+            admitted = await door.enter(caller(request))
         except BaseException:  # the caller left while waiting its turn
             shutil.rmtree(chat.folder, ignore_errors=True)
             raise
