@@ -289,13 +289,72 @@ def run(clients: int, seconds: float, switch_every: float = 4.0, sample_every: f
 _QS = [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)]
 
 
+def flood_v1(requests: int, tokens: int) -> dict:
+    """`requests` streamed /v1 replies at once, then a page load and another client's
+    one-token /generate: how long each takes, and how /v1 answered the flood (its door runs a
+    few, lets some wait without a thread, and turns the rest away with 429)."""
+    import httpx
+    from gradio_client import Client
+
+    temp = Path(tempfile.mkdtemp(prefix="lfmui-flood-"))
+    server, url = _serve(temp)
+    codes: list[str] = []
+    body = {"model": "lfmui", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+
+    def one() -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                f"{url}/v1/chat/completions",
+                json={**body, "max_tokens": tokens},
+                timeout=600,
+            ) as reply:
+                codes.append(str(reply.status_code))
+                for _ in reply.iter_lines():
+                    pass
+        except httpx.HTTPError as exc:
+            codes.append(type(exc).__name__)
+
+    try:
+        flood = [threading.Thread(target=one) for _ in range(requests)]
+        for thread in flood:
+            thread.start()
+        time.sleep(3)
+        started = time.monotonic()
+        page = httpx.get(f"{url}/", timeout=300)
+        page_s = time.monotonic() - started
+        started = time.monotonic()
+        Client(url, verbose=False).predict("A", [], '{"max_new_tokens": 1}', api_name="/generate")
+        other_s = time.monotonic() - started
+        for thread in flood:
+            thread.join()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {
+        "case": "flood_v1",
+        "requests": requests,
+        "max_tokens": tokens,
+        "page_status": page.status_code,
+        "page_load_s": round(page_s, 3),
+        "other_client_one_token_s": round(other_s, 3),
+        "v1_answers": dict(Counter(codes)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--switch-every", type=float, default=5.0)
     parser.add_argument("--sample-every", type=float, default=5.0)
+    parser.add_argument(
+        "--flood-v1", type=int, default=0, metavar="N", help="N streamed /v1 replies at once"
+    )
     args = parser.parse_args(argv)
+    if args.flood_v1:
+        print(json.dumps(flood_v1(args.flood_v1, 256)))
+        return 0
     summary = run(args.clients, args.seconds, args.switch_every, args.sample_every)
     print(json.dumps(summary, indent=1))
     return 0 if summary["unhandled_errors"] == 0 and not summary["deadlocked_clients"] else 1
