@@ -52,12 +52,16 @@ def weight_bytes(model: Any) -> int:
 
 
 def free_accelerator(cuda: bool) -> None:
-    """Collect, trim the heap and, on CUDA, empty the cache and reset the peak."""
+    """Collect, trim the heap and, where this process has started CUDA, empty its cache and
+    reset the peak. A ZeroGPU Space's main process never starts CUDA (its workers do): there
+    CUDA calls raise, and there is nothing of ours to free."""
     gc.collect()
     trim_heap()
     if cuda:
         import torch
 
+        if not torch.cuda.is_initialized():
+            return
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 

@@ -730,3 +730,30 @@ def test_a_pool_budget_that_holds_no_model_stops_the_start_with_a_sentence(
     assert started.returncode != 0
     assert said in started.stderr, started.stderr[-2000:]
     assert "Traceback" not in started.stderr
+
+
+def test_zerogpu_the_chats_tool_turn_reaches_the_gpu_function_with_its_registry(tiny_paths):
+    """issue 27, finding 3: the chat's "Use tools" calls gpu.tool_turn with the registry as a
+    third positional argument; the ZeroGPU wrapper took two (a TypeError before any GPU).
+    Here the call reaches spaces, which then fails to reach its device API (none here)."""
+    code = (
+        "from lfmui.ui import build_app, gpu; from lfmui import tools; "
+        "from lfmui.manager import ModelManager; build_app(); "
+        "steps = gpu.tool_turn(ModelManager(), [{'role': 'user', 'content': 'hi'}], "
+        "dict(tools.BUILTINS), settings={'max_new_tokens': 4}); "
+        "exec('try:\\n next(steps)\\nexcept Exception as exc:\\n "
+        "print(type(exc).__name__, str(exc)[:300])')"
+    )
+    env = {
+        **os.environ,
+        "SPACES_ZERO_GPU": "true",
+        "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9",
+        "LFMUI_CACHE": os.environ["LFMUI_CACHE"],
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env,
+        timeout=180,
+    )  # fmt: skip
+    said = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
+    assert "positional argument" not in said, said
+    assert not said.startswith("TypeError"), said

@@ -179,3 +179,30 @@ def test_auto_says_so_when_nothing_fits(vl_manager, monkeypatch):
     with pytest.raises(InsufficientMemory, match="No level of this model fits here"):
         vl_manager.load("lfm2-8b-a1b-synthetic", "auto")
     assert vl_manager.current().spec.id == "lfm2-vl-tiny"
+
+
+def test_freeing_the_accelerator_where_this_process_never_started_cuda_does_not_touch_it(
+    monkeypatch,
+):
+    """issue 27, finding 2: on a ZeroGPU Space the main process reports CUDA but never starts
+    it, and its CUDA calls raise; a switch's freeing step must not call them there."""
+    import torch
+
+    from lfmui import heap
+
+    called = []
+
+    def refuse() -> None:
+        called.append("reset")
+        raise RuntimeError("CUDA must not be initialized in the main process on ZeroGPU")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", refuse)
+    monkeypatch.setattr(torch.cuda, "empty_cache", refuse)
+    heap.free_accelerator(True)  # raised before
+    assert called == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: called.append("empty"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: called.append("reset"))
+    heap.free_accelerator(True)  # where CUDA runs in this process: both, as before
+    assert called == ["empty", "reset"]

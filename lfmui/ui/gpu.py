@@ -56,22 +56,23 @@ def on_gpu(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         return fn
     import spaces
 
-    def in_worker(first: Any, **options: Any) -> Iterator[Any]:
-        yield from fn(_manager, first, **options)
+    def in_worker(first: Any, *rest: Any, **options: Any) -> Iterator[Any]:
+        yield from fn(_manager, first, *rest, **options)
 
     in_worker.__name__ = fn.__name__
     gpu_fn = spaces.GPU(duration=duration)(in_worker)
     WRAPPED[fn.__name__] = gpu_fn
 
-    def call(manager: Any, first: Any, **options: Any) -> Iterator[Any]:
+    def call(manager: Any, first: Any, *rest: Any, **options: Any) -> Iterator[Any]:
+        """`fn` with the same arguments (tool_turn's registry comes second, by position)."""
         global _manager
         if elsewhere(manager, options.get("model")):  # no GPU of ours is needed
-            yield from fn(manager, first, **options)
+            yield from fn(manager, first, *rest, **options)
             return
         _manager = manager
         options.pop("stop", None)
         try:
-            for step in gpu_fn(first, **options):
+            for step in gpu_fn(first, *rest, **options):
                 if hasattr(first, "apply"):
                     first.apply(step)
                 yield step
