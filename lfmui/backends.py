@@ -70,7 +70,7 @@ def of(manager: ModelManager, pick: str | None = None) -> Backend:
             loaded = manager.resolve(pick)
     if loaded is None:
         raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
-    return InProcess(manager, None if pick in (None, "", "default") else loaded.key)
+    return InProcess(manager, None if pick in (None, "", "default") else loaded.key, loaded)
 
 
 def names(manager: ModelManager) -> dict[str, str | None]:
@@ -128,11 +128,9 @@ class InProcess:
 
     on_this_machine = True
 
-    def __init__(self, manager: ModelManager, pick: str | None) -> None:
+    def __init__(self, manager: ModelManager, pick: str | None, loaded: Any) -> None:
+        """`loaded`: the resident model `pick` names now (``of`` found it)."""
         self.manager, self.pick = manager, pick
-        loaded = manager.resolve(pick)
-        if loaded is None:
-            raise NoModelLoaded(f"{str(pick)[:80]} is not loaded here any more; pick another.")
         self.key = loaded.key
         spec = loaded.spec
         self.model, self.label = spec.id, f"{spec.id} · {loaded.quantization}"

@@ -186,9 +186,15 @@ class ModelManager:
         if pick in (None, "", "default"):
             return self._current
         with self._state:
-            if pick in self._pool:
-                return self._pool[pick]
-            same = [m for m in self._pool.values() if m.spec.id == pick]
+            return self._pool.get(pick) or self._latest(pick, None)
+
+    def _latest(self, model_id: str, level: str | None) -> LoadedModel | None:
+        """Under the state lock: the most recently used resident `model_id` (at `level`)."""
+        same = [
+            m
+            for m in self._pool.values()
+            if m.spec.id == model_id and level in (None, m.quantization)
+        ]
         return max(same, key=lambda m: m.last_used) if same else None
 
     @contextlib.contextmanager
@@ -273,13 +279,14 @@ class ModelManager:
         return resident
 
     def _resident(self, model_id: str, level: str | None) -> str | None:
-        """The key of `model_id` in the pool (at `level`, if named), most recently used."""
+        """The key of `model_id` in the pool (at `level`, if named), most recently used; the
+        pick counts as a use."""
         with self._state:
-            for loaded in sorted(self._pool.values(), key=lambda m: -m.last_used):
-                if loaded.spec.id == model_id and level in (None, loaded.quantization):
-                    loaded.last_used = time.monotonic()
-                    return loaded.key
-        return None
+            loaded = self._latest(model_id, level)
+            if loaded is None:
+                return None
+            loaded.last_used = time.monotonic()
+            return loaded.key
 
     def readiness(self, pick: str | None = None) -> Readiness:
         """What answers now, the one place that says it: ready or not (and why), the endpoint

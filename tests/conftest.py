@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# hypothesis keeps its example database under tests/, not at the checkout's top level
+set_hypothesis_home_dir(os.path.join(os.path.dirname(__file__), ".hypothesis"))
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never contact the hub
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

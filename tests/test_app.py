@@ -524,6 +524,16 @@ def test_tool_turn_endpoint_rejects_bad_input(client, tools_json, settings_json,
         client.predict("hi", tools_json, settings_json, api_name="/tool_turn")
 
 
+def _zerogpu_env() -> dict[str, str]:
+    """A ZeroGPU Space's switch, with a device API address where nothing listens."""
+    return {
+        **os.environ,
+        "SPACES_ZERO_GPU": "true",
+        "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9",
+        "LFMUI_CACHE": os.environ["LFMUI_CACHE"],
+    }
+
+
 def test_zerogpu_wraps_the_gpu_functions():
     """With the spaces package and ZeroGPU's variable set, the app starts with its GPU entry
     points wrapped by spaces.GPU and compiled decode off."""
@@ -535,12 +545,7 @@ def test_zerogpu_wraps_the_gpu_functions():
         "gpu.duration([{'role': 'user', 'content': [{'type': 'image'}]}], "
         "settings={'max_new_tokens': 200}))"
     )
-    env = {
-        **os.environ,
-        "SPACES_ZERO_GPU": "true",
-        "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9",
-        "LFMUI_CACHE": os.environ["LFMUI_CACHE"],
-    }
+    env = _zerogpu_env()
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -744,12 +749,7 @@ def test_zerogpu_the_chats_tool_turn_reaches_the_gpu_function_with_its_registry(
         "exec('try:\\n next(steps)\\nexcept Exception as exc:\\n "
         "print(type(exc).__name__, str(exc)[:300])')"
     )
-    env = {
-        **os.environ,
-        "SPACES_ZERO_GPU": "true",
-        "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9",
-        "LFMUI_CACHE": os.environ["LFMUI_CACHE"],
-    }
+    env = _zerogpu_env()
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env,
         timeout=180,

@@ -112,6 +112,21 @@ def _call(
         return events
 
 
+def _space_env(folder: Path, port: int, **extra: str) -> dict[str, str]:
+    """The environment a Space gives `python app.py` (this machine's, less its own GRADIO_SERVER
+    and SPACE settings), its HF_HOME and gradio temp dir under `folder`, all traffic kept on the
+    loopback, and `extra`."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
+        **SPACE,
+        "GRADIO_SERVER_PORT": str(port),
+        "HF_HOME": str(folder / "hf"),
+        "HF_HUB_OFFLINE": "1",  # traffic stays on the loopback: the start falls back to tiny
+        "GRADIO_TEMP_DIR": str(folder / "gradio"),
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def space(tiny_paths):
     folder = Path(tempfile.mkdtemp(prefix="lfmui-space-"))
@@ -120,17 +135,13 @@ def space(tiny_paths):
     (folder / "shim" / "sitecustomize.py").write_text(SLOW_FIRST_LOAD)
     port = _space_port()
     log = folder / "app.log"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
-        **SPACE,
-        "GRADIO_SERVER_PORT": str(port),
-        "HF_HOME": str(folder / "hf"),
-        "HF_HUB_OFFLINE": "1",  # traffic stays on the loopback: the start falls back to tiny
-        "GRADIO_TEMP_DIR": str(folder / "gradio"),
-        "PYTHONPATH": os.pathsep.join([str(folder / "shim"), str(ROOT)]),
-        "LFMUI_TEST_LOAD_DELAY_S": str(LOAD_DELAY_S),
-        "LFMUI_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
+    env = _space_env(
+        folder,
+        port,
+        PYTHONPATH=os.pathsep.join([str(folder / "shim"), str(ROOT)]),
+        LFMUI_TEST_LOAD_DELAY_S=str(LOAD_DELAY_S),
+        LFMUI_ADMIN_TOKEN=ADMIN_TOKEN,
+    )
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -233,14 +244,7 @@ def test_space_an_endpoints_address_and_fields_are_shown_to_no_visitor(tiny_path
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     address = f"127.0.0.1:{upstream.server_address[1]}"
     port = _space_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
-        **SPACE,
-        "GRADIO_SERVER_PORT": str(port),
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-    }
+    env = _space_env(tmp_path, port)
     secret = '{"top_k": 20, "note": "an-owner-secret"}'
     log = tmp_path / "app.log"
     command = [sys.executable, "app.py", "--endpoint", f"http://{address}/v1"]
@@ -364,19 +368,15 @@ def test_space_two_visitors_two_models_and_the_owners_endpoint(tiny_paths, tmp_p
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     address = f"127.0.0.1:{upstream.server_address[1]}"
     port = _space_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
-        **SPACE,
-        "GRADIO_SERVER_PORT": str(port),
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-        "LFMUI_ADMIN_TOKEN": ADMIN_TOKEN,
-        "LFMUI_API_KEY": API_KEY,
-        "LFMUI_POOL_GIB": "1.2",  # two tiny models (about 0.51 GiB each), not three
-        "LFMUI_LOAD_ON_DEMAND": "1",
-        "LFMUI_ENDPOINT_HOSTS": "127.0.0.1",  # the owner names the endpoint's host
-    }
+    env = _space_env(
+        tmp_path,
+        port,
+        LFMUI_ADMIN_TOKEN=ADMIN_TOKEN,
+        LFMUI_API_KEY=API_KEY,
+        LFMUI_POOL_GIB="1.2",  # two tiny models (about 0.51 GiB each), not three
+        LFMUI_LOAD_ON_DEMAND="1",
+        LFMUI_ENDPOINT_HOSTS="127.0.0.1",  # the owner names the endpoint's host
+    )
     log = tmp_path / "app.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -454,19 +454,14 @@ def test_space_with_hf_oauth_shows_the_sign_in_button_and_none_without(space, tm
     plain = httpx.get(f"http://127.0.0.1:{port}/config", headers=AS_VISITOR, timeout=30).json()
     assert not [c for c in plain["components"] if _sign_in(c)]
     signed = _space_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GRADIO_SERVER", "SPACE"))},
-        **SPACE,
-        "GRADIO_SERVER_PORT": str(signed),
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-        # what a Space with `hf_oauth: true` sets (values of the rehearsal's own)
-        "OAUTH_CLIENT_ID": "rehearsal-client",
-        "OAUTH_CLIENT_SECRET": "rehearsal-secret",
-        "OAUTH_SCOPES": "openid profile",
-        "OPENID_PROVIDER_URL": "https://huggingface.co",
-    }
+    env = _space_env(  # what a Space with `hf_oauth: true` sets (the rehearsal's own values)
+        tmp_path,
+        signed,
+        OAUTH_CLIENT_ID="rehearsal-client",
+        OAUTH_CLIENT_SECRET="rehearsal-secret",
+        OAUTH_SCOPES="openid profile",
+        OPENID_PROVIDER_URL="https://huggingface.co",
+    )
     log = tmp_path / "app.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -143,9 +143,10 @@ def pool_card(manager: ModelManager) -> str:
     """What every visitor may pick from: the resident models (answering or idle), the
     endpoint, what is loading, and the pool's room."""
     lines = ["**Models here** (each visitor picks one for their own chats):"]
+    pool = manager.pool()
     if manager.endpoint is not None:
         lines.append(f"- `{manager.endpoint.model}` · an endpoint the owner connected")
-    for entry in manager.pool():
+    for entry in pool:
         state = (
             f"answering {entry['answering']}"
             if entry["answering"]
@@ -162,7 +163,7 @@ def pool_card(manager: ModelManager) -> str:
         lines.append("- none yet")
     budget = manager.pool_budget
     if budget is not None:
-        used = sum(entry["gib"] for entry in manager.pool())
+        used = sum(entry["gib"] for entry in pool)
         who = (
             "a pick of another model loads it if it fits (the least recently used idle model "
             "makes room)"
@@ -207,8 +208,9 @@ def your_model(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
         return key, shown, pool_card(manager)
 
     def refresh(current: str | None):
-        value = current if current in dict(map(reversed, pick_choices(manager))) else "default"
-        return gr.Dropdown(choices=pick_choices(manager), value=value), pool_card(manager)
+        choices = pick_choices(manager)
+        value = current if current in {key for _, key in choices} else "default"
+        return gr.Dropdown(choices=choices, value=value), pool_card(manager)
 
     picked_event = yours.input(
         on_pick, yours, [pick, yours, card], api_visibility="private", **ACCELERATOR
