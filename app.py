@@ -49,7 +49,7 @@ from lfmui.catalog import Catalog  # noqa: E402
 from lfmui.errors import LfmuiError  # noqa: E402
 from lfmui.hub import choose_startup_model  # noqa: E402
 from lfmui.manager import ModelManager  # noqa: E402
-from lfmui.ui import build_app, launch_settings  # noqa: E402
+from lfmui.ui import build_app, gpu, launch_settings  # noqa: E402
 from lfmui.ui.guard import Allowed  # noqa: E402
 
 demo = build_app()
@@ -135,6 +135,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the owner loads)",
     )
     parser.add_argument(
+        "--preload",
+        action="append",
+        default=[p.strip() for p in os.environ.get("LFMUI_PRELOAD", "").split(",") if p.strip()],
+        metavar="MODEL[@LEVEL]",
+        help="another model to load into the pool at start, e.g. LFM2-8B-A1B@nf4; repeatable "
+        "(default: LFMUI_PRELOAD, comma-separated). Needs --pool-gib, except on ZeroGPU, "
+        "where every model is loaded at start and the pool is the GPU's memory",
+    )
+    parser.add_argument(
         "--synthetic",
         action="store_true",
         help="list the full-shape random-weight builds (for benchmarks)",
@@ -161,21 +170,41 @@ def main(argv: list[str] | None = None) -> None:
     if args.pool_gib is not None and not 0 < args.pool_gib < 1e6:
         raise SystemExit("app.py: --pool-gib must be a number of GiB above 0, e.g. 12.")
     budget = None if args.pool_gib is None else int(args.pool_gib * 2**30)
+    zerogpu = gpu.zerogpu()
+    if zerogpu:
+        # transformers copies weights on loader threads, where spaces' CUDA emulation (set up
+        # per thread, on this one) does not reach: load on this thread alone
+        os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
+        budget = min(budget or gpu.free_memory(), gpu.free_memory())
+    preload = [_model_at_level(text, catalog) for text in args.preload]
+    if preload and budget is None:
+        raise SystemExit(
+            "app.py: --preload keeps several models resident: give the pool its memory with "
+            "--pool-gib (LFMUI_POOL_GIB), e.g. --pool-gib 12."
+        )
     manager = ModelManager(
         catalog, on_loaded=engine.warm_up, pool_budget=budget, load_on_demand=args.load_on_demand
     )
-    refusal = manager.budget_refusal(model_id, args.quantization)
-    if refusal:
-        raise SystemExit(f"app.py: {refusal}")
     named = [*args.allow_endpoint, urlsplit(args.endpoint or "").hostname or ""]
     access = Access.configured(args.host, [h for h in named if h], args.api_key or "")
     if args.endpoint:
         note = " ".join(filter(None, [note, _connect_at_start(manager, args, access)]))
+    at_start = [(model_id, args.quantization)] if manager.endpoint is None or args.model else []
+    at_start += preload
+    try:
+        where = "the GPU's free memory" if zerogpu else "the pool budget (--pool-gib)"
+        refusal = manager.start_refusal(at_start, where)
+    except LfmuiError as exc:  # an unknown level, say
+        refusal = str(exc)
+    if refusal:
+        raise SystemExit(f"app.py: {refusal}")
     app = build_app(manager, startup_note=note, access=access)
-    if manager.endpoint is None or args.model:
-        threading.Thread(
-            target=_load_at_start, args=(manager, model_id, args.quantization), daemon=True
-        ).start()
+    if zerogpu:  # before launch(), on this thread: spaces packs what is loaded by then
+        _load_at_start(manager, at_start)
+        manager.load_on_demand = False
+        manager.seal(ZEROGPU_SEALED)
+    elif at_start:
+        threading.Thread(target=_load_at_start, args=(manager, at_start), daemon=True).start()
     allowed = Allowed.configured((args.host, *args.allow_host), tuple(args.allow_origin))
     global demo  # the app gradio launches is this module's demo (its Spaces reloader looks here)
     demo = app
@@ -224,11 +253,36 @@ def _connect_at_start(manager: ModelManager, args: argparse.Namespace, access: A
     return ""
 
 
-def _load_at_start(manager: ModelManager, model_id: str, quantization: str) -> None:
-    try:
-        manager.load(model_id, quantization)
-    except LfmuiError as exc:
-        logging.getLogger("lfmui").error("start-up load failed: %s", exc)
+ZEROGPU_SEALED = (
+    "On ZeroGPU the models are loaded when the Space starts, and no model loads or unloads "
+    "after that. Pick one of the loaded models; the owner lists them in LFMUI_PRELOAD "
+    "(MODEL@LEVEL, comma-separated) and restarts the Space."
+)
+
+
+def _model_at_level(text: str, catalog: Catalog) -> tuple[str, str]:
+    """--preload's MODEL[@LEVEL] as (catalog id, level); a sentence ends the start when the
+    model is not in the catalog."""
+    model_id, _, level = text.strip().partition("@")
+    if model_id not in {s.id for s in catalog.all()}:
+        raise SystemExit(
+            f"app.py: --preload {text[:80]!r}: {model_id[:60]!r} is not a catalog id. Use one "
+            f"of {', '.join(s.id for s in catalog.listed())}, optionally with @LEVEL."
+        )
+    return model_id, level or "auto"
+
+
+def _load_at_start(manager: ModelManager, models: list[tuple[str, str]]) -> None:
+    """The start-up model as the default, then the others into the pool; a failure is logged
+    and the rest still load (the app serves and says what is loaded)."""
+    for number, (model_id, quantization) in enumerate(models):
+        try:
+            if number == 0:
+                manager.load(model_id, quantization)
+            else:
+                manager.pick(model_id, quantization, may_load=True)
+        except LfmuiError as exc:
+            logging.getLogger("lfmui").error("start-up load of %s failed: %s", model_id, exc)
 
 
 if __name__ == "__main__":

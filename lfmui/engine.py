@@ -38,6 +38,7 @@ class Metrics(TypedDict, total=False):
     """A reply's ``metrics`` event (typed, so the API page shows each key); /last_metrics
     adds done (the end: eos, stopped, max_tokens, time_limit) and random_weights."""
 
+    model: str  # the key of the model that answered (id@level)
     queue_wait_s: float
     preprocess_s: float
     ttft_s: float | None
@@ -252,6 +253,7 @@ def stream(
         reason = _done_reason(stop, loaded, last_id, eos, generated, settings, ended - started)
         image_token = getattr(loaded.model.config, "image_token_id", None)
         metrics = {
+            "model": loaded.key,
             "queue_wait_s": round(started - submitted, 4),
             **(extra_metrics or {}),
             **_metrics(started, first_token_at, ended, prompt_tokens, generated),
@@ -364,6 +366,16 @@ class FairWorker:
 
 _worker: FairWorker | None = None
 _worker_lock = threading.Lock()
+
+
+def _forget_worker() -> None:
+    """In a forked child (a ZeroGPU worker) the parent's generation thread does not exist:
+    the child starts its own on its first reply."""
+    global _worker, _worker_lock
+    _worker, _worker_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_worker)
 
 
 def generation_worker() -> FairWorker:

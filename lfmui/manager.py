@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +118,17 @@ class Readiness(TypedDict):
     requests_in_flight: int
 
 
+_managers: weakref.WeakSet[ModelManager] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for manager in list(_managers):
+        manager._fresh_locks()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def pool_key(model_id: str, quantization: str) -> str:
     return f"{model_id}@{quantization}"
 
@@ -171,6 +184,20 @@ class ModelManager:
         # an OpenAI-compatible server that answers instead of the resident model (which stays
         # loaded): lfmui.endpoint.Endpoint, set by use_endpoint
         self.endpoint: Any = None
+        self.sealed: str | None = None  # set by seal(): why no model loads or unloads any more
+        _managers.add(self)
+
+    def seal(self, reason: str) -> None:
+        """Keep the pool as it is from now on: a load or unload is refused with `reason`
+        (ZeroGPU: its workers hold the models loaded before launch, and no others). A pick of
+        a resident model, or making one the default, still works."""
+        self.sealed = reason
+
+    def _fresh_locks(self) -> None:
+        """After a fork: a lock another thread held at the fork stays held in the child, where
+        that thread does not exist."""
+        self._load_lock = threading.Lock()
+        self._state = threading.Condition()
 
     def use_endpoint(self, endpoint: Any) -> None:
         """Send chats to `endpoint` (None: back to the in-process model)."""
@@ -352,6 +379,8 @@ class ModelManager:
 
     def unload(self) -> None:
         """Unload every resident model (each after its requests drain)."""
+        if self.sealed:
+            raise ModelLoadError(self.sealed)
         with self._load_lock:
             for loaded in list(self._pool.values()):
                 self._retire(loaded)
@@ -376,6 +405,8 @@ class ModelManager:
                     with self._state:
                         self._current = resident
                 return resident.status()
+            if self.sealed:
+                raise ModelLoadError(self.sealed)
             footprint = memory.estimate(config, level).total
             evicted = self._room_for(spec.id, level.name, footprint)  # refused: nothing changed
             progress(0.05, f"checking {spec.id}")
@@ -451,6 +482,46 @@ class ModelManager:
             f"{memory.gib(sizes.get(asked[0], 0))}); the largest level that fits is {name} "
             f"(about {memory.gib(size)}). Start with --quantization {name}, or raise --pool-gib."
         )
+
+    def start_refusal(self, models: list[tuple[str, str]], budget_name: str) -> str | None:
+        """Why the pool's budget (`budget_name`: what it is, for the sentence) cannot hold
+        `models` (id, level) side by side at start, naming those that fit together in order;
+        None when they fit (or there is no budget)."""
+        if self.pool_budget is None:
+            return None
+        sizes = []
+        for model_id, quantization in models:
+            refusal = self.budget_refusal(model_id, quantization)
+            if refusal:
+                return refusal
+            config = memory.config_of(self.catalog.get(model_id))
+            if config is None:
+                continue  # a checkpoint of unknown shape: its own load checks it
+            level = self._level_within(config, quantization, self.pool_budget)
+            sizes.append((f"{model_id}@{level.name}", memory.estimate(config, level).total))
+        if sum(size for _, size in sizes) <= self.pool_budget:
+            return None
+        fit: list[str] = []
+        left: list[str] = []
+        used = 0
+        for key, size in sizes:
+            fits = used + size <= self.pool_budget
+            used += size if fits else 0
+            (fit if fits else left).append(f"{key} ({memory.gib(size)})")
+        return (
+            f"The models to load at start need about {memory.gib(sum(s for _, s in sizes))} "
+            f"together, more than {budget_name} ({memory.gib(self.pool_budget)}). These fit: "
+            f"{', '.join(fit) or 'none'}; these do not: {', '.join(left)}. Drop models from "
+            "--preload (LFMUI_PRELOAD) or name smaller levels (MODEL@LEVEL)."
+        )
+
+    def _level_within(self, config: Any, quantization: str | None, room: int) -> quant.QuantLevel:
+        """The level named, or for "auto" the fastest here whose estimate fits `room`."""
+        if quantization not in (None, "", "auto"):
+            return quant.resolve(quantization)
+        candidates = quant.auto_levels()
+        fitting = [lv for lv in candidates if memory.estimate(config, lv).total <= room]
+        return (fitting or candidates)[0]
 
     def _room_for(self, model_id: str, level: str, footprint: int) -> list[LoadedModel]:
         """The idle models to evict, least recently used first, so that `footprint` more

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,12 +317,17 @@ def _tools(
 
 
 def run(
-    manager: ModelManager, request: ChatRequest, stop: threading.Event, client: str = ""
+    manager: ModelManager,
+    request: ChatRequest,
+    stop: threading.Event,
+    client: str = "",
+    chat_turn: Callable[..., Iterator[Any]] = turns.chat_turn,
 ) -> Iterator[dict]:
     """The reply as ("delta", text) / ("calls", [...]) / ("end", finish, usage) records;
-    `client` takes its turn on the generation thread with the others."""
+    `client` takes its turn on the generation thread with the others. `chat_turn` is
+    turns.chat_turn or the UI's wrapper of it (on ZeroGPU, run in a GPU worker)."""
     text, usage, finish = "", {}, "stop"
-    events = turns.chat_turn(
+    events = chat_turn(
         manager,
         request.conversation,
         settings=request.settings,

@@ -382,3 +382,27 @@ def test_fairness_a_client_over_its_cap_is_refused_others_are_not():
     hold.set()
     assert other.result(10) == "A's" and again.result(10) == "B's"
     assert held[2].cancelled()
+
+
+def _in_forked_child(check) -> int:
+    """Run `check()` in a forked child (as spaces forks a ZeroGPU worker); its exit code:
+    0 when it returned True."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        try:
+            code = 0 if check() else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_forked_child_starts_its_own_generation_thread():
+    """A ZeroGPU worker is forked from the app: the parent's generation thread does not exist
+    there, and a reply submitted to it would wait for ever. The child starts its own."""
+    assert engine.generation_worker().submit(lambda: 1).result(timeout=10) == 1
+    check = lambda: engine.generation_worker().submit(lambda: 7).result(timeout=10) == 7  # noqa: E731
+    assert _in_forked_child(check) == 0

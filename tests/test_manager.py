@@ -534,3 +534,43 @@ def test_pool_two_picks_of_one_model_at_once_share_its_load(tiny_paths):
     assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("lfm2-moe-tiny@")
     assert loads == ["lfm2-moe-tiny"]
     manager.unload()
+
+
+def test_a_forked_child_does_not_inherit_a_lock_held_at_the_fork():
+    """spaces forks its worker while other threads run: a lock one of them held at the fork
+    would stay held in the child for ever. The child's manager has fresh locks."""
+    from test_engine import _in_forked_child
+
+    manager = ModelManager()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with manager._state:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        code = _in_forked_child(lambda: manager._state.acquire(timeout=5))
+    finally:
+        release.set()
+        holder.join()
+    assert code == 0
+
+
+def test_a_sealed_pool_refuses_loads_but_switches_among_its_models(tiny_paths):
+    """ZeroGPU seals the pool after the start-up loads: a model not resident is refused with
+    the seal's sentence; a resident one can still become the default; unload is refused."""
+    manager = ModelManager(pool_budget=2 * 2**30)
+    manager.load("lfm2-vl-tiny", "fp32")
+    manager.pick("lfm2-moe-tiny", "fp32", may_load=True)
+    manager.seal("Loaded at start only.")
+    assert manager.load("lfm2-moe-tiny", "fp32")["key"] == "lfm2-moe-tiny@fp32"
+    assert manager.current().key == "lfm2-moe-tiny@fp32"
+    with pytest.raises(ModelLoadError, match="Loaded at start only."):
+        manager.load("lfm2-vl-tiny", "bf16")
+    with pytest.raises(ModelLoadError, match="Loaded at start only."):
+        manager.unload()
+    assert sorted(e["key"] for e in manager.pool()) == ["lfm2-moe-tiny@fp32", "lfm2-vl-tiny@fp32"]

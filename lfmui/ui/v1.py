@@ -25,6 +25,7 @@ from lfmui import openai_api
 from lfmui.access import Access
 from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager
+from lfmui.ui import gpu
 
 MAX_IN_FLIGHT = 4  # /v1 replies at once, all callers together (like the page's events)
 MAX_WAITING = 32  # more wait their turn without holding a thread; past these, 429 at once
@@ -137,7 +138,7 @@ def routes(
             )
             return JSONResponse(busy.body(), status_code=429, headers={"Retry-After": "2"})
         stop = threading.Event()
-        records = openai_api.run(manager, chat, stop, caller(request))
+        records = openai_api.run(manager, chat, stop, caller(request), gpu.chat_turn)
         model = chat.answered_by  # the model that answers, as OpenAI names its snapshot
         streaming = None
         try:
