@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             "--pool-gib (LFMUI_POOL_GIB), e.g. --pool-gib 12."
         )
     manager = ModelManager(
-        catalog, on_loaded=engine.warm_up, pool_budget=budget, load_on_demand=args.load_on_demand
+        catalog, **engine.LIFECYCLE, pool_budget=budget, load_on_demand=args.load_on_demand
     )
     named = [*args.allow_endpoint, urlsplit(args.endpoint or "").hostname or ""]
     access = Access.configured(args.host, [h for h in named if h], args.api_key or "")

@@ -157,7 +157,7 @@ def _plain_generate(loaded, inputs, new_tokens: int, extra: dict[str, Any]) -> f
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens,
                 do_sample=False,
-                **extra,
+                **engine.prepared(extra),
             )
         out.cpu()
         if loaded.device == "cuda":
@@ -189,7 +189,7 @@ def _warm_manager(model_id: str, level: str) -> tuple[ModelManager, dict[str, An
     """A manager over the whole catalog (synthetic builds too) with `model_id` loaded, warm."""
     catalog = Catalog()
     catalog.show_all()
-    manager = ModelManager(catalog, on_loaded=engine.warm_up)
+    manager = ModelManager(catalog, **engine.LIFECYCLE)
     return manager, _load(manager, model_id, level)
 
 

@@ -73,6 +73,7 @@ class LoadedModel:
     cancel: threading.Event = field(default_factory=threading.Event)  # set: switch wants it gone
     leases: int = 0
     decode_note: str = ""
+    static_cache: Any = None  # compiled decode's one cache (engine.static_cache)
     footprint: int = 0  # what it takes of the pool's budget: the pre-flight estimate's total
     last_used: float = field(default_factory=time.monotonic)  # for least-recently-used eviction
 
@@ -168,9 +169,12 @@ class ModelManager:
         stop_seconds: float = 30.0,
         pool_budget: int | None = None,
         load_on_demand: bool = False,
+        on_unloaded: Callable[[LoadedModel, list[LoadedModel]], None] | None = None,
     ) -> None:
         self.catalog = catalog or Catalog()
         self.on_loaded = on_loaded  # e.g. engine.warm_up: compile before the first request
+        # e.g. engine.forget_compiled: what was compiled for a model goes with it
+        self.on_unloaded = on_unloaded
         self.drain_seconds = drain_seconds  # requests in flight finish within this
         self.stop_seconds = stop_seconds  # then, asked to stop, they let go within this
         self._load_lock = threading.Lock()
@@ -689,6 +693,10 @@ class ModelManager:
         loaded.model = None
         loaded.processor = None  # the LoadedModel may outlive this call; its weights don't
         images.forget()  # decoded pictures go with the model they were read for
+        if self.on_unloaded:
+            with self._state:
+                resident = list(self._pool.values())
+            self.on_unloaded(loaded, resident)
         heap.free_accelerator(quant.cuda_available())
 
 

@@ -136,16 +136,28 @@ def estimate(config: Any, level: Any) -> Estimate:
 def available(device: str, freed_by_switch: int = 0) -> Available:
     """What a load here may use, counting the bytes the resident model frees when it goes."""
     if device == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info()
-        return Available(free + freed_by_switch, "free GPU memory")
+        return Available(gpu_room() + freed_by_switch, "free GPU memory")
     candidates = [(meminfo_available(), "available memory")]
     limit = cgroup_headroom()
     if limit is not None:
         candidates.append((limit, "the container's memory limit"))
     amount, source = min(candidates)
     return Available(amount + freed_by_switch, source)
+
+
+def gpu_room() -> int:
+    """What this process may still allocate on the GPU: the device's free memory plus the
+    blocks torch's allocator holds for us unused (reserved, not allocated: the device counts
+    them as taken), within the cap set_per_process_memory_fraction puts on this process."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    if not torch.cuda.is_initialized():  # a ZeroGPU main process: spaces' figures, no CUDA
+        return free
+    allocated = torch.cuda.memory_allocated()
+    room = free + torch.cuda.memory_reserved() - allocated
+    fraction = torch.cuda.get_per_process_memory_fraction()
+    return max(0, min(room, int(fraction * total) - allocated))
 
 
 def meminfo_available(path: str = "/proc/meminfo") -> int:

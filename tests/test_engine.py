@@ -406,3 +406,142 @@ def test_a_forked_child_starts_its_own_generation_thread():
     assert engine.generation_worker().submit(lambda: 1).result(timeout=10) == 1
     check = lambda: engine.generation_worker().submit(lambda: 7).result(timeout=10) == 7  # noqa: E731
     assert _in_forked_child(check) == 0
+
+
+# The compiled decode path (CUDA's) rehearsed on CPU: LFMUI_CPU_COMPILE names a torch.compile
+# backend; "eager" runs dynamo's tracing and guards without generating code, which is what the
+# static cache, the decode inputs and the compiled entries depend on.
+
+
+@pytest.fixture
+def compiled_manager(tiny_paths, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("LFMUI_CPU_COMPILE", "eager")
+    torch._dynamo.reset()
+    manager = ModelManager(**engine.LIFECYCLE)
+    manager.load("lfm2-vl-tiny", "fp32")
+    yield manager
+    manager.unload()
+    torch._dynamo.reset()
+
+
+def _reply(loaded, conversation, compiled: bool, monkeypatch) -> tuple[str, dict]:
+    """Greedy text of a reply through engine.stream, compiled or eager; its metrics."""
+    if not compiled:
+        monkeypatch.delenv("LFMUI_CPU_COMPILE")
+    try:
+        inputs = prompts.build_inputs(loaded, conversation)
+        checked = engine.Settings.from_dict({"max_new_tokens": 24, "temperature": 0.0})
+        # no token twice: greedy then walks down the model's ranking (random weights repeat
+        # one token otherwise), so any difference in the logits shows in the text
+        once = {"no_repeat_ngram_size": 1}
+        events = list(engine.stream(loaded, inputs, checked, None, False, once))
+    finally:
+        monkeypatch.setenv("LFMUI_CPU_COMPILE", "eager")
+    metrics = next(e.data for e in events if e.kind == "metrics")
+    return "".join(e.text for e in events if e.kind == "text"), metrics
+
+
+def _picture_question(words: str) -> list[dict]:
+    picture = Image.new("RGB", (96, 80), "#2b6cb0")
+    content = [{"type": "image", "image": picture}, {"type": "text", "text": words}]
+    return [{"role": "user", "content": content}]
+
+
+def test_static_cache_decode_reuses_one_cache_and_gives_eager_decodes_tokens(
+    compiled_manager, monkeypatch
+):
+    """Two requests of different lengths (a short text, a picture and a longer question)
+    decode compiled into the model's one static cache, reset for each, and give the tokens
+    eager decode gives (greedy)."""
+    loaded = compiled_manager.current()
+    assert loaded.decode_note == "compiled decode: static cache + torch.compile"
+    cache = loaded.static_cache
+    assert cache is not None and engine.compiled_entries() >= 1  # warm-up compiled it
+    short = [{"role": "user", "content": "Hello"}]
+    longer = _picture_question("What does this picture show? Say it in a few words.")
+    compiled = [_reply(loaded, c, True, monkeypatch) for c in (short, longer)]
+    assert loaded.static_cache is cache  # the same cache, reused
+    assert compiled[0][1]["prompt_tokens"] != compiled[1][1]["prompt_tokens"]
+    eager = [_reply(loaded, c, False, monkeypatch) for c in (short, longer)]
+    assert [t for t, _ in compiled] == [t for t, _ in eager]
+    assert len(set(compiled[0][0])) > 10  # varied tokens, so the comparison can fail
+
+
+def test_an_image_reply_decodes_with_the_text_replys_compiled_step(compiled_manager):
+    """spatial_shapes is read by the prefill only: no decode step is handed it (transformers
+    5.17 handed it on, and the first image reply recompiled mid-reply), and an image reply's
+    decode reuses the step a text reply compiled."""
+    import functools
+
+    import torch
+
+    loaded = compiled_manager.current()
+    model = loaded.model
+    handed: list[set[str]] = []
+    prepare = model.prepare_inputs_for_generation  # the app's (engine.trim_decode_inputs)
+
+    @functools.wraps(prepare)
+    def recorded(*args, **kwargs):
+        inputs = prepare(*args, **kwargs)
+        handed.append({name for name, value in inputs.items() if value is not None})
+        return inputs
+
+    model.prepare_inputs_for_generation = recorded
+    try:
+        torch._dynamo.reset()
+        text = prompts.build_inputs(loaded, [{"role": "user", "content": "Hello"}])
+        list(engine.stream(loaded, text, engine.Settings.from_dict({"max_new_tokens": 6})))
+        after_text = engine.compiled_entries()
+        handed.clear()
+        inputs = prompts.build_inputs(loaded, _picture_question("And this one?"))
+        assert "spatial_shapes" in inputs
+        list(engine.stream(loaded, inputs, engine.Settings.from_dict({"max_new_tokens": 6})))
+    finally:
+        model.prepare_inputs_for_generation = prepare
+    assert len(handed) == 6 and not any("spatial_shapes" in step for step in handed[1:])
+    assert engine.compiled_entries() == after_text >= 1
+
+
+def test_decode_steps_are_not_handed_prefill_only_inputs():
+    """engine.trim_decode_inputs, on its own: a step without pixel_values (a decode step) loses
+    spatial_shapes; the prefill keeps it; generate() still reads the original signature."""
+    import inspect
+    import types
+
+    def prepare_inputs_for_generation(input_ids, past_key_values=None, **kwargs):
+        return {"input_ids": input_ids, **kwargs}
+
+    model = types.SimpleNamespace(prepare_inputs_for_generation=prepare_inputs_for_generation)
+    engine.trim_decode_inputs(model)
+    engine.trim_decode_inputs(model)  # once is enough: a second call wraps nothing more
+    trimmed = model.prepare_inputs_for_generation
+    assert inspect.signature(trimmed) == inspect.signature(prepare_inputs_for_generation)
+    prefill = trimmed(1, pixel_values=2, spatial_shapes=3)
+    assert prefill == {"input_ids": 1, "pixel_values": 2, "spatial_shapes": 3}
+    assert trimmed(1, spatial_shapes=3) == {"input_ids": 1}
+    assert trimmed.__wrapped__ is prepare_inputs_for_generation
+
+
+def test_a_reply_that_may_pass_the_static_cache_decodes_eagerly(compiled_manager):
+    loaded = compiled_manager.current()
+    assert engine.decode_plan(loaded, engine.STATIC_CACHE_LEN)[0]
+    plan, note = engine.decode_plan(loaded, engine.STATIC_CACHE_LEN + 1)
+    assert plan == {} and f"static cache's {engine.STATIC_CACHE_LEN} tokens" in note
+
+
+def test_a_model_switch_leaves_no_compiled_entries_behind(compiled_manager):
+    """dynamo keeps compiled entries on code every model shares: without a reset on unload,
+    a gone model's stay (and past the recompile limit new models decode eagerly)."""
+    import torch
+
+    loaded = compiled_manager.current()
+    assert engine.compiled_entries() >= 1
+    compiled_manager.load("lfm2-moe-tiny", "fp32")  # a switch: lfm2-vl-tiny is unloaded
+    after_switch = engine.compiled_entries()
+    assert loaded.static_cache is None and loaded.model is None
+    torch._dynamo.reset()
+    assert engine.compiled_entries() == 0
+    engine.warm_up(compiled_manager.current())  # what the new model alone compiles
+    assert after_switch == engine.compiled_entries() >= 1

@@ -206,3 +206,44 @@ def test_freeing_the_accelerator_where_this_process_never_started_cuda_does_not_
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: called.append("reset"))
     heap.free_accelerator(True)  # where CUDA runs in this process: both, as before
     assert called == ["empty", "reset"]
+
+
+def test_the_gpu_room_counts_reserved_free_blocks_and_the_fraction_cap(monkeypatch):
+    """The pre-flight on CUDA (its figures stubbed here; the device run checks the real
+    ones): the allocator's reserved-but-unused blocks count as room, and a per-process
+    memory fraction caps it."""
+    import torch
+
+    gib = 2**30
+    fraction = [1.0]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 20 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 26 * gib)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda *a: fraction[0])
+    assert memory.gpu_room() == 16 * gib  # 10 free + 6 reserved by us, unused
+    fraction[0] = 0.3  # 24 GiB for this process, 20 allocated
+    assert memory.gpu_room() == 4 * gib
+    assert memory.available("cuda", 2 * gib).bytes == 6 * gib
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # ZeroGPU's main process
+    assert memory.gpu_room() == 10 * gib
+
+
+def test_the_resident_size_counts_what_bitsandbytes_keeps_beside_its_weights():
+    """A 4-bit layer's absmax and code tables (nested too) and an 8-bit layer's SCB live
+    outside parameters and buffers: the resident size counts them."""
+    import bitsandbytes as bnb
+    import torch
+
+    from lfmui import heap
+
+    four = bnb.nn.Linear4bit(256, 128, bias=False, quant_type="nf4", compress_statistics=True)
+    four.weight = four.weight._quantize("cpu")
+    eight = bnb.nn.Linear8bitLt(256, 128, bias=False, has_fp16_weights=False).to("cpu")
+    model = torch.nn.Sequential(four, eight)
+    packed = 256 * 128 // 2 + 256 * 128  # nf4: two weights a byte; int8: one
+    state = four.weight.quant_state
+    statistics = [state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
+    extra = sum(t.numel() * t.element_size() for t in (*statistics, eight.weight.SCB))
+    assert heap.weight_bytes(model) == packed + extra
+    assert state.absmax.numel() == 256 * 128 // 64  # one per block of 64

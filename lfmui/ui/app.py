@@ -52,7 +52,7 @@ def build_app(
     """The lfmui app over `manager` (a fresh one with the built-in catalog by default); who
     owns it is `access` (by default: whoever runs it on this machine, or on a Space its
     author and the admin token)."""
-    manager = manager or ModelManager(on_loaded=engine.warm_up)
+    manager = manager or ModelManager(**engine.LIFECYCLE)
     access = access or Access.configured()
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
         with gr.Row(equal_height=False):
