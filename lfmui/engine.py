@@ -449,7 +449,7 @@ def decode_plan(loaded: Any, tokens: int = 0) -> tuple[dict[str, Any], str]:
     if loaded.device != "cuda" and not cpu_backend:
         return {}, "eager decode: torch.compile does not pay on CPU"
     if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"):
-        return {}, "eager decode: on ZeroGPU each request runs in a fresh GPU worker"
+        return {}, "eager decode: on ZeroGPU each new GPU worker would compile again"
     if loaded.quantization not in COMPILED_LEVELS:
         return {}, f"eager decode: {loaded.quantization} layers do not compile"
     if loaded.quantization == "fp16" and getattr(loaded.model.config, "num_experts", None):

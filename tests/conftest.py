@@ -41,6 +41,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     if torch.cuda.is_available():
         return
+    if os.environ.get("LFMUI_REQUIRE_CUDA"):  # the GPU check (.ci/gpu): no green run without it
+        raise pytest.UsageError(
+            f"LFMUI_REQUIRE_CUDA is set but torch {torch.__version__} sees no CUDA device: "
+            "check the driver (nvidia-smi) and that this torch is a CUDA build."
+        )
     skip = pytest.mark.skip(reason="needs CUDA (run on the GPU device)")
     for item in items:
         if "cuda" in item.keywords:

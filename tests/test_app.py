@@ -559,7 +559,7 @@ def test_zerogpu_wraps_the_gpu_functions():
     last = out.stdout.strip().splitlines()[-1]
     assert last == (
         "['chat_turn', 'run_tool_turn', 'tool_turn'] True "
-        "eager decode: on ZeroGPU each request runs in a fresh GPU worker 23"
+        "eager decode: on ZeroGPU each new GPU worker would compile again 23"
     )
     plain = subprocess.run(
         [sys.executable, "-c", "from lfmui.ui import gpu; print(gpu.zerogpu(), gpu.WRAPPED)"],

@@ -34,9 +34,12 @@ def _every_build():
 
 @pytest.mark.parametrize("model_id", ["lfm2-vl-tiny", "lfm2-moe-tiny"])
 @pytest.mark.parametrize("level", GPU_LEVELS)
-def test_every_level_loads_on_cuda(tiny_paths, model_id, level):
+def test_every_level_loads_on_cuda(tiny_paths, model_id, level, monkeypatch):
+    """Every level loads, reads an image and answers (eager decode: the compiled path has its
+    own test below; compiling each level cold overran a 10-minute call)."""
     from PIL import Image
 
+    monkeypatch.setattr(engine, "decode_plan", lambda *a: ({}, "eager decode (this test)"))
     manager = ModelManager()
     status = manager.load(model_id, level)
     assert status["device"] == "cuda" and status["quantization"] == level
@@ -100,8 +103,9 @@ def test_quantized_moe_decode_never_syncs_on_cuda(level):
 
 
 def test_nf4_moe_load_peak_stays_near_its_size():
-    from lfmui import meters
+    from lfmui import meters, offline
 
+    offline.ensure_checkpoint("lfm2-moe-replica", device="cuda")  # built outside the window
     manager = ModelManager(_every_build())
     with meters.tensor_peak("cuda") as peak:
         status = manager.load("lfm2-moe-replica", "nf4")
@@ -157,7 +161,9 @@ def test_item30_real_out_of_memory_during_generate(memory_cap):
     manager = ModelManager(_every_build())
     manager.load("lfm2-vl-450m-synthetic", "bf16")
     loaded = manager.current()
-    weights = torch.cuda.memory_allocated()
+    first = prompts.build_inputs(loaded, [{"role": "user", "content": "hi"}])
+    list(engine.stream(loaded, first, engine.Settings(max_new_tokens=4)))  # the static cache
+    weights = _allocated()  # weights and static cache, taken as the check below takes it
     picture = Image.effect_noise((1024, 1024), 60).convert("RGB")
     content = [{"type": "image", "image": picture}] * 4 + [{"type": "text", "text": "all?"}]
     inputs = prompts.build_inputs(loaded, [{"role": "user", "content": content}])
@@ -165,10 +171,28 @@ def test_item30_real_out_of_memory_during_generate(memory_cap):
     events = list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=16)))
     assert events[-1].kind == "error" and events[-1].data["message"] == engine.OUT_OF_MEMORY
     del inputs
-    assert torch.cuda.memory_allocated() <= weights + 2**20  # the failed reply's tensors freed
-    # the next reply's compiled decode needs its 96 MiB static cache: a cap with room for it
+    assert _allocated() <= weights + 2**20  # the failed reply's tensors freed
     memory_cap(torch.cuda.memory_allocated() + 512 * 2**20)
     small = prompts.build_inputs(loaded, [{"role": "user", "content": "hi"}])
     events = list(engine.stream(loaded, small, engine.Settings(max_new_tokens=8)))
     assert events[-1].kind == "done"
     manager.unload()
+
+
+def test_compiled_decode_on_cuda_reuses_its_cache_and_a_switch_leaves_nothing_compiled():
+    """The CUDA path the CPU tests rehearse (tests/test_engine.py): bf16 decodes compiled
+    into one static cache across requests of different lengths; a switch resets dynamo."""
+    manager = ModelManager(**engine.LIFECYCLE)
+    manager.load("lfm2-vl-tiny", "bf16")
+    loaded = manager.current()
+    assert loaded.decode_note == "compiled decode: static cache + torch.compile"
+    cache = loaded.static_cache
+    for text in ("hi", "a longer question about the sea, the sky and ships"):
+        inputs = prompts.build_inputs(loaded, [{"role": "user", "content": text}])
+        events = list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=8)))
+        assert events[-1].kind == "done", events[-1].data
+    assert loaded.static_cache is cache and engine.compiled_entries() >= 1
+    manager.load("lfm2-moe-tiny", "bf16")
+    assert loaded.static_cache is None
+    manager.unload()
+    assert engine.compiled_entries() == 0

@@ -2,7 +2,7 @@
 
 On a ZeroGPU Space (``SPACES_ZERO_GPU`` set and the ``spaces`` package installed) a GPU is only
 attached inside a function decorated with ``@spaces.GPU``, run in a worker process forked from
-this one. What that means here (docs/REQUEST.md follows one reply through it):
+this one. What that means here:
 
 - The models are loaded at start, on the main thread, before ``launch()`` (app.py), so spaces
   packs their weights and moves them to the GPU in each worker; after that no load runs (the
