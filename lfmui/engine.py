@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
+from lfmui import prompts
 from lfmui.errors import TooManyRequests
 from lfmui.heap import process_rss
 from lfmui.settings import Settings
@@ -516,8 +517,6 @@ def warm_up(loaded: Any) -> str:
         return note
     import torch
     from PIL import Image
-
-    from lfmui import prompts
 
     requests = [[{"role": "user", "content": "Hello"}]]
     if loaded.spec.kind == "vl":

@@ -24,14 +24,16 @@ FLOORS = [
         "lfmui.settings",
     },
     {"lfmui.catalog", "lfmui.tiling", "lfmui.images", "lfmui.tools", "lfmui.moe_quant"},
-    {"lfmui.quant", "lfmui.hub", "lfmui.prompts", "lfmui.engine", "lfmui.offline"},
+    {"lfmui.prompts"},
+    {"lfmui.quant", "lfmui.hub", "lfmui.engine", "lfmui.offline"},
     {"lfmui.memory", "lfmui.endpoint", "lfmui.chats"},
     {"lfmui.manager"},
     {"lfmui.backends"},
     {"lfmui.turns"},
     {"lfmui.bench", "lfmui.session", "lfmui.openai_api"},
+    {"lfmui.ui.gpu"},
     {"lfmui.ui.render", "lfmui.ui.running", "lfmui.ui.guard", "lfmui.ui.v1"},
-    {"lfmui.ui.gpu", "lfmui.ui.controls"},
+    {"lfmui.ui.controls"},
     # the tabs and the API: none imports another
     {
         "lfmui.ui.vision_tab",

@@ -20,10 +20,11 @@ from test_space import (
     AS_OWNER,
     AS_VISITOR,
     _call,
+    _join,
     _ours,
+    _serving,
     _space_env,
     _space_port,
-    _wait_until_listening,
 )
 from zerogpu import SHIM, DeviceAPI
 
@@ -63,16 +64,10 @@ def zerogpu_space(tiny_paths):
     port = _space_port()
     env = _zerogpu_env(folder, port, api, LFMUI_PRELOAD="lfm2-moe-tiny@fp32")
     log = folder / "app.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
     try:
-        _wait_until_listening(process, port, log)
-        yield f"http://127.0.0.1:{port}", api, folder, log
+        with _serving(env, port, log):
+            yield f"http://127.0.0.1:{port}", api, folder, log
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         api.close()
 
 
@@ -86,22 +81,10 @@ def _index(base: str, api_name: str) -> int:
 
 def _as_session(base: str, session: str, api_name: str, data: list) -> dict:
     """Event `api_name` joined in `session` (as a page's script does); its completion."""
-    index = _index(base, api_name)
     with httpx.Client(headers=AS_VISITOR, timeout=180) as http:
-        joined = http.post(
-            f"{base}/gradio_api/queue/join",
-            json={"data": data, "fn_index": index, "session_hash": session,
-                  "event_data": None, "trigger_id": None},
-        )  # fmt: skip
-        assert joined.status_code == 200, joined.text
-        with http.stream(
-            "GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}
-        ) as stream:
-            for line in stream.iter_lines():
-                message = json.loads(line[6:]) if line.startswith("data: ") else {}
-                if message.get("msg") == "process_completed":
-                    return message
-    raise AssertionError("no completion")
+        done = _join(http, base, session, _index(base, api_name), data)
+    assert isinstance(done, dict), done
+    return done
 
 
 def _generate(base: str, session: str, prompt: str, **settings) -> tuple[dict, dict]:

@@ -3,6 +3,7 @@ environment a Space sets, reached through requests that carry the Space's Host a
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -81,6 +83,23 @@ def _wait_until_listening(process: subprocess.Popen, port: int, log: Path) -> No
     raise AssertionError(f"app.py did not listen within 180 s: {log.read_text()[-2000:]}")
 
 
+@contextlib.contextmanager
+def _serving(env: dict[str, str], port: int, log: Path, *flags: str) -> Iterator[subprocess.Popen]:
+    """`python app.py` with `flags` and `env`, its output in `log`, once it listens on `port`;
+    ended when the block ends."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", *flags], cwd=ROOT, env=env, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_until_listening(process, port, log)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 # gradio's Spaces reloader (SYSTEM=spaces) leaves event loops whose __del__ prints this; a bare
 # gr.Blocks app started with the same environment prints it too
 GRADIO_ON_SPACES = re.compile(
@@ -142,16 +161,10 @@ def space(tiny_paths):
         LFMUI_TEST_LOAD_DELAY_S=str(LOAD_DELAY_S),
         LFMUI_ADMIN_TOKEN=ADMIN_TOKEN,
     )
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
     try:
-        _wait_until_listening(process, port, log)
-        yield port, process, log
+        with _serving(env, port, log) as process:
+            yield port, process, log
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -247,26 +260,19 @@ def test_space_an_endpoints_address_and_fields_are_shown_to_no_visitor(tiny_path
     env = _space_env(tmp_path, port)
     secret = '{"top_k": 20, "note": "an-owner-secret"}'
     log = tmp_path / "app.log"
-    command = [sys.executable, "app.py", "--endpoint", f"http://{address}/v1"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--endpoint-body", secret], cwd=ROOT, env=env, stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    flags = ["--endpoint", f"http://{address}/v1", "--endpoint-body", secret]
     try:
-        _wait_until_listening(process, port, log)
-        base = f"http://127.0.0.1:{port}"
-        status = _call(base, "status", [])[-1][1][0]
-        assert status["model_id"] == "upstream-model" and status["endpoint"], status
-        page = httpx.get(f"{base}/", headers=AS_VISITOR, timeout=30).text
-        config = httpx.get(f"{base}/config", headers=AS_VISITOR, timeout=30).text
-        reply = _call(base, "generate", ["Hi", None, '{"max_new_tokens": 4}'])  # its sentence
-        metrics = _call(base, "last_metrics", [])
-        for seen in (json.dumps(status), page, config, json.dumps(reply), json.dumps(metrics)):
-            assert address not in seen and "an-owner-secret" not in seen
+        with _serving(env, port, log, *flags):
+            base = f"http://127.0.0.1:{port}"
+            status = _call(base, "status", [])[-1][1][0]
+            assert status["model_id"] == "upstream-model" and status["endpoint"], status
+            page = httpx.get(f"{base}/", headers=AS_VISITOR, timeout=30).text
+            config = httpx.get(f"{base}/config", headers=AS_VISITOR, timeout=30).text
+            reply = _call(base, "generate", ["Hi", None, '{"max_new_tokens": 4}'])  # its sentence
+            metrics = _call(base, "last_metrics", [])
+            for seen in (json.dumps(status), page, config, json.dumps(reply), json.dumps(metrics)):
+                assert address not in seen and "an-owner-secret" not in seen
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         upstream.shutdown()
 
 
@@ -378,67 +384,66 @@ def test_space_two_visitors_two_models_and_the_owners_endpoint(tiny_paths, tmp_p
         LFMUI_ENDPOINT_HOSTS="127.0.0.1",  # the owner names the endpoint's host
     )
     log = tmp_path / "app.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
     try:
-        _wait_until_listening(process, port, log)
-        base = f"http://127.0.0.1:{port}"
-        assert _ready(base)["model_id"] == "lfm2-vl-tiny"
-        # B's pick loads into the pool at auto, the fastest level here (it varies by CPU)
-        assert _v1(base, "lfm2-moe-tiny", 2)[2]["model"].startswith("lfm2-moe-tiny@")
-        answers: dict[str, tuple] = {}
-        visitors = [
-            threading.Thread(target=lambda m=m: answers.__setitem__(m, _v1(base, m, 48)))
-            for m in ("lfm2-vl-tiny", "lfm2-moe-tiny")
-        ]
-        for visitor in visitors:
-            visitor.start()
-        for visitor in visitors:
-            visitor.join(180)
-        (a_start, a_end, a), (b_start, b_end, b) = answers["lfm2-vl-tiny"], answers["lfm2-moe-tiny"]
-        assert a["model"].startswith("lfm2-vl-tiny@") and b["model"].startswith("lfm2-moe-tiny@")
-        assert a["choices"][0]["message"] is not None and b["choices"][0]["message"] is not None
-        assert a_start < b_end and b_start < a_end  # at the same time
+        with _serving(env, port, log):
+            base = f"http://127.0.0.1:{port}"
+            assert _ready(base)["model_id"] == "lfm2-vl-tiny"
+            # B's pick loads into the pool at auto, the fastest level here (it varies by CPU)
+            assert _v1(base, "lfm2-moe-tiny", 2)[2]["model"].startswith("lfm2-moe-tiny@")
+            answers: dict[str, tuple] = {}
+            visitors = [
+                threading.Thread(target=lambda m=m: answers.__setitem__(m, _v1(base, m, 48)))
+                for m in ("lfm2-vl-tiny", "lfm2-moe-tiny")
+            ]
+            for visitor in visitors:
+                visitor.start()
+            for visitor in visitors:
+                visitor.join(180)
+            (a_start, a_end, a), (b_start, b_end, b) = (
+                answers["lfm2-vl-tiny"],
+                answers["lfm2-moe-tiny"],
+            )
+            assert a["model"].startswith("lfm2-vl-tiny@") and b["model"].startswith(
+                "lfm2-moe-tiny@"
+            )
+            assert a["choices"][0]["message"] is not None and b["choices"][0]["message"] is not None
+            assert a_start < b_end and b_start < a_end  # at the same time
 
-        ended = _every_event_as(base, "visitor-b-probe")
-        assert len(ended) > 20, ended
-        status = _call(base, "status", [])[-1][1][0]
-        assert (status["model_id"], status["endpoint"]) == ("lfm2-vl-tiny", None), ended
-        assert _v1(base, "lfm2-vl-tiny", 2)[2]["model"] == a["model"]  # A's model, still here
+            ended = _every_event_as(base, "visitor-b-probe")
+            assert len(ended) > 20, ended
+            status = _call(base, "status", [])[-1][1][0]
+            assert (status["model_id"], status["endpoint"]) == ("lfm2-vl-tiny", None), ended
+            assert _v1(base, "lfm2-vl-tiny", 2)[2]["model"] == a["model"]  # A's model, still here
 
-        with httpx.Client(headers=AS_VISITOR, timeout=60) as http_client:
-            config = http_client.get(f"{base}/config").json()
-            connect = _event_of(config, "endpoint-connect", "click")
-            url = f"http://{address}/v1"
-            secret = "sk-upstream-secret"
-            visitor = [url, None, secret, "", "lfm2-vl-tiny", "not-the-token"]
-            _join(http_client, base, "visitor-b-connect", connect, visitor)
-            assert _call(base, "status", [])[-1][1][0]["endpoint"] is None
-            owner = [url, None, secret, "", "lfm2-vl-tiny", ADMIN_TOKEN]
-            done = _join(http_client, base, "the-owner", connect, owner)
-            assert isinstance(done, dict) and done.get("success"), done
-            refresh = _event_of(config, "your-model", "focus")
-            for session in ("visitor-a", "visitor-b"):
-                shown = _join(http_client, base, session, refresh, [None])
-                assert isinstance(shown, dict) and shown.get("success"), shown
-                said = json.dumps(shown)
-                assert "upstream-model (endpoint)" in said and "endpoint:upstream-model" in said
-                assert address not in said and secret not in said
-        listed = httpx.get(
-            f"{base}/v1/models",
-            headers={**AS_VISITOR, "Authorization": f"Bearer {API_KEY}"},
-            timeout=30,
-        ).text
-        assert "upstream-model" in listed and address not in listed and secret not in listed
-        # the probe's malformed values get gradio's own tracebacks; none passes through lfmui
-        frames = [line for line in log.read_text().splitlines() if 'File "' in line]
-        assert not [f for f in frames if "/lfmui/" in f or "app.py" in f], frames[:20]
-        assert "ERROR lfmui" not in log.read_text()
+            with httpx.Client(headers=AS_VISITOR, timeout=60) as http_client:
+                config = http_client.get(f"{base}/config").json()
+                connect = _event_of(config, "endpoint-connect", "click")
+                url = f"http://{address}/v1"
+                secret = "sk-upstream-secret"
+                visitor = [url, None, secret, "", "lfm2-vl-tiny", "not-the-token"]
+                _join(http_client, base, "visitor-b-connect", connect, visitor)
+                assert _call(base, "status", [])[-1][1][0]["endpoint"] is None
+                owner = [url, None, secret, "", "lfm2-vl-tiny", ADMIN_TOKEN]
+                done = _join(http_client, base, "the-owner", connect, owner)
+                assert isinstance(done, dict) and done.get("success"), done
+                refresh = _event_of(config, "your-model", "focus")
+                for session in ("visitor-a", "visitor-b"):
+                    shown = _join(http_client, base, session, refresh, [None])
+                    assert isinstance(shown, dict) and shown.get("success"), shown
+                    said = json.dumps(shown)
+                    assert "upstream-model (endpoint)" in said and "endpoint:upstream-model" in said
+                    assert address not in said and secret not in said
+            listed = httpx.get(
+                f"{base}/v1/models",
+                headers={**AS_VISITOR, "Authorization": f"Bearer {API_KEY}"},
+                timeout=30,
+            ).text
+            assert "upstream-model" in listed and address not in listed and secret not in listed
+            # the probe's malformed values get gradio's own tracebacks; none passes through lfmui
+            frames = [line for line in log.read_text().splitlines() if 'File "' in line]
+            assert not [f for f in frames if "/lfmui/" in f or "app.py" in f], frames[:20]
+            assert "ERROR lfmui" not in log.read_text()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         upstream.shutdown()
 
 
@@ -463,12 +468,7 @@ def test_space_with_hf_oauth_shows_the_sign_in_button_and_none_without(space, tm
         OPENID_PROVIDER_URL="https://huggingface.co",
     )
     log = tmp_path / "app.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_until_listening(process, signed, log)
+    with _serving(env, signed, log):
         base = f"http://127.0.0.1:{signed}"
         config = httpx.get(f"{base}/config", headers=AS_VISITOR, timeout=30).json()
         buttons = [c for c in config["components"] if _sign_in(c)]
@@ -476,6 +476,3 @@ def test_space_with_hf_oauth_shows_the_sign_in_button_and_none_without(space, tm
         assert "Sign in with Hugging Face" in json.dumps(buttons[0])
         # (its /login/huggingface asks huggingface.co for the provider: not from here)
         assert "Traceback" not in _ours(log.read_text())
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
