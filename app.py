@@ -43,7 +43,7 @@ def _listen_defaults() -> tuple[str, int]:
 # Read before gradio is imported: gradio itself reads GRADIO_SERVER_PORT with int() at import.
 LISTEN = _listen_defaults()
 
-from lfmui import endpoint, engine, quant  # noqa: E402
+from lfmui import calibrate, endpoint, engine, quant  # noqa: E402
 from lfmui.access import Access  # noqa: E402
 from lfmui.catalog import Catalog  # noqa: E402
 from lfmui.errors import LfmuiError  # noqa: E402
@@ -144,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "where every model is loaded at start and the pool is the GPU's memory",
     )
     parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="time the CPU levels again on this CPU before auto picks one (else the timing "
+        "cached in LFMUI_CACHE for this CPU and torch is used; the first start times them)",
+    )
+    parser.add_argument(
         "--synthetic",
         action="store_true",
         help="list the full-shape random-weight builds (for benchmarks)",
@@ -156,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.calibrate:
+        calibrate.forget()
     catalog = Catalog()
     if args.synthetic:
         catalog.show_all()

@@ -48,13 +48,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lfmui import engine, meters, prompts, quant
+from lfmui import calibrate, engine, meters, prompts, quant
 from lfmui.catalog import Catalog
 from lfmui.errors import LfmuiError
 from lfmui.manager import GIB, ModelManager, memory_report
 
 
 def _emit(record: dict[str, Any]) -> None:
+    """One JSON line; a CPU figure carries the CPU it came from (name, cores, instruction sets:
+    speed differs between CPU classes)."""
+    if not quant.cuda_available():
+        record = {**record, "cpu": calibrate.cpu_model(), "cpu_flags": calibrate.cpu_flags()}
     print(json.dumps(record), flush=True)
 
 
@@ -420,20 +424,6 @@ def run_llamacpp(
     return 0
 
 
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """This machine's CPU as /proc/cpuinfo names it, with its usable cores (every CPU figure
-    carries it: speed differs between CPU classes)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        lines = Path(cpuinfo).read_text().splitlines()
-        name = next(
-            line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        name = "unknown CPU"
-    return f"{name} ({cores} cores)"
-
-
 def _fair_reply(manager, new_tokens: int, results: dict, client: str, who: str) -> None:
     with manager.lease() as loaded:
         inputs = prompts.build_inputs(loaded, [{"role": "user", "content": "Hello"}])
@@ -474,7 +464,6 @@ def run_fairness(model_id: str, level: str, queued: int, new_tokens: int) -> int
                 "model": model_id,
                 "level": status["quantization"],
                 "device": status["device"],
-                "cpu": cpu_model(),
                 "b_queued": queued,
                 "new_tokens": new_tokens,
                 "a_queue_wait_s": round(a_wait, 3),

@@ -1,12 +1,15 @@
-"""Weight-only int8 and int4 layers for CPUs that compute in bf16 (AVX-512 BF16, AMX).
+"""Weight-only int8 and int4 layers for CPUs, computing in bf16 (AVX-512 BF16, AMX) or fp32
+(AVX2, NEON: every CPU).
 
 Decode on a CPU reads every weight once per token, so it is bound by bytes and by the kernel
-that unpacks them; prefill is bound by arithmetic, where bf16 on these CPUs is several times
-faster than fp32 (LFM2-VL-450M and a 512 px image on the project's 2-core box: TTFT 1.50 s in
-fp32, 0.39 s in bf16). A ``Packing`` is one weight format: how [N, K] weights are packed, how a
-few rows (a decode step) multiply with the packed weights through torch's own CPU kernel, and
-how a prompt's worth of rows does it (unpack to bf16, then the bf16 GEMM). ``PACKINGS`` holds
-the two formats; ``weight_mm`` makes the decode/prefill choice for both.
+that unpacks them; prefill is bound by arithmetic, where bf16 on CPUs that have it is several
+times faster than fp32 (LFM2-VL-450M and a 512 px image on the project's 2-core box: TTFT
+1.50 s in fp32, 0.39 s in bf16), and emulated, so slower, on those that do not. A ``Packing``
+is one weight format: how [N, K] weights are packed, how a few rows (a decode step) multiply
+with the packed weights through torch's own CPU kernel, and how a prompt's worth of rows does
+it (unpack, then the GEMM). ``PACKINGS`` holds the two formats; the compute dtype is the
+loaded model's (a level is a packing times a dtype: ``quant.QUANTIZATIONS``), and the scales
+are kept in it, as torch's kernels take them; ``weight_mm`` makes the decode/prefill choice.
 
 - int8: one row of int8 per output with a bf16 scale (absmax / 127), read by
   ``torch.ops.aten._weight_int8pack_mm``.
@@ -30,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +55,7 @@ class Packing:
 def _pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     absmax = weight.float().abs().amax(dim=1).clamp(min=1e-12)
     rows = torch.round(weight.float() * (127.0 / absmax)[:, None]).to(torch.int8)
-    return rows, (absmax / 127.0).to(torch.bfloat16)
+    return rows, (absmax / 127.0).to(_scale_dtype(weight))
 
 
 def _int8_kernel(rows: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -59,7 +63,7 @@ def _int8_kernel(rows: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> to
 
 
 def _unpack_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.to(torch.bfloat16) * scale[:, None]
+    return q.to(scale.dtype) * scale[:, None]
 
 
 def _pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,8 +73,10 @@ def _pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = ((high - low) / 15).clamp(min=1e-8)
     q = torch.clamp(torch.round((groups - low) / scale), 0, 15).to(torch.int32).reshape(n, k)
     zero = low + 8 * scale  # the kernel computes (q - 8) * scale + zero
-    scale_zero = torch.cat([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2), scale_zero
+    scale_zero = torch.cat([scale, zero], -1).transpose(0, 1).contiguous()
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2), scale_zero.to(
+        _scale_dtype(weight)
+    )
 
 
 def _int4_kernel(rows: torch.Tensor, q: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
@@ -78,13 +84,13 @@ def _int4_kernel(rows: torch.Tensor, q: torch.Tensor, scale_zero: torch.Tensor) 
 
 
 def _unpack_int4(q: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
-    """torch's packed int4 to bf16, written K-major and returned as an [N, K] view for
-    F.linear (3584x2048: 3.1 ms against int8's 1.4)."""
+    """torch's packed int4 to the scales' dtype, written K-major and returned as an [N, K]
+    view for F.linear (3584x2048 in bf16: 3.1 ms against int8's 1.4)."""
     n, k = q.shape[0], q.shape[1] * 2
     groups = scale_zero.shape[0]
     blocks = q.view(n // _BLOCK_N, k, _BLOCK_N // 2)  # low nibble: output d, high: d + 32
     nibbles = torch.cat([blocks & 15, blocks >> 4], dim=2).permute(1, 0, 2)
-    nibbles = nibbles.reshape(groups, k // groups, n).to(torch.bfloat16)
+    nibbles = nibbles.reshape(groups, k // groups, n).to(scale_zero.dtype)
     scale = scale_zero[..., 0].contiguous()  # strided scales make addcmul 5x slower
     offset = scale_zero[..., 1] - 8 * scale
     weight = torch.addcmul(offset.unsqueeze(1), nibbles, scale.unsqueeze(1))
@@ -108,34 +114,49 @@ PACKINGS: dict[str, Packing] = {
 }
 
 
+def _scale_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Scales in the compute dtype: the weight's own where it is bf16 or fp32 (what a level
+    loads), else bf16."""
+    return weight.dtype if weight.dtype in (torch.float32, torch.bfloat16) else torch.bfloat16
+
+
 @cache
-def int4_fails() -> str:
-    """'' when this torch packs int4 in the layout ``_unpack_int4`` reads and its kernel agrees
-    with it, else why not (checked once, on a small weight)."""
+def kernel_fails(name: str, dtype: torch.dtype = torch.bfloat16) -> str:
+    """'' when this torch's CPU kernel for packing `name` runs with `dtype` activations and
+    agrees with unpacking (for int4: the packed layout ``_unpack_int4`` reads), else why not
+    (checked once, on a small weight)."""
+    packing = PACKINGS[name]
     try:
         generator = torch.Generator().manual_seed(0)
-        weight = torch.randn(128, 64, generator=generator)
-        q, scale_zero = _pack_int4(weight)
-        unpacked = _unpack_int4(q, scale_zero).float()
-        rows = torch.randn(2, 64, generator=generator).to(torch.bfloat16)
-        product = _int4_kernel(rows, q, scale_zero).float()
-    except Exception as exc:  # a torch without the CPU int4 kernel
+        weight = torch.randn(128, 64, generator=generator).to(dtype)
+        q, scales = packing.pack(weight)
+        unpacked = packing.unpack(q, scales).float()
+        rows = torch.randn(2, 64, generator=generator).to(dtype)
+        product = packing.kernel(rows, q, scales).float()
+    except Exception as exc:  # a torch without this CPU kernel, or not for this dtype
         return f"{type(exc).__name__}: {str(exc)[:120]}"
-    close = nn.functional.cosine_similarity(unpacked.flatten(), weight.flatten(), dim=0) > 0.99
+    flat = weight.float().flatten()
+    close = nn.functional.cosine_similarity(unpacked.flatten(), flat, dim=0) > 0.99
     if not close or not torch.allclose(product, rows.float() @ unpacked.t(), rtol=0.02, atol=0.1):
-        return "this torch packs int4 weights in a layout lfmui does not read"
+        return f"this torch packs {name} weights in a layout lfmui does not read"
     return ""
 
 
+def int4_fails() -> str:
+    """kernel_fails for int4 with bf16 activations (the int4-bf16 level)."""
+    return kernel_fails("int4", torch.bfloat16)
+
+
 def weight_mm(packing: Packing, rows: torch.Tensor, q: torch.Tensor, scales: torch.Tensor):
-    """rows [M, K] (bf16) times a packed [N, K] weight: [M, N]."""
+    """rows [M, K] (in the scales' dtype) times a packed [N, K] weight: [M, N]."""
     if rows.shape[0] <= packing.decode_rows:
         return packing.kernel(rows, q, scales)
     return nn.functional.linear(rows, packing.unpack(q, scales))
 
 
 class QuantLinear(nn.Module):
-    """A Linear whose weight is packed (``PACKINGS``), computed in bf16."""
+    """A Linear whose weight is packed (``PACKINGS``), computed in the Linear's dtype (bf16 or
+    fp32: the level's)."""
 
     def __init__(self, linear: nn.Linear, packing: Packing) -> None:
         super().__init__()
@@ -143,40 +164,35 @@ class QuantLinear(nn.Module):
         weight_q, scales = packing.pack(linear.weight.detach())
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("scale", scales)
+        self.compute_dtype = scales.dtype
         bias = linear.bias
-        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.bfloat16), False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(scales.dtype), False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        rows = x.reshape(-1, self.in_features).to(self.compute_dtype)
         out = weight_mm(self.packing, rows, self.weight_q, self.scale)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, {self.packing.name}"
+        return f"{self.in_features}, {self.out_features}, {self.packing.name}, {self.compute_dtype}"
 
 
-class QuantExperts(nn.Module):
-    """A drop-in for transformers' Lfm2MoeExperts with packed expert weights (packed while
-    loading), computed like QuantLinear: each chosen expert reads its own packed weights,
-    nothing is gathered or copied. The expert ids go to the host (``tolist``): on a CPU that is
-    a read, not a device sync."""
+class RoutedExperts(nn.Module):
+    """A drop-in for transformers' Lfm2MoeExperts: routing as it was, each chosen expert's
+    two products (``_expert``) from weights packed while loading. A decode step takes the
+    fewest ops; a prompt walks the experts its tokens hit. The expert ids go to the host
+    (``tolist``): on a CPU that is a read, not a device sync."""
 
-    def __init__(self, packing: Packing, act_fn: object, weights: dict[str, tuple]) -> None:
-        super().__init__()
-        self.packing = packing
-        self.act_fn = act_fn
-        for name, (packed, scale, _shape) in weights.items():
-            self.register_buffer(f"{name}_q", packed)
-            self.register_buffer(f"{name}_scale", scale.to(torch.bfloat16))
+    compute_dtype: torch.dtype
 
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
-        x = hidden_states.to(torch.bfloat16)
-        weights = top_k_weights.to(torch.bfloat16)
+        x = hidden_states.to(self.compute_dtype)
+        weights = top_k_weights.to(self.compute_dtype)
         if x.shape[0] == 1:  # a decode step: the fewest ops
             final = None
             for slot, expert in enumerate(top_k_index[0].tolist()):
@@ -196,6 +212,25 @@ class QuantExperts(nn.Module):
         return final.to(hidden_states.dtype)
 
     def _expert(self, rows: torch.Tensor, expert: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class QuantExperts(RoutedExperts):
+    """Experts packed like QuantLinear (``PACKINGS``), computed in `dtype` (the loaded
+    model's): each chosen expert reads its own packed weights, nothing gathered or copied."""
+
+    def __init__(
+        self, packing: Packing, act_fn: object, weights: dict[str, tuple], dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.packing = packing
+        self.act_fn = act_fn
+        self.compute_dtype = _scale_dtype(torch.empty(0, dtype=dtype))
+        for name, (packed, scale, _shape) in weights.items():
+            self.register_buffer(f"{name}_q", packed)
+            self.register_buffer(f"{name}_scale", scale.to(self.compute_dtype))
+
+    def _expert(self, rows: torch.Tensor, expert: int) -> torch.Tensor:
         gate_up = weight_mm(
             self.packing, rows, self.gate_up_proj_q[expert], self.gate_up_proj_scale[expert]
         )
@@ -206,6 +241,46 @@ class QuantExperts(nn.Module):
             self.down_proj_q[expert],
             self.down_proj_scale[expert],
         )
+
+
+def dynamic_int8(weight: torch.Tensor) -> Any:
+    """An [N, K] weight as torch's dynamic int8 Linear keeps it: int8 per output channel
+    (symmetric, absmax / 127), prepacked for the quantized engine (fbgemm or oneDNN on x86,
+    QNNPACK on ARM); each call quantizes its fp32 rows on the fly."""
+    import warnings
+
+    absmax = weight.float().abs().amax(dim=1).clamp(min=1e-8)
+    zeros = torch.zeros(weight.shape[0], dtype=torch.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated upstream, still
+        # the fastest int8 GEMV on x86 in this torch (see quant.AUTO_ORDER's figures)
+        q = torch.quantize_per_channel(weight.float(), absmax / 127, zeros, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None)
+
+
+class DynamicExperts(RoutedExperts):
+    """Experts as dynamic int8 weights (``dynamic_int8``, one per expert and product),
+    computed in fp32: int8-cpu's experts, the fast MoE path on CPUs without bf16."""
+
+    compute_dtype = torch.float32
+
+    def __init__(self, act_fn: object, weights: dict[str, list[Any]], shapes: dict) -> None:
+        super().__init__()
+        self.act_fn = act_fn
+        self.packed = weights  # name -> one prepacked weight per expert
+        # int8 bytes and a scale and zero point per row: what heap.weight_bytes counts
+        self.held_bytes = sum(len(weights[name]) * n * (k + 16) for name, (n, k) in shapes.items())
+
+    def _expert(self, rows: torch.Tensor, expert: int) -> torch.Tensor:
+        linear = torch.ops.quantized.linear_dynamic
+        gate, up = linear(rows, self.packed["gate_up_proj"][expert]).chunk(2, dim=-1)
+        return linear(self.act_fn(gate) * up, self.packed["down_proj"][expert])
+
+
+def pack_experts_dynamic(weights: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+    """[E, N, K] weights -> (an empty stand-in for the parameter, one prepacked weight per
+    expert), one expert at a time."""
+    return torch.empty(0, dtype=torch.int8), [dynamic_int8(expert) for expert in weights]
 
 
 def pack_experts(weights: torch.Tensor, packing: Packing) -> tuple[torch.Tensor, torch.Tensor]:

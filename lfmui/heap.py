@@ -46,6 +46,7 @@ def weight_bytes(model: Any) -> int:
         seen.add(id(tensor))
         total += tensor.numel() * tensor.element_size()
     for module in model.modules():  # torch's dynamic int8 Linear packs its weights out of sight
+        total += getattr(module, "held_bytes", 0)  # weights packed out of sight (experts)
         if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
             weight, bias = module.weight(), module.bias()
             total += weight.numel() * weight.element_size()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from lfmui import heap, hub, images, memory, offline, quant
+from lfmui import calibrate, heap, hub, images, memory, offline, quant
 from lfmui.catalog import Catalog, ModelSpec, checkpoint_kind
 from lfmui.errors import (
     CheckpointError,
@@ -557,8 +557,18 @@ class ModelManager:
         )
 
     def levels(self, model_id: str) -> list[dict[str, Any]]:
-        """Every quantization level for `model_id`: runs here, memory estimate, fits now."""
-        return memory.levels_for(self.catalog.get(model_id), *self._room())
+        """Every quantization level for `model_id`: runs here, memory estimate, fits now; on a
+        CPU, the decode speed calibrated here (tokens_per_s, and slow below
+        calibrate.SLOW_TOKENS_PER_S) where it has been measured."""
+        spec = self.catalog.get(model_id)
+        rows = memory.levels_for(spec, *self._room())
+        config = memory.config_of(spec)
+        measured = calibrate.cached_ms(config) if config and not quant.cuda_available() else {}
+        for row in rows:
+            speed = calibrate.tokens_per_s(measured.get(row["name"]))
+            row["tokens_per_s"] = speed
+            row["slow"] = speed is not None and speed < calibrate.SLOW_TOKENS_PER_S
+        return rows
 
     def _room(self) -> tuple[str, int]:
         """The device a load goes to, and the bytes a load may free: the resident model's on a
@@ -582,6 +592,8 @@ class ModelManager:
         if self.pool_budget is not None:  # a pool's model also fits its budget
             room = min(room, self.pool_budget)
         candidates = quant.auto_levels()
+        if device == "cpu":  # the fastest on this CPU, as measured (and cached) here
+            candidates = calibrate.fastest_first(candidates, calibrate.decode_ms(config))
         for level in candidates:
             if memory.estimate(config, level).total <= room:
                 return level

@@ -37,7 +37,12 @@ Kind = Literal["int8", "nf4"]
 BLOCKSIZE = 64
 EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
 _METHOD = {"int8": "lfmui_bnb_8bit", "nf4": "lfmui_bnb_4bit"}
-_CPU_EXPERTS = {"int8": "lfmui_int8_experts", "int4": "lfmui_int4_experts"}  # cpu_weights.PACKINGS
+# the CPU levels' experts: cpu_weights.PACKINGS, and dynamic int8 (cpu_weights.DynamicExperts)
+_CPU_EXPERTS = {
+    "int8": "lfmui_int8_experts",
+    "int4": "lfmui_int4_experts",
+    "dynamic-int8": "lfmui_dynamic_int8_experts",
+}
 
 
 class QuantizedExperts(nn.Module):
@@ -276,7 +281,7 @@ def _quantizer_class(base: type, kind: Kind) -> type:
 
 def experts_config(packing: str) -> Any:
     """A quantization config that converts nothing but the 3-D expert weights, packed while
-    loading (``cpu_weights.PACKINGS[packing]``), for the CPU levels int8-bf16 and int4-bf16."""
+    loading (``cpu_weights.PACKINGS[packing]``), for the CPU levels (int8/int4, bf16/fp32)."""
     from transformers.utils.quantization_config import QuantizationConfigMixin
 
     _register()
@@ -291,9 +296,24 @@ def experts_config(packing: str) -> Any:
 def _experts_only_quantizer(packing_name: str) -> type:
     from transformers.quantizers.base import HfQuantizer
 
-    from lfmui.cpu_weights import PACKINGS, QuantExperts, pack_experts
+    from lfmui import cpu_weights
 
-    packing = PACKINGS[packing_name]
+    if packing_name in cpu_weights.PACKINGS:
+        packing = cpu_weights.PACKINGS[packing_name]
+
+        def pack(weights: torch.Tensor) -> tuple:
+            return cpu_weights.pack_experts(weights, packing)
+
+        def make(act_fn: Any, weights: dict, model: nn.Module) -> nn.Module:
+            return cpu_weights.QuantExperts(packing, act_fn, weights, model.dtype)
+
+    else:  # dynamic-int8: one prepacked weight per expert stands where the scales do
+        pack = cpu_weights.pack_experts_dynamic
+
+        def make(act_fn: Any, weights: dict, model: nn.Module) -> nn.Module:
+            packed = {name: each for name, (_, each, _) in weights.items()}
+            shapes = {name: shape for name, (_, _, shape) in weights.items()}
+            return cpu_weights.DynamicExperts(act_fn, packed, shapes)
 
     class ExpertsOnlyQuantizer(HfQuantizer):
         """Claims the 3-D expert weights only; the Linear layers load as they are."""
@@ -305,13 +325,11 @@ def _experts_only_quantizer(packing_name: str) -> type:
             return model
 
         def _process_model_after_weight_loading(self, model, **kwargs):
-            _swap_experts(
-                model, packing_name, lambda act_fn, _dtype, w: QuantExperts(packing, act_fn, w)
-            )
+            _swap_experts(model, packing_name, lambda act_fn, _dtype, w: make(act_fn, w, model))
             return model
 
         def get_quantize_ops(self):
-            return _quantize_op(lambda weights: pack_experts(weights, packing), None)
+            return _quantize_op(pack, None)
 
         def is_serializable(self, **kwargs) -> bool:
             return False
@@ -320,7 +338,7 @@ def _experts_only_quantizer(packing_name: str) -> type:
         def is_trainable(self) -> bool:
             return False
 
-    ExpertsOnlyQuantizer.__name__ = f"{packing_name.capitalize()}ExpertsQuantizer"
+    ExpertsOnlyQuantizer.__name__ = f"{packing_name.title().replace('-', '')}ExpertsQuantizer"
     return ExpertsOnlyQuantizer
 
 

@@ -170,16 +170,25 @@ def _cpu_with_bf16() -> Availability:
     return Availability(True)
 
 
-def _cpu_int4() -> Availability:
-    available = _cpu_with_bf16()
-    if not available.ok:
-        return available
-    from lfmui.cpu_weights import int4_fails
+def _cpu_kernel(packing: str, compute: str) -> Callable[[], Availability]:
+    """A CPU level's probe: a CPU (with bf16 arithmetic for bf16 compute) and torch's kernel
+    for `packing` taking `compute` activations."""
 
-    failure = int4_fails()
-    if failure:
-        return Availability(False, f"torch's CPU int4 kernel cannot run here ({failure})")
-    return available
+    @cache
+    def probe() -> Availability:
+        available = _cpu_with_bf16() if compute == "bfloat16" else _cpu_only()
+        if not available.ok:
+            return available
+        import torch
+
+        from lfmui.cpu_weights import kernel_fails
+
+        failure = kernel_fails(packing, getattr(torch, compute))
+        if failure:
+            return Availability(False, f"torch's CPU {packing} kernel cannot run here ({failure})")
+        return available
+
+    return probe
 
 
 def _packed_experts(packing: str) -> Callable[[], dict[str, Any]]:
@@ -263,7 +272,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "int8-bf16",
         "8-bit weights, bf16 compute (CPU)",
         "bfloat16",
-        _cpu_with_bf16,
+        _cpu_kernel("int8", "bfloat16"),
         _packed_experts("int8"),
         Footprint(linear=1, linear_row=2, head=1, experts=1, expert_row=2, other=2, load=2),
         "int8 weights per row read by torch's int8 kernel at decode, bf16 prefill; MoE experts "
@@ -274,7 +283,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "int4-bf16",
         "4-bit weights, bf16 compute (CPU)",
         "bfloat16",
-        _cpu_int4,
+        _cpu_kernel("int4", "bfloat16"),
         _packed_experts("int4"),
         Footprint(linear=INT4_BYTES, head=INT4_BYTES, experts=INT4_BYTES, other=2, load=2),
         "int4 weights in groups of 32 read by torch's int4 kernel at decode, bf16 prefill; "
@@ -286,24 +295,30 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "8-bit on CPU (torch dynamic int8)",
         "float32",
         _cpu_only,
-        _none,
+        _packed_experts("dynamic-int8"),
         Footprint(
             linear=1,
             linear_row=16,
             head=1,
-            experts=4,
+            experts=1,
+            expert_row=16,
             other=4,
             activation=4,
             load=6,
-            load_experts=6,
             vision=2 if cpu_computes_bf16() else 4,  # _vision_in_bf16
         ),
-        "Linear layers int8 per channel, activations quantized on the fly",
+        "Linear layers and MoE experts int8 per channel (experts quantized while loading), "
+        "activations quantized on the fly; fbgemm's kernels, fast on AVX2 and up",
         _dynamic_int8,
     ),
 }
 
 
+# No int8/int4 level computes in fp32 through torch's packed kernels: with fp32 activations
+# _weight_int8pack_mm and _weight_int4pack_mm_for_cpu take a slow path (a 4096x2048 decode row,
+# AMD EPYC 2 cores with AVX-512 BF16, torch 2.14.1: int8 6.1 ms and int4 15.6 ms against
+# 0.95 and 0.37 in bf16, 1.4 for the fp32 Linear and 0.24 for torch's dynamic int8), so on
+# CPUs without bf16 int8-cpu (fbgemm, AVX2 and up) is the fast level.
 # What "auto" loads: the first of these that runs here and fits, the fastest reply first
 # (`python -m lfmui.bench seed`, a 512 px image; lfmui/measured.py). CPU, VL-450M in one run:
 # int8-cpu TTFT 509 ms and 27.0 ms/token, int4-bf16 717 ms and 24.3, fp32 1268 and 62.5: for

@@ -26,7 +26,7 @@ FLOORS = [
     {"lfmui.catalog", "lfmui.tiling", "lfmui.images", "lfmui.tools", "lfmui.moe_quant"},
     {"lfmui.prompts"},
     {"lfmui.quant", "lfmui.hub", "lfmui.engine", "lfmui.offline"},
-    {"lfmui.memory", "lfmui.endpoint", "lfmui.chats"},
+    {"lfmui.memory", "lfmui.endpoint", "lfmui.chats", "lfmui.calibrate"},
     {"lfmui.manager"},
     {"lfmui.backends"},
     {"lfmui.turns"},

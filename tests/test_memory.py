@@ -139,8 +139,9 @@ def test_a_quantized_load_lets_go_of_the_checkpoint_mapping(every_build):
 @pytest.mark.parametrize(
     ("model_id", "free_gib", "picked"),
     [
-        # int8-cpu keeps full-precision experts; int4-bf16 packs them while loading
-        ("lfm2-8b-a1b-synthetic", 14, "int4-bf16" if cpu_computes_bf16() else "nf4"),
+        # int8-cpu packs the experts while loading too, but loads the rest in fp32 first
+        ("lfm2-8b-a1b-synthetic", 14, "int8-cpu"),
+        ("lfm2-8b-a1b-synthetic", 11, "int4-bf16" if cpu_computes_bf16() else "nf4"),
         ("lfm2-8b-a1b-synthetic", 8, "int4-bf16" if cpu_computes_bf16() else "nf4"),
         ("lfm2-8b-a1b-synthetic", 6, "nf4"),  # int4-bf16 needs ~6.9 (bf16 Linears first)
         ("lfm2-vl-450m-synthetic", 14, "int8-cpu"),  # the fastest reply here
@@ -149,11 +150,14 @@ def test_a_quantized_load_lets_go_of_the_checkpoint_mapping(every_build):
     ],
 )
 def test_auto_loads_the_fastest_level_that_fits(monkeypatch, model_id, free_gib, picked):
-    """What auto hands to the loader (recorded there: nothing is built or loaded)."""
+    """What auto hands to the loader (recorded there: nothing is built or loaded), in the
+    static order (no calibration: tests/test_calibrate.py has auto following one)."""
+    from lfmui import calibrate
     from lfmui.errors import ModelLoadError
 
     if quant.cuda_available():
         pytest.skip("the CPU order; CUDA's starts with bf16")
+    monkeypatch.setattr(calibrate, "decode_ms", lambda config, *args: {})
     monkeypatch.setattr(memory, "meminfo_available", lambda: int(free_gib * GIB))
     monkeypatch.setattr(memory, "cgroup_headroom", lambda: None)
     catalog = Catalog()

@@ -133,15 +133,18 @@ def test_int8_bf16_reads_an_image(bnb_manager):
     assert events[-1].kind == "done", events[-1].data
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("packing", ["int8", "int4"])
-def test_packed_decode_and_prefill_paths_agree(packing):
-    """Each packing's CPU kernel (a few rows) and unpack + bf16 GEMM (a prompt) give one
-    answer, close to the full-precision layer."""
+def test_packed_decode_and_prefill_paths_agree(packing, dtype):
+    """Each packing's CPU kernel (a few rows) and unpack + GEMM (a prompt) give one answer,
+    close to the full-precision layer, computing in bf16 or in fp32 (CPUs without bf16)."""
     from lfmui.cpu_weights import PACKINGS, QuantLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 512, bias=True)
-    quantized = QuantLinear(linear, PACKINGS[packing])
+    quantized = QuantLinear(linear.to(dtype), PACKINGS[packing])
+    assert quantized.compute_dtype == dtype and quantized.scale.dtype == dtype
+    linear = linear.float()
     rows = PACKINGS[packing].decode_rows
     x = torch.randn(rows + 4, 256)
     prompt = quantized(x)  # unpack + GEMM
@@ -161,12 +164,40 @@ def test_int4_layout_check_finds_a_layout_it_cannot_read(monkeypatch):
     from lfmui import cpu_weights
 
     assert cpu_weights.int4_fails() == ""
+    assert cpu_weights.kernel_fails("int4", torch.float32) == ""
     monkeypatch.setattr(cpu_weights, "_BLOCK_N", 32)  # read the blocks the wrong way
-    cpu_weights.int4_fails.cache_clear()
+    cpu_weights.kernel_fails.cache_clear()
     try:
         assert "layout" in cpu_weights.int4_fails()
+        assert "layout" in cpu_weights.kernel_fails("int4", torch.float32)
     finally:
-        cpu_weights.int4_fails.cache_clear()
+        cpu_weights.kernel_fails.cache_clear()
+
+
+def test_a_level_whose_kernel_this_torch_lacks_says_so_and_auto_skips_it(monkeypatch):
+    """Bad input: torch without the int8 CPU kernel for bf16 activations. The level is
+    unavailable with the reason, and auto's candidates leave it out."""
+    from lfmui import cpu_weights
+
+    def missing(*args):
+        raise RuntimeError("Could not run 'aten::_weight_int8pack_mm' with arguments")
+
+    import dataclasses
+
+    without = dataclasses.replace(cpu_weights.PACKINGS["int8"], kernel=missing)
+    monkeypatch.setitem(cpu_weights.PACKINGS, "int8", without)
+    monkeypatch.setattr(quant, "cpu_computes_bf16", lambda: True)  # whatever CPU runs this
+    monkeypatch.setattr(quant, "cuda_available", lambda: False)
+    cpu_weights.kernel_fails.cache_clear()
+    probe = quant.QUANTIZATIONS["int8-bf16"].probe
+    probe.cache_clear()
+    try:
+        said = probe()
+        assert not said.ok and "torch's CPU int8 kernel cannot run here" in said.reason
+        assert "int8-bf16" not in [level.name for level in quant.auto_levels()]
+    finally:
+        cpu_weights.kernel_fails.cache_clear()
+        probe.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -345,11 +376,14 @@ def test_a_quantized_load_that_fails_keeps_the_previous_model(vl_manager, monkey
     assert vl_manager.current().quantization == "fp32"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("packing", ["int8", "int4"])
-def test_packed_experts_are_quantized_while_loading_and_agree_with_full_precision(replica, packing):
-    """int8-bf16's and int4-bf16's experts (the quantizer that claims only the 3-D expert
-    weights): packed while loading, so the load peaks near what it keeps and below the bf16
-    experts alone; a decode step (one token, the kernel per chosen expert) and a prompt
+def test_packed_experts_are_quantized_while_loading_and_agree_with_full_precision(
+    replica, packing, dtype
+):
+    """The CPU levels' experts, computing in bf16 or fp32 (the quantizer that claims only the
+    3-D expert weights): packed while loading, so the load peaks near what it keeps and below
+    the bf16 experts alone; a decode step (one token, the kernel per chosen expert) and a prompt
     (experts by the tokens they got) compute the same thing, close to the full-precision
     experts."""
     from transformers import AutoModelForCausalLM
@@ -359,12 +393,12 @@ def test_packed_experts_are_quantized_while_loading_and_agree_with_full_precisio
     path, reference = replica
     with meters.tensor_peak("cpu") as peak:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.bfloat16, quantization_config=moe_quant.experts_config(packing)
+            path, dtype=dtype, quantization_config=moe_quant.experts_config(packing)
         )
     config = model.config
     experts = [m for m in model.modules() if isinstance(m, QuantExperts)]
     assert len(experts) == config.num_hidden_layers - config.num_dense_layers
-    assert {m.packing.name for m in experts} == {packing}
+    assert {(m.packing.name, m.compute_dtype) for m in experts} == {(packing, dtype)}
     assert moe_quant.expert_modules(model) == []
     assert all(type(m) is torch.nn.Linear for m in [model.lm_head])  # Linears load as they are
     kept = sum(b.numel() * b.element_size() for b in model.buffers())

@@ -36,6 +36,9 @@ def quantization_table(manager: ModelManager, model_id: str) -> str:
             room = "checked when loading"
         else:
             room = f"{'✓ fits' if row['fits'] else '✗ too big'}: ~{row['estimate_gib']:.1f} GiB"
+        speed = row.get("tokens_per_s")
+        if speed is not None:  # calibrated on this CPU (lfmui.calibrate)
+            room += f"; ~{speed:g} tokens/s" + (" ⚠ slow" if row["slow"] else "")
         said = "; ".join(part for part in (row["reason"], row["note"]) if part)
         lines.append(f"| {row['label']} | {room} | {said} |")
     return "\n".join(lines)
