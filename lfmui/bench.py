@@ -48,7 +48,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lfmui import calibrate, engine, meters, prompts, quant
+from lfmui import calibrate, engine, memory, meters, prompts, quant
 from lfmui.catalog import Catalog
 from lfmui.errors import LfmuiError
 from lfmui.manager import GIB, ModelManager, memory_report
@@ -479,13 +479,71 @@ def _gib(value: int | None) -> float | None:
     return round(value / GIB, 3) if value is not None else None
 
 
+def run_calibrate(models: list[str]) -> int:
+    """What auto's calibration measures for each model here, measured afresh (not cached):
+    ms per decoded token of its matmuls at every level that runs here."""
+    catalog = Catalog()
+    catalog.show_all()
+    for model_id in models:
+        config = memory.config_of(catalog.get(model_id))
+        levels = [level for level in quant.QUANTIZATIONS.values() if level.probe().ok]
+        started = time.perf_counter()
+        figures = calibrate.measure(calibrate.decode_shapes(config), levels)
+        _emit(
+            {
+                "case": "calibrate",
+                "model": model_id,
+                "ms_per_token": figures,
+                "tokens_per_s": {k: calibrate.tokens_per_s(v) for k, v in figures.items()},
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    return 0
+
+
+def run_kernels(repeats: int, n: int = 4096, k: int = 2048) -> int:
+    """One decode row through an [n, k] weight with each CPU kernel lfmui could use: torch's
+    packed int8 and int4 kernels with bf16 and with fp32 activations, fbgemm's dynamic int8,
+    and the plain Linear, in ms (the median of `repeats` x 10 calls)."""
+    import torch
+
+    from lfmui import cpu_weights
+
+    weight = torch.randn(n, k)
+    row = torch.randn(1, k)
+    kernels = {"fp32 Linear": lambda: torch.nn.functional.linear(row, weight)}
+    for dtype in (torch.bfloat16, torch.float32):
+        for name, packing in cpu_weights.PACKINGS.items():
+            q, scales = packing.pack(weight.to(dtype))
+            kernels[f"{name} packed, {str(dtype)[6:]} activations"] = functools.partial(
+                packing.kernel, row.to(dtype), q, scales
+            )
+    dynamic = cpu_weights.dynamic_int8(weight)
+    kernels["dynamic int8 (int8-cpu)"] = lambda: torch.ops.quantized.linear_dynamic(row, dynamic)
+    figures = {}
+    for name, kernel in kernels.items():
+        kernel()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(10):
+                kernel()
+            times.append((time.perf_counter() - started) / 10)
+        figures[name] = round(_median(times) * 1000, 3)
+    _emit({"case": "kernels", "shape": [n, k], "ms": figures})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lfmui.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("case", choices=["loads", "seed", "presets", "ops", "llamacpp", "fairness"])
+    parser.add_argument(
+        "case",
+        choices=["loads", "seed", "presets", "ops", "llamacpp", "fairness", "calibrate", "kernels"],
+    )
     parser.add_argument("--queued", type=int, default=12, help="fairness: B's queued replies")
     parser.add_argument(
         "--models",
@@ -531,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.case == "fairness":
         code = run_fairness(models[0], levels[0], args.queued, args.new_tokens)
+    elif args.case == "calibrate":
+        code = run_calibrate(models)
+    elif args.case == "kernels":
+        code = run_kernels(args.repeats)
     elif args.case == "ops":
         code = run_ops(models, ["bf16", *[level for level in levels if level != "bf16"]])
     elif args.case == "presets":

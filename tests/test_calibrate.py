@@ -111,3 +111,21 @@ def test_the_cpu_is_named_with_its_instruction_sets(tmp_path):
     assert calibrate.cpu_flags(str(x86)) == ["avx2", "avx512f", "avx512_bf16"]
     assert calibrate.cpu_flags(str(arm)) == ["asimd"]
     assert calibrate.cpu_model(str(tmp_path / "none")).startswith("unknown CPU")
+
+
+def test_the_bench_prints_calibration_and_kernel_figures_with_the_cpu(tiny_paths, capsys):
+    """`python -m lfmui.bench calibrate` and `kernels`: JSON lines, each naming the CPU and its
+    instruction sets."""
+    from lfmui import bench
+
+    assert bench.main(["calibrate", "--models", "lfm2-moe-tiny"]) == 0
+    assert bench.main(["kernels", "--repeats", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    cases = {line["case"]: line for line in lines}  # and each run's summary line
+    calibrated, kernels = cases["calibrate"], cases["kernels"]
+    assert calibrated["case"] == "calibrate" and calibrated["ms_per_token"]["fp32"] > 0
+    assert all(speed > 0 for speed in calibrated["tokens_per_s"].values())
+    assert set(kernels["ms"]) >= {"fp32 Linear", "dynamic int8 (int8-cpu)"}
+    assert "int4 packed, float32 activations" in kernels["ms"]
+    for line in lines:
+        assert line["cpu"] == calibrate.cpu_model() and line["cpu_flags"] == calibrate.cpu_flags()
