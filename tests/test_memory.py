@@ -140,8 +140,8 @@ def test_a_quantized_load_lets_go_of_the_checkpoint_mapping(every_build):
     ("model_id", "free_gib", "picked"),
     [
         # int8-cpu packs the experts while loading too, but loads the rest in fp32 first
-        ("lfm2-8b-a1b-synthetic", 14, "int8-cpu"),
-        ("lfm2-8b-a1b-synthetic", 11, "int4-bf16" if cpu_computes_bf16() else "nf4"),
+        ("lfm2-8b-a1b-synthetic", 15, "int8-cpu"),
+        ("lfm2-8b-a1b-synthetic", 14, "int4-bf16" if cpu_computes_bf16() else "nf4"),
         ("lfm2-8b-a1b-synthetic", 8, "int4-bf16" if cpu_computes_bf16() else "nf4"),
         ("lfm2-8b-a1b-synthetic", 6, "nf4"),  # int4-bf16 needs ~6.9 (bf16 Linears first)
         ("lfm2-vl-450m-synthetic", 14, "int8-cpu"),  # the fastest reply here
