@@ -17,6 +17,7 @@ that fit by these figures, fastest first (``fastest_first``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -73,11 +74,23 @@ def signature() -> str:
 def decode_shapes(config: Any) -> Counter[tuple[int, int]]:
     """The [N, K] weights one decoded token multiplies, with how many times: the text model's
     Linear layers (the LM head included) and, for a mixture of experts, the experts' two
-    products times the experts each token uses."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    products times the experts each token uses. Empty where the model cannot be built from
+    its config here (a checkpoint of another kind): auto then keeps its static order."""
+    try:
+        return Counter(dict(_shapes(config.to_json_string(use_diff=False))))
+    except Exception as exc:  # an odd local checkpoint must not stop its load
+        log.warning("calibration: no decode shapes for this model (%s)", type(exc).__name__)
+        return Counter()
 
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+@functools.lru_cache(maxsize=32)
+def _shapes(config_json: str) -> tuple[tuple[tuple[int, int], int], ...]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw = json.loads(config_json)
+    config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    text = config.get_text_config(decoder=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(text)
     shapes: Counter[tuple[int, int]] = Counter()
@@ -89,7 +102,7 @@ def decode_shapes(config: Any) -> Counter[tuple[int, int]]:
             weight = getattr(module, name, None)
             if isinstance(weight, torch.Tensor) and weight.dim() == 3 and top_k:
                 shapes[(weight.shape[1], weight.shape[2])] += top_k
-    return shapes
+    return tuple(shapes.items())
 
 
 def _layer(level: quant.QuantLevel, n: int, k: int) -> Callable[[Any], Any]:
@@ -192,6 +205,8 @@ def decode_ms(config: Any, budget_s: float = BUDGET_S) -> dict[str, float]:
     """ms per decoded token at each CPU level that runs here, for the model of `config`:
     cached, else measured now (at most `budget_s`) and cached."""
     shapes = decode_shapes(config)
+    if not shapes:
+        return {}
     key = _key(shapes)
     models = _read().get("models", {})
     models = models if isinstance(models, dict) else {}

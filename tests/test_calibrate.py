@@ -129,3 +129,15 @@ def test_the_bench_prints_calibration_and_kernel_figures_with_the_cpu(tiny_paths
     assert "int4 packed, float32 activations" in kernels["ms"]
     for line in lines:
         assert line["cpu"] == calibrate.cpu_model() and line["cpu_flags"] == calibrate.cpu_flags()
+
+
+def test_a_model_whose_shapes_cannot_be_read_keeps_auto_in_its_static_order():
+    """Bad input: a checkpoint whose config transformers cannot build here. No shapes, no
+    figures: auto keeps its static order, and the load is not stopped by calibration."""
+    import types
+
+    odd = types.SimpleNamespace(to_json_string=lambda **_: '{"model_type": "not-a-model"}')
+    assert calibrate.decode_shapes(odd) == {}
+    assert calibrate.decode_ms(odd) == {}
+    levels = quant.auto_levels()
+    assert calibrate.fastest_first(levels, {}) == levels
