@@ -627,10 +627,14 @@ def test_every_control_has_a_label(page):
 
 
 def test_load_a_model_from_the_models_tab(page):
-    """Load with the default choice, auto (the fastest level here that fits), then fp32."""
-    from lfmui import quant
+    """Load with the default choice, auto (the fastest level here that fits, as calibrated on
+    this CPU), then fp32."""
+    from lfmui import calibrate, memory, quant
+    from lfmui.catalog import Catalog
 
-    fastest = quant.auto_levels()[0].name  # the tiny models fit at any level
+    config = memory.config_of(Catalog().get("lfm2-moe-tiny"))
+    measured = {} if quant.cuda_available() else calibrate.decode_ms(config)
+    fastest = calibrate.fastest_first(quant.auto_levels(), measured)[0].name  # all fit
     page.get_by_role("tab", name="Models").click()
     page.locator("#model-picker input").first.click()
     page.get_by_role("option", name="lfm2-moe-tiny").first.click()
