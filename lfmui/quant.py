@@ -319,10 +319,11 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
 
 
 # No int8/int4 level computes in fp32 through torch's packed kernels: with fp32 activations
-# _weight_int8pack_mm and _weight_int4pack_mm_for_cpu take a slow path (a 4096x2048 decode row,
-# AMD EPYC 2 cores with AVX-512 BF16, torch 2.14.1: int8 6.1 ms and int4 15.6 ms against
-# 0.95 and 0.37 in bf16, 1.4 for the fp32 Linear and 0.24 for torch's dynamic int8), so on
-# CPUs without bf16 int8-cpu (fbgemm, AVX2 and up) is the fast level.
+# _weight_int8pack_mm and _weight_int4pack_mm_for_cpu take a slow path. One 4096x2048 decode
+# row (`python -m lfmui.bench kernels --repeats 5`, AMD EPYC 2 cores with AVX-512 BF16, torch
+# 2.14.1), ms: int8 5.65 and int4 12.5 with fp32 activations, 0.20 and 0.23 with bf16 (0.36
+# and 0.85 under ATEN_CPU_CAPABILITY=avx2), the fp32 Linear 1.32, torch's dynamic int8 0.095.
+# So on CPUs without bf16, int8-cpu (fbgemm, AVX2 and up) is the fast level.
 # What "auto" loads: the first of these that runs here and fits, the fastest reply first
 # (`python -m lfmui.bench seed`, a 512 px image; lfmui/measured.py). CPU, VL-450M in one run:
 # int8-cpu TTFT 509 ms and 27.0 ms/token, int4-bf16 717 ms and 24.3, fp32 1268 and 62.5: for
