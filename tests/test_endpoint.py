@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lfmui import tools, turns
+from lfmui import endpoint, tools, turns
 from lfmui.endpoint import Endpoint, EndpointError
 from lfmui.manager import ModelManager
 
@@ -523,7 +523,10 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
             expect(served_id).to_have_value(path)  # Connect sends what the page holds
             expect(extra).to_have_value(json.dumps(scripted_body))
             page.locator("#endpoint-connect").click()
-            page.get_by_text("Endpoint in use").wait_for(timeout=30_000)
+            # Connect may take its whole deadline (the served /v1/models fails slowly), and
+            # the page then redraws the Models tab: waited for with room beyond it
+            connect_ms = int((endpoint.CONNECT_DEADLINE_S + 30) * 1000)
+            page.get_by_text("Endpoint in use").wait_for(timeout=connect_ms)
             page.get_by_text("Replies come from the endpoint").wait_for(timeout=5_000)
             page.screenshot(path=str(ARTIFACTS / "models-endpoint.png"), full_page=True)
 
