@@ -1,5 +1,6 @@
-"""Weight-only int8 and int4 layers for CPUs, computing in bf16 (AVX-512 BF16, AMX) or fp32
-(AVX2, NEON: every CPU).
+"""Weight-only int8 and int4 layers for CPUs: torch's packed kernels computing in bf16 (AVX-512
+BF16, AMX: int8-bf16, int4-bf16), and MoE experts as dynamic int8 (int8-cpu, every x86 CPU from
+AVX2 up, and ARM: ``DynamicExperts``).
 
 Decode on a CPU reads every weight once per token, so it is bound by bytes and by the kernel
 that unpacks them; prefill is bound by arithmetic, where bf16 on CPUs that have it is several
@@ -8,8 +9,9 @@ times faster than fp32 (LFM2-VL-450M and a 512 px image on the project's 2-core 
 is one weight format: how [N, K] weights are packed, how a few rows (a decode step) multiply
 with the packed weights through torch's own CPU kernel, and how a prompt's worth of rows does
 it (unpack, then the GEMM). ``PACKINGS`` holds the two formats; the compute dtype is the
-loaded model's (a level is a packing times a dtype: ``quant.QUANTIZATIONS``), and the scales
-are kept in it, as torch's kernels take them; ``weight_mm`` makes the decode/prefill choice.
+loaded model's, and the scales are kept in it, as torch's kernels take them (fp32 works too,
+but those kernels are slow with fp32 activations: quant.py has the figures, so no level uses
+it); ``weight_mm`` makes the decode/prefill choice.
 
 - int8: one row of int8 per output with a bf16 scale (absmax / 127), read by
   ``torch.ops.aten._weight_int8pack_mm``.

@@ -13,9 +13,10 @@ about 1.25x the quantized size on the 8B's layout, against 3.4x when quantizing 
 - int8: rows of int8 with one scale per row (absmax / 127), in the compute dtype;
 - nf4: bitsandbytes NF4 blocks of 64 (``quantize_4bit``), one expert at a time.
 
-The CPU levels int8-bf16 and int4-bf16 use the same loader hook through quantizers of their
-own (``experts_config``) that claim the expert weights only (their Linear layers are packed
-after loading); ``cpu_weights.QuantExperts`` computes with the packed weights.
+The CPU levels int8-bf16, int4-bf16 and int8-cpu use the same loader hook through quantizers
+of their own (``experts_config``) that claim the expert weights only (their Linear layers are
+converted after loading); ``cpu_weights.QuantExperts`` and ``cpu_weights.DynamicExperts``
+compute with the packed weights.
 
 Forward (``QuantizedExperts``): routing is untouched. A decode step (tokens x top-k <= experts)
 gathers the chosen experts' packed weights by index, dequantizes just those and runs one batched
@@ -281,7 +282,8 @@ def _quantizer_class(base: type, kind: Kind) -> type:
 
 def experts_config(packing: str) -> Any:
     """A quantization config that converts nothing but the 3-D expert weights, packed while
-    loading (``cpu_weights.PACKINGS[packing]``), for the CPU levels (int8/int4, bf16/fp32)."""
+    loading, for the CPU levels: ``cpu_weights.PACKINGS[packing]`` (int8-bf16, int4-bf16) or
+    "dynamic-int8" (int8-cpu: ``cpu_weights.DynamicExperts``)."""
     from transformers.utils.quantization_config import QuantizationConfigMixin
 
     _register()
