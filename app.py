@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         # transformers copies weights on loader threads, where spaces' CUDA emulation (set up
         # per thread, on this one) does not reach: load on this thread alone
         os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
-        budget = min(budget or gpu.free_memory(), gpu.free_memory())
+        free = gpu.free_memory()
+        budget = min(budget or free, free)
     preload = [_model_at_level(text, catalog) for text in args.preload]
     if preload and budget is None:
         raise SystemExit(

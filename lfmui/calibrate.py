@@ -64,8 +64,10 @@ def _cpuinfo_field(cpuinfo: str, names: tuple[str, ...]) -> str:
     return ""
 
 
+@functools.cache
 def signature() -> str:
-    """What the figures hold for: this CPU, its flags and cores, this torch."""
+    """What the figures hold for: this CPU, its flags and cores, this torch (read once: the
+    Models tab asks on every redraw)."""
     import torch
 
     return f"{cpu_model()} [{' '.join(cpu_flags())}] torch {torch.__version__}"

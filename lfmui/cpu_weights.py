@@ -57,7 +57,7 @@ class Packing:
 def _pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     absmax = weight.float().abs().amax(dim=1).clamp(min=1e-12)
     rows = torch.round(weight.float() * (127.0 / absmax)[:, None]).to(torch.int8)
-    return rows, (absmax / 127.0).to(_scale_dtype(weight))
+    return rows, (absmax / 127.0).to(_scale_dtype(weight.dtype))
 
 
 def _int8_kernel(rows: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -76,9 +76,8 @@ def _pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.clamp(torch.round((groups - low) / scale), 0, 15).to(torch.int32).reshape(n, k)
     zero = low + 8 * scale  # the kernel computes (q - 8) * scale + zero
     scale_zero = torch.cat([scale, zero], -1).transpose(0, 1).contiguous()
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2), scale_zero.to(
-        _scale_dtype(weight)
-    )
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
+    return packed, scale_zero.to(_scale_dtype(weight.dtype))
 
 
 def _int4_kernel(rows: torch.Tensor, q: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
@@ -116,10 +115,10 @@ PACKINGS: dict[str, Packing] = {
 }
 
 
-def _scale_dtype(weight: torch.Tensor) -> torch.dtype:
-    """Scales in the compute dtype: the weight's own where it is bf16 or fp32 (what a level
-    loads), else bf16."""
-    return weight.dtype if weight.dtype in (torch.float32, torch.bfloat16) else torch.bfloat16
+def _scale_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scales in the compute dtype: `dtype` where it is bf16 or fp32 (what a level loads),
+    else bf16."""
+    return dtype if dtype in (torch.float32, torch.bfloat16) else torch.bfloat16
 
 
 @cache
@@ -227,7 +226,7 @@ class QuantExperts(RoutedExperts):
         super().__init__()
         self.packing = packing
         self.act_fn = act_fn
-        self.compute_dtype = _scale_dtype(torch.empty(0, dtype=dtype))
+        self.compute_dtype = _scale_dtype(dtype)
         for name, (packed, scale, _shape) in weights.items():
             self.register_buffer(f"{name}_q", packed)
             self.register_buffer(f"{name}_scale", scale.to(self.compute_dtype))

@@ -520,12 +520,21 @@ class ModelManager:
         )
 
     def _level_within(self, config: Any, quantization: str | None, room: int) -> quant.QuantLevel:
-        """The level named, or for "auto" the fastest here whose estimate fits `room`."""
+        """The level named, or for "auto" the fastest here whose estimate fits `room` (the
+        fastest of all where none does)."""
         if quantization not in (None, "", "auto"):
             return quant.resolve(quantization)
+        candidates = self._auto_levels(config, measure=False)  # (the start must not wait)
+        return _first_fitting(candidates, config, room) or candidates[0]
+
+    def _auto_levels(self, config: Any, measure: bool = True) -> list[quant.QuantLevel]:
+        """What "auto" may load here, fastest first: on a CPU as measured on it (lfmui.calibrate;
+        without `measure`, only what is cached), else quant.AUTO_ORDER."""
         candidates = quant.auto_levels()
-        fitting = [lv for lv in candidates if memory.estimate(config, lv).total <= room]
-        return (fitting or candidates)[0]
+        if self._room()[0] == "cpu":
+            timed = calibrate.decode_ms if measure else calibrate.cached_ms
+            candidates = calibrate.fastest_first(candidates, timed(config))
+        return candidates
 
     def _room_for(self, model_id: str, level: str, footprint: int) -> list[LoadedModel]:
         """The idle models to evict, least recently used first, so that `footprint` more
@@ -582,7 +591,7 @@ class ModelManager:
 
     def _fitting_level(self, spec, config, quantization) -> quant.QuantLevel:
         """The level to load: the one asked for, refused at once (InsufficientMemory) when it
-        would not fit; for "auto", the fastest here that fits (quant.AUTO_ORDER)."""
+        would not fit; for "auto", the fastest here that fits (``_auto_levels``)."""
         device, freed = self._room()
         if quantization not in (None, "", "auto"):
             level = quant.resolve(quantization)
@@ -591,12 +600,10 @@ class ModelManager:
         room = memory.available(device, freed).bytes
         if self.pool_budget is not None:  # a pool's model also fits its budget
             room = min(room, self.pool_budget)
-        candidates = quant.auto_levels()
-        if device == "cpu":  # the fastest on this CPU, as measured (and cached) here
-            candidates = calibrate.fastest_first(candidates, calibrate.decode_ms(config))
-        for level in candidates:
-            if memory.estimate(config, level).total <= room:
-                return level
+        candidates = self._auto_levels(config)
+        fitting = _first_fitting(candidates, config, room)
+        if fitting is not None:
+            return fitting
         smallest = min(candidates, key=lambda lv: memory.estimate(config, lv).total)
         memory.check(spec.id, config, smallest, device, freed)  # raises: nothing fits here
         return smallest
@@ -710,6 +717,11 @@ class ModelManager:
                 resident = list(self._pool.values())
             self.on_unloaded(loaded, resident)
         heap.free_accelerator(quant.cuda_available())
+
+
+def _first_fitting(levels: list[quant.QuantLevel], config: Any, room: int) -> Any:
+    """The first of `levels` whose estimate for `config` fits `room`; None if none does."""
+    return next((lv for lv in levels if memory.estimate(config, lv).total <= room), None)
 
 
 @contextlib.contextmanager
