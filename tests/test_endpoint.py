@@ -55,6 +55,17 @@ def _wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None
     raise RuntimeError(f"{url} did not come up in {seconds} s")
 
 
+def _until_idle(url: str, model: str, seconds: float = 240) -> None:
+    """Wait until the server answers a one-token reply: a reply an earlier test stopped, which
+    transformers serve sometimes misses (see test_stop_closes_the_stream...), runs to its cap
+    first, and the server answers nothing else meanwhile."""
+    import httpx
+
+    ask = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    with contextlib.suppress(httpx.TimeoutException):
+        httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=seconds).raise_for_status()
+
+
 @pytest.fixture(scope="module")
 def served(tiny_paths, tmp_path_factory):
     """`transformers serve <tiny VL checkpoint>` on CPU; its base URL and model id (the path).
@@ -514,19 +525,27 @@ def test_browser_connect_chat_stop_and_tools_on_an_endpoint(
             page.goto(f"http://127.0.0.1:{port}")
             page.get_by_role("tab", name="Models").click()
             page.get_by_text("Endpoint: an OpenAI-compatible server").click()
-            page.locator("#endpoint-url textarea, #endpoint-url input").first.fill(url)
             served_id = page.locator("#endpoint-model input").first
             served_id.fill(path)
             served_id.press("Enter")  # a custom dropdown value is taken on Enter or blur
             extra = page.get_by_label("Extra request fields")
             extra.fill(json.dumps(scripted_body))
-            expect(served_id).to_have_value(path)  # Connect sends what the page holds
-            expect(extra).to_have_value(json.dumps(scripted_body))
+            # the address last: a box filled in the instant the accordion mounts it can show
+            # the text while the app still holds "" (in 2 of 4 runs here); no person is that fast
+            address = page.locator("#endpoint-url textarea, #endpoint-url input").first
+            address.fill(url)
+            for box, value in [(served_id, path), (extra, json.dumps(scripted_body))]:
+                expect(box).to_have_value(value)  # Connect sends what the page holds
+            expect(address).to_have_value(url)
+            _until_idle(url, path)  # a stopped reply of an earlier test may still run there
             page.locator("#endpoint-connect").click()
             # Connect may take its whole deadline (the served /v1/models fails slowly), and
-            # the page then redraws the Models tab: waited for with room beyond it
+            # the page then redraws the Models tab: waited for with room beyond it; a refusal
+            # (a toast) fails the test with its sentence
             connect_ms = int((endpoint.CONNECT_DEADLINE_S + 30) * 1000)
-            page.get_by_text("Endpoint in use").wait_for(timeout=connect_ms)
+            in_use, toast = page.get_by_text("Endpoint in use"), page.locator(".toast-body")
+            in_use.or_(toast).first.wait_for(timeout=connect_ms)
+            assert in_use.is_visible(), f"Connect refused: {toast.all_inner_texts()}"
             page.get_by_text("Replies come from the endpoint").wait_for(timeout=5_000)
             page.screenshot(path=str(ARTIFACTS / "models-endpoint.png"), full_page=True)
 
