@@ -228,6 +228,7 @@ def _convert(
         result[name] = packed  # stands in for the bf16 weight until _swap_experts
         del value
         heap.drop_checkpoint_pages()  # this layer's bf16 pages have been read: let them go
+        heap.trim_heap()  # and its full-precision copies, freed, go back to the system
     return result
 
 
@@ -309,8 +310,10 @@ def _experts_only_quantizer(packing_name: str) -> type:
         def make(act_fn: Any, weights: dict, model: nn.Module) -> nn.Module:
             return cpu_weights.QuantExperts(packing, act_fn, weights, model.dtype)
 
+        linears = False
     else:  # dynamic-int8: one prepacked weight per expert stands where the scales do
         pack = cpu_weights.pack_experts_dynamic
+        linears = True  # and the Linear layers are packed as they load, like the experts
 
         def make(act_fn: Any, weights: dict, model: nn.Module) -> nn.Module:
             packed = {name: each for name, (_, each, _) in weights.items()}
@@ -318,20 +321,24 @@ def _experts_only_quantizer(packing_name: str) -> type:
             return cpu_weights.DynamicExperts(act_fn, packed, shapes)
 
     class ExpertsOnlyQuantizer(HfQuantizer):
-        """Claims the 3-D expert weights only; the Linear layers load as they are."""
+        """Claims the 3-D expert weights (and, for dynamic int8, the Linear weights that
+        quant.should_quantize takes); the rest loads as it is."""
 
         def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
-            return is_expert_weight(model, param_name)
+            return is_expert_weight(model, param_name) or (
+                linears and _packable_linear(model, param_name)
+            )
 
         def _process_model_before_weight_loading(self, model, **kwargs):
             return model
 
         def _process_model_after_weight_loading(self, model, **kwargs):
             _swap_experts(model, packing_name, lambda act_fn, _dtype, w: make(act_fn, w, model))
+            _swap_dynamic_linears(model)
             return model
 
         def get_quantize_ops(self):
-            return _quantize_op(pack, None)
+            return _quantize_op(pack, _DynamicLinearOp() if linears else None)
 
         def is_serializable(self, **kwargs) -> bool:
             return False
@@ -342,6 +349,57 @@ def _experts_only_quantizer(packing_name: str) -> type:
 
     ExpertsOnlyQuantizer.__name__ = f"{packing_name.title().replace('-', '')}ExpertsQuantizer"
     return ExpertsOnlyQuantizer
+
+
+def _packable_linear(model: nn.Module, param_name: str) -> bool:
+    """Whether `param_name` is the weight of a bias-free nn.Linear that a quantized level
+    converts (quant.should_quantize): dynamic int8 packs it while loading, so that no
+    full-precision copy of the whole model's Linears is ever held (the LM head, tied to the
+    embeddings and never read from the checkpoint, stays to the level's post-load step)."""
+    from lfmui.quant import should_quantize
+
+    module_name, _, attribute = param_name.rpartition(".")
+    if attribute != "weight" or not should_quantize(module_name):
+        return False
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        return False
+    return type(module) is nn.Linear and module.bias is None
+
+
+class _DynamicLinearOp:
+    """The loader's step for a Linear weight claimed by ``_packable_linear``: packed as
+    torch's dynamic int8 keeps it (cpu_weights.dynamic_int8), an empty stand-in loaded."""
+
+    def convert(self, input_dict: dict[str, Any], model=None, **kwargs) -> dict[str, Any]:
+        from lfmui import cpu_weights
+
+        result = {}
+        for name, value in input_dict.items():
+            module_name, _, _ = name.rpartition(".")
+            with torch.no_grad():
+                model.get_submodule(module_name).lfmui_dynamic = cpu_weights.dynamic_int8(value)
+            result[name] = torch.empty(0, dtype=torch.int8)
+        return result
+
+
+def _swap_dynamic_linears(model: nn.Module) -> int:
+    """After loading: each Linear packed by ``_DynamicLinearOp`` becomes torch's dynamic int8
+    Linear holding that packed weight (what quantize_dynamic would have made of it)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            packed = getattr(child, "lfmui_dynamic", None)
+            if packed is None:
+                continue
+            swapped = DynamicLinear(child.in_features, child.out_features, bias_=False)
+            swapped._packed_params._packed_params = packed
+            setattr(parent, name, swapped)
+            count += 1
+    return count
 
 
 def _register() -> None:

@@ -421,3 +421,29 @@ def test_packed_experts_are_quantized_while_loading_and_agree_with_full_precisio
     # model's next-token logits keep 0.99 (test_cpu_levels_keep_the_next_token_logits)
     assert _cosine(prompt, expected) >= floor
     assert _cosine(steps, expected) >= floor
+
+
+def test_int8_cpu_packs_the_linear_layers_while_loading(replica):
+    """int8-cpu's quantizer packs each Linear it converts as the loader reads it, as it does
+    the experts, so the whole model's Linears never sit in fp32 at once (the 8B's load peaked
+    at 13.3 GiB of heap with them packed after the load, for 9.3 kept): every converted Linear
+    comes out as torch's dynamic int8 Linear, the loader's own, and the level's outputs stay
+    those of the full-precision model."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from transformers import AutoModelForCausalLM
+
+    path, reference = replica
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, quantization_config=moe_quant.experts_config("dynamic-int8")
+    )
+    converted = [n for n, m in reference.named_modules() if type(m) is torch.nn.Linear]
+    converted = [n for n in converted if quant.should_quantize(n) and n != "lm_head"]
+    assert converted  # attention, conv and dense FFN projections
+    for name in converted:
+        assert type(model.get_submodule(name)) is DynamicLinear, name
+    assert type(model.lm_head) is torch.nn.Linear  # tied: the level's post-load step takes it
+    assert not [m for m in model.modules() if hasattr(m, "lfmui_dynamic")]
+    ids = torch.tensor([[1, 42, 17, 99, 3, 250, 8]])
+    with torch.no_grad():
+        got, expected = model(ids).logits[0, -1], reference(ids).logits[0, -1]
+    assert _cosine(got, expected) >= 0.99
