@@ -655,7 +655,8 @@ class ModelManager:
         started = time.perf_counter()
         cuda = quant.cuda_available()
         source = location.kwargs()
-        kwargs: dict[str, Any] = {"dtype": getattr(torch, level.dtype), **level.kwargs(), **source}
+        dtype = getattr(torch, level.load_dtype or level.dtype)
+        kwargs: dict[str, Any] = {"dtype": dtype, **level.kwargs(), **source}
         if cuda:
             kwargs["device_map"] = {"": 0}
         auto_model = AutoModelForImageTextToText if spec.kind == "vl" else AutoModelForCausalLM

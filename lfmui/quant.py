@@ -71,6 +71,10 @@ class QuantLevel:
     footprint: Footprint
     note: str = ""
     post_load: Callable[[Any], Any] | None = None  # runs on the loaded model
+    # the dtype the weights are read in where it is not `dtype`: int8-cpu reads bf16 (what the
+    # checkpoints hold), so what it packs while loading is never widened to fp32 first, and
+    # its post_load widens what stays unpacked
+    load_dtype: str | None = None
 
 
 @cache
@@ -222,26 +226,28 @@ def _dynamic_int8(model: Any) -> Any:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and (name == "lm_head" or should_quantize(name))
     }
+    vision = _vision_parts(model) if cpu_computes_bf16() else []
+    in_bf16 = {id(t) for part in vision for t in [*part.parameters(), *part.buffers()]}
+    for tensor in [*model.parameters(), *model.buffers()]:  # read in bf16 (load_dtype): what
+        if tensor.dtype == torch.bfloat16 and id(tensor) not in in_bf16:  # was not packed
+            tensor.data = tensor.data.float()  # computes in fp32 (a tied head stays tied)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized tensors are deprecated upstream; still the
         # fastest int8 path on x86 CPUs in this torch (measured 6.7x on a 1024x4608 GEMV)
         model = torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
-    _vision_in_bf16(model)
+    for part in vision:
+        part.to(torch.bfloat16)
     return model
 
 
-def _vision_in_bf16(model: Any) -> None:
-    """On a CPU with bf16 arithmetic, the vision tower and projector (left out of int8) compute
-    in bf16: reading an image is a prefill, bound by arithmetic, where bf16 is several times
-    faster than fp32. The projector's output goes back to fp32 as transformers merges it."""
-    import torch
-
-    if not cpu_computes_bf16():
-        return
-    for name in ("vision_tower", "multi_modal_projector"):
-        part = getattr(getattr(model, "model", model), name, None)
-        if part is not None:
-            part.to(torch.bfloat16)
+def _vision_parts(model: Any) -> list[Any]:
+    """The vision tower and projector, left out of int8: on a CPU with bf16 arithmetic they
+    compute in bf16 (reading an image is a prefill, bound by arithmetic, where bf16 is several
+    times faster than fp32; the projector's output goes back to fp32 as transformers merges
+    it)."""
+    inner = getattr(model, "model", model)
+    names = ("vision_tower", "multi_modal_projector")
+    return [part for part in (getattr(inner, name, None) for name in names) if part is not None]
 
 
 QUANTIZATIONS: dict[str, QuantLevel] = {
@@ -314,6 +320,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "Linear layers and MoE experts int8 per channel (experts quantized while loading), "
         "activations quantized on the fly; fbgemm's kernels, fast on AVX2 and up",
         _dynamic_int8,
+        load_dtype="bfloat16",
     ),
 }
 
