@@ -20,6 +20,7 @@ FLOORS = [
         "lfmui.measured",
         "lfmui.llamacpp",
         "lfmui.toolcalls",
+        "lfmui.reasoning",
         "lfmui.cpu_weights",
         "lfmui.settings",
     },
