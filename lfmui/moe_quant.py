@@ -27,6 +27,7 @@ per expert, once per prompt, and never holds more than one expert in the compute
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -281,7 +282,7 @@ def _quantizer_class(base: type, kind: Kind) -> type:
     return ExpertsQuantizer
 
 
-def experts_config(packing: str) -> Any:
+def experts_config(packing: str, converts: Callable[[str], bool] | None = None) -> Any:
     """A quantization config that converts nothing but the 3-D expert weights, packed while
     loading, for the CPU levels: ``cpu_weights.PACKINGS[packing]`` (int8-bf16, int4-bf16) or
     "dynamic-int8" (int8-cpu: ``cpu_weights.DynamicExperts``)."""
@@ -292,6 +293,9 @@ def experts_config(packing: str) -> Any:
     class ExpertsConfig(QuantizationConfigMixin):
         def __init__(self) -> None:
             self.quant_method = _CPU_EXPERTS[packing]
+            # dynamic-int8: the Linear layers whose names this accepts (quant.should_quantize)
+            # are packed while loading too
+            self.converts = converts
 
     return ExpertsConfig()
 
@@ -325,8 +329,9 @@ def _experts_only_quantizer(packing_name: str) -> type:
         quant.should_quantize takes); the rest loads as it is."""
 
         def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+            converts = getattr(self.quantization_config, "converts", None)
             return is_expert_weight(model, param_name) or (
-                linears and _packable_linear(model, param_name)
+                linears and converts is not None and _packable_linear(model, param_name, converts)
             )
 
         def _process_model_before_weight_loading(self, model, **kwargs):
@@ -351,15 +356,13 @@ def _experts_only_quantizer(packing_name: str) -> type:
     return ExpertsOnlyQuantizer
 
 
-def _packable_linear(model: nn.Module, param_name: str) -> bool:
-    """Whether `param_name` is the weight of a bias-free nn.Linear that a quantized level
-    converts (quant.should_quantize): dynamic int8 packs it while loading, so that no
-    full-precision copy of the whole model's Linears is ever held (the LM head, tied to the
-    embeddings and never read from the checkpoint, stays to the level's post-load step)."""
-    from lfmui.quant import should_quantize
-
+def _packable_linear(model: nn.Module, param_name: str, converts: Callable[[str], bool]) -> bool:
+    """Whether `param_name` is the weight of a bias-free nn.Linear whose name `converts`
+    accepts: dynamic int8 packs it while loading, so that no full-precision copy of the whole
+    model's Linears is ever held (the LM head, tied to the embeddings and never read from the
+    checkpoint, stays to the level's post-load step)."""
     module_name, _, attribute = param_name.rpartition(".")
-    if attribute != "weight" or not should_quantize(module_name):
+    if attribute != "weight" or not converts(module_name):
         return False
     try:
         module = model.get_submodule(module_name)

@@ -199,7 +199,7 @@ def _packed_experts(packing: str) -> Callable[[], dict[str, Any]]:
     def kwargs() -> dict[str, Any]:
         from lfmui.moe_quant import experts_config
 
-        return {"quantization_config": experts_config(packing)}
+        return {"quantization_config": experts_config(packing, should_quantize)}
 
     return kwargs
 

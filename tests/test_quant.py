@@ -433,8 +433,9 @@ def test_int8_cpu_packs_the_linear_layers_while_loading(replica):
     from transformers import AutoModelForCausalLM
 
     path, reference = replica
+    packs = moe_quant.experts_config("dynamic-int8", quant.should_quantize)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, quantization_config=moe_quant.experts_config("dynamic-int8")
+        path, dtype=torch.float32, quantization_config=packs
     )
     converted = [n for n, m in reference.named_modules() if type(m) is torch.nn.Linear]
     converted = [n for n in converted if quant.should_quantize(n) and n != "lm_head"]
