@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from lfmui import engine, prompts
 from lfmui.errors import InputError, NoModelLoaded
 from lfmui.manager import ModelManager
+from lfmui.reasoning import Splitter, opens_thinking
 from lfmui.settings import Settings
 from lfmui.tiling import Tiling, plan_tiles
 
@@ -156,7 +157,7 @@ class InProcess:
             inputs = prompts.build_inputs(loaded, conversation, cut, tools)
             preprocess = {"preprocess_s": round(time.perf_counter() - started, 4)}
             _check_context(loaded, inputs, checked.max_new_tokens)
-            yield from engine.stream(
+            events = engine.stream(
                 loaded,
                 inputs,
                 checked,
@@ -166,6 +167,7 @@ class InProcess:
                 extra_metrics=preprocess,
                 client=client,
             )
+            yield from thinking_events(events, _prompt_opens_thinking(loaded, inputs))
 
     def tiling_defaults(self) -> Tiling | None:
         return Tiling.from_processor(self._processor) if self.reads_images else None
@@ -204,7 +206,9 @@ class Remote:
         """The server's reply (`raw` and `generate_kwargs` are the in-process model's: a
         server writes its own tool calls, and a test's logits processor stays here)."""
         checked = Settings.from_dict(settings or {}, defaults=self.sampling)
-        yield from self.endpoint.chat(conversation, checked, stop, tiling, tools)
+        # a server with a reasoning parser sends thinking apart (endpoint: "thinking" events);
+        # one without sends the raw <think> block, split here
+        yield from thinking_events(self.endpoint.chat(conversation, checked, stop, tiling, tools))
 
     def tiling_defaults(self) -> Tiling | None:
         return self.endpoint.tiling(None)
@@ -243,3 +247,42 @@ def context_tokens(loaded: Any) -> int:
     config = loaded.model.config
     text = getattr(config, "text_config", None) or config
     return int(getattr(text, "max_position_embeddings", 32_768))
+
+
+def thinking_events(events: Iterator[engine.Event], opened: bool = False) -> Iterator[engine.Event]:
+    """A reply's events with a thinking model's ``<think>`` block taken out of its text:
+    "thinking" events for the block, "text" for the answer (lfmui.reasoning.Splitter; `opened`:
+    the prompt opened the block). A reply that ends inside its thinking says so in its done
+    event (``thinking_cut``); its metrics gain ``thinking_s``, the time from the first
+    thought to the answer. A reply with no block passes as it came."""
+    splitter = Splitter(opened)
+    started = ended = None
+    for event in events:
+        if event.kind == "text":
+            pieces = splitter.feed(event.text)
+        elif event.kind == "thinking":  # a server's reasoning_content
+            pieces = [("reasoning", event.text)]
+        else:
+            pieces = splitter.finish() if event.kind in ("metrics", "error", "done") else []
+        for part, text in pieces:
+            now = time.perf_counter()
+            if part == "reasoning":
+                started = started or now
+                yield engine.Event("thinking", text)
+            else:
+                ended = ended or (now if started else None)
+                yield engine.Event("text", text)
+        if event.kind == "metrics" and started is not None:
+            thought = (ended or time.perf_counter()) - started
+            event = engine.Event("metrics", data={**event.data, "thinking_s": round(thought, 3)})
+        elif event.kind == "done" and splitter.cut:
+            event = engine.Event("done", data={**event.data, "thinking_cut": True})
+        if event.kind not in ("text", "thinking"):
+            yield event
+
+
+def _prompt_opens_thinking(loaded: Any, inputs: Any) -> bool:
+    """Whether the rendered prompt ends inside a <think> block (a thinking model's template
+    opens it on the generation prompt): its last few tokens, decoded as they are."""
+    tail = loaded.tokenizer.decode(inputs["input_ids"][0, -8:].tolist(), skip_special_tokens=False)
+    return opens_thinking(tail)

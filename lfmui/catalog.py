@@ -20,6 +20,7 @@ Kind = Literal["vl", "text"]
 Source = Literal["hub", "local", "offline"]
 
 VL_REPO, MOE_REPO = "LiquidAI/LFM2-VL-450M", "LiquidAI/LFM2-8B-A1B"
+THINKING_MOE_REPO = "LiquidAI/LFM2.5-8B-A1B"  # a reasoning model: it thinks before answering
 VL_SAMPLING = MappingProxyType({"temperature": 0.1, "min_p": 0.15, "repetition_penalty": 1.05})
 MOE_SAMPLING = MappingProxyType({"temperature": 0.3, "min_p": 0.15, "repetition_penalty": 1.05})
 # Tiny random models: greedy decoding repeats one token; plain sampling shows that text streams.
@@ -46,6 +47,8 @@ class ModelSpec:
     note: str = ""
     listed: bool = True  # shown in the UI's picker (full-shape synthetic builds are not)
     revision: str = "main"  # hub models: the branch, tag or commit to load
+    # a reasoning model: its template opens a <think> block before the answer (lfmui.reasoning)
+    thinks: bool = False
 
     @property
     def random_weights(self) -> bool:
@@ -62,11 +65,12 @@ class ModelSpec:
             "hub_repo": self.hub_repo,
             "note": self.note,
             "random_weights": self.random_weights,
+            "thinks": self.thinks,
         }
 
 
 def _offline(name: str, label: str, hub_repo: str, listed: bool = True) -> ModelSpec:
-    text = hub_repo == MOE_REPO
+    text = hub_repo in (MOE_REPO, THINKING_MOE_REPO)
     kind: Kind = "text" if text else "vl"
     return ModelSpec(
         id=name,
@@ -118,6 +122,14 @@ HUB_MODELS = (
 OFFLINE_MODELS = (
     _offline("lfm2-vl-tiny", "lfm2-vl-tiny (offline, random weights)", VL_REPO),
     _offline("lfm2-moe-tiny", "lfm2-moe-tiny (offline, random weights)", MOE_REPO),
+    replace(
+        _offline(
+            "lfm2.5-thinking-tiny",
+            "lfm2.5-thinking-tiny (offline, random weights; thinks, LFM2.5's template)",
+            THINKING_MOE_REPO,
+        ),
+        thinks=True,
+    ),
     # Full-shape synthetic builds for benchmarks: hidden from the picker (an 8B fp32 build needs
     # more memory than a laptop has); `--synthetic` lists them.
     _offline(

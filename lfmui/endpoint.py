@@ -235,6 +235,8 @@ class Endpoint:
                         expired.set()
                         break
                     delta = reply.take(chunk)
+                    if reply.thought:  # vLLM's and llama.cpp's reasoning parsers send it apart
+                        yield Event("thinking", reply.thought)
                     # a server that sends past what was asked for is cut there
                     if reply.generated > most_chunks:
                         reason, delta = "max_tokens", ""
@@ -431,16 +433,18 @@ class _Reply:
     finish: str | None = None
     chars: int = 0  # text and tool-call characters so far
     calls: dict[int, dict[str, str]] = field(default_factory=dict)  # index -> name, arguments
+    thought: str = ""  # the last chunk's reasoning, from a server with a reasoning parser
 
     def take(self, chunk: Any) -> str:
         """One chunk folded in; the text it adds."""
         if getattr(chunk, "usage", None) is not None:
             self.usage = chunk.usage.model_dump()
-        text = ""
+        text, self.thought = "", ""
         for choice in chunk.choices or []:
             delta = choice.delta
             if delta is not None and delta.content:
                 text += delta.content
+            self.thought += _reasoning_of(delta)
             for call in (delta.tool_calls if delta is not None else None) or []:
                 held = self.calls.setdefault(call.index or 0, {"name": "", "arguments": ""})
                 if call.function is not None:
@@ -449,7 +453,7 @@ class _Reply:
                     self.chars += len(call.function.name or "") + len(call.function.arguments or "")
             if choice.finish_reason:
                 self.finish = choice.finish_reason
-        if text or self.calls:
+        if text or self.calls or self.thought:
             self.first_at = self.first_at or time.perf_counter()
         if text:
             self.generated += 1
@@ -585,6 +589,17 @@ def _list_models(client: Any, base: str, model: str | None) -> tuple[list[str], 
     if not listed and not model:
         raise EndpointError(f"{base} lists no models. Give the model id it serves.")
     return listed, ""
+
+
+def _reasoning_of(delta: Any) -> str:
+    """A streamed delta's reasoning: ``reasoning_content`` (vLLM's parsers, llama.cpp,
+    DeepSeek) or ``reasoning`` (newer vLLM); the SDK keeps such fields as extras."""
+    extra = getattr(delta, "model_extra", None) or {}
+    for name in ("reasoning_content", "reasoning"):
+        value = extra.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def _catalog_match(catalog: Catalog, served: str) -> Any:

@@ -30,7 +30,9 @@ from lfmui.heap import process_rss
 from lfmui.settings import Settings
 
 log = logging.getLogger(__name__)
-EventKind = Literal["text", "metrics", "done", "error"]
+# "thinking": a reasoning model's <think> block, apart from its answer's "text"
+# (lfmui.backends.thinking_events)
+EventKind = Literal["text", "thinking", "metrics", "done", "error"]
 DoneReason = Literal["eos", "stopped", "max_tokens", "time_limit", "error"]
 _END = object()
 STATIC_CACHE_LEN = 8192  # one static cache size for all requests: the compiled decode is reused

@@ -6,6 +6,8 @@ cache directory (``LFMUI_CACHE`` or ``~/.cache/lfmui``) and returns its path; th
 loads it through exactly the from_pretrained / AutoProcessor path a downloaded model takes.
 
 - ``lfm2-vl-tiny`` / ``lfm2-moe-tiny``: a few MB, built in seconds (tests, no-network default);
+- ``lfm2.5-thinking-tiny``: lfm2-moe-tiny's shape with LFM2.5's thinking template (a reasoning
+  model: the generation prompt opens <think>; tools and results as plain JSON);
 - ``lfm2-moe-replica``: LFM2-8B-A1B's layout (24 layers, 32 experts, top-4) at tiny widths, 18 MB;
 - ``lfm2-vl-450m-synthetic``, ``lfm2-vl-1.6b-synthetic``, ``lfm2-8b-a1b-synthetic``: the published
   shapes from ``lfm2_shapes.json`` (LM parameter counts match the real models exactly), for
@@ -105,6 +107,40 @@ CHAT_TEMPLATE = (
     '{%- if add_generation_prompt -%}{{- "<|im_start|>assistant\\n" -}}{%- endif -%}'
 )
 
+# LFM2.5's format as its thinking models use it: tools declared and results returned as plain
+# JSON (no tool-list or tool-response markers), past thinking dropped from earlier answers
+# (``keep_past_thinking`` keeps it), and a generation prompt that opens the <think> block.
+THINKING_TEMPLATE = (
+    "{{- bos_token -}}"
+    '{%- set ns = namespace(system="") -%}'
+    '{%- if messages and messages[0]["role"] == "system" -%}'
+    '{%- set ns.system = messages[0]["content"] -%}'
+    "{%- set messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{%- if tools -%}"
+    '{%- set ns.system = ns.system + ("\n" if ns.system else "") + "List of tools: [" -%}'
+    "{%- for tool in tools -%}"
+    "{%- if tool is not string -%}{%- set tool = tool | tojson -%}{%- endif -%}"
+    "{%- set ns.system = ns.system + tool -%}"
+    '{%- if not loop.last -%}{%- set ns.system = ns.system + ", " -%}{%- endif -%}'
+    "{%- endfor -%}"
+    '{%- set ns.system = ns.system + "]" -%}'
+    "{%- endif -%}"
+    '{%- if ns.system -%}{{- "<|im_start|>system\n" + ns.system + "<|im_end|>\n" -}}{%- endif -%}'
+    "{%- for message in messages -%}"
+    '{%- set content = message["content"] -%}'
+    "{%- if content is not string -%}"  # text parts, as the app and OpenAI clients send them
+    '{%- set content = content | selectattr("type", "equalto", "text") | map(attribute="text")'
+    ' | join("") -%}'
+    "{%- endif -%}"
+    '{%- if message["role"] == "assistant" and not keep_past_thinking and "</think>" in content -%}'
+    '{%- set content = content.split("</think>")[-1].lstrip("\n") -%}'
+    "{%- endif -%}"
+    '{{- "<|im_start|>" + message["role"] + "\n" + content + "<|im_end|>\n" -}}'
+    "{%- endfor -%}"
+    '{%- if add_generation_prompt -%}{{- "<|im_start|>assistant\n<think>\n" -}}{%- endif -%}'
+)
+
 TINY_VL = {
     "kind": "vl",
     "downsample_factor": 2,
@@ -158,6 +194,7 @@ SHAPE_OF_BUILD = {
     "lfm2-vl-1.6b-synthetic": "LFM2-VL-1.6B",
     "lfm2-8b-a1b-synthetic": "LFM2-8B-A1B",
 }
+THINKING_BUILDS = {"lfm2.5-thinking-tiny"}  # LFM2.5's thinking template (THINKING_TEMPLATE)
 THUMBNAIL_BY_SHAPE = {"LFM2-VL-450M": False, "LFM2-VL-1.6B": True}
 
 _build_lock = threading.Lock()
@@ -172,7 +209,7 @@ def shape_config(name: str) -> dict[str, Any]:
     """The raw shape dict of an offline build (tiny ones inline, full ones from the JSON file)."""
     if name == "lfm2-vl-tiny":
         return TINY_VL
-    if name == "lfm2-moe-tiny":
+    if name in ("lfm2-moe-tiny", "lfm2.5-thinking-tiny"):
         return TINY_MOE
     if name == "lfm2-moe-replica":
         return {**shape_config("lfm2-8b-a1b-synthetic"), **REPLICA_WIDTHS}
@@ -243,7 +280,7 @@ def _merge_pairs(count: int) -> list[tuple[str, str]]:
     return pairs[:count]
 
 
-def build_tokenizer(vocab_size: int):
+def build_tokenizer(vocab_size: int, chat_template: str = CHAT_TEMPLATE):
     """A byte-level BPE tokenizer with LFM2's special tokens at LFM2's ids."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -265,7 +302,7 @@ def build_tokenizer(vocab_size: int):
         eos_token="<|im_end|>",
         pad_token="<|pad|>",
         model_max_length=MODEL_MAX_LENGTH,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
@@ -291,7 +328,8 @@ def _write_checkpoint(name: str, target: Path, device: str | None) -> None:
     shape = shape_config(name)
     config = make_config(shape)
     vocab = config.text_config.vocab_size if shape["kind"] == "vl" else config.vocab_size
-    tokenizer = build_tokenizer(vocab)
+    template = THINKING_TEMPLATE if name in THINKING_BUILDS else CHAT_TEMPLATE
+    tokenizer = build_tokenizer(vocab, template)
     torch.manual_seed(0)
     tiny = name.endswith("-tiny")
     dtype = torch.float32 if tiny else torch.bfloat16  # the hub checkpoints ship in bf16

@@ -323,7 +323,8 @@ def run(
     client: str = "",
     chat_turn: Callable[..., Iterator[Any]] = turns.chat_turn,
 ) -> Iterator[dict]:
-    """The reply as ("delta", text) / ("calls", [...]) / ("end", finish, usage) records;
+    """The reply as ("delta", text) / ("reasoning", text) / ("calls", [...]) / ("end",
+    finish, usage) records;
     `client` takes its turn on the generation thread with the others. `chat_turn` is
     turns.chat_turn or the UI's wrapper of it (on ZeroGPU, run in a GPU worker)."""
     text, usage, finish = "", {}, "stop"
@@ -339,7 +340,9 @@ def run(
     )
     sent = 0  # characters streamed so far: a possible start of a stop string is held back
     for event in events:
-        if event.kind == "text":
+        if event.kind == "thinking":  # a reasoning model's, sent apart (reasoning_content)
+            yield {"reasoning": event.text}
+        elif event.kind == "text":
             text += event.text
             cut = _stop_at(text, request.stops)
             if cut is not None:
@@ -403,9 +406,12 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
 def completion(model: str, records: list[dict]) -> dict[str, Any]:
     """The non-streaming response from the reply's records."""
     text = "".join(r.get("delta", "") for r in records)
+    reasoning = "".join(r.get("reasoning", "") for r in records)
     calls = [c for r in records for c in r.get("calls", [])]
     end = records[-1]
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if reasoning:  # as vLLM's reasoning parsers return it
+        message["reasoning_content"] = reasoning
     if calls:
         message["tool_calls"] = calls
     return {
@@ -424,7 +430,9 @@ def chunks(model: str, records: Iterator[dict], include_usage: bool) -> Iterator
 
     yield chunk({"role": "assistant", "content": ""})
     for record in records:
-        if "delta" in record:
+        if "reasoning" in record:
+            yield chunk({"reasoning_content": record["reasoning"]})
+        elif "delta" in record:
             yield chunk({"content": record["delta"]})
         elif "calls" in record:
             calls = [{"index": i, **c} for i, c in enumerate(record["calls"])]

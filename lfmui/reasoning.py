@@ -74,12 +74,13 @@ class Splitter:
                 continue
             if self._state == "reasoning":
                 end = self._held.find(CLOSE)
-                if end < 0:
+                if end < 0:  # held back: a marker's start, and line breaks it may follow
                     ready = len(self._held) - _partial(self._held, CLOSE)
+                    ready = len(self._held[:ready].rstrip("\n"))
                     self._emit(pieces, "reasoning", self._held[:ready])
                     self._held = self._held[ready:]
                     return pieces
-                self._emit(pieces, "reasoning", self._held[:end])
+                self._emit(pieces, "reasoning", self._held[:end].rstrip("\n"))
                 self._held, self._state = self._held[end + len(CLOSE) :], "content"
                 self._closed = True
                 continue

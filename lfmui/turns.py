@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from lfmui import backends, engine, images, toolcalls, tools
+from lfmui import backends, engine, images, reasoning, toolcalls, tools
 from lfmui.errors import InputError, broken_character
 from lfmui.manager import ModelManager
 
@@ -99,8 +99,9 @@ def conversation_of(
     for number, turn in enumerate(chat):
         if turn["role"] == "assistant":
             conversation.extend(turn.get("messages", []))  # its tool calls and results
-            if turn["text"]:
-                conversation.append({"role": "assistant", "content": turn["text"]})
+            if turn["text"] or turn.get("thinking"):  # the template keeps or drops thinking
+                answer = reasoning.joined(turn.get("thinking", ""), turn["text"])
+                conversation.append({"role": "assistant", "content": answer})
             continue
         paths = list(turn.get("images", []))
         if paths and not reads_images:

@@ -74,3 +74,111 @@ def test_any_chunking_gives_the_whole_reply_split_once(cuts, thinking):
 def test_an_answer_goes_back_to_the_template_with_its_thinking_for_it_to_keep_or_drop():
     assert joined("It is 5.", "Five.") == "<think>It is 5.</think>Five."
     assert joined("", "Five.") == "Five."
+
+
+# ---- a thinking model through the app: lfm2.5-thinking-tiny, LFM2.5's thinking template ------
+THOUGHT, ANSWER = "The user asks 2+3. That is 5.", "The answer is 5."
+
+
+@pytest.fixture(scope="module")
+def thinking():
+    """lfm2.5-thinking-tiny resident (its generation prompt opens <think>), and the app's /v1
+    in front of it."""
+    import socket
+
+    from lfmui.manager import ModelManager
+    from lfmui.ui import build_app, launch_settings
+
+    manager = ModelManager()
+    manager.load("lfm2.5-thinking-tiny", "fp32")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(manager)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_settings(port=port, manager=manager))
+    yield manager, f"http://127.0.0.1:{port}/v1"
+    demo.close()
+
+
+def _turn(manager, conversation, reply: str, max_new_tokens: int = 64):
+    from scripted import scripted_generate
+
+    from lfmui import turns
+
+    with scripted_generate(manager.current(), [reply]) as script:
+        settings = {"max_new_tokens": max_new_tokens}
+        events = list(turns.chat_turn(manager, conversation, settings=settings))
+    return events, script
+
+
+def test_a_thinking_models_reply_streams_its_thinking_apart_from_its_answer(thinking):
+    manager, _ = thinking
+    ask = [{"role": "user", "content": "What is 2+3?"}]
+    events, _ = _turn(manager, ask, f"{THOUGHT}\n</think>\n\n{ANSWER}")
+    kinds = [e.kind for e in events]
+    assert "".join(e.text for e in events if e.kind == "thinking") == THOUGHT
+    assert "".join(e.text for e in events if e.kind == "text") == ANSWER
+    assert kinds.index("thinking") < kinds.index("text")  # thinking streams first
+    metrics = next(e.data for e in events if e.kind == "metrics")
+    done = next(e.data for e in events if e.kind == "done")
+    assert metrics["thinking_s"] >= 0 and "thinking_cut" not in done
+
+
+def test_a_reply_cut_inside_its_thinking_says_so_and_keeps_the_thought(thinking):
+    manager, _ = thinking
+    ask = [{"role": "user", "content": "What is 2+3?"}]
+    events, _ = _turn(manager, ask, THOUGHT * 4, max_new_tokens=12)
+    done = next(e.data for e in events if e.kind == "done")
+    assert done["reason"] == "max_tokens" and done["thinking_cut"] is True
+    assert not [e for e in events if e.kind == "text"]
+    assert "".join(e.text for e in events if e.kind == "thinking")  # nothing is lost
+
+
+def test_the_next_prompt_carries_the_answer_and_not_the_past_thinking(thinking):
+    """The chat's next turn goes through the model's template, which drops past thinking
+    (LFM2.5's keep_past_thinking off): asserted on the prompt the template renders."""
+    from lfmui import prompts, turns
+
+    manager, _ = thinking
+    chat = [
+        {"role": "user", "text": "What is 2+3?", "images": []},
+        {"role": "assistant", "text": ANSWER, "thinking": THOUGHT},
+        {"role": "user", "text": "And 3+4?", "images": []},
+    ]
+    conversation, _ = turns.conversation_of(chat, "Be brief.", reads_images=False)
+    loaded = manager.current()
+    ids = prompts.build_inputs(loaded, conversation)["input_ids"][0].tolist()
+    prompt = loaded.tokenizer.decode(ids, skip_special_tokens=False)
+    assert prompt == (
+        "<|startoftext|><|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+3?<|im_end|>\n"
+        f"<|im_start|>assistant\n{ANSWER}<|im_end|>\n"
+        "<|im_start|>user\nAnd 3+4?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n"
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_v1_returns_reasoning_content_apart_from_content(thinking, stream):
+    """The openai SDK against the app's /v1, as vLLM's reasoning parser answers."""
+    from scripted import scripted_generate
+
+    openai = pytest.importorskip("openai")
+    manager, url = thinking
+    sdk = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+    ask = {
+        "model": "lfm2.5-thinking-tiny",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "2+3?"}],
+    }
+    with scripted_generate(manager.current(), [f"{THOUGHT}</think>{ANSWER}"]):
+        if stream:
+            reasoning = content = ""
+            for chunk in sdk.chat.completions.create(**ask, stream=True):
+                for choice in chunk.choices:
+                    reasoning += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+                    content += choice.delta.content or ""
+        else:
+            message = sdk.chat.completions.create(**ask).choices[0].message
+            reasoning, content = message.model_extra["reasoning_content"], message.content
+    assert (reasoning, content) == (THOUGHT, ANSWER)

@@ -104,7 +104,7 @@ class PublicApi:
             raise InputError("Send a prompt, an image, or both.")
         if len(files) > turns.MAX_IMAGES_PER_MESSAGE:
             raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
-        answer = ""
+        answer = thought = ""
         conversation = [*earlier, turns.user_message(prompt or "", files)]
         client = request.session_hash or ""  # visitors take turns (engine.FairWorker)
         events = gpu.chat_turn(
@@ -117,6 +117,8 @@ class PublicApi:
                 if event.kind == "text":
                     answer += event.text
                     yield answer
+                elif event.kind == "thinking":  # a reasoning model's: apart from the answer
+                    thought += event.text
                 elif event.kind == "metrics":
                     noise = self.manager.readiness(pick)["random_weights"]
                     _last_metrics[request.session_hash] = {**event.data, "random_weights": noise}
@@ -126,6 +128,9 @@ class PublicApi:
                 elif event.kind == "done":
                     kept = _last_metrics.setdefault(request.session_hash, {})
                     kept["done"] = event.data["reason"]
+                    if thought:  # /last_metrics gives it, as /v1 gives reasoning_content
+                        kept["reasoning"] = thought
+                        kept["thinking_cut"] = bool(event.data.get("thinking_cut"))
                 elif event.kind == "error":
                     raise gr.Error(event.data["message"])
         yield answer

@@ -113,10 +113,14 @@ def apply_event(reply: dict[str, Any], event: Any) -> None:
     """An engine event folded into the assistant turn."""
     if event.kind == "text":
         reply["text"] += event.text
+    elif event.kind == "thinking":
+        reply["thinking"] = reply.get("thinking", "") + event.text
     elif event.kind == "metrics":
         reply["metrics"] = event.data
     elif event.kind == "done":
         reply["status"] = event.data["reason"]
+        if event.data.get("thinking_cut"):
+            reply["thinking_cut"] = True
     elif event.kind == "error":
         reply.update(status="error", error=event.data["message"])
 

@@ -57,6 +57,28 @@ def to_chatbot(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [message for _, _, message in _messages(turns)]
 
 
+# a reply that ended inside its thinking: its answer part says so (the thinking stays above)
+CUT_IN_THINKING = (
+    "*The thinking was cut off before an answer: raise max new tokens (or the time limit) "
+    "and regenerate.*"
+)
+
+
+def thinking_message(turn: dict[str, Any]) -> dict[str, Any]:
+    """A reasoning model's thinking, as a collapsible block above its answer: open while it
+    thinks, collapsed once the answer starts (gradio's ChatMessage metadata)."""
+    thinking_now = turn.get("status") == "streaming" and not turn["text"]
+    seconds = turn.get("metrics", {}).get("thinking_s")
+    title = "Thinking…" if thinking_now else "Thinking"
+    if seconds is not None:
+        title += f" · {seconds:.1f} s"
+    if turn.get("thinking_cut"):
+        title += " · cut off before the answer"
+    status = "pending" if thinking_now else "done"
+    content = safe_markdown(turn["thinking"])
+    return {"role": "assistant", "content": content, "metadata": {"title": title, "status": status}}
+
+
 def owners(turns: list[dict[str, Any]]) -> list[tuple[int, str]]:
     """For each Chatbot message (as ``to_chatbot`` lists them), its turn's index and what it
     shows: "image", "note", "text" (a user's words), "tool" or "reply"."""
@@ -77,7 +99,11 @@ def _messages(turns: list[dict[str, Any]]):
             continue
         for used in turn.get("tools", []):
             yield number, "tool", tool_message(used)
+        if turn.get("thinking"):
+            yield number, "thinking", thinking_message(turn)
         text = safe_markdown(turn["text"]) or ("…" if turn.get("status") == "streaming" else "")
+        if turn.get("thinking_cut") and not turn["text"]:  # shown, never sent back
+            text = CUT_IN_THINKING
         footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"))
         if turn.get("error"):  # in full-size type, above what streamed before it
             said = f"⚠️ **{safe_markdown(turn['error'])}**"
