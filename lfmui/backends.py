@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from lfmui import engine, prompts
@@ -167,7 +167,11 @@ class InProcess:
                 extra_metrics=preprocess,
                 client=client,
             )
-            yield from thinking_events(events, _prompt_opens_thinking(loaded, inputs))
+            tokens = loaded.tokenizer
+            opened = _prompt_opens_thinking(loaded, inputs)
+            yield from thinking_events(
+                events, opened, lambda text: len(tokens.encode(text, add_special_tokens=False))
+            )
 
     def tiling_defaults(self) -> Tiling | None:
         return Tiling.from_processor(self._processor) if self.reads_images else None
@@ -249,12 +253,17 @@ def context_tokens(loaded: Any) -> int:
     return int(getattr(text, "max_position_embeddings", 32_768))
 
 
-def thinking_events(events: Iterator[engine.Event], opened: bool = False) -> Iterator[engine.Event]:
+def thinking_events(
+    events: Iterator[engine.Event],
+    opened: bool = False,
+    count: Callable[[str], int] | None = None,
+) -> Iterator[engine.Event]:
     """A reply's events with a thinking model's ``<think>`` block taken out of its text:
     "thinking" events for the block, "text" for the answer (lfmui.reasoning.Splitter; `opened`:
     the prompt opened the block). A reply that ends inside its thinking says so in its done
     event (``thinking_cut``); its metrics gain ``thinking_s``, the time from the first
-    thought to the answer. A reply with no block passes as it came."""
+    thought to the answer, and with `count` (the model's tokenizer) ``thinking_tokens``. A
+    reply with no block passes as it came."""
     splitter = Splitter(opened)
     started = ended = None
     for event in events:
@@ -273,8 +282,10 @@ def thinking_events(events: Iterator[engine.Event], opened: bool = False) -> Ite
                 ended = ended or (now if started else None)
                 yield engine.Event("text", text)
         if event.kind == "metrics" and started is not None:
-            thought = (ended or time.perf_counter()) - started
-            event = engine.Event("metrics", data={**event.data, "thinking_s": round(thought, 3)})
+            thought = {"thinking_s": round((ended or time.perf_counter()) - started, 3)}
+            if count is not None:
+                thought["thinking_tokens"] = count(splitter.reasoning)
+            event = engine.Event("metrics", data={**event.data, **thought})
         elif event.kind == "done" and splitter.cut:
             event = engine.Event("done", data={**event.data, "thinking_cut": True})
         if event.kind not in ("text", "thinking"):

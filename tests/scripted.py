@@ -21,12 +21,14 @@ class Scripted(LogitsProcessor):
         self.call = -1
         self.start = self.last = None
         self.prompts: list[int] = []
+        self.prompt_ids: list[list[int]] = []  # each call's prompt, as generate() got it
 
     def __call__(self, input_ids, scores):
         length = input_ids.shape[1]
         if self.last is None or length != self.last + 1:  # a new generate() call
             self.call, self.start = self.call + 1, length
             self.prompts.append(length)
+            self.prompt_ids.append(input_ids[0].tolist())
         self.last = length
         step = length - self.start
         script = self.scripts[min(self.call, len(self.scripts) - 1)]

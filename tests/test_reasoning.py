@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given
@@ -122,6 +123,8 @@ def test_a_thinking_models_reply_streams_its_thinking_apart_from_its_answer(thin
     metrics = next(e.data for e in events if e.kind == "metrics")
     done = next(e.data for e in events if e.kind == "done")
     assert metrics["thinking_s"] >= 0 and "thinking_cut" not in done
+    thought_tokens = len(manager.current().tokenizer.encode(THOUGHT, add_special_tokens=False))
+    assert metrics["thinking_tokens"] == thought_tokens
 
 
 def test_a_reply_cut_inside_its_thinking_says_so_and_keeps_the_thought(thinking):
@@ -182,3 +185,48 @@ def test_v1_returns_reasoning_content_apart_from_content(thinking, stream):
             message = sdk.chat.completions.create(**ask).choices[0].message
             reasoning, content = message.model_extra["reasoning_content"], message.content
     assert (reasoning, content) == (THOUGHT, ANSWER)
+
+
+@pytest.mark.browser
+def test_browser_thinking_shows_as_a_collapsed_block_above_the_answer(thinking):
+    """In the chat, a thinking model's reply: a "Thinking" block with its time, collapsed once
+    the answer is there and opened on a click; the answer below it; the next turn's prompt
+    carries the earlier answer without its thinking, as LFM2.5's template prescribes."""
+    from playwright.sync_api import expect, sync_playwright
+    from scripted import scripted_generate
+    from test_browser import ARTIFACTS, CHROMIUM, idle
+
+    manager, url = thinking
+    loaded = manager.current()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url.removesuffix("/v1"))
+        box = page.get_by_placeholder("Type a message (this model reads text only: no images)")
+        replies = [f"{THOUGHT}</think>{ANSWER}", "Add.</think>Seven."]
+        with scripted_generate(loaded, replies) as script:
+            box.fill("What is 2+3?")
+            box.press("Enter")
+            page.get_by_text(ANSWER).wait_for(timeout=60_000)
+            idle(page)
+            title = page.get_by_text("Thinking ·").first
+            expect(title).to_be_visible()
+            said = title.inner_text()  # its own token count and time
+            assert re.search(r"Thinking · \d+ tokens · \d+\.\d s", said), said
+            thought = page.get_by_text(THOUGHT)
+            expect(thought).to_be_hidden()  # collapsed once the answer came
+            title.click()
+            expect(thought).to_be_visible()
+            page.wait_for_timeout(500)  # the block's opening transition
+            page.screenshot(path=str(ARTIFACTS / "chat-thinking.png"), full_page=True)
+            box.fill("And 3+4?")
+            box.press("Enter")
+            page.get_by_text("Seven.").last.wait_for(timeout=60_000)
+            idle(page)
+        browser.close()
+    second = loaded.tokenizer.decode(script.prompt_ids[1], skip_special_tokens=False)
+    assert f"<|im_start|>assistant\n{ANSWER}<|im_end|>" in second and THOUGHT not in second
+    assert second.endswith("<|im_start|>assistant\n<think>\n")

@@ -68,10 +68,12 @@ def thinking_message(turn: dict[str, Any]) -> dict[str, Any]:
     """A reasoning model's thinking, as a collapsible block above its answer: open while it
     thinks, collapsed once the answer starts (gradio's ChatMessage metadata)."""
     thinking_now = turn.get("status") == "streaming" and not turn["text"]
-    seconds = turn.get("metrics", {}).get("thinking_s")
+    metrics = turn.get("metrics", {})
     title = "Thinking…" if thinking_now else "Thinking"
-    if seconds is not None:
-        title += f" · {seconds:.1f} s"
+    if metrics.get("thinking_tokens") is not None:
+        title += f" · {metrics['thinking_tokens']} tokens"
+    if metrics.get("thinking_s") is not None:
+        title += f" · {metrics['thinking_s']:.1f} s"
     if turn.get("thinking_cut"):
         title += " · cut off before the answer"
     status = "pending" if thinking_now else "done"
