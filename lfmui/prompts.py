@@ -14,8 +14,9 @@ from typing import Any
 from lfmui.errors import InputError
 from lfmui.tiling import IMAGE_TOKEN_ID, Tiling, fit
 
-# Any LFM2 special-token literal: <|...|> markers and the bare <image> slot.
-_SPECIAL_LITERAL = re.compile(r"<(?=\|[^<>|\s]{1,48}\|>|image>)")
+# Any LFM2 special-token literal: <|...|> markers, the bare <image> slot, and a thinking
+# model's <think> / </think> (typed by a user, they must not open or close its thinking)
+_SPECIAL_LITERAL = re.compile(r"<(?=\|[^<>|\s]{1,48}\|>|image>|/?think>)")
 WORD_JOINER = "\u2060"  # invisible; splits the literal so the tokenizer sees plain text
 
 
