@@ -10,10 +10,10 @@ Policy, stated once:
 - Images go as data URLs, after the app's safe intake and the tiling's aspect cap: the server
   fetches nothing. User and tool text is escaped as for the in-process model.
 - Always sent: ``max_tokens``, ``temperature``, ``top_p``, ``seed``. Sent where the server takes
-  them: ``min_p``, ``repetition_penalty`` and the tiling as ``mm_processor_kwargs`` (vLLM's
-  per-request processor settings). A server that refuses one by name (a 400 or 422 that names
-  it) is asked again without it, and each reply says what the server did not take. A server
-  that silently ignores a field cannot be told apart; the Models tab says so.
+  them: ``min_p``, ``top_k``, ``repetition_penalty`` and the tiling as ``mm_processor_kwargs``
+  (vLLM's per-request processor settings). A server that refuses one by name (a 400 or 422
+  that names it) is asked again without it, and each reply says what the server did not take.
+  A server that silently ignores a field cannot be told apart; the Models tab says so.
 - Stop closes the stream at once, before the first token and before the response headers too:
   the server sees the client leave and aborts the request.
 - The upstream is bounded: one deadline for the whole reply (the time limit; keep-alive comments
@@ -69,6 +69,7 @@ CHARS_PER_TOKEN = 64  # a reply's characters (text and tool calls) per token ask
 MIN_REPLY_CHARS = 64 * 1024
 OPTIONAL = {  # request fields a server may refuse, and what the user is told it did not take
     "min_p": "min_p",
+    "top_k": "top_k",
     "repetition_penalty": "repetition penalty",
     "mm_processor_kwargs": "tiling and image budget (mm_processor_kwargs)",
 }
@@ -282,6 +283,7 @@ class Endpoint:
             "temperature": settings.temperature,
             "top_p": settings.top_p,
             "min_p": settings.min_p,
+            "top_k": settings.top_k,
             "repetition_penalty": settings.repetition_penalty,
         }
         if settings.seed is not None:

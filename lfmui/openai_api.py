@@ -3,9 +3,10 @@
 A request is checked whole before any model work (``parse_request``): the resident model's id
 (or ``"lfmui"``), messages with the roles system, user, assistant and tool, text and image parts
 (images as ``data:`` URLs only: the server fetches nothing), ``tools`` and ``tool_choice``,
-``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop``,
-``stream`` and ``stream_options.include_usage``. Anything else, ``n`` above 1 and ``logprobs``
-are 400s that say what to send instead, shaped as OpenAI errors, with the UI's sentences.
+``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``, ``top_k`` (vLLM's
+extra), ``seed``, ``stop``, ``stream`` and ``stream_options.include_usage``. Anything else,
+``n`` above 1 and ``logprobs`` are 400s that say what to send instead, shaped as OpenAI
+errors, with the UI's sentences.
 
 The reply runs through ``turns.chat_turn``: the same engine, generation thread, limits and
 errors as the UI. With tools, LFM2's calls come back as ``tool_calls`` (``toolcalls.parse``);
@@ -42,6 +43,7 @@ ACCEPTED = {
     "max_completion_tokens",
     "temperature",
     "top_p",
+    "top_k",
     "seed",
     "stop",
     "tools",
@@ -218,7 +220,7 @@ def _check_tool_choice(choice: Any) -> None:
 
 def _settings(body: dict[str, Any]) -> dict[str, Any]:
     names = {"max_completion_tokens": "max_new_tokens", "max_tokens": "max_new_tokens"}
-    names.update(temperature="temperature", top_p="top_p", seed="seed")
+    names.update(temperature="temperature", top_p="top_p", top_k="top_k", seed="seed")
     return {names[k]: v for k, v in body.items() if k in names and v is not None}
 
 

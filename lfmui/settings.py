@@ -25,6 +25,8 @@ class Settings(BaseModel):
     temperature: float = Field(0.1, ge=0.0, le=2.0, title="Temperature (0 = greedy)")
     min_p: float = Field(0.15, ge=0.0, le=1.0, title="min_p")
     top_p: float = Field(1.0, ge=0.01, le=1.0, title="top_p")
+    # transformers' own default is 50; LFM2.5's cards give theirs (catalog sampling)
+    top_k: int = Field(50, ge=0, le=1000, title="top_k (0 = off)")
     repetition_penalty: float = Field(1.05, ge=1.0, le=2.0, title="Repetition penalty")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, title="Seed (empty = random)")
     time_limit: float = Field(120.0, ge=1.0, le=600.0, title="Time limit (s)")
@@ -61,7 +63,12 @@ class Settings(BaseModel):
             "repetition_penalty": self.repetition_penalty,
         }
         if sampling:
-            kwargs.update(temperature=self.temperature, min_p=self.min_p or None, top_p=self.top_p)
+            kwargs.update(
+                temperature=self.temperature,
+                min_p=self.min_p or None,
+                top_p=self.top_p,
+                top_k=self.top_k,  # 0: no top-k cut (transformers adds none)
+            )
         else:  # greedy: unset the checkpoint's sampling defaults so transformers doesn't warn
             kwargs.update(temperature=None, top_p=None, top_k=None, min_p=None)
         return kwargs
