@@ -49,6 +49,14 @@ class ModelSpec:
     revision: str = "main"  # hub models: the branch, tag or commit to load
     # a reasoning model: its template opens a <think> block before the answer (lfmui.reasoning)
     thinks: bool = False
+    family: str = "LFM2"  # "LFM2" or "LFM2.5": the picker groups by it
+
+    @property
+    def tool_format(self) -> str:
+        """How its template declares tools and returns results: LFM2's wrappers
+        (<|tool_list_start|>, <|tool_response_start|>) or LFM2.5's plain JSON. Calls are
+        Pythonic between <|tool_call_start|> and <|tool_call_end|> in both (toolcalls)."""
+        return "lfm2.5" if self.family == "LFM2.5" else "lfm2"
 
     @property
     def random_weights(self) -> bool:
@@ -66,6 +74,8 @@ class ModelSpec:
             "note": self.note,
             "random_weights": self.random_weights,
             "thinks": self.thinks,
+            "family": self.family,
+            "tool_format": self.tool_format,
         }
 
 
@@ -90,7 +100,72 @@ def _offline(name: str, label: str, hub_repo: str, listed: bool = True) -> Model
     )
 
 
-HUB_MODELS = (
+def _hub(
+    repo: str, kind: Kind, label: str, sampling: MappingProxyType | None = None, **more
+) -> ModelSpec:
+    """A model on the Hub, by its repo id (the part after ``LiquidAI/`` is its id)."""
+    text = kind == "text"
+    return ModelSpec(
+        id=repo.split("/")[-1],
+        label=label,
+        source="hub",
+        location=repo,
+        kind=kind,
+        hub_repo=repo,
+        sampling=sampling or (MOE_SAMPLING if text else VL_SAMPLING),
+        system_prompt=TEXT_SYSTEM_PROMPT if text else VL_SYSTEM_PROMPT,
+        **more,
+    )
+
+
+# The cards' recommended sampling (LFM2.5 adds top_k)
+LFM25_8B_SAMPLING = MappingProxyType(
+    {"temperature": 0.2, "top_k": 80, "min_p": 0.0, "repetition_penalty": 1.05}
+)
+LFM25_1B_SAMPLING = MappingProxyType(
+    {"temperature": 0.1, "top_k": 50, "top_p": 0.1, "min_p": 0.0, "repetition_penalty": 1.05}
+)
+
+# The current family first, by size; the LFM2 originals stay after it
+LFM25_MODELS = (
+    _hub(
+        "LiquidAI/LFM2.5-VL-450M",
+        "vl",
+        "LFM2.5-VL-450M (images; smallest and fastest)",
+        family="LFM2.5",
+    ),
+    _hub(
+        "LiquidAI/LFM2.5-VL-1.6B",
+        "vl",
+        "LFM2.5-VL-1.6B (images; best for images on a CPU)",
+        family="LFM2.5",
+    ),
+    _hub("LiquidAI/LFM2-VL-3B", "vl", "LFM2-VL-3B (images; the largest vision model)"),
+    _hub(
+        "LiquidAI/LFM2.5-1.2B-Instruct",
+        "text",
+        "LFM2.5-1.2B-Instruct (text)",
+        LFM25_1B_SAMPLING,
+        family="LFM2.5",
+    ),
+    _hub(
+        "LiquidAI/LFM2.5-1.2B-Thinking",
+        "text",
+        "LFM2.5-1.2B-Thinking (text; thinks first)",
+        thinks=True,
+        family="LFM2.5",
+    ),
+    _hub(
+        THINKING_MOE_REPO,
+        "text",
+        "LFM2.5-8B-A1B (text, mixture of experts; largest; thinks)",
+        LFM25_8B_SAMPLING,
+        thinks=True,
+        family="LFM2.5",
+    ),
+)
+
+LFM2_MODELS = (
     ModelSpec(
         id="LFM2-VL-450M",
         label="LFM2-VL-450M (vision-language)",
@@ -119,16 +194,20 @@ HUB_MODELS = (
     ),
 )
 
+HUB_MODELS = LFM25_MODELS + LFM2_MODELS
+
 OFFLINE_MODELS = (
     _offline("lfm2-vl-tiny", "lfm2-vl-tiny (offline, random weights)", VL_REPO),
     _offline("lfm2-moe-tiny", "lfm2-moe-tiny (offline, random weights)", MOE_REPO),
     replace(
         _offline(
             "lfm2.5-thinking-tiny",
-            "lfm2.5-thinking-tiny (offline, random weights; thinks, LFM2.5's template)",
+            "lfm2.5-thinking-tiny (offline, random weights; thinks, LFM2.5's template; "
+            "stands in for LFM2.5-8B-A1B)",
             THINKING_MOE_REPO,
         ),
         thinks=True,
+        family="LFM2.5",
     ),
     # Full-shape synthetic builds for benchmarks: hidden from the picker (an 8B fp32 build needs
     # more memory than a laptop has); `--synthetic` lists them.
