@@ -68,7 +68,11 @@ class Splitter:
                 if stripped.startswith(OPEN):
                     self._held, self._state = stripped[len(OPEN) :], "reasoning"
                     continue
-                if OPEN.startswith(stripped):  # blank, or a part of the marker so far
+                if stripped and OPEN.startswith(stripped):  # a part of the marker so far
+                    return pieces
+                if not stripped:  # blank so far: it streams, and a <think> may still come
+                    self._emit(pieces, "content", self._held)
+                    self._held = ""
                     return pieces
                 self._state = "content"
                 continue
@@ -101,7 +105,7 @@ class Splitter:
 
     def _emit(self, pieces: list[tuple[Part, str]], part: Part, text: str) -> None:
         # the line breaks around the markers belong to neither part
-        first = not (self.reasoning if part == "reasoning" else self.content)
+        first = not (self.reasoning if part == "reasoning" else self.content).strip()
         if first and (part == "reasoning" or self._closed):
             text = text.lstrip("\n")
         if not text:

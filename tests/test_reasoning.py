@@ -245,3 +245,9 @@ def test_think_markers_typed_by_a_user_stay_text_in_the_prompt(thinking):
     user = prompt.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
     assert "</think>" not in user and "<think>" not in user
     assert user.replace(prompts.WORD_JOINER, "") == typed
+
+
+def test_blank_text_streams_at_once_and_a_think_after_it_still_opens_the_block():
+    splitter = Splitter()
+    assert splitter.feed("\n\n") == [("content", "\n\n")]  # not held back
+    assert splitter.feed("<think>x</think>y") == [("reasoning", "x"), ("content", "y")]
