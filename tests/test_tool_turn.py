@@ -39,6 +39,7 @@ def _turn(vl_manager, content, replies, settings=None, **options):
 def _script(vl_manager, replies):
     loaded = vl_manager.current()
     processor = Scripted(loaded.tokenizer, replies, eos=7)
+    _script.last = processor  # what the last turn's generate() calls were given
     return processor, {"logits_processor": LogitsProcessorList([processor])}
 
 
@@ -388,3 +389,45 @@ def test_a_reply_typed_by_the_user_stands_in_for_the_models_first_round(vl_manag
     assert steps[-1] == turns.Final(2, "It is 21 C.", "eos") and len(processor.prompts) == 1
     assert turn.to_json()["rounds"][0]["typed"] is True
     assert turn.to_json()["rounds"][1]["typed"] is False
+
+
+# ---- LFM2.5's tool format, on a thinking model (lfm2.5-thinking-tiny) ----------------------
+@pytest.fixture(scope="module")
+def lfm25_manager():
+    from lfmui.manager import ModelManager
+
+    manager = ModelManager()
+    manager.load("lfm2.5-thinking-tiny", "fp32")
+    return manager
+
+
+def test_lfm25_tools_go_as_plain_json_and_the_result_comes_back_in_its_form(lfm25_manager):
+    """LFM2.5's template declares the tools as plain JSON and returns the result in the tool
+    role without LFM2's wrappers; the call (Pythonic, between the call markers, after the
+    thinking) is parsed and run, and the answer follows its own thinking."""
+    call = '[calculator(expression="2+3")]'
+    replies = [f"I should add.</think>{START}{call}{END}", "It is 5.</think>The answer is 5."]
+    steps, conversation = _turn(
+        lfm25_manager, "What is 2+3?", replies, settings={"max_new_tokens": 64}
+    )
+    parsed = next(s for s in steps if s.kind == "parsed")
+    assert parsed.calls == [{"name": "calculator", "arguments": {"expression": "2+3"}}]
+    result = next(s for s in steps if s.kind == "result").result
+    assert result.ok and result.output == "5"
+    assert steps[-1].kind == "final" and steps[-1].text == "The answer is 5."
+    assert "I should add." not in parsed.raw  # the thinking is not the call's text
+    script = _script.last
+    loaded = lfm25_manager.current()
+    first, second = (loaded.tokenizer.decode(ids) for ids in script.prompt_ids)
+    assert 'List of tools: [{"name": "calculator"' in first
+    assert "<|tool_list_start|>" not in first and first.endswith("assistant\n<think>\n")
+    assert "<|im_start|>tool\n5<|im_end|>" in second and "<|tool_response_start|>" not in second
+    assert f"<|im_start|>assistant\n{START}{call}{END}<|im_end|>" in second
+
+
+def test_a_call_written_inside_the_thinking_is_not_run(lfm25_manager):
+    call = '[calculator(expression="2+3")]'
+    replies = [f"Maybe {START}{call}{END} would do.</think>I can answer: 5."]
+    steps, _ = _turn(lfm25_manager, "What is 2+3?", replies, settings={"max_new_tokens": 200})
+    assert not [s for s in steps if s.kind == "result"]
+    assert steps[-1].kind == "final" and steps[-1].text == "I can answer: 5."
