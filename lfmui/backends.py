@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from lfmui import engine, prompts
 from lfmui.errors import InputError, NoModelLoaded
 from lfmui.manager import ModelManager
-from lfmui.reasoning import Splitter, opens_thinking
+from lfmui.reasoning import CLOSE, Splitter, opens_thinking
 from lfmui.settings import Settings
 from lfmui.tiling import Tiling, plan_tiles
 
@@ -157,6 +157,11 @@ class InProcess:
             inputs = prompts.build_inputs(loaded, conversation, cut, tools)
             preprocess = {"preprocess_s": round(time.perf_counter() - started, 4)}
             _check_context(loaded, inputs, checked.max_new_tokens)
+            opened = _prompt_opens_thinking(loaded, inputs)
+            budget = None
+            if opened and checked.thinking_budget:
+                budget = _thinking_budget(loaded, checked.thinking_budget)
+                generate_kwargs = _with_processor(generate_kwargs, budget)
             events = engine.stream(
                 loaded,
                 inputs,
@@ -168,10 +173,14 @@ class InProcess:
                 client=client,
             )
             tokens = loaded.tokenizer
-            opened = _prompt_opens_thinking(loaded, inputs)
-            yield from thinking_events(
+            split = thinking_events(
                 events, opened, lambda text: len(tokens.encode(text, add_special_tokens=False))
             )
+            for event in split:
+                if event.kind == "metrics" and budget is not None and budget.hit:
+                    hit = {**event.data, "thinking_budget_hit": True}
+                    event = engine.Event("metrics", data=hit)
+                yield event
 
     def tiling_defaults(self) -> Tiling | None:
         return Tiling.from_processor(self._processor) if self.reads_images else None
@@ -290,6 +299,29 @@ def thinking_events(
             event = engine.Event("done", data={**event.data, "thinking_cut": True})
         if event.kind not in ("text", "thinking"):
             yield event
+
+
+def _thinking_budget(loaded: Any, budget: int) -> engine.ThinkingBudget:
+    """The processor that ends `loaded`'s thinking after `budget` tokens."""
+    tokens = loaded.tokenizer
+    close = tokens.encode(f"\n{CLOSE}\n\n", add_special_tokens=False)
+
+    def closed(ids: list[int]) -> bool:
+        return CLOSE in tokens.decode(ids, skip_special_tokens=False)
+
+    return engine.ThinkingBudget(budget, close, closed)
+
+
+def _with_processor(generate_kwargs: dict[str, Any] | None, processor: Any) -> dict[str, Any]:
+    """generate()'s keyword arguments with `processor` after the logits processors already
+    there (a test's script first: the budget's choice wins)."""
+    from transformers import LogitsProcessorList
+
+    kwargs = dict(generate_kwargs or {})
+    kwargs["logits_processor"] = LogitsProcessorList(
+        [*kwargs.get("logits_processor", []), processor]
+    )
+    return kwargs
 
 
 def _prompt_opens_thinking(loaded: Any, inputs: Any) -> bool:

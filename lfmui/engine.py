@@ -65,6 +65,41 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+class ThinkingBudget:
+    """A logits processor for a reply that starts inside a <think> block: once `budget` tokens
+    of thinking have been generated without a close, it writes `close` (the tokens of
+    ``\n</think>\n\n``) one token at a time, and the answer follows; then it stands aside.
+    Appended after any other processor, so its choice is the one generate() takes."""
+
+    def __init__(self, budget: int, close: list[int], closed: Any) -> None:
+        self.budget, self.close, self.closed = budget, close, closed  # closed(ids) -> bool
+        self.start: int | None = None
+        self.forced = 0
+        self.hit = self.done = False
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        if self.done:
+            return scores
+        if self.forced == 0:
+            generated = input_ids.shape[1] - self.start
+            if generated < self.budget:
+                return scores
+            # read once, at the budget: a block the model closed itself is left as it is
+            self.done = self.closed(input_ids[0, self.start :].tolist())
+            if self.done:
+                return scores
+        if self.forced >= len(self.close):
+            self.done = True
+            return scores
+        self.hit = True
+        forced = scores.new_full(scores.shape, -float("inf"))
+        forced[:, self.close[self.forced]] = 0.0
+        self.forced += 1
+        return forced
+
+
 class _TokenQueue:
     """A streamer for one call: pushes generated token ids to a queue, nothing more."""
 

@@ -29,6 +29,9 @@ class Settings(BaseModel):
     top_k: int = Field(50, ge=0, le=1000, title="top_k (0 = off)")
     repetition_penalty: float = Field(1.05, ge=1.0, le=2.0, title="Repetition penalty")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, title="Seed (empty = random)")
+    # a reasoning model's thinking, in tokens: past it, </think> is written and the answer
+    # follows (lfmui.backends; an in-process model only)
+    thinking_budget: int = Field(0, ge=0, le=32768, title="Thinking budget (tokens; 0 = none)")
     time_limit: float = Field(120.0, ge=1.0, le=600.0, title="Time limit (s)")
 
     @field_validator("*", mode="before")
@@ -55,7 +58,7 @@ class Settings(BaseModel):
         except ValidationError as exc:
             raise InputError(_sentence(exc.errors()[0])) from None
 
-    def generate_kwargs(self) -> dict[str, Any]:
+    def generate_kwargs(self) -> dict[str, Any]:  # (thinking_budget: backends.InProcess)
         sampling = self.temperature > 0
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,

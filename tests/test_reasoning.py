@@ -251,3 +251,26 @@ def test_blank_text_streams_at_once_and_a_think_after_it_still_opens_the_block()
     splitter = Splitter()
     assert splitter.feed("\n\n") == [("content", "\n\n")]  # not held back
     assert splitter.feed("<think>x</think>y") == [("reasoning", "x"), ("content", "y")]
+
+
+def test_a_thinking_budget_ends_the_block_and_the_answer_follows(thinking):
+    """With thinking_budget 12, a model that would think on (the script never closes the
+    block) gets </think> written after 12 tokens of thinking, and its answer follows."""
+    from scripted import Scripted
+    from transformers import LogitsProcessorList
+
+    from lfmui import turns
+
+    manager, _ = thinking
+    loaded = manager.current()
+    endless = Scripted(loaded.tokenizer, ["hmm " * 40], eos=7)  # thinks and never closes
+    settings = {"max_new_tokens": 40, "thinking_budget": 12}
+    ask = [{"role": "user", "content": "What is 2+3?"}]
+    kwargs = {"logits_processor": LogitsProcessorList([endless])}
+    events = list(turns.chat_turn(manager, ask, settings=settings, generate_kwargs=kwargs))
+    thought = "".join(e.text for e in events if e.kind == "thinking")
+    metrics = next(e.data for e in events if e.kind == "metrics")
+    done = next(e.data for e in events if e.kind == "done")
+    assert metrics["thinking_budget_hit"] is True and "thinking_cut" not in done
+    assert len(loaded.tokenizer.encode(thought, add_special_tokens=False)) <= 12
+    assert "".join(e.text for e in events if e.kind == "text")  # the answer came after it
