@@ -397,6 +397,18 @@ class _Fault(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(line)
         elif self.fault == "unknown model":
             self._send(404, json.dumps({"error": {"message": "The model does not exist."}}))
+        elif self.fault in ("reasoning parser", "raw think"):  # not faults: two ways to think
+            if self.fault == "reasoning parser":  # vLLM's --reasoning-parser qwen3, llama.cpp
+                deltas = [{"reasoning_content": "Two and "}, {"reasoning_content": "three."}]
+                deltas += [{"content": "Five"}, {"content": "."}]
+            else:  # a server without a parser sends the model's block as text
+                deltas = [{"content": t} for t in ("<thi", "nk>Two and three.</th", "ink>Five.")]
+            lines = [
+                f"data: {json.dumps({**chunk, 'choices': [{'index': 0, 'delta': d}]})}\n\n"
+                for d in deltas
+            ]
+            end = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            self._stream([*lines, f"data: {json.dumps(end)}\n\n", "data: [DONE]\n\n"])
 
     def _send(self, status: int, body: str) -> None:
         self.send_response(status)
@@ -637,3 +649,17 @@ def test_ssrf_a_redirect_is_not_followed():
             assert HANDLERS[url].asked == ["/v1/models"]  # the redirect was sent
         assert HANDLERS[inside].asked == []  # and not followed
         assert Endpoint.connect(inside).model == "elsewhere"  # which it would have been
+
+
+@pytest.mark.parametrize("server", ["reasoning parser", "raw think"])
+def test_a_servers_thinking_comes_apart_from_its_answer(server):
+    """A server's reasoning_content (vLLM's and llama.cpp's reasoning parsers) and a raw
+    <think> block (a server without one, markers split across chunks) both arrive as thinking,
+    the answer as text."""
+    with _faulty(server) as url:
+        manager = _endpoint_manager(url, None)
+        events = list(turns.chat_turn(manager, [{"role": "user", "content": "2+3?"}]))
+    thought = "".join(e.text for e in events if e.kind == "thinking")
+    answer = "".join(e.text for e in events if e.kind == "text")
+    assert (thought, answer) == ("Two and three.", "Five.")
+    assert events[-1].kind == "done" and events[-1].data["reason"] == "eos"

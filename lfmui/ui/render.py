@@ -74,6 +74,8 @@ def thinking_message(turn: dict[str, Any]) -> dict[str, Any]:
         title += f" · {metrics['thinking_tokens']} tokens"
     if metrics.get("thinking_s") is not None:
         title += f" · {metrics['thinking_s']:.1f} s"
+    if metrics.get("thinking_budget_hit"):
+        title += " · ended by the thinking budget"
     if turn.get("thinking_cut"):
         title += " · cut off before the answer"
     status = "pending" if thinking_now else "done"
