@@ -163,6 +163,10 @@ def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
         if len(kept) >= 2:
             fits = isinstance(shown, int) and not isinstance(shown, bool) and 0 <= shown < len(kept)
             clean["versions"], clean["version"] = kept, shown if fits else len(kept) - 1
+    if isinstance(turn.get("thinking"), str) and turn["thinking"]:  # a reasoning model's
+        clean["thinking"] = prompts.escape_specials(turn["thinking"])
+        if turn.get("thinking_cut") is True:
+            clean["thinking_cut"] = True
     if isinstance(turn.get("error"), str):
         clean["error"] = turn["error"][:500]
     used = turn.get("tools")

@@ -148,3 +148,19 @@ def test_regenerated_answers_are_kept_and_flipped(uploads):
     hostile = {**back, "versions": [{"role": "user", "text": "x"}, "y"], "version": True}
     stored, _ = chats.read(chats.write([], "c", [hostile]), uploads)
     assert "versions" not in stored[0]["turns"][0]
+
+
+def test_a_reasoning_models_thinking_is_kept_and_a_damaged_one_dropped(uploads):
+    value = _stored(
+        [
+            {"role": "user", "text": "2+3?", "images": []},
+            {"role": "assistant", "text": "5.", "thinking": "Two and three.", "thinking_cut": 1},
+            {"role": "user", "text": "And?", "images": []},
+            {"role": "assistant", "text": "", "thinking": ["not", "text"]},
+            {"role": "assistant", "text": "", "thinking": "Still th", "thinking_cut": True},
+        ]
+    )
+    turns = chats.read(value, uploads)[0][0]["turns"]
+    assert turns[1]["thinking"] == "Two and three." and "thinking_cut" not in turns[1]
+    assert "thinking" not in turns[3]  # the damaged field goes, the turn stays
+    assert turns[4]["thinking"] == "Still th" and turns[4]["thinking_cut"] is True
