@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -87,3 +89,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             page.screenshot(path=str(folder / f"failed-{item.name[:80]}.png"), full_page=True)
         except Exception as exc:  # noqa: BLE001 - a closed page: the failure is reported anyway
             report.sections.append(("screenshot", f"no screenshot: {exc}"))
+
+
+@contextlib.contextmanager
+def serving(manager):
+    """The whole app (UI, API and /v1) for `manager` on a free loopback port: its base URL."""
+    from lfmui.ui import build_app, launch_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(manager)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_settings(port=port, manager=manager))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        demo.close()

@@ -36,18 +36,14 @@ WEATHER = {
 
 @pytest.fixture(scope="module")
 def served(tiny_paths):
+    from conftest import serving
+
     from lfmui.manager import ModelManager
-    from lfmui.ui import build_app, launch_settings
 
     manager = ModelManager()
     manager.load("lfm2-vl-tiny", "fp32")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_app(manager)
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_settings(port=port, manager=manager))
-    yield f"http://127.0.0.1:{port}/v1", manager
-    demo.close()
+    with serving(manager) as url:
+        yield f"{url}/v1", manager
 
 
 @pytest.fixture

@@ -85,20 +85,14 @@ THOUGHT, ANSWER = "The user asks 2+3. That is 5.", "The answer is 5."
 def thinking():
     """lfm2.5-thinking-tiny resident (its generation prompt opens <think>), and the app's /v1
     in front of it."""
-    import socket
+    from conftest import serving
 
     from lfmui.manager import ModelManager
-    from lfmui.ui import build_app, launch_settings
 
     manager = ModelManager()
     manager.load("lfm2.5-thinking-tiny", "fp32")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_app(manager)
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_settings(port=port, manager=manager))
-    yield manager, f"http://127.0.0.1:{port}/v1"
-    demo.close()
+    with serving(manager) as url:
+        yield manager, f"{url}/v1"
 
 
 def _turn(manager, conversation, reply: str, max_new_tokens: int = 64):
