@@ -197,13 +197,21 @@ LFM2_MODELS = (
 HUB_MODELS = LFM25_MODELS + LFM2_MODELS
 
 OFFLINE_MODELS = (
-    _offline("lfm2-vl-tiny", "lfm2-vl-tiny (offline, random weights)", VL_REPO),
-    _offline("lfm2-moe-tiny", "lfm2-moe-tiny (offline, random weights)", MOE_REPO),
+    _offline(
+        "lfm2-vl-tiny",
+        "lfm2-vl-tiny (offline, random weights; stands in for LFM2-VL-450M)",
+        VL_REPO,
+    ),
+    _offline(
+        "lfm2-moe-tiny",
+        "lfm2-moe-tiny (offline, random weights; stands in for LFM2-8B-A1B)",
+        MOE_REPO,
+    ),
     replace(
         _offline(
             "lfm2.5-thinking-tiny",
-            "lfm2.5-thinking-tiny (offline, random weights; thinks, LFM2.5's template; "
-            "stands in for LFM2.5-8B-A1B)",
+            "lfm2.5-thinking-tiny (offline, random weights; stands in for LFM2.5-8B-A1B: "
+            "thinks, LFM2.5's template)",
             THINKING_MOE_REPO,
         ),
         thinks=True,

@@ -15,7 +15,11 @@ import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import expect
 
+from lfmui.catalog import Catalog
+
 pytestmark = pytest.mark.browser
+# the picker's labels of the offline builds (random weights, and the hub model each stands in for)
+VL_TINY, MOE_TINY = (Catalog().get(m).label for m in ("lfm2-vl-tiny", "lfm2-moe-tiny"))
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 SLOW = 60_000  # ms: the longest any condition below is waited for (a loaded 2-core machine)
@@ -195,7 +199,7 @@ def test_regenerate_replaces_the_last_reply(page):
 def test_models_tab_shows_status_and_levels(page):
     page.get_by_role("tab", name="Models").click()
     page.get_by_text("resident weights").wait_for(timeout=SLOW)
-    assert page.get_by_text("lfm2-vl-tiny (offline, random weights)").first.is_visible()
+    assert page.get_by_text(VL_TINY).first.is_visible()
     assert page.get_by_text("4-bit (bitsandbytes nf4)").first.is_visible()
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
 
@@ -224,7 +228,7 @@ def test_models_tab_marks_which_levels_fit(page, monkeypatch):
     expect(row("8-bit (bitsandbytes")).to_contain_text("✓ fits: ~")
     page.screenshot(path=str(ARTIFACTS / "fits.png"), full_page=True)
     page.locator("#model-picker input").click()  # back to the resident model for what follows
-    page.get_by_role("option", name="lfm2-vl-tiny (offline, random weights)").click()
+    page.get_by_role("option", name=VL_TINY).click()
 
 
 def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
@@ -642,7 +646,7 @@ def test_load_a_model_from_the_models_tab(page):
     # a new pick resets the level to auto, by the server's reply: Load only once it landed
     expect(page.locator("#level-picker input[value='auto']")).to_be_checked(timeout=SLOW)
     page.get_by_role("button", name="Load", exact=True).click()
-    status = f"lfm2-moe-tiny (offline, random weights) · {fastest}"
+    status = f"{MOE_TINY} · {fastest}"
     page.get_by_text(status).wait_for(timeout=SLOW)
     # a reload shows the server's state: the picker, the level, the chat's chip, and a
     # message box that takes no images (the text-only model loaded)
@@ -661,7 +665,7 @@ def test_load_a_model_from_the_models_tab(page):
     expect(page.locator("#level-picker input[value='auto']")).to_be_checked(timeout=SLOW)
     page.get_by_role("radio", name="fp32").check()
     page.get_by_role("button", name="Load", exact=True).click()
-    page.get_by_text("lfm2-vl-tiny (offline, random weights) · fp32").wait_for(timeout=SLOW)
+    page.get_by_text(f"{VL_TINY} · fp32").wait_for(timeout=SLOW)
     chip = page.locator("#model-chip").get_by_text("Model: lfm2-vl-tiny · fp32")
     chip.wait_for(state="attached", timeout=SLOW)  # the chat's chip follows (tab hidden)
     assert page.get_by_placeholder("Type a message, paste or drop an image…").count() == 1
