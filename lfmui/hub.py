@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lfmui.catalog import Catalog, ModelSpec
@@ -47,8 +48,37 @@ def check(spec: ModelSpec, probe_seconds: float = 3.0) -> Location:
     try:
         AutoConfig.from_pretrained(location.path, **location.kwargs())
     except Exception as exc:
-        raise ModelLoadError(_hub_failure(spec, exc, reachable)) from None
+        newer = _needs_newer_transformers(spec, location)
+        raise ModelLoadError(newer or _hub_failure(spec, exc, reachable)) from None
     return location
+
+
+def _needs_newer_transformers(spec: ModelSpec, location: Location) -> str:
+    """Where the config could be read but names an architecture this transformers does not
+    know: a sentence with the version that wrote it (config.json's transformers_version)."""
+    import json
+
+    import transformers
+    from huggingface_hub import hf_hub_download
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        path = hf_hub_download(location.path, "config.json", **location.kwargs())
+        config = json.loads(Path(path).read_text())
+        model_type = str(config["model_type"])
+    except Exception:  # noqa: BLE001 - no config to read: the other sentences say why
+        return ""
+    if model_type in CONFIG_MAPPING:
+        return ""
+    said = f"{spec.id} is a '{model_type[:40]}' model, which transformers "
+    said += f"{transformers.__version__} does not know"
+    saved = str(config.get("transformers_version") or "")[:20]
+    if not saved:
+        return f"{said}. Upgrade transformers (pip install -U transformers) or pick another model."
+    return (
+        f"{said}; it was saved with transformers {saved}. Upgrade "
+        f'(pip install -U "transformers>={saved}") or pick another model.'
+    )
 
 
 WEIGHT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.py"]

@@ -574,3 +574,25 @@ def test_a_sealed_pool_refuses_loads_but_switches_among_its_models(tiny_paths):
     with pytest.raises(ModelLoadError, match="Loaded at start only."):
         manager.unload()
     assert sorted(e["key"] for e in manager.pool()) == ["lfm2-moe-tiny@fp32", "lfm2-vl-tiny@fp32"]
+
+
+def test_a_hub_model_of_an_architecture_this_transformers_lacks_says_which_it_needs(
+    manager, dead_hub, tiny_paths
+):
+    """A config that names a model type this transformers does not know (a newer model): the
+    sentence names it and the transformers version that saved it, and the model in use stays."""
+    import json
+
+    root = _fake_hub_cache(tiny_paths, dead_hub)
+    snapshot = next((root / "models--LiquidAI--LFM2-VL-450M" / "snapshots").iterdir())
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").unlink()  # a copy of its own, not the tiny build's file
+    config.update(model_type="lfm9_vl", transformers_version="9.1.0")
+    (snapshot / "config.json").write_text(json.dumps(config))
+    before = manager.current()
+    with pytest.raises(ModelLoadError) as info:
+        manager.load("LFM2-VL-450M", "fp32")
+    said = str(info.value)
+    assert "is a 'lfm9_vl' model, which transformers" in said
+    assert 'pip install -U "transformers>=9.1.0"' in said
+    assert manager.current() is before and _reply(manager)
