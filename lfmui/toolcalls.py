@@ -11,6 +11,9 @@ Policy, stated once:
   null), lists, tuples and sets (as lists), dicts with string keys, and a unary minus on a
   number. Names, calls, operators (``10**100``), f-strings, lambdas and comprehensions are errors.
 - Each call stands alone: one that cannot be used is an error beside the calls that can.
+- The JSON form is a call too (``[{"name": "get_weather", "arguments": {"city": "Paris"}}]``,
+  what LFM2.5 writes when its system prompt asks for JSON calls), read by the same literal rules:
+  an object with a string ``name`` and an object (or a JSON string of one) of ``arguments``.
 - What real LFM2 replies get wrong and a reader agrees on is repaired in the text of a call that
   does not parse, and each repair is reported (``Parsed.repairs``): a raw newline, tab or NUL
   inside a string is escaped; an apostrophe between two letters inside a single-quoted string is
@@ -444,6 +447,8 @@ def _check_caps(body: str) -> None:
 
 
 def _call(node: ast.AST) -> dict[str, Any]:
+    if isinstance(node, ast.Dict):
+        return _json_call(literal(node, "the tool call"))
     if not isinstance(node, ast.Call):
         raise CallError("Each item of the tool call list must be a call: tool_name(arg=value).")
     name = _dotted(node.func)
@@ -462,6 +467,22 @@ def _call(node: ast.AST) -> dict[str, Any]:
             raise CallError(f"{name}: '{keyword.arg}' is given twice; give each argument once.")
         keywords[keyword.arg] = literal(keyword.value, name)
     return {"name": name, "positional": positional, "arguments": keywords}
+
+
+def _json_call(item: dict[str, Any]) -> dict[str, Any]:
+    """A call in the JSON form (``{"name": "f", "arguments": {...}}``; the arguments may come
+    as a JSON string, as OpenAI's ``tool_calls`` carry them)."""
+    name, arguments = item.get("name"), item.get("arguments", {})
+    if not isinstance(name, str) or not name or set(item) - {"name", "arguments"}:
+        raise CallError('A JSON tool call is {"name": "tool_name", "arguments": {...}}.')
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            arguments = None
+    if not isinstance(arguments, dict):
+        raise CallError(f'{name}: "arguments" must be an object of named arguments.')
+    return {"name": name, "positional": [], "arguments": arguments}
 
 
 def _dotted(node: ast.AST) -> str | None:

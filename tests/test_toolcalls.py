@@ -624,3 +624,32 @@ def test_hung_tool_pool_a_killed_tool_takes_its_children_with_it():
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the tool's child outlived its worker"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '[{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+        '[{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}]',
+        'get_weather(city="Paris")',  # the Pythonic form beside it, unchanged
+    ],
+)
+def test_a_call_in_the_json_form_is_read_like_the_pythonic_one(body):
+    parsed = parse(block(body), [WEATHER])
+    assert parsed.errors == []
+    assert parsed.calls == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+
+
+@pytest.mark.parametrize(
+    "body,said",
+    [
+        ('[{"name": "get_weather", "city": "Paris"}]', '"name": "tool_name", "arguments"'),
+        ('[{"name": 7, "arguments": {}}]', '"name": "tool_name", "arguments"'),
+        ('[{"name": "get_weather", "arguments": [1]}]', "must be an object"),
+        ('[{"name": "get_weather", "arguments": {"city": __import__("os")}}]', "literal"),
+    ],
+)
+def test_a_malformed_json_call_is_an_error_the_model_reads(body, said):
+    parsed = parse(block(body), [WEATHER])
+    assert parsed.calls == [] and said in " ".join(parsed.errors)
