@@ -30,6 +30,14 @@ TEXT_SYSTEM_PROMPT = "You are a helpful assistant by Liquid AI."
 RANDOM_WEIGHTS_NOTE = "random weights: replies are noise; for trying the app offline"
 
 
+# How each family's template writes a tool turn, in one line each (what the playground shows)
+TOOL_FORMATS = {
+    "lfm2": "LFM2's: the tool list between `<|tool_list_start|>` and `<|tool_list_end|>`, "
+    "results between `<|tool_response_start|>` and `<|tool_response_end|>`",
+    "lfm2.5": "LFM2.5's: the tool list and the results as plain JSON, no wrappers",
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One loadable model: where it lives, what it reads and how to sample it."""

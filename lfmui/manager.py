@@ -117,6 +117,8 @@ class Readiness(TypedDict):
     endpoint: str | None
     random_weights: bool
     requests_in_flight: int
+    tool_format: str | None  # catalog.TOOL_FORMATS' key (None: an endpoint's, not known here)
+    thinks: bool  # a reasoning model (its thinking comes apart from its answer)
 
 
 _managers: weakref.WeakSet[ModelManager] = weakref.WeakSet()
@@ -348,6 +350,8 @@ class ModelManager:
                 endpoint.random_weights if endpoint else loaded and loaded.spec.random_weights
             ),
             requests_in_flight=loaded.leases if loaded and not endpoint else 0,
+            tool_format=None if endpoint or loaded is None else loaded.spec.tool_format,
+            thinks=bool(not endpoint and loaded and loaded.spec.thinks),
         )
 
     def status(self) -> dict[str, Any]:

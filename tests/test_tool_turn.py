@@ -431,3 +431,15 @@ def test_a_call_written_inside_the_thinking_is_not_run(lfm25_manager):
     steps, _ = _turn(lfm25_manager, "What is 2+3?", replies, settings={"max_new_tokens": 200})
     assert not [s for s in steps if s.kind == "result"]
     assert steps[-1].kind == "final" and steps[-1].text == "I can answer: 5."
+
+
+def test_the_playground_says_which_tool_format_the_model_uses(lfm25_manager, vl_manager):
+    from lfmui.ui.tools_tab import EXAMPLES_JSON, _start, render_trace
+
+    data = {"prompt": "2+3?", "tools_json": EXAMPLES_JSON, "image": None, "choice": "auto"}
+    data["typed"] = ""
+    lfm25, lfm2 = _start(lfm25_manager, data, 2), _start(vl_manager, data, 2)
+    assert (lfm25["tool_format"], lfm2["tool_format"]) == ("lfm2.5", "lfm2")
+    shown = render_trace(lfm25["turn"], True, lfm25["tool_format"])
+    assert "Tool format: LFM2.5's: the tool list and the results as plain JSON" in shown
+    assert "`<|tool_list_start|>`" in render_trace(lfm2["turn"], True, lfm2["tool_format"])

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from lfmui import tools, turns
+from lfmui.catalog import TOOL_FORMATS
 from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager
 from lfmui.ui import gpu
@@ -28,9 +29,13 @@ _runs = Running(  # the playground's running tool turn per session
 EXAMPLES_JSON = json.dumps([t.schema() for t in tools.BUILTINS.values()], indent=2)
 
 
-def render_trace(turn: turns.ToolTurn, noise: bool) -> str:
-    """The trace as Markdown: one section per round, then the final answer."""
+def render_trace(turn: turns.ToolTurn, noise: bool, tool_format: str | None = None) -> str:
+    """The trace as Markdown: the model's tool format, one section per round, then the final
+    answer."""
     parts = []
+    if tool_format in TOOL_FORMATS:
+        said = f"Tool format: {TOOL_FORMATS[tool_format]}; calls between the tool-call markers"
+        parts.append(f"{said}, Pythonic or JSON.")
     for r in turn.rounds:
         metrics = r.parsed.metrics if r.parsed else {}
         head = f"#### Round {r.number}"
@@ -75,7 +80,8 @@ def _start(
     turn = turns.ToolTurn.start(conversation, registry, data["choice"] or "auto", max_rounds)
     if (data["typed"] or "").strip():
         turn.typed.append(data["typed"])
-    return {"turn": turn, "noise": manager.readiness(pick)["random_weights"]}
+    ready = manager.readiness(pick)
+    return {"turn": turn, "noise": ready["random_weights"], "tool_format": ready["tool_format"]}
 
 
 def edited_results(text: str, expected: int) -> list[tools.ToolResult]:
@@ -194,7 +200,7 @@ class ToolsTab:
                 shown = json.dumps([r.to_json() for r in waiting], indent=1) if waiting else ""
                 yield (
                     run_state,
-                    render_trace(turn, run_state["noise"]),
+                    render_trace(turn, run_state["noise"], run_state.get("tool_format")),
                     gr.Code(value=shown, visible=bool(waiting)),
                     gr.Button(visible=bool(waiting)),
                 )
