@@ -328,8 +328,7 @@ def _write_checkpoint(name: str, target: Path, device: str | None) -> None:
     shape = shape_config(name)
     config = make_config(shape)
     vocab = config.text_config.vocab_size if shape["kind"] == "vl" else config.vocab_size
-    template = THINKING_TEMPLATE if name in THINKING_BUILDS else CHAT_TEMPLATE
-    tokenizer = build_tokenizer(vocab, template)
+    tokenizer = build_tokenizer(vocab, chat_template_of(name))
     torch.manual_seed(0)
     tiny = name.endswith("-tiny")
     dtype = torch.float32 if tiny else torch.bfloat16  # the hub checkpoints ship in bf16
@@ -420,12 +419,18 @@ def is_built(path: Path) -> bool:
         return False
 
 
-def _current_template(target: Path) -> None:
-    """A cached build keeps its weights when only the chat template changed: it is rewritten."""
+def chat_template_of(name: str) -> str:
+    """The chat template of the build `name`: LFM2.5's thinking one, or LFM2's."""
+    return THINKING_TEMPLATE if name in THINKING_BUILDS else CHAT_TEMPLATE
+
+
+def _current_template(target: Path, name: str) -> None:
+    """A cached build keeps its weights when only the chat template changed: it is rewritten
+    (with its own: a thinking build keeps LFM2.5's)."""
     template = target / "chat_template.jinja"
     with contextlib.suppress(OSError):
-        if template.read_text() != CHAT_TEMPLATE:
-            template.write_text(CHAT_TEMPLATE)
+        if template.read_text() != chat_template_of(name):
+            template.write_text(chat_template_of(name))
 
 
 def ensure_checkpoint(
@@ -441,7 +446,7 @@ def ensure_checkpoint(
     target = cache_dir() / name
     with _build_lock:
         if is_built(target):
-            _current_template(target)
+            _current_template(target, name)
             return target
         if progress:
             progress(f"building offline checkpoint {name} (random weights)")

@@ -164,6 +164,15 @@ def test_a_cached_build_gets_the_current_template_without_a_rebuild(tmp_path, mo
     assert (path / "model.safetensors").stat().st_mtime_ns == weights
 
 
+def test_a_cached_thinking_build_keeps_its_own_template(tmp_path, monkeypatch):
+    """A second start finds the build cached and must not give it LFM2's template (it did:
+    the thinking model's prompt then opened no <think> block)."""
+    monkeypatch.setenv("LFMUI_CACHE", str(tmp_path))
+    path = offline.ensure_checkpoint("lfm2.5-thinking-tiny")
+    offline.ensure_checkpoint("lfm2.5-thinking-tiny")
+    assert (path / "chat_template.jinja").read_text() == offline.THINKING_TEMPLATE
+
+
 def test_template_tools_without_system_prompt(tiny_paths):
     rendered = _render(
         tiny_paths["lfm2-moe-tiny"],
