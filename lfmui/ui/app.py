@@ -95,9 +95,12 @@ def build_app(
             return [models_tab.chip(manager, chosen), box, *models_tab.picked(manager), card]
 
         shown = [chat["chip"], chat["box"], models["model"], models["level"], models["pool"]]
+
+        def after_switch(chosen: str | None = None) -> list:  # one update: once the chip
+            return [*model_defaults(chosen), *serving(chosen)]  # shows, the defaults are in
+
         for switch in [models["loaded"], models["unloaded"], *models["switched"], models["picked"]]:
-            switch.then(model_defaults, pick, per_model, api_visibility="private")
-            switch.then(serving, pick, shown, api_visibility="private")
+            switch.then(after_switch, pick, [*per_model, *shown], api_visibility="private")
         demo.load(None, None, None, js=THEME_AT_LOAD)
         restore, saved, restored = chat["restore"]
         demo.load(restore, saved, restored, api_visibility="private")  # the browser's chats
