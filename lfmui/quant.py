@@ -310,11 +310,11 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
             expert_row=16,
             other=4,
             activation=4,
-            load=6,
-            # experts packed while loading peak above their int8 bytes (a layer's experts in
-            # fp32 as they are packed, the checkpoint's pages): measured on LFM2-8B-A1B, RSS
-            # peak 14.2 GiB for 8.3 resident (`bench seed --levels int8-cpu`)
-            load_experts=1.4,
+            # read in bf16, the Linear layers and experts packed as they load, the rest then
+            # widened to fp32: measured RSS peaks (`bench seed --levels auto`, this level) of
+            # 10.2 GiB for LFM2-8B-A1B (8.3 resident), 6.3 for VL-1.6B and 2.6 for VL-450M
+            load=4,
+            load_experts=1.1,
             vision=2 if cpu_computes_bf16() else 4,  # _vision_in_bf16
         ),
         "Linear layers and MoE experts int8 per channel (experts quantized while loading), "
