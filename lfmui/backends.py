@@ -173,14 +173,12 @@ class InProcess:
                 client=client,
             )
             tokens = loaded.tokenizer
-            split = thinking_events(
-                events, opened, lambda text: len(tokens.encode(text, add_special_tokens=False))
+            yield from thinking_events(
+                events,
+                opened,
+                lambda text: len(tokens.encode(text, add_special_tokens=False)),
+                budget,
             )
-            for event in split:
-                if event.kind == "metrics" and budget is not None and budget.hit:
-                    hit = {**event.data, "thinking_budget_hit": True}
-                    event = engine.Event("metrics", data=hit)
-                yield event
 
     def tiling_defaults(self) -> Tiling | None:
         return Tiling.from_processor(self._processor) if self.reads_images else None
@@ -266,13 +264,15 @@ def thinking_events(
     events: Iterator[engine.Event],
     opened: bool = False,
     count: Callable[[str], int] | None = None,
+    budget: engine.ThinkingBudget | None = None,
 ) -> Iterator[engine.Event]:
     """A reply's events with a thinking model's ``<think>`` block taken out of its text:
     "thinking" events for the block, "text" for the answer (lfmui.reasoning.Splitter; `opened`:
     the prompt opened the block). A reply that ends inside its thinking says so in its done
     event (``thinking_cut``); its metrics gain ``thinking_s``, the time from the first
-    thought to the answer, and with `count` (the model's tokenizer) ``thinking_tokens``. A
-    reply with no block passes as it came."""
+    thought to the answer, with `count` (the model's tokenizer) ``thinking_tokens``, and
+    ``thinking_budget_hit`` where `budget` ended it. A reply with no block passes as it
+    came."""
     splitter = Splitter(opened)
     started = ended = None
     for event in events:
@@ -294,6 +294,8 @@ def thinking_events(
             thought = {"thinking_s": round((ended or time.perf_counter()) - started, 3)}
             if count is not None:
                 thought["thinking_tokens"] = count(splitter.reasoning)
+            if budget is not None and budget.hit:
+                thought["thinking_budget_hit"] = True
             event = engine.Event("metrics", data={**event.data, **thought})
         elif event.kind == "done" and splitter.cut:
             event = engine.Event("done", data={**event.data, "thinking_cut": True})

@@ -28,6 +28,9 @@ NOISE_SAMPLING = MappingProxyType({"temperature": 1.0, "min_p": 0.0, "repetition
 VL_SYSTEM_PROMPT = "You are a helpful multimodal assistant by Liquid AI."
 TEXT_SYSTEM_PROMPT = "You are a helpful assistant by Liquid AI."
 RANDOM_WEIGHTS_NOTE = "random weights: replies are noise; for trying the app offline"
+# what a model of each kind gets where its card says nothing more
+SAMPLING_OF: dict[str, MappingProxyType] = {"vl": VL_SAMPLING, "text": MOE_SAMPLING}
+SYSTEM_PROMPT_OF = {"vl": VL_SYSTEM_PROMPT, "text": TEXT_SYSTEM_PROMPT}
 
 
 # How each family's template writes a tool turn, in one line each (what the playground shows)
@@ -88,20 +91,15 @@ class ModelSpec:
 
 
 def _offline(name: str, label: str, hub_repo: str, listed: bool = True) -> ModelSpec:
-    text = hub_repo in (MOE_REPO, THINKING_MOE_REPO)
-    kind: Kind = "text" if text else "vl"
+    kind: Kind = "text" if hub_repo in (MOE_REPO, THINKING_MOE_REPO) else "vl"
     return ModelSpec(
         id=name,
         label=label,
         source="offline",
         location=name,
         kind=kind,
-        sampling=NOISE_SAMPLING
-        if name.endswith("-tiny")
-        else MOE_SAMPLING
-        if text
-        else VL_SAMPLING,
-        system_prompt=TEXT_SYSTEM_PROMPT if text else VL_SYSTEM_PROMPT,
+        sampling=NOISE_SAMPLING if name.endswith("-tiny") else SAMPLING_OF[kind],
+        system_prompt=SYSTEM_PROMPT_OF[kind],
         hub_repo=hub_repo,
         note=RANDOM_WEIGHTS_NOTE,
         listed=listed,
@@ -112,7 +110,6 @@ def _hub(
     repo: str, kind: Kind, label: str, sampling: MappingProxyType | None = None, **more
 ) -> ModelSpec:
     """A model on the Hub, by its repo id (the part after ``LiquidAI/`` is its id)."""
-    text = kind == "text"
     return ModelSpec(
         id=repo.split("/")[-1],
         label=label,
@@ -120,8 +117,8 @@ def _hub(
         location=repo,
         kind=kind,
         hub_repo=repo,
-        sampling=sampling or (MOE_SAMPLING if text else VL_SAMPLING),
-        system_prompt=TEXT_SYSTEM_PROMPT if text else VL_SYSTEM_PROMPT,
+        sampling=sampling or SAMPLING_OF[kind],
+        system_prompt=SYSTEM_PROMPT_OF[kind],
         **more,
     )
 
@@ -291,8 +288,8 @@ class Catalog:
             source="local",
             location=str(directory),
             kind=kind,
-            sampling=VL_SAMPLING if kind == "vl" else MOE_SAMPLING,
-            system_prompt=VL_SYSTEM_PROMPT if kind == "vl" else TEXT_SYSTEM_PROMPT,
+            sampling=SAMPLING_OF[kind],
+            system_prompt=SYSTEM_PROMPT_OF[kind],
             hub_repo=VL_REPO if kind == "vl" else MOE_REPO,
         )
         self._specs[spec.id] = spec

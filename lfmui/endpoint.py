@@ -46,14 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from lfmui import prompts, toolcalls
-from lfmui.catalog import (
-    MOE_SAMPLING,
-    NOISE_SAMPLING,
-    TEXT_SYSTEM_PROMPT,
-    VL_SAMPLING,
-    VL_SYSTEM_PROMPT,
-    Catalog,
-)
+from lfmui.catalog import NOISE_SAMPLING, SAMPLING_OF, SYSTEM_PROMPT_OF, Catalog
 from lfmui.engine import Event
 from lfmui.errors import LfmuiError
 from lfmui.settings import Settings
@@ -74,7 +67,6 @@ OPTIONAL = {  # request fields a server may refuse, and what the user is told it
     "mm_processor_kwargs": "tiling and image budget (mm_processor_kwargs)",
 }
 FINISH = {"stop": "eos", "tool_calls": "eos", "function_call": "eos", "length": "max_tokens"}
-_SAMPLING = {"vl": VL_SAMPLING, "text": MOE_SAMPLING}
 PNG_MAX_PIXELS = 1024 * 1024  # larger pictures go as JPEG (quality 92): a smaller request
 
 
@@ -92,7 +84,7 @@ class Endpoint:
     client: Any  # openai.OpenAI
     kind: str = "vl"  # "vl" or "text": whether images are sent
     sampling: dict[str, Any] = field(default_factory=dict)
-    system_prompt: str = VL_SYSTEM_PROMPT
+    system_prompt: str = SYSTEM_PROMPT_OF["vl"]
     random_weights: bool = False
     processor: Any = None  # the model's processor, read without weights (None: not found)
     extra_body: dict[str, Any] = field(default_factory=dict)
@@ -157,8 +149,8 @@ class Endpoint:
             self.kind = spec.kind
         elif self.processor is not None:
             self.kind = "vl" if hasattr(self.processor, "image_processor") else "text"
-        self.sampling = dict(spec.sampling if spec else _SAMPLING[self.kind])
-        self.system_prompt = VL_SYSTEM_PROMPT if self.kind == "vl" else TEXT_SYSTEM_PROMPT
+        self.sampling = dict(spec.sampling if spec else SAMPLING_OF[self.kind])
+        self.system_prompt = SYSTEM_PROMPT_OF[self.kind]
         if directory.is_dir() and (directory / "lfmui-build.json").is_file():
             self.random_weights = True  # an offline build of ours: its replies are noise
             self.sampling = dict(NOISE_SAMPLING)
@@ -235,9 +227,9 @@ class Endpoint:
                     if time.perf_counter() > deadline:
                         expired.set()
                         break
-                    delta = reply.take(chunk)
-                    if reply.thought:  # vLLM's and llama.cpp's reasoning parsers send it apart
-                        yield Event("thinking", reply.thought)
+                    delta, thought = reply.take(chunk)
+                    if thought:  # vLLM's and llama.cpp's reasoning parsers send it apart
+                        yield Event("thinking", thought)
                     # a server that sends past what was asked for is cut there
                     if reply.generated > most_chunks:
                         reason, delta = "max_tokens", ""
@@ -435,18 +427,18 @@ class _Reply:
     finish: str | None = None
     chars: int = 0  # text and tool-call characters so far
     calls: dict[int, dict[str, str]] = field(default_factory=dict)  # index -> name, arguments
-    thought: str = ""  # the last chunk's reasoning, from a server with a reasoning parser
 
-    def take(self, chunk: Any) -> str:
-        """One chunk folded in; the text it adds."""
+    def take(self, chunk: Any) -> tuple[str, str]:
+        """One chunk folded in; the text and the reasoning (a server's reasoning parser) it
+        adds."""
         if getattr(chunk, "usage", None) is not None:
             self.usage = chunk.usage.model_dump()
-        text, self.thought = "", ""
+        text = thought = ""
         for choice in chunk.choices or []:
             delta = choice.delta
             if delta is not None and delta.content:
                 text += delta.content
-            self.thought += _reasoning_of(delta)
+            thought += _reasoning_of(delta)
             for call in (delta.tool_calls if delta is not None else None) or []:
                 held = self.calls.setdefault(call.index or 0, {"name": "", "arguments": ""})
                 if call.function is not None:
@@ -455,12 +447,12 @@ class _Reply:
                     self.chars += len(call.function.name or "") + len(call.function.arguments or "")
             if choice.finish_reason:
                 self.finish = choice.finish_reason
-        if text or self.calls or self.thought:
+        if text or self.calls or thought:
             self.first_at = self.first_at or time.perf_counter()
         if text:
             self.generated += 1
         self.chars += len(text)
-        return text
+        return text, thought
 
     def written_calls(self) -> str:
         """The server's calls as LFM2's block; arguments that are not a JSON object are

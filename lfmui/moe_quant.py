@@ -14,9 +14,10 @@ about 1.25x the quantized size on the 8B's layout, against 3.4x when quantizing 
 - nf4: bitsandbytes NF4 blocks of 64 (``quantize_4bit``), one expert at a time.
 
 The CPU levels int8-bf16, int4-bf16 and int8-cpu use the same loader hook through quantizers
-of their own (``experts_config``) that claim the expert weights only (their Linear layers are
-converted after loading); ``cpu_weights.QuantExperts`` and ``cpu_weights.DynamicExperts``
-compute with the packed weights.
+of their own (``experts_config``) that claim the expert weights (int8-bf16 and int4-bf16 pack
+their Linear layers after loading; int8-cpu packs them while loading too, as torch's dynamic
+int8 Linear); ``cpu_weights.QuantExperts`` and ``cpu_weights.DynamicExperts`` compute with the
+packed weights.
 
 Forward (``QuantizedExperts``): routing is untouched. A decode step (tokens x top-k <= experts)
 gathers the chosen experts' packed weights by index, dequantizes just those and runs one batched
@@ -283,9 +284,9 @@ def _quantizer_class(base: type, kind: Kind) -> type:
 
 
 def experts_config(packing: str, converts: Callable[[str], bool] | None = None) -> Any:
-    """A quantization config that converts nothing but the 3-D expert weights, packed while
-    loading, for the CPU levels: ``cpu_weights.PACKINGS[packing]`` (int8-bf16, int4-bf16) or
-    "dynamic-int8" (int8-cpu: ``cpu_weights.DynamicExperts``)."""
+    """A quantization config that packs the 3-D expert weights while loading, for the CPU
+    levels: ``cpu_weights.PACKINGS[packing]`` (int8-bf16, int4-bf16) or "dynamic-int8"
+    (int8-cpu: ``cpu_weights.DynamicExperts``, and the Linear layers `converts` accepts)."""
     from transformers.utils.quantization_config import QuantizationConfigMixin
 
     _register()
@@ -314,10 +315,10 @@ def _experts_only_quantizer(packing_name: str) -> type:
         def make(act_fn: Any, weights: dict, model: nn.Module) -> nn.Module:
             return cpu_weights.QuantExperts(packing, act_fn, weights, model.dtype)
 
-        linears = False
+        linear_op = None
     else:  # dynamic-int8: one prepacked weight per expert stands where the scales do
         pack = cpu_weights.pack_experts_dynamic
-        linears = True  # and the Linear layers are packed as they load, like the experts
+        linear_op = _DynamicLinearOp()  # the Linear layers are packed as they load too
 
         def make(act_fn: Any, weights: dict, model: nn.Module) -> nn.Module:
             packed = {name: each for name, (_, each, _) in weights.items()}
@@ -331,7 +332,9 @@ def _experts_only_quantizer(packing_name: str) -> type:
         def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
             converts = getattr(self.quantization_config, "converts", None)
             return is_expert_weight(model, param_name) or (
-                linears and converts is not None and _packable_linear(model, param_name, converts)
+                linear_op is not None
+                and converts is not None
+                and _packable_linear(model, param_name, converts)
             )
 
         def _process_model_before_weight_loading(self, model, **kwargs):
@@ -343,7 +346,7 @@ def _experts_only_quantizer(packing_name: str) -> type:
             return model
 
         def get_quantize_ops(self):
-            return _quantize_op(pack, _DynamicLinearOp() if linears else None)
+            return _quantize_op(pack, linear_op)
 
         def is_serializable(self, **kwargs) -> bool:
             return False

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lfmui import backends, images, toolcalls, turns
+from lfmui import backends, images, reasoning, toolcalls, turns
 from lfmui import tools as tools_module
 from lfmui.errors import LfmuiError, NoModelLoaded, TooManyRequests
 from lfmui.manager import ModelManager
@@ -378,9 +378,7 @@ def run(
 
 def _held(text: str, stops: list[str]) -> int:
     """How many of `text`'s last characters could begin a stop string."""
-    return max(
-        (n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0
-    )
+    return max((reasoning.partial(text, stop) for stop in stops), default=0)
 
 
 def _stop_at(text: str, stops: list[str]) -> int | None:

@@ -315,7 +315,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
             # 10.2 GiB for LFM2-8B-A1B (8.3 resident), 6.3 for VL-1.6B and 2.6 for VL-450M
             load=4,
             load_experts=1.1,
-            vision=2 if cpu_computes_bf16() else 4,  # _vision_in_bf16
+            vision=2 if cpu_computes_bf16() else 4,  # _vision_parts, in bf16 where it pays
         ),
         "Linear layers and MoE experts int8 per channel (experts quantized while loading), "
         "activations quantized on the fly; fbgemm's kernels, fast on AVX2 and up",

@@ -27,7 +27,7 @@ def opens_thinking(prompt: str) -> bool:
     return tail.endswith(OPEN)
 
 
-def _partial(text: str, marker: str) -> int:
+def partial(text: str, marker: str) -> int:
     """How many of `text`'s last characters could be the start of `marker`."""
     return max((n for n in range(1, len(marker)) if text.endswith(marker[:n])), default=0)
 
@@ -79,7 +79,7 @@ class Splitter:
             if self._state == "reasoning":
                 end = self._held.find(CLOSE)
                 if end < 0:  # held back: a marker's start, and line breaks it may follow
-                    ready = len(self._held) - _partial(self._held, CLOSE)
+                    ready = len(self._held) - partial(self._held, CLOSE)
                     ready = len(self._held[:ready].rstrip("\n"))
                     self._emit(pieces, "reasoning", self._held[:ready])
                     self._held = self._held[ready:]
