@@ -21,6 +21,7 @@ Source = Literal["hub", "local", "offline"]
 
 VL_REPO, MOE_REPO = "LiquidAI/LFM2-VL-450M", "LiquidAI/LFM2-8B-A1B"
 THINKING_MOE_REPO = "LiquidAI/LFM2.5-8B-A1B"  # a reasoning model: it thinks before answering
+VL_3B_REPO = "LiquidAI/LFM2-VL-3B"
 VL_SAMPLING = MappingProxyType({"temperature": 0.1, "min_p": 0.15, "repetition_penalty": 1.05})
 MOE_SAMPLING = MappingProxyType({"temperature": 0.3, "min_p": 0.15, "repetition_penalty": 1.05})
 # Tiny random models: greedy decoding repeats one token; plain sampling shows that text streams.
@@ -145,7 +146,7 @@ LFM25_MODELS = (
         "LFM2.5-VL-1.6B (images; best for images on a CPU)",
         family="LFM2.5",
     ),
-    _hub("LiquidAI/LFM2-VL-3B", "vl", "LFM2-VL-3B (images; the largest vision model)"),
+    _hub(VL_3B_REPO, "vl", "LFM2-VL-3B (images; the largest vision model)"),
     _hub(
         "LiquidAI/LFM2.5-1.2B-Instruct",
         "text",
@@ -235,6 +236,17 @@ OFFLINE_MODELS = (
         False,
     ),
     _offline("lfm2-8b-a1b-synthetic", "LFM2-8B-A1B shape (random weights)", MOE_REPO, False),
+    _offline("lfm2-vl-3b-synthetic", "LFM2-VL-3B shape (random weights)", VL_3B_REPO, False),
+    replace(
+        _offline(
+            "lfm2.5-8b-a1b-synthetic",
+            "LFM2.5-8B-A1B shape (random weights; thinks)",
+            THINKING_MOE_REPO,
+            False,
+        ),
+        thinks=True,
+        family="LFM2.5",
+    ),
 )
 
 DEFAULT_MODEL = "LFM2-VL-450M"

@@ -11,7 +11,12 @@ loads it through exactly the from_pretrained / AutoProcessor path a downloaded m
 - ``lfm2-moe-replica``: LFM2-8B-A1B's layout (24 layers, 32 experts, top-4) at tiny widths, 18 MB;
 - ``lfm2-vl-450m-synthetic``, ``lfm2-vl-1.6b-synthetic``, ``lfm2-8b-a1b-synthetic``: the published
   shapes from ``lfm2_shapes.json`` (LM parameter counts match the real models exactly), for
-  benchmarks.
+  benchmarks;
+- ``lfm2-vl-3b-synthetic``: LFM2-VL-3B, the LFM2-2.6B tower (30 layers, 8 of them attention: its
+  published 2,569,272,320 parameters exactly) under VL-1.6B's 400M SigLIP2 encoder;
+- ``lfm2.5-8b-a1b-synthetic``: LFM2.5-8B-A1B, LFM2-8B-A1B's layout with the card's "128K"
+  vocabulary (131,072, twice LFM2's; the exact config value could not be read offline) and the
+  thinking template.
 
 The tokenizer is a byte-level BPE carrying every LFM2 special token at LFM2's id; the chat
 template implements LFM2's format (system prompt, tool list, tool-role turns, image parts).
@@ -193,9 +198,12 @@ SHAPE_OF_BUILD = {
     "lfm2-vl-450m-synthetic": "LFM2-VL-450M",
     "lfm2-vl-1.6b-synthetic": "LFM2-VL-1.6B",
     "lfm2-8b-a1b-synthetic": "LFM2-8B-A1B",
+    "lfm2-vl-3b-synthetic": "LFM2-VL-3B",
+    "lfm2.5-8b-a1b-synthetic": "LFM2.5-8B-A1B",
 }
-THINKING_BUILDS = {"lfm2.5-thinking-tiny"}  # LFM2.5's thinking template (THINKING_TEMPLATE)
-THUMBNAIL_BY_SHAPE = {"LFM2-VL-450M": False, "LFM2-VL-1.6B": True}
+# LFM2.5's thinking template (THINKING_TEMPLATE)
+THINKING_BUILDS = {"lfm2.5-thinking-tiny", "lfm2.5-8b-a1b-synthetic"}
+THUMBNAIL_BY_SHAPE = {"LFM2-VL-450M": False, "LFM2-VL-1.6B": True, "LFM2-VL-3B": True}
 
 _build_lock = threading.Lock()
 
@@ -269,12 +277,15 @@ def _byte_symbols() -> list[str]:
 
 
 def _merge_pairs(count: int) -> list[tuple[str, str]]:
-    """Deterministic byte-pair merges, common letters first, to fill the vocab to its size."""
+    """Deterministic byte-pair merges, common letters first, to fill the vocab to its size: every
+    pair of bytes, then (a pair, a byte) for a vocabulary beyond 65,536 (LFM2.5's)."""
     symbols = _byte_symbols()
     common = " etaoinshrdlucmfwypvbgkjqxz,.ETAOINSHRDLUCMFWYPVBGKJQXZ0123456789"
     order = [symbols[ord(c)] for c in common]
     order += [s for s in symbols if s not in order]
     pairs = [(a, b) for a in order for b in order]
+    if count > len(pairs):
+        pairs += [(a + b, c) for a, b in pairs[: count - len(pairs)] for c in order[:1]]
     if count > len(pairs):
         raise ValueError(f"a byte-pair vocab holds at most {len(pairs)} merges, not {count}")
     return pairs[:count]

@@ -207,10 +207,22 @@ def test_processor_expands_image_into_layout_tokens(tiny_paths):
     [
         ("lfm2-vl-450m-synthetic", 354_483_968),
         ("lfm2-vl-1.6b-synthetic", 1_170_340_608),
+        ("lfm2-vl-3b-synthetic", 2_569_272_320),  # LFM2-2.6B, LFM2-VL-3B's language tower
     ],
 )
 def test_full_shape_builds_match_published_lm_parameter_counts(build, expected):
     assert offline.language_model_parameters(build) == expected
+
+
+def test_the_lfm25_moe_build_is_lfm2_8b_with_twice_the_vocabulary_and_thinks():
+    lfm2 = offline.shape_config("lfm2-8b-a1b-synthetic")
+    lfm25 = offline.shape_config("lfm2.5-8b-a1b-synthetic")
+    assert lfm25 == {**lfm2, "vocab_size": 2 * 65536}
+    assert offline.chat_template_of("lfm2.5-8b-a1b-synthetic") == offline.THINKING_TEMPLATE
+    tokenizer = offline.build_tokenizer(lfm25["vocab_size"])
+    assert len(tokenizer) == 131072
+    text = "a longer vocabulary still encodes text both ways"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
 
 
 def test_full_shape_moe_build_matches_published_shape():
