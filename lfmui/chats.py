@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from lfmui import engine, prompts
+from lfmui.errors import InputError
 from lfmui.prompts import TOOL_CALL_MARKERS as CALLS
+from lfmui.settings import SAMPLING, Settings
 
 VERSION = 1
 MAX_CHATS = 20
@@ -84,14 +86,14 @@ def read(value: Any, uploads: Path) -> tuple[list[dict[str, Any]], list[str]]:
         return [], ["The chats saved in this browser are from another version; they were reset."]
     if size > MAX_STORED_CHARS or not isinstance(value.get("chats"), list):
         return [], ["The chats saved in this browser were damaged or too large; they were reset."]
-    chats, dropped_turns, dropped_images = [], 0, 0
+    chats, dropped_turns, dropped_images, damaged = [], 0, 0, []
     for chat in value["chats"][:MAX_CHATS]:
         if not isinstance(chat, dict) or not isinstance(chat.get("turns"), list):
             dropped_turns += 1
             continue
         turns = []
         for turn in chat["turns"]:
-            clean, lost = clean_turn(turn, uploads)
+            clean, lost = clean_turn(turn, uploads, damaged)
             dropped_images += lost
             if clean is None:
                 dropped_turns += 1
@@ -101,12 +103,27 @@ def read(value: Any, uploads: Path) -> tuple[list[dict[str, Any]], list[str]]:
             ident = chat.get("id") if isinstance(chat.get("id"), str) else new_id()
             updated = chat.get("updated")
             updated = updated if _number(updated) else 0
-            chats.append(
-                {"id": ident[:32], "title": title_of(turns), "updated": updated, "turns": turns}
-            )
+            named = _name(chat.get("named"))
+            record = {
+                "id": ident[:32],
+                "title": named or title_of(turns),
+                "updated": updated,
+                "turns": turns,
+            }
+            if named:
+                record["named"] = named
+            kept_settings = clean_settings(chat.get("settings"))
+            if kept_settings:
+                record["settings"] = kept_settings
+            chats.append(record)
     said = []
     if dropped_turns:
         said.append(f"{dropped_turns} damaged part(s) of the saved chats were left out.")
+    if damaged:
+        said.append(
+            f"{len(damaged)} damaged branch(es) of edited messages were left out; the rest of "
+            "each chat is kept."
+        )
     if dropped_images:
         said.append(
             f"{dropped_images} image(s) of the saved chats are no longer on the server (it "
@@ -115,20 +132,72 @@ def read(value: Any, uploads: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return chats, said
 
 
-def write(chats: list[dict[str, Any]], chat_id: str, turns: list[dict[str, Any]]) -> dict:
+def write(
+    chats: list[dict[str, Any]],
+    chat_id: str,
+    turns: list[dict[str, Any]],
+    settings: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> dict:
     """The value to store: chat `chat_id` with `turns` first (dropped when it has none), then
-    the others, newest first, at most MAX_CHATS."""
+    the others, newest first, at most MAX_CHATS. `settings` (the chat's generation settings)
+    are kept with the chat and as the last used, for a chat not yet begun; `name` is a title
+    the user gave it ("" for the first message's)."""
     others = [c for c in chats if c["id"] != chat_id]
+    previous = next((c for c in chats if c["id"] == chat_id), {})
+    named = _name(name if name is not None else previous.get("named"))
+    chosen = settings if settings is not None else previous.get("settings")
     current = []
     if turns:
         kept = [_storable(t) for t in turns]
-        current = [{"id": chat_id, "title": title_of(kept), "updated": time.time(), "turns": kept}]
-    return {"version": VERSION, "chats": (current + others)[:MAX_CHATS]}
+        record = {"id": chat_id, "title": named or title_of(kept), "updated": time.time()}
+        record["turns"] = kept
+        if named:
+            record["named"] = named
+        if chosen:
+            record["settings"] = chosen
+        current = [record]
+    value: dict[str, Any] = {"version": VERSION, "chats": (current + others)[:MAX_CHATS]}
+    if chosen:
+        value["settings"] = chosen
+    return value
 
 
-def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
+SETTINGS_TEXT = 4000  # the longest system prompt kept
+
+
+def clean_settings(value: Any) -> dict[str, Any] | None:
+    """Stored generation settings, if well formed: the sampling controls (validated as a
+    request's are), the system prompt and Use tools. None for anything else."""
+    if not isinstance(value, dict):
+        return None
+    sampling = {k: value[k] for k in SAMPLING if k in value}
+    try:
+        checked = Settings.from_dict(sampling).model_dump()
+    except InputError:  # the browser's copy is not trusted
+        return None
+    clean: dict[str, Any] = {k: checked[k] for k in sampling}
+    if isinstance(value.get("system_prompt"), str):
+        clean["system_prompt"] = value["system_prompt"][:SETTINGS_TEXT]
+    if isinstance(value.get("use_tools"), bool):
+        clean["use_tools"] = value["use_tools"]
+    return clean or None
+
+
+def last_settings(value: Any) -> dict[str, Any] | None:
+    """The settings used last in this browser (for a chat that has none of its own)."""
+    return clean_settings(value.get("settings")) if isinstance(value, dict) else None
+
+
+def _name(value: Any) -> str:
+    return " ".join(value.split())[:MAX_TITLE] if isinstance(value, str) else ""
+
+
+def clean_turn(
+    turn: Any, uploads: Path, damaged: list[int] | None = None, depth: int = 0
+) -> tuple[dict[str, Any] | None, int]:
     """A stored turn rebuilt from its well-formed fields (None if it has none), and how many of
-    its images were dropped."""
+    its images were dropped; each damaged branch left out adds one to `damaged`."""
     if not isinstance(turn, dict) or not isinstance(turn.get("text", ""), str):
         return None, 0
     if turn.get("role") == "user":
@@ -138,6 +207,8 @@ def clean_turn(turn: Any, uploads: Path) -> tuple[dict[str, Any] | None, int]:
         clean = {"role": "user", "text": turn.get("text", ""), "images": kept}
         if turn.get("imported") is True:
             clean["imported"] = True
+        if "branches" in turn:
+            _clean_branches(clean, turn, uploads, damaged if damaged is not None else [], depth)
         return clean, len(paths) - len(kept)
     if turn.get("role") != "assistant":
         return None, 0
@@ -200,6 +271,66 @@ def flipped(turn: dict[str, Any], step: int) -> dict[str, Any]:
     versions = turn["versions"]
     shown = min(max(turn.get("version", len(versions) - 1) + step, 0), len(versions) - 1)
     return {**versions[shown], "versions": versions, "version": shown}
+
+
+MAX_BRANCHES = 10
+MAX_DEPTH = 4  # branches inside branches, as deep as a stored chat may nest them
+
+
+def branched(history: list[dict[str, Any]], number: int, edited: dict[str, Any]) -> list:
+    """The chat after user turn `number` was edited into `edited`: what followed it is kept as
+    a branch (``branches``, on the user turn; the one shown is ``branch``) to flip back to."""
+    first = history[number]
+    branches = [list(b) for b in first.get("branches") or [[_tail_turn(first)]]]
+    branches[first.get("branch", len(branches) - 1)] = _tail(history[number:])
+    branches = [*branches, [_tail_turn(edited)]][-MAX_BRANCHES:]
+    return [
+        *history[:number],
+        {**_tail_turn(edited), "branches": branches, "branch": len(branches) - 1},
+    ]
+
+
+def switched(history: list[dict[str, Any]], number: int, step: int) -> list:
+    """The chat showing the branch `step` away from user turn `number`'s (clamped)."""
+    first = history[number]
+    branches = [list(b) for b in first["branches"]]
+    current = first.get("branch", len(branches) - 1)
+    branches[current] = _tail(history[number:])
+    shown = min(max(current + step, 0), len(branches) - 1)
+    tail = branches[shown]
+    return [*history[:number], {**tail[0], "branches": branches, "branch": shown}, *tail[1:]]
+
+
+def _tail(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [_tail_turn(turns[0]), *turns[1:]]
+
+
+def _tail_turn(turn: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in turn.items() if k not in ("branches", "branch")}
+
+
+def _clean_branches(
+    clean: dict[str, Any], turn: dict[str, Any], uploads: Path, damaged: list[int], depth: int
+) -> None:
+    """A user turn's stored branches, each kept only if every turn in it is well formed (a
+    damaged one is dropped whole, and counted in `damaged`)."""
+    value = turn.get("branches")
+    if not isinstance(value, list) or depth >= MAX_DEPTH:
+        damaged.append(1)
+        return
+    kept = []
+    for tail in value[:MAX_BRANCHES]:
+        rebuilt = []
+        if isinstance(tail, list) and tail:
+            rebuilt = [clean_turn(t, uploads, damaged, depth + 1)[0] for t in tail]
+        if not rebuilt or None in rebuilt or rebuilt[0]["role"] != "user":
+            damaged.append(1)
+            continue
+        kept.append(rebuilt)
+    shown = turn.get("branch")
+    if len(kept) >= 2:
+        fits = isinstance(shown, int) and not isinstance(shown, bool) and 0 <= shown < len(kept)
+        clean["branches"], clean["branch"] = kept, shown if fits else len(kept) - 1
 
 
 def _answer(turn: dict[str, Any]) -> dict[str, Any]:

@@ -67,3 +67,14 @@ def table(model_id: str) -> str:
         speed = row.get("ms_per_token", "not measured")
         lines.append(f"| {row['level']} | {row['device']} | {row['gib']} | {ttft} | {speed} |")
     return "\n".join(lines)
+
+
+def headline(model_id: str) -> str:
+    """One short figure for a picker: the CPU row auto loads (int8-cpu), else the first row."""
+    rows = MEASURED.get(model_id) or []
+    row = next((r for r in rows if r["device"] == CPU2 and r["level"] == "int8-cpu"), None)
+    row = row or next(iter(rows), None)
+    if row is None:
+        return ""
+    speed = f" · {row['ms_per_token']:g} ms/token" if row.get("ms_per_token") else ""
+    return f"~{row['gib']:.1f} GiB{speed} ({row['device']})"

@@ -47,10 +47,41 @@ def streaming(page, timeout_ms: int = SLOW) -> None:
 
 
 def clear_chat(page) -> None:
-    """Clear the chat, and wait until the page shows it empty (the chat's own Clear: a file
-    box that holds a file has a Clear button too). A reply still streaming is stopped by it."""
-    page.locator("#chat-clear").click()
+    """Clear the chat (the chat's own trash icon, there while it has messages), and wait
+    until the page shows it empty. A reply still streaming is stopped by it."""
+    trash = page.locator("#chat-pane").get_by_role("button", name="Clear")
+    if trash.count() and trash.first.is_visible():
+        trash.first.click()
     expect(page.locator("[data-testid=user]:visible")).to_have_count(0, timeout=SLOW)
+
+
+def retry(page):
+    """The Retry icon under the last reply (regenerate)."""
+    return page.locator("#chat-pane").get_by_role("button", name="Retry").last
+
+
+def new_chat(page) -> None:
+    """A new chat, from the side panel (opened for it, closed after)."""
+    _panel(page, True)
+    page.locator("#new-chat").click()
+    _panel(page, False)
+
+
+def panel_open(page) -> bool:
+    """Whether the chats' side panel is on screen (closed, it slides out of the window)."""
+    box = page.locator("#new-chat").bounding_box()
+    return bool(box) and box["x"] >= 0 and box["x"] + box["width"] <= page.viewport_size["width"]
+
+
+def _panel(page, shown: bool) -> None:
+    import time
+
+    if panel_open(page) != shown:
+        page.get_by_role("button", name="Toggle Sidebar").click()
+    deadline = time.monotonic() + 10
+    while panel_open(page) != shown:  # it slides
+        assert time.monotonic() < deadline, "the side panel did not slide"
+        time.sleep(0.1)
 
 
 def idle(page, timeout_ms: int = SLOW) -> None:
@@ -141,7 +172,7 @@ def page(app_url):
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(app_url)
-        page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+        page.get_by_text("lfmui · try LFM2 models").wait_for(timeout=SLOW)
         yield page
         browser.close()
 
@@ -176,7 +207,9 @@ def _max_new_tokens(page, value: int) -> None:
 
 
 def test_chat_streams_a_reply_with_an_image(page, tmp_path):
-    assert page.get_by_text("random weights: replies are noise").first.is_visible()
+    expect(
+        page.locator("#model-chip").get_by_text("random weights: replies are noise")
+    ).to_be_visible(timeout=SLOW)
     _send(page, _picture(tmp_path / "sun.png"), "What is in this picture?")
     bot = page.locator(".message-row.bot-row, [data-testid=bot]").last
     bot.wait_for(timeout=SLOW)
@@ -189,11 +222,11 @@ def test_regenerate_replaces_the_last_reply(page):
     footers = page.get_by_text("tok/s")
     before = footers.count()
     assert before >= 1
-    page.get_by_role("button", name="Regenerate").click()
+    retry(page).click()
     page.get_by_text("answer 2 of 2").wait_for(timeout=SLOW)  # the new answer streams
     expect(page.locator("[data-testid=bot]").last).to_contain_text("tok/s", timeout=SLOW)  # ended
     assert footers.count() == before  # replaced, not appended
-    assert page.get_by_text("What is in this picture?").count() == 1
+    assert page.locator("#chat-pane").get_by_text("What is in this picture?").count() == 1
 
 
 def test_models_tab_shows_status_and_levels(page):
@@ -270,7 +303,7 @@ def test_paste_an_image_stream_and_stop(page, app_state, tmp_path):
         )
         assert stopped_tokens < 4096
     assert app_state.generation_thread_idle(timeout=2)
-    assert page.get_by_text("Describe this picture at length.").count() == 1
+    assert page.locator("#chat-pane").get_by_text("Describe this picture at length.").count() == 1
     page.screenshot(path=str(ARTIFACTS / "chat-stop.png"), full_page=True)
     _max_new_tokens(page, 64)  # later tests get short replies again
 
@@ -309,9 +342,9 @@ def test_chat_image_detail_preset_applies_to_the_next_message(page, tmp_path):
     page.get_by_role("tab", name="Chat").click()
     clear_chat(page)
     accordion = page.get_by_text("Image detail")
-    if not page.get_by_label("fast").first.is_visible():
+    if not page.get_by_role("radio", name="fast").first.is_visible():
         accordion.click()
-    page.get_by_label("fast").first.check()
+    page.get_by_role("radio", name="fast").first.check()
     _max_new_tokens(page, 64)
     _send(page, _picture(tmp_path / "fast.png"), "Quick look, please.")
     footer = page.get_by_text("image) ·").last
@@ -323,7 +356,7 @@ def test_chat_image_detail_preset_applies_to_the_next_message(page, tmp_path):
 def test_tool_playground_shows_the_trace(page, app_state):
     from scripted import scripted_generate
 
-    page.get_by_role("tab", name="Tool playground").click()
+    page.get_by_role("tab", name="Tools").click()
     panel = page.locator("#tools-panel")
     request = panel.get_by_label("Request")
     request.fill("What is the weather in Paris, in fahrenheit?")
@@ -371,7 +404,7 @@ def test_chat_with_tools_shows_used_tool_messages(page, app_state):
 def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
     from scripted import scripted_generate
 
-    page.get_by_role("tab", name="Tool playground").click()
+    page.get_by_role("tab", name="Tools").click()
     panel = page.locator("#tools-panel")
     panel.get_by_role("radio", name="manual").check()
     panel.get_by_label("Request").fill("Weather in Tokyo?")
@@ -409,8 +442,9 @@ def test_escape_stops_the_reply(page, app_state, tmp_path):
 
 
 def test_item31_one_reply_per_chat_while_it_streams(page, app_state):
-    """Enter and Regenerate while a reply streams: no second generation, the typed text stays
-    in the box, the history keeps one message and one reply; after Stop it sends."""
+    """Enter while a reply streams: no second generation, the typed text stays in the box,
+    the history keeps one message and one reply, and Retry, Edit and Undo are disabled; after
+    Stop it sends."""
     page.get_by_role("tab", name="Chat").click()
     clear_chat(page)
     _max_new_tokens(page, 4096)
@@ -423,8 +457,9 @@ def test_item31_one_reply_per_chat_while_it_streams(page, app_state):
         streaming(page)
         box.fill("A second message typed while the first reply streams.")
         box.press("Enter")
-        page.get_by_role("button", name="Regenerate").click()
         page.get_by_text("A reply is still streaming in this chat").first.wait_for(timeout=SLOW)
+        for action in ("Retry", "Edit", "Undo"):  # nothing to act on until the reply ends
+            expect(page.locator("#chat-pane").get_by_role("button", name=action)).to_be_disabled()
         assert box.input_value() == "A second message typed while the first reply streams."
         assert users.count() == 1 and bots.count() == 1
         page.screenshot(path=str(ARTIFACTS / "busy.png"), full_page=True)
@@ -485,7 +520,7 @@ def test_item08_a_refused_image_keeps_the_chat_and_the_box(page, tmp_path):
     assert page.get_by_text("Error", exact=True).count() == 0
     page.screenshot(path=str(ARTIFACTS / "refused.png"), full_page=True)
     page.reload()  # a fresh session for the tests after (the box still holds the bad file)
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+    page.get_by_text("lfmui · try LFM2 models").wait_for(timeout=SLOW)
     # the chat comes back from this browser's storage (and has, before the next test clears)
     expect(page.locator("[data-testid=user]:visible").filter(has_text="Hello.")).to_have_count(1)
 
@@ -508,11 +543,12 @@ def test_export_and_reimport_a_session(page, tmp_path):
     clear_chat(page)
     from playwright.sync_api import expect  # waits for the cleared chat (a bare count raced)
 
-    expect(page.get_by_text("Remember this picture.")).to_have_count(0, timeout=SLOW)
+    in_chat = page.locator("#chat-pane").get_by_text("Remember this picture.")
+    expect(in_chat).to_have_count(0, timeout=SLOW)
     page.get_by_label("Import a session file").locator("input[type=file]").or_(
         page.locator("input[type=file][accept*='.json']")
     ).first.set_input_files(str(saved))
-    page.get_by_text("Remember this picture.").wait_for(timeout=SLOW)
+    in_chat.wait_for(timeout=SLOW)
     page.get_by_role("button", name="Show as code").click()
     page.get_by_text("AutoModelForImageTextToText").first.wait_for(timeout=SLOW)
     page.screenshot(path=str(ARTIFACTS / "session.png"), full_page=True)
@@ -604,7 +640,7 @@ def test_dark_theme_and_phone_width(page, app_url):
     page.get_by_role("button", name="Dark / light").click()
     phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
     phone.goto(app_url)
-    phone.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+    phone.get_by_text("lfmui · try LFM2 models").wait_for(timeout=SLOW)
     overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1  # nothing wider than the phone's screen
     tabs = phone.get_by_role("tab", name="Chat").bounding_box()
@@ -651,7 +687,7 @@ def test_load_a_model_from_the_models_tab(page):
     # a reload shows the server's state: the picker, the level, the chat's chip, and a
     # message box that takes no images (the text-only model loaded)
     page.reload()
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+    page.get_by_text("lfmui · try LFM2 models").wait_for(timeout=SLOW)
     page.get_by_text(f"Model: lfm2-moe-tiny · {fastest}").wait_for(timeout=SLOW)
     assert page.get_by_placeholder("this model reads text only").count() == 1
     assert page.locator("#model-chip").get_by_text("random weights").count() == 1
@@ -710,7 +746,7 @@ def test_every_refusal_in_every_tab_is_a_warning_without_badges(page, tmp_path):
         page.get_by_text(text).first.wait_for(timeout=SLOW)
         assert page.get_by_text("Error", exact=True).count() == 0, text
 
-    page.get_by_role("tab", name="Tiling inspector").click()
+    page.get_by_role("tab", name="Tiling").click()
     panel = page.locator("#inspector-panel")
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image at all")
@@ -729,7 +765,7 @@ def test_every_refusal_in_every_tab_is_a_warning_without_badges(page, tmp_path):
     panel.get_by_label("range slider for Max image tokens").fill("32")
     number("Min image tokens", "32")
 
-    page.get_by_role("tab", name="Tool playground").click()
+    page.get_by_role("tab", name="Tools").click()
     tools_panel = page.locator("#tools-panel")
     tools_panel.get_by_label("Request").fill("")
     tools_panel.get_by_role("button", name="Run").click()
@@ -749,34 +785,35 @@ def test_every_refusal_in_every_tab_is_a_warning_without_badges(page, tmp_path):
     warned("is not an http(s) URL")
     page.screenshot(path=str(ARTIFACTS / "refusals.png"), full_page=True)
     page.reload()  # a fresh page for the tests after
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+    page.get_by_text("lfmui · try LFM2 models").wait_for(timeout=SLOW)
 
 
 def test_chats_and_the_theme_survive_a_reload(page):
     """The chat comes back after a reload, is listed with the others kept in this browser,
     and can be left for a new one and opened again; the dark theme is remembered too."""
     page.get_by_role("tab", name="Chat").click()
-    page.locator("#new-chat").click()
+    new_chat(page)
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     box.fill("Remember this conversation about lighthouses.")
     box.press("Enter")
     page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
     idle(page)  # stored after the reply ends: the list of kept chats names it
-    expect(page.locator("#past-chats input").first).to_have_value(
-        re.compile("lighthouses"), timeout=SLOW
-    )
+    _panel(page, True)
+    expect(page.locator("#past-chats")).to_contain_text("lighthouses", timeout=SLOW)
+    _panel(page, False)
     page.get_by_role("button", name="Dark / light").click()
     page.reload()
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+    page.get_by_text("lfmui · try LFM2 models").wait_for(timeout=SLOW)
     chat = page.locator("[data-testid=user]")
     chat.get_by_text("Remember this conversation about lighthouses.").wait_for(timeout=SLOW)
     assert page.locator("[data-testid=bot]").count() >= 1
     assert "dark" in (page.locator("body").get_attribute("class") or "")
     page.screenshot(path=str(ARTIFACTS / "reloaded-chat.png"), full_page=True)
-    page.locator("#new-chat").click()
+    new_chat(page)
     expect(page.locator("[data-testid=user]")).to_have_count(0)
-    page.locator("#past-chats input").first.click()
-    page.get_by_role("option", name="Remember this conversation about lighthouses.").click()
+    _panel(page, True)
+    page.locator("#past-chats label").filter(has_text="lighthouses").first.click()
+    _panel(page, False)
     chat.get_by_text("Remember this conversation about lighthouses.").wait_for(timeout=SLOW)
     page.get_by_role("button", name="Dark / light").click()  # light again for the tests after
 
@@ -784,7 +821,7 @@ def test_chats_and_the_theme_survive_a_reload(page):
 def test_chats_stored_damaged_are_dropped_with_a_warning(page):
     page.evaluate("localStorage.setItem('lfmui-chats', '{\"not\": \"what lfmui wrote\"')")
     page.reload()
-    page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+    page.get_by_text("lfmui · try LFM2 models").wait_for(timeout=SLOW)
     page.get_by_role("tab", name="Chat").click()
     page.get_by_placeholder("Type a message, paste or drop an image…").wait_for()
     assert page.get_by_text("Error", exact=True).count() == 0
@@ -795,7 +832,7 @@ def test_edit_a_sent_message_and_the_chat_runs_again_from_it(page, app_state):
     from scripted import scripted_generate
 
     page.get_by_role("tab", name="Chat").click()
-    page.locator("#new-chat").click()
+    new_chat(page)
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     with scripted_generate(
         app_state.manager.current(), ["First answer.", "Second answer.", "Answer, again: $$x^2$$"]
@@ -813,30 +850,41 @@ def test_edit_a_sent_message_and_the_chat_runs_again_from_it(page, app_state):
         page.get_by_role("button", name="Submit").first.click()
         page.get_by_text("Answer, again:").wait_for(timeout=SLOW)
     users = page.locator("[data-testid=user]")
-    assert users.count() == 1 and "First question, edited" in users.first.inner_text()
-    assert page.get_by_text("Second answer.").count() == 0  # the later turns went
+    assert "First question, edited" in users.first.inner_text()
+    assert page.get_by_text("Second answer.").count() == 0  # the later turns: another branch
     page.locator("[data-testid=bot] .katex").first.wait_for(timeout=SLOW)  # LaTeX rendered
+    pager = page.locator("[data-testid=user]").get_by_text("version 2 of 2")
+    expect(pager).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "chat-edit.png"), full_page=True)
+    # the pager flips back to the branch before the edit, whole, and forth again
+    page.locator("[data-testid=user] a[href^='#flip-branch-0--1']").click()
+    page.get_by_text("Second answer.").wait_for(timeout=SLOW)
+    assert users.first.inner_text().strip() == "First question"
+    expect(page.locator("[data-testid=user]").get_by_text("version 1 of 2")).to_be_visible()
+    assert page.get_by_text("First answer.").count() == 1
+    page.locator("[data-testid=user] a[href^='#flip-branch-0-1']").click()
+    page.get_by_text("Answer, again:").wait_for(timeout=SLOW)
+    assert page.get_by_text("Second answer.").count() == 0
 
 
 def test_regenerated_answers_are_kept_to_flip_between(page, app_state):
     from scripted import scripted_generate
 
     page.get_by_role("tab", name="Chat").click()
-    page.locator("#new-chat").click()
+    new_chat(page)
     box = page.get_by_placeholder("Type a message, paste or drop an image…")
     with scripted_generate(app_state.manager.current(), ["Answer one.", "Answer two."]):
         box.fill("Say something.")
         box.press("Enter")
         page.get_by_text("Answer one.").wait_for(timeout=SLOW)
         idle(page)
-        page.get_by_role("button", name="Regenerate").click()
+        retry(page).click()
         page.get_by_text("answer 2 of 2").wait_for(timeout=SLOW)
     assert page.get_by_text("Answer one.").count() == 0
-    page.get_by_role("button", name="◀ Earlier answer").click()
+    page.locator("[data-testid=bot] a[href='#flip-answer-1--1']").click()  # ◀ under it
     page.get_by_text("answer 1 of 2").wait_for(timeout=SLOW)
     assert page.get_by_text("Answer one.").count() == 1
-    page.get_by_role("button", name="Later answer ▶").click()
+    page.locator("[data-testid=bot] a[href='#flip-answer-1-1']").click()  # ▶
     page.get_by_text("Answer two.").wait_for(timeout=SLOW)
     page.screenshot(path=str(ARTIFACTS / "chat-alternatives.png"), full_page=True)
 
@@ -844,7 +892,7 @@ def test_regenerated_answers_are_kept_to_flip_between(page, app_state):
 def test_tool_playground_can_be_tried_offline_with_a_typed_first_reply(page):
     """With random weights no call is ever written: the user types the model's first reply,
     the manual-results flow is reached, and the model answers after the edited result."""
-    page.get_by_role("tab", name="Tool playground").click()
+    page.get_by_role("tab", name="Tools").click()
     panel = page.locator("#tools-panel")
     panel.get_by_text("Write the model's first reply yourself").click()
     panel.locator("#typed-reply textarea").fill(

@@ -51,7 +51,7 @@ def test_stop_during_an_image_prefill_ends_the_reply_at_once(app_url, tmp_path):
         )
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(app_url)
-        page.get_by_text("lfmui · try Liquid AI").wait_for(timeout=SLOW)
+        page.get_by_text("lfmui · try LFM2 models").wait_for(timeout=SLOW)
         _max_new_tokens(page, 16)
         _send(page, tmp_path / "photo.png", "Describe this photo.")
         streaming(page, HEAVY)  # the picture is being read: seconds at fp32 on this CPU

@@ -164,3 +164,74 @@ def test_a_reasoning_models_thinking_is_kept_and_a_damaged_one_dropped(uploads):
     assert turns[1]["thinking"] == "Two and three." and "thinking_cut" not in turns[1]
     assert "thinking" not in turns[3]  # the damaged field goes, the turn stays
     assert turns[4]["thinking"] == "Still th" and turns[4]["thinking_cut"] is True
+
+
+def _user(text):
+    return {"role": "user", "text": text, "images": []}
+
+
+def _reply(text):
+    return {"role": "assistant", "text": text, "status": "eos", "metrics": {}}
+
+
+def test_an_edit_keeps_what_followed_as_a_branch_to_flip_back_to(uploads):
+    history = [_user("one"), _reply("a1"), _user("two"), _reply("a2")]
+    edited = chats.branched(history, 0, _user("one, edited"))
+    assert [t["text"] for t in edited] == ["one, edited"]  # the reply runs again from here
+    assert edited[0]["branch"] == 1 and len(edited[0]["branches"]) == 2
+    edited.append(_reply("b1"))  # the new branch's reply streamed in
+    back = chats.switched(edited, 0, -1)
+    assert [t["text"] for t in back] == ["one", "a1", "two", "a2"]
+    assert back[0]["branch"] == 0
+    forth = chats.switched(back, 0, 1)  # the new branch kept its reply
+    assert [t["text"] for t in forth] == ["one, edited", "b1"]
+    assert chats.switched(forth, 0, 5)[0]["branch"] == 1  # clamped at the ends
+    # a second edit adds a third branch; the stored chat keeps all three
+    third = chats.branched(forth, 0, _user("one, again"))
+    assert len(third[0]["branches"]) == 3
+    stored, said = chats.read(chats.write([], "c", third), uploads)
+    assert said == [] and len(stored[0]["turns"][0]["branches"]) == 3
+    assert [t["text"] for t in stored[0]["turns"][0]["branches"][0]] == ["one", "a1", "two", "a2"]
+
+
+def test_a_damaged_branch_is_dropped_with_a_warning_and_the_rest_kept(uploads):
+    history = chats.branched([_user("one"), _reply("a1")], 0, _user("one, edited"))
+    history = chats.branched([*history, _reply("b1")], 0, _user("three"))
+    value = json.loads(json.dumps(chats.write([], "c", history)))
+    value["chats"][0]["turns"][0]["branches"][1] = [{"role": "wizard"}]  # damaged
+    stored, said = chats.read(value, uploads)
+    first = stored[0]["turns"][0]
+    assert [b[0]["text"] for b in first["branches"]] == ["one", "three"]
+    assert any("damaged branch" in s for s in said)
+    assert stored[0]["turns"][0]["text"] == "three"  # the chat itself is kept
+
+
+def test_settings_are_kept_with_the_chat_and_as_the_last_used(uploads):
+    settings = {"max_new_tokens": 4096, "temperature": 0.7, "system_prompt": "Be brief.",
+                "use_tools": True, "seed": None}  # fmt: skip
+    value = chats.write([], "c", [_user("hi")], settings)
+    stored, _ = chats.read(json.loads(json.dumps(value)), uploads)
+    assert stored[0]["settings"]["max_new_tokens"] == 4096
+    assert stored[0]["settings"]["system_prompt"] == "Be brief."
+    assert chats.last_settings(value)["use_tools"] is True
+    # a chat not begun keeps nothing of its own, but the last settings stay
+    empty = chats.write([], "d", [], settings)
+    assert empty["chats"] == [] and chats.last_settings(empty)["temperature"] == 0.7
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_new_tokens": 10**9}, {"temperature": "hot"}, {"top_p": float("nan")}, "4096", [1]],
+)
+def test_damaged_settings_are_dropped_not_applied(uploads, bad):
+    value = chats.write([], "c", [_user("hi")])
+    value["chats"][0]["settings"] = bad
+    stored, _ = chats.read(value, uploads)
+    assert "settings" not in stored[0]
+
+
+def test_a_chat_renamed_keeps_its_name(uploads):
+    value = chats.write([], "c", [_user("a long first message")], name="  My   chat ")
+    value = chats.write(chats.read(value, uploads)[0], "c", [_user("a long first message")])
+    stored, _ = chats.read(value, uploads)
+    assert stored[0]["title"] == "My chat"

@@ -265,7 +265,7 @@ def test_headers_a_foreign_page_cannot_frame_the_app(served, tmp_path):
             page.frame_locator("#plain").get_by_text("framed fine").wait_for(timeout=30_000)
             page.wait_for_load_state("load")  # every frame has loaded or been refused
             frame = page.frame_locator("#app")
-            assert frame.get_by_text("lfmui · try Liquid AI").count() == 0
+            assert frame.get_by_text("lfmui · try LFM2 models").count() == 0
             browser.close()
     finally:
         server.shutdown()

@@ -27,6 +27,18 @@ document.addEventListener("keydown", (event) => {
     if (stop && b.offsetParent !== null) b.click();
   });
 });
+// The chat's pagers (◀ ▶ under an answer or an edited message) are links to #flip-…: a click
+// hands the link to the hidden #flip-target box, whose change event runs the flip.
+document.addEventListener("click", (event) => {
+  const link = event.target.closest && event.target.closest("a[href^='#flip-']");
+  if (!link) return;
+  event.preventDefault();
+  event.stopPropagation();
+  const box = document.querySelector("#flip-target textarea, #flip-target input");
+  if (!box) return;
+  box.value = link.getAttribute("href").slice(1) + ":" + Date.now();
+  box.dispatchEvent(new Event("input", { bubbles: true }));
+}, true);
 </script>"""
 THEME_AT_LOAD = """() => {  // the theme picked last time in this browser
   if (localStorage.getItem("lfmui-theme") === "dark") document.body.classList.add("dark");
@@ -36,12 +48,21 @@ TOGGLE_THEME = """() => {
   localStorage.setItem("lfmui-theme", dark ? "dark" : "light");  // kept for the next visit
 }"""
 QUEUE_MAX_SIZE = 64
-# On a phone the title, the shortcuts line and the banner took 40% of the first screen.
+# The message box stays pinned at the bottom of the window, whatever is above or below it; on a
+# phone the title is one line. The pager's box is a channel, never shown.
 CSS = """
+#chat-box { position: sticky; bottom: 0; z-index: 20; background: var(--background-fill-primary);
+  padding-bottom: 2px; }
+#chat-help { margin-top: -6px; opacity: 0.8; }
+.lfmui-hidden { display: none !important; }
+#model-chip p { margin: 0 !important; }
+#model-chip .badge { background: var(--color-accent-soft); border-radius: 6px; padding: 0 6px;
+  font-size: 0.8em; white-space: nowrap; }
 @media (max-width: 640px) {
   #app-title h1 { font-size: 1.1rem !important; margin: 0 !important; line-height: 1.3; }
-  #shortcuts { display: none; }
   #app-banner p, #model-chip p { font-size: 0.8rem !important; margin: 0 !important; }
+  #chat-help { display: none; }
+  #chat-header { flex-direction: column; }
 }
 """
 
@@ -56,21 +77,17 @@ def build_app(
     access = access or Access.configured()
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
         with gr.Row(equal_height=False):
-            gr.Markdown("# lfmui · try Liquid AI's LFM2 models", elem_id="app-title")
+            gr.Markdown("# lfmui · try LFM2 models", elem_id="app-title")
             theme = gr.Button("Dark / light", size="sm", scale=0, elem_id="theme-toggle")
         theme.click(None, None, None, js=TOGGLE_THEME)
-        gr.Markdown(
-            "Enter sends, Shift+Enter starts a new line, Escape stops the reply.",
-            elem_id="shortcuts",
-        )
         banner_box = gr.Markdown(models_tab.banner(manager, startup_note), elem_id="app-banner")
         pick = gr.State(None)  # this visitor's model (lfmui.backends; None: the default)
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
-                chat = chat_tab.build(manager, pick)
-            with gr.Tab("Tiling inspector", id="inspector", elem_id="inspector-panel"):
+                chat = chat_tab.build(manager, pick, access)
+            with gr.Tab("Tiling", id="inspector", elem_id="inspector-panel"):
                 inspector = vision_tab.build(manager, pick)
-            with gr.Tab("Tool playground", id="tools", elem_id="tools-panel"):
+            with gr.Tab("Tools", id="tools", elem_id="tools-panel"):
                 tools_tab.build(manager, pick)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, banner_box, startup_note, access, pick)
@@ -92,19 +109,28 @@ def build_app(
         def serving(chosen: str | None = None) -> list:  # what answers this visitor now
             box = chat_tab.message_box(manager, chosen)
             card = models_tab.pool_card(manager)
-            return [models_tab.chip(manager, chosen), box, *models_tab.picked(manager), card]
+            chip = models_tab.chip(manager, chosen)
+            picker = models_tab.chat_choices(manager, chosen)
+            return [chip, picker, box, *models_tab.picked(manager), card]
 
-        shown = [chat["chip"], chat["box"], models["model"], models["level"], models["pool"]]
+        shown = [
+            chat["chip"],
+            chat["model"],
+            chat["box"],
+            models["model"],
+            models["level"],
+            models["pool"],
+        ]
 
         def after_switch(chosen: str | None = None) -> list:  # one update: once the chip
             return [*model_defaults(chosen), *serving(chosen)]  # shows, the defaults are in
 
-        for switch in [models["loaded"], models["unloaded"], *models["switched"], models["picked"]]:
+        switches = [models["loaded"], models["unloaded"], *models["switched"], models["picked"]]
+        for switch in [*switches, chat["model_picked"]]:
             switch.then(after_switch, pick, [*per_model, *shown], api_visibility="private")
         demo.load(None, None, None, js=THEME_AT_LOAD)
         restore, saved, restored = chat["restore"]
-        demo.load(restore, saved, restored, api_visibility="private")  # the browser's chats
-        demo.load(  # every page load, a reload included, shows the server's state
+        loaded = demo.load(  # every page load, a reload included, shows the server's state
             lambda: (
                 models_tab.status_card(manager),
                 models_tab.banner(manager, startup_note),
@@ -115,6 +141,8 @@ def build_app(
             [models["card"], banner_box, *per_model, *shown],
             api_visibility="private",
         )
+        # then the browser's chats: the chat in use brings back its own settings
+        loaded.then(restore, saved, restored, api_visibility="private")
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     return demo
 

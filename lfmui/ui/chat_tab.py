@@ -13,11 +13,12 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import backends, chats, offline, session, tiling, tools, turns
+from lfmui import backends, chats, hub, offline, session, tiling, tools, turns
+from lfmui.access import Access
 from lfmui.errors import InputError, LfmuiError, NoModelLoaded
 from lfmui.manager import ModelManager
 from lfmui.settings import SAMPLING, Settings
-from lfmui.ui import gpu
+from lfmui.ui import gpu, running
 from lfmui.ui.controls import TilingControls, sampling_control
 from lfmui.ui.guard import upload_folder
 from lfmui.ui.render import owners, to_chatbot, warns
@@ -153,33 +154,72 @@ class ChatTab:
     """The Chat tab: its components (made in ``__init__``) and its handlers, each reading its
     inputs as one dict of components (gradio still injects the request)."""
 
-    def __init__(self, manager: ModelManager, pick: gr.State) -> None:
-        self.manager = manager
+    def __init__(self, manager: ModelManager, pick: gr.State, access: Access) -> None:
+        self.manager, self.access = manager, access
         self.pick = pick  # the model this visitor picked (lfmui.backends; None: the default)
         self.state = gr.State([])
-        self.chip = gr.Markdown(elem_id="model-chip")  # what answers (the app keeps it current)
         # the chats, kept in this browser (lfmui.chats): a reload or a closed tab loses nothing
         self.saved = gr.BrowserState(
             chats.EMPTY, storage_key="lfmui-chats", secret=chats.secret(offline.cache_dir())
         )
         self.chat_id = gr.State("")
-        with gr.Row(equal_height=True):
-            self.past = gr.Dropdown(
-                [],
-                label="Chats kept in this browser",
-                scale=4,
-                elem_id="past-chats",
+        self.undoable = gr.State(None)  # what the last Clear or Delete removed (Undo brings it)
+        self._render_chat_list()
+        self._render_header()
+        self._render_chat()
+        self._render_settings()
+        self._setup_events()
+
+    def _render_chat_list(self) -> None:
+        """The chats kept in this browser: a side panel (a drawer on a phone)."""
+        with gr.Sidebar(label="Chats", open=False, elem_id="chats-panel"):
+            self.new_chat = gr.Button("+ New chat", size="sm", elem_id="new-chat")
+            self.past = gr.Radio(
+                [], label="Chats kept in this browser", elem_id="past-chats", interactive=True
             )
-            self.new_chat = gr.Button("New chat", size="sm", scale=1, elem_id="new-chat")
+            self.title = gr.Textbox(
+                label="Title of this chat", max_length=chats.MAX_TITLE, elem_id="chat-title"
+            )
+            with gr.Row():
+                self.rename_button = gr.Button(
+                    "Rename", size="sm", elem_id="rename-chat", interactive=False
+                )
+                self.delete_button = gr.Button(
+                    "Delete this chat",
+                    size="sm",
+                    variant="stop",
+                    elem_id="delete-chat",
+                    interactive=False,
+                )
+
+    def _render_header(self) -> None:
+        """What answers, and the picker that changes it, over the chat."""
+        with gr.Row(equal_height=True, elem_id="chat-header"):
+            self.chip = gr.Markdown(elem_id="model-chip")  # the app keeps it current
+            self.model = gr.Dropdown(
+                [], label="Model", scale=0, min_width=260, elem_id="chat-model"
+            )
+
+    def _render_chat(self) -> None:
         self.chatbot = gr.Chatbot(
             label="Chat",
-            height="min(480px, 55vh)",  # a phone keeps the message box on its first screen
+            height="min(480px, 50vh)",  # the box below stays on the first screen
             sanitize_html=True,
             render_markdown=True,
             editable="user",  # a sent message can be edited: the chat re-runs from it
             elem_id="chat-pane",
             latex_delimiters=LATEX,
+            placeholder=WELCOME,
+            examples=CHAT_EXAMPLES,
+            buttons=["copy"],
         )
+        # the chat's pager links (◀ ▶ under an answer or an edited message) write here
+        self.flip_target = gr.Textbox(
+            label="Flip to", elem_id="flip-target", elem_classes=["lfmui-hidden"]
+        )
+        with gr.Row(visible=False, elem_id="undo-bar") as self.undo_bar:
+            self.undo_note = gr.Markdown()
+            self.undo_button = gr.Button("Undo", size="sm", scale=0, elem_id="undo-button")
         self.box = gr.MultimodalTextbox(
             placeholder=BOX_HINT,
             file_types=["image"],
@@ -187,27 +227,13 @@ class ChatTab:
             label="Message",
             show_label=False,
             sources=["upload"],
+            autofocus=True,
+            elem_id="chat-box",
         )
-        chart, house = EXAMPLES
-        gr.Examples(
-            [
-                {
-                    "text": "What does this chart show? Which month is highest?",
-                    "files": [EXAMPLES[0]],
-                },
-                {"text": "Describe this picture in one sentence.", "files": [EXAMPLES[1]]},
-                {"text": "Write a haiku about small, fast language models.", "files": []},
-            ],
-            inputs=self.box,
-            label="Examples (they fill the box; press Enter to send)",
-        )
-        with gr.Row():  # Stop lives in the message box, in place of its send arrow
-            self.earlier_button = gr.Button("◀ Earlier answer", size="sm", min_width=80)
-            self.regenerate_button = gr.Button("Regenerate")
-            self.undo_button = gr.Button("Undo last turn (edit)")
-            self.clear_button = gr.Button("Clear", elem_id="chat-clear")
-            self.later_button = gr.Button("Later answer ▶", size="sm", min_width=80)
-        with gr.Accordion("Generation settings", open=False):
+        gr.Markdown(HELP_LINE, elem_id="chat-help")
+
+    def _render_settings(self) -> None:
+        with gr.Accordion("Generation settings (kept with the chat)", open=False):
             self.system_prompt = gr.Textbox(label="System prompt", lines=2)
             with gr.Row():
                 self.controls = [sampling_control(name) for name in SAMPLING]
@@ -230,7 +256,6 @@ class ChatTab:
                 language="python", label="transformers code", visible=False
             )
             self.client_box = gr.Code(language="python", label="gradio_client code", visible=False)
-        self._wire()
 
     # ---- reading the controls -------------------------------------------------------------
     def settings(self, data: dict) -> dict[str, Any]:
@@ -261,41 +286,138 @@ class ChatTab:
             data[self.use_tools],
         )
 
+    # ---- the chat's settings ----------------------------------------------------------------
+    def settings_outputs(self) -> list[Any]:
+        """What a chat keeps of its settings: the system prompt, sampling and Use tools."""
+        return [self.system_prompt, *self.controls, self.use_tools]
+
+    def kept_settings(self, values: list[Any]) -> dict[str, Any]:
+        prompt, *sampling, use_tools = values
+        return {
+            **settings_of(sampling),
+            "system_prompt": prompt or "",
+            "use_tools": bool(use_tools),
+        }
+
+    def shown_settings(self, kept: dict[str, Any] | None) -> list[Any]:
+        """The controls for a chat's kept settings (each left as it is where none is kept)."""
+        kept = kept or {}
+        return [
+            kept.get("system_prompt", gr.skip()),
+            *(kept.get(name, gr.skip()) for name in SAMPLING),
+            kept.get("use_tools", gr.skip()),
+        ]
+
     # ---- chats kept in the browser ------------------------------------------------------------
     def on_restore(self, saved: Any):
-        """Page load: the chat in use comes back (the others are listed)."""
+        """Page load: the chat in use comes back (the others are listed), with its settings."""
         stored, said = chats.read(saved, UPLOADS)
         for sentence in said:
             gr.Warning(sentence)
+        last = chats.last_settings(saved)
         if not stored:
             fresh = chats.new_id()
-            return [], [], fresh, _listed([], fresh), chats.write([], fresh, [])
+            value = chats.write([], fresh, [], last)
+            shown = self.shown_settings(last)
+            return [], [], fresh, _listed([], fresh), value, "", *shown, *_acts_on([])
         current = stored[0]
         turns = current["turns"]
-        value = chats.write(stored, current["id"], turns)  # stored again, cleaned
-        return turns, to_chatbot(turns), current["id"], _listed(stored, current["id"]), value
+        kept = current.get("settings") or last
+        value = chats.write(stored, current["id"], turns, kept)  # stored again, cleaned
+        listed = _listed(stored, current["id"])
+        shown = self.shown_settings(kept)
+        return (
+            turns, to_chatbot(turns), current["id"], listed, value, current["title"], *shown,
+            *_acts_on(turns),
+        )  # fmt: skip
 
-    @staticmethod
-    def on_save(saved: Any, chat_id: str, history: list):
-        """After every change to the chat: it is stored, first in the list."""
+    def on_save(self, saved: Any, chat_id: str, history: list, *values: Any):
+        """After every change to the chat or its settings: it is stored, first in the list."""
         stored, _ = chats.read(saved, UPLOADS)
-        value = chats.write(stored, chat_id, history)
-        return value, _listed(value["chats"], chat_id)
+        value = chats.write(stored, chat_id, history, self.kept_settings(list(values)))
+        return value, _listed(value["chats"], chat_id), *_acts_on(history)
 
-    @staticmethod
-    def on_open(saved: Any, chosen: str):
+    def on_open(self, saved: Any, chosen: str):
         stored, _ = chats.read(saved, UPLOADS)
         chat = next((c for c in stored if c["id"] == chosen), None)
         if chat is None:
             gr.Warning("That chat is no longer kept in this browser.")
-            return gr.skip(), gr.skip(), gr.skip()
-        return chat["turns"], to_chatbot(chat["turns"]), chat["id"]
+            return [gr.skip()] * (4 + len(self.settings_outputs()))
+        shown = self.shown_settings(chat.get("settings"))
+        return chat["turns"], to_chatbot(chat["turns"]), chat["id"], chat["title"], *shown
 
     @staticmethod
     def on_new(saved: Any):
         stored, _ = chats.read(saved, UPLOADS)
         fresh = chats.new_id()
-        return [], [], fresh, _listed(stored, fresh)
+        return [], [], fresh, _listed(stored, fresh), ""
+
+    @staticmethod
+    @warns(outputs=2)
+    def on_rename(saved: Any, chat_id: str, history: list, title: str):
+        if not history:
+            raise InputError("Send a first message, then name the chat.")
+        stored, _ = chats.read(saved, UPLOADS)
+        value = chats.write(stored, chat_id, history, name=title or "")
+        return value, _listed(value["chats"], chat_id)
+
+    @staticmethod
+    def on_delete(saved: Any, chat_id: str, history: list, request: gr.Request):
+        """The chat in use goes from the list; Undo brings it back until the next removal."""
+        if _replies.state(request.session_hash) != running.IDLE:
+            gr.Warning("A reply is streaming in this chat; press Stop first, then delete it.")
+            return [gr.skip()] * 9
+        stored, _ = chats.read(saved, UPLOADS)
+        gone = next((c for c in stored if c["id"] == chat_id), None)
+        if gone is None and not history:
+            gr.Warning("This chat is empty: there is nothing to delete.")
+            return [gr.skip()] * 9
+        gone = gone or {"id": chat_id, "title": chats.title_of(history), "turns": history}
+        value = chats.write(stored, chat_id, [])
+        fresh = chats.new_id()
+        note = f"Deleted “{gone['title']}”."
+        return (
+            value, _listed(value["chats"], fresh), [], [], fresh, "",
+            {"kind": "delete", "chat": gone}, gr.Row(visible=True), note,
+        )  # fmt: skip
+
+    def on_clear(self, saved: Any, chat_id: str, history: list, request: gr.Request):
+        """The chat empties (Undo brings it back). A reply still streaming in it is stopped
+        first and has ended before the empty chat is sent: its last update would otherwise
+        fill the chat again."""
+        if not _replies.stop_and_wait(request.session_hash, CLEAR_WAIT_S):
+            gr.Warning("The reply is still stopping; press Clear again in a moment.")
+            return [gr.skip()] * 5
+        if not history:
+            return [], [], gr.skip(), gr.skip(), gr.skip()
+        stored, _ = chats.read(saved, UPLOADS)
+        chat = next((c for c in stored if c["id"] == chat_id), None) or {}
+        gone = {**chat, "id": chat_id, "turns": history}
+        return [], [], {"kind": "clear", "chat": gone}, gr.Row(visible=True), "Chat cleared."
+
+    @staticmethod
+    def on_bring_back(undoable: dict | None, saved: Any):
+        """Undo of the last Clear or Delete: that chat comes back, in use, with its name and
+        settings."""
+        if not undoable:
+            return [gr.skip()] * 10
+        chat = undoable["chat"]
+        turns, named = chat["turns"], chat.get("named", "")
+        stored, _ = chats.read(saved, UPLOADS)
+        value = chats.write(stored, chat["id"], turns, chat.get("settings"), named)
+        listed = _listed(value["chats"], chat["id"])
+        hidden = gr.Row(visible=False)
+        return (
+            turns,
+            to_chatbot(turns),
+            chat["id"],
+            named,
+            None,
+            hidden,
+            value,
+            listed,
+            *_acts_on(turns),
+        )
 
     # ---- handlers --------------------------------------------------------------------------
     @warns(outputs=3)
@@ -311,14 +433,15 @@ class ChatTab:
         with _replies.one(request.session_hash) as stop:  # before the box empties
             history = [*data[self.state], {"role": "user", "text": text, "images": files}]
             # the box empties and its send arrow turns into Stop while the reply streams
-            streaming = gr.MultimodalTextbox(value=None, submit_btn=False, stop_btn=True)
+            streaming = gr.MultimodalTextbox(value=None, **BOX_FOR[running.STREAMING])
             yield history, to_chatbot(history), streaming
             for update in self._reply(history, data, stop, request.session_hash):
                 yield *update, gr.skip()
 
     @warns(outputs=3)
     def on_edit(self, data: dict, edit: gr.EditData, request: gr.Request):
-        """A user message edited in the chat: the turns after it go, the reply runs again."""
+        """A user message edited in the chat: what followed it is kept as a branch (its pager
+        flips back to it), and the reply runs again from the edited message."""
         history = list(data[self.state])
         shown = owners(history)
         if not 0 <= edit.index < len(shown) or shown[edit.index][1] != "text":
@@ -328,9 +451,9 @@ class ChatTab:
         if not text.strip() and not history[number].get("images"):
             raise InputError("The edited message is empty; type something or undo the edit.")
         edited = {k: v for k, v in history[number].items() if k != "imported"}  # now yours
-        history = [*history[:number], {**edited, "text": text}]
         with _replies.one(request.session_hash) as stop:
-            yield history, to_chatbot(history), stop_ready()
+            history = chats.branched(history, number, {**edited, "text": text})
+            yield history, to_chatbot(history), box_for(running.STREAMING)
             for update in self._reply(history, data, stop, request.session_hash):
                 yield *update, gr.skip()
 
@@ -344,7 +467,7 @@ class ChatTab:
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
         with _replies.one(request.session_hash) as stop:
-            box = stop_ready()  # the send arrow turns into Stop with the reply's first update
+            box = box_for(running.STREAMING)  # Stop shows with the reply's first update
             for update in self._reply(history, data, stop, request.session_hash):
                 yield *update, box
                 box = gr.skip()
@@ -354,19 +477,27 @@ class ChatTab:
 
     @staticmethod
     def box_now(request: gr.Request) -> gr.MultimodalTextbox:
-        """The box's button after an event: Stop while this session's reply still streams
-        (a refused second send ends first), else the send arrow."""
-        running = _replies.flag(request.session_hash) is not None
-        return stop_ready() if running else send_ready()
+        """The box after any event: as the session's reply state says (a refused second send
+        ends first, so Stop stays while the first reply streams)."""
+        return box_for(_replies.state(request.session_hash))
 
     @warns(outputs=2)
-    def on_flip(self, history: list, step: int):
-        """Show an earlier (-1) or later (+1) answer to the last message."""
+    def on_flip(self, history: list, target: str):
+        """A pager link in the chat (``flip-answer-N-STEP`` or ``flip-branch-N-STEP``): turn
+        N shows its answer or branch STEP away."""
         history = list(history)
-        last = history[-1] if history else None
-        if not last or last["role"] != "assistant" or len(last.get("versions", [])) < 2:
-            raise InputError("There is one answer to this message; Regenerate makes another.")
-        history[-1] = chats.flipped(last, step)
+        try:
+            _, kind, number, step = (target or "").split(":")[0].split("-", 3)
+            number, step = int(number), int(step)
+            turn = history[number]
+        except (ValueError, IndexError):
+            raise InputError("That pager is out of date; flip again from the chat.") from None
+        if kind == "answer" and len(turn.get("versions", [])) > 1:
+            history[number] = chats.flipped(turn, step)
+        elif kind == "branch" and len(turn.get("branches", [])) > 1:
+            history = chats.switched(history, number, step)
+        else:
+            raise InputError("There is one version of this message; nothing to flip to.")
         return history, to_chatbot(history)
 
     @staticmethod
@@ -379,18 +510,29 @@ class ChatTab:
         last = history.pop()
         return history, to_chatbot(history), {"text": last["text"], "files": last["images"]}
 
-    @staticmethod
-    def on_stop(request: gr.Request) -> None:
-        _replies.stop(request.session_hash)
+    @warns(outputs=2)
+    def on_model(self, choice: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        """The chat's model picker: a model that is here answers this visitor now; another
+        loads (auto level) where this visitor may load, replacing the owner's default."""
+        if _replies.state(request.session_hash) != running.IDLE:
+            raise InputError("A reply is streaming; press Stop first, then change the model.")
+        here = backends.names(self.manager)
+        if choice in here or self.manager.load_on_demand:
+            key = backends.named(self.manager, choice)
+            return key, gr.skip()
+        spec = self.manager.catalog.get(choice)
+        if spec.source == "hub" and hub.offline_mode():
+            raise InputError(
+                f"{spec.id} needs a download, and this app runs offline. Pick an offline "
+                "model (lfm2-vl-tiny, lfm2-moe-tiny, …), or start the app online."
+            )
+        self.access.require_owner(request.headers, None, "load a model")
+        self.manager.load(choice, "auto", progress=lambda f, m: progress(f, desc=m))
+        return None, gr.skip()
 
     @staticmethod
-    def on_clear(request: gr.Request):
-        """The chat empties. A reply still streaming in it is stopped first and has ended
-        before the empty chat is sent: its last update would otherwise fill the chat again."""
-        if not _replies.stop_and_wait(request.session_hash, CLEAR_WAIT_S):
-            gr.Warning("The reply is still stopping; press Clear again in a moment.")
-            return gr.skip(), gr.skip()
-        return [], []
+    def on_stop(request: gr.Request) -> gr.MultimodalTextbox:
+        return box_for(_replies.stop(request.session_hash))
 
     @warns(outputs=1)
     def on_export(self, data: dict):
@@ -452,7 +594,7 @@ class ChatTab:
         assert len(outputs) == IMPORT_OUTPUTS
         return outputs
 
-    def _wire(self) -> None:
+    def _setup_events(self) -> None:
         private = {"api_visibility": "private"}
         inputs = {
             self.state,
@@ -462,6 +604,9 @@ class ChatTab:
             *self.controls,
             *self.image_detail.knobs,
         }
+        self.model_picked = self.model.input(
+            self.on_model, self.model, [self.pick, self.model], **private, **ACCELERATOR
+        )
         self.export_button.click(self.on_export, inputs, self.exported, **private)
         self.code_button.click(
             self.on_show_code, inputs, [self.transformers_box, self.client_box], **private
@@ -470,58 +615,104 @@ class ChatTab:
             self.on_import, self.imported, self._import_outputs(), **private
         )
         chat = [self.state, self.chatbot]
+        # a second Enter while a reply streams reaches on_submit, which refuses it with a
+        # sentence (gradio's default, trigger_mode "once", would drop it without a word)
         submitted = self.box.submit(
-            self.on_submit, {self.box, *inputs}, [*chat, self.box], **private, **ACCELERATOR
+            self.on_submit,
+            {self.box, *inputs},
+            [*chat, self.box],
+            trigger_mode="multiple",
+            **private,
+            **ACCELERATOR,
         )
-        regenerated = self.regenerate_button.click(
+        regenerated = self.chatbot.retry(
             self.on_regenerate, inputs, [*chat, self.box], **private, **ACCELERATOR
         )
         edited = self.chatbot.edit(
             self.on_edit, inputs, [*chat, self.box], **private, **ACCELERATOR
         )
-        self.box.stop(self.on_stop, None, None, queue=False, **private)
-        self._undone = self.undo_button.click(
+        self.box.stop(self.on_stop, None, self.box, queue=False, **private)
+        self._undone = self.chatbot.undo(
             self.on_undo, self.state, [*chat, self.box], queue=False, **private
         )
+        self.chatbot.example_select(_example, None, self.box, queue=False, **private)
         if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
             self.box.stop(None, None, None, cancels=[submitted, regenerated, edited])
-        # queued, like the page's restore of the kept chats: a Clear right after a reload comes
-        # after that restore instead of being overtaken by it (the restored chat came back)
         # Clear also cancels a running reply's event: gradio would otherwise send that event's
         # last output once more when it completes, after the cleared chat (seen under load)
         replies = [submitted, regenerated, edited]
-        cleared = self.clear_button.click(self.on_clear, None, chat, cancels=replies, **private)
-        # the Chatbot's own trash icon clears the rendering; the conversation must go with it
-        trashed = self.chatbot.clear(self.on_clear, None, chat, cancels=replies, **private)
+        removed = [self.undoable, self.undo_bar, self.undo_note]
+        cleared = self.chatbot.clear(
+            self.on_clear,
+            [self.saved, self.chat_id, self.state],
+            [*chat, *removed],
+            cancels=replies,
+            **private,
+        )
         # an event ended (a reply, a refusal, a Clear): Stop only while a reply still streams
-        for event in (*replies, cleared, trashed):
+        for event in (*replies, cleared):
             event.then(self.box_now, None, self.box, queue=False, **private)
-        store = ([self.saved, self.chat_id, self.state], [self.saved, self.past])
-        flips = [
-            button.click(lambda h, s=step: self.on_flip(h, s), self.state, chat, **private)
-            for button, step in ((self.earlier_button, -1), (self.later_button, 1))
-        ]
-        changes = [submitted, regenerated, edited, cleared, trashed, self._undone, self._imported]
-        for event in [*changes, *flips]:  # each change to the chat is stored in the browser
+        hide = gr.Row(visible=False)
+        self.box.submit(lambda: hide, None, self.undo_bar, queue=False, **private)
+        kept = [self.saved, self.chat_id, self.state, *self.settings_outputs()]
+        store = (kept, [self.saved, self.past, self.rename_button, self.delete_button])
+        flipped = self.flip_target.change(
+            self.on_flip, [self.state, self.flip_target], chat, queue=False, **private
+        )
+        brought = self.undo_button.click(
+            self.on_bring_back,
+            [self.undoable, self.saved],
+            [*chat, self.chat_id, self.title, self.undoable, self.undo_bar, *store[1]],
+            queue=False,
+            **private,
+        )
+        changes = [submitted, regenerated, edited, cleared, self._undone, self._imported]
+        for event in [*changes, flipped, brought]:  # each change is stored in the browser
             event.then(self.on_save, *store, queue=False, **private)
+        for control in self.settings_outputs():  # and each change of a setting
+            control.input(self.on_save, *store, queue=False, **private)
         opened = self.past.input(
-            self.on_open, [self.saved, self.past], [*chat, self.chat_id], queue=False, **private
+            self.on_open,
+            [self.saved, self.past],
+            [*chat, self.chat_id, self.title, *self.settings_outputs()],
+            queue=False,
+            **private,
         )
         opened.then(self.on_save, *store, queue=False, **private)
         self.new_chat.click(
-            self.on_new, self.saved, [*chat, self.chat_id, self.past], queue=False, **private
+            self.on_new,
+            self.saved,
+            [*chat, self.chat_id, self.past, self.title],
+            queue=False,
+            **private,
+        ).then(self.on_save, *store, queue=False, **private)
+        self.rename_button.click(
+            self.on_rename,
+            [self.saved, self.chat_id, self.state, self.title],
+            [self.saved, self.past],
+            **private,
         )
+        self.delete_button.click(
+            self.on_delete,
+            [self.saved, self.chat_id, self.state],
+            [self.saved, self.past, *chat, self.chat_id, self.title, *removed],
+            **private,
+        ).then(self.on_save, *store, queue=False, **private)
 
 
-def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
-    tab = ChatTab(manager, pick)
+def build(manager: ModelManager, pick: gr.State, access: Access) -> dict[str, Any]:
+    tab = ChatTab(manager, pick, access)
     return {
         "restore": (
             tab.on_restore,
             tab.saved,
-            [tab.state, tab.chatbot, tab.chat_id, tab.past, tab.saved],
+            [tab.state, tab.chatbot, tab.chat_id, tab.past, tab.saved, tab.title]
+            + tab.settings_outputs()
+            + [tab.rename_button, tab.delete_button],
         ),
         "chip": tab.chip,
+        "model": tab.model,
+        "model_picked": tab.model_picked,
         "box": tab.box,
         "system_prompt": tab.system_prompt,
         "controls": tab.controls,
@@ -533,12 +724,35 @@ def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
 UPLOADS = upload_folder()  # where gradio keeps uploads: stored images must be there
 
 
-def _listed(stored: list[dict[str, Any]], current: str) -> gr.Dropdown:
-    """The kept chats as the picker lists them, the one in use selected."""
-    choices = [(c["title"], c["id"]) for c in stored]
-    return gr.Dropdown(
+def _listed(stored: list[dict[str, Any]], current: str) -> gr.Radio:
+    """The kept chats as the side panel lists them (title · when), the one in use selected."""
+    choices = [(f"{c['title']} · {_when(c.get('updated', 0))}", c["id"]) for c in stored]
+    return gr.Radio(
         choices=choices, value=current if any(c[1] == current for c in choices) else None
     )
+
+
+def _acts_on(history: list) -> tuple[gr.Button, gr.Button]:
+    """Rename and Delete, enabled only when the chat has something to name or delete."""
+    return gr.Button(interactive=bool(history)), gr.Button(interactive=bool(history))
+
+
+def _when(stamp: float) -> str:
+    import time
+
+    if not stamp:
+        return "earlier"
+    now = time.time()
+    if now - stamp < 86400 and time.localtime(now).tm_mday == time.localtime(stamp).tm_mday:
+        return time.strftime("%H:%M", time.localtime(stamp))
+    return time.strftime("%d %b", time.localtime(stamp))
+
+
+def _example(selected: gr.SelectData) -> dict[str, Any]:
+    """An example in the empty chat fills the box (Enter sends it)."""
+    value = selected.value if isinstance(selected.value, dict) else {}
+    files = [f.get("path") if isinstance(f, dict) else f for f in value.get("files") or []]
+    return {"text": value.get("text", ""), "files": [f for f in files if f]}
 
 
 # LaTeX as models write it: $$…$$ and \[…\] displayed, \(…\) inline (a lone $ stays a
@@ -549,14 +763,33 @@ LATEX = [
     {"left": "\\(", "right": "\\)", "display": False},
 ]
 BOX_HINT = "Type a message, paste or drop an image…"
+HELP_LINE = (
+    "<sub>Enter sends · Shift+Enter: new line · Escape stops the reply · under a message: "
+    "copy, edit ✎, regenerate ↻, undo ↶ · ◀ ▶ flip between answers and edits</sub>"
+)
+WELCOME = (
+    "**Try an LFM2 model.** Ask anything, or attach an image (paste it, drop it, or use the "
+    "clip in the box). Or start from an example:"
+)
+CHAT_EXAMPLES = [
+    {
+        "text": "What does this chart show? Which month is highest?",
+        "files": [EXAMPLES[0]],
+        "display_text": "What does this chart show?",
+    },
+    {"text": "Describe this picture in one sentence.", "files": [EXAMPLES[1]]},
+    {"text": "Write a haiku about small, fast language models."},
+]
+# the message box in each reply state (running.TRANSITIONS): the send arrow only when idle
+BOX_FOR = {
+    running.IDLE: {"submit_btn": True, "stop_btn": False},
+    running.STREAMING: {"submit_btn": False, "stop_btn": True},
+    running.STOPPING: {"submit_btn": False, "stop_btn": True},
+}
 
 
-def send_ready() -> gr.MultimodalTextbox:
-    return gr.MultimodalTextbox(submit_btn=True, stop_btn=False)
-
-
-def stop_ready() -> gr.MultimodalTextbox:
-    return gr.MultimodalTextbox(submit_btn=False, stop_btn=True)
+def box_for(state: str) -> gr.MultimodalTextbox:
+    return gr.MultimodalTextbox(**BOX_FOR[state])
 
 
 TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"

@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from lfmui import backends, measured, quant
+from lfmui import backends, hub, measured, quant
 from lfmui import endpoint as endpoints
 from lfmui.access import Access
 from lfmui.catalog import RANDOM_WEIGHTS_NOTE
@@ -103,8 +103,6 @@ def banner(manager: ModelManager, startup_note: str = "") -> str:
     if backend is not None and not backend.on_this_machine:
         noise = f" ({RANDOM_WEIGHTS_NOTE})" if backend.random_weights else ""
         notes.append(f"Replies come from the endpoint **{backend.label}**{noise}.")
-    elif backend is not None and backend.random_weights:
-        notes.append(f"**{backend.model}** has {RANDOM_WEIGHTS_NOTE}.")
     return "\n\n".join(f"⚠️ {n}" for n in notes)
 
 
@@ -138,8 +136,33 @@ def chip(manager: ModelManager, pick: str | None = None) -> str:
             return f"⏳ Loading **{ready['loading']}**…"
         return "**No model loaded.** Load one in the Models tab."
     where = f" at {ready['endpoint']}" if ready["endpoint"] else f" · {ready['quantization']}"
-    noise = " · random weights: replies are noise" if ready["random_weights"] else ""
+    noise = (
+        ' <span class="badge" title="for trying the app offline: no real model answers">'
+        "random weights: replies are noise</span>"
+        if ready["random_weights"]
+        else ""
+    )
     return f"Model: **{ready['model_id']}**{where}{noise}"
+
+
+def chat_choices(manager: ModelManager, pick: str | None = None) -> gr.Dropdown:
+    """The chat's model picker: what answers now first, then every model of the catalog in
+    plain words with its measured size and speed, or why it cannot load here."""
+    here = backends.names(manager)
+    ready = manager.readiness(pick)
+    current = ready["model_id"]
+    listed = []
+    for spec in manager.catalog.listed():
+        words = spec.label
+        if spec.id in here:
+            words = f"● {words} · loaded"
+        elif spec.source == "hub" and hub.offline_mode():
+            words += " · can't load: needs a download, and this app runs offline"
+        figure = measured.headline(spec.id)
+        listed.append((f"{words} · {figure}" if figure else words, spec.id))
+    if current and current not in {key for _, key in listed}:
+        listed.insert(0, (f"● {current} · loaded", current))
+    return gr.Dropdown(choices=listed, value=current)
 
 
 def pool_card(manager: ModelManager) -> str:

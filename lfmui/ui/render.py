@@ -85,7 +85,7 @@ def thinking_message(turn: dict[str, Any]) -> dict[str, Any]:
 
 def owners(turns: list[dict[str, Any]]) -> list[tuple[int, str]]:
     """For each Chatbot message (as ``to_chatbot`` lists them), its turn's index and what it
-    shows: "image", "note", "text" (a user's words), "tool" or "reply"."""
+    shows: "image", "note", "text" (a user's words), "pager", "tool", "thinking" or "reply"."""
     return [(number, kind) for number, kind, _ in _messages(turns)]
 
 
@@ -100,6 +100,9 @@ def _messages(turns: list[dict[str, Any]]):
             if turn["text"]:  # an imported file's words are someone else's: shown safe
                 text = safe_markdown(turn["text"]) if turn.get("imported") else turn["text"]
                 yield number, "text", {"role": "user", "content": text}
+            if len(turn.get("branches", [])) > 1:  # an edited message: which version is shown
+                shown = pager("branch", number, turn["branch"], len(turn["branches"]), "version")
+                yield number, "pager", {"role": "user", "content": f"<sub>{shown}</sub>"}
             continue
         for used in turn.get("tools", []):
             yield number, "tool", tool_message(used)
@@ -114,13 +117,20 @@ def _messages(turns: list[dict[str, Any]]):
             text = f"{said}\n\n{text}" if text else said
             footer = "stopped by an error"
         if len(turn.get("versions", [])) > 1:  # a regenerated answer: which one is shown
-            shown = f"answer {turn.get('version', 0) + 1} of {len(turn['versions'])}"
+            shown = pager("answer", number, turn.get("version", 0), len(turn["versions"]))
             footer = f"{shown} · {footer}" if footer else shown
         if turn.get("random_weights"):
             footer = "noise from random weights" + (f" · {footer}" if footer else "")
         if footer:
             text += f"\n\n<sub>{footer}</sub>"
         yield number, "reply", {"role": "assistant", "content": text}
+
+
+def pager(kind: str, number: int, shown: int, count: int, noun: str = "answer") -> str:
+    """◀ answer 2 of 3 ▶: links the page turns into a flip of turn `number` (app.KEYS)."""
+    earlier = f"[◀](#flip-{kind}-{number}--1)" if shown > 0 else "◁"
+    later = f"[▶](#flip-{kind}-{number}-1)" if shown < count - 1 else "▷"
+    return f"{earlier} {noun} {shown + 1} of {count} {later}"
 
 
 _MD_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]*)\)")

@@ -21,8 +21,23 @@ from lfmui.errors import InputError
 ACCELERATOR = {"concurrency_id": "accelerator", "concurrency_limit": 4}
 
 
+# One reply's life in a session, whichever way it started (send, regenerate, edit, a tool turn,
+# an example): the only states and moves there are. What the message box shows follows from
+# the state alone (chat_tab.box_for): the send arrow when idle, Stop otherwise.
+IDLE, STREAMING, STOPPING = "idle", "streaming", "stopping"
+TRANSITIONS = {
+    (IDLE, "start"): STREAMING,
+    (STREAMING, "stop"): STOPPING,
+    (STREAMING, "end"): IDLE,
+    (STOPPING, "stop"): STOPPING,
+    (STOPPING, "end"): IDLE,
+    (IDLE, "stop"): IDLE,  # Stop or Escape with nothing running changes nothing
+}
+
+
 class Running:
-    """Each session's running reply in one tab, by its Stop flag: one at a time per session.
+    """Each session's reply in one tab, as a state (TRANSITIONS) held by its Stop flag: a
+    second start while one runs is refused with `busy`.
 
     The generator that streams a reply holds its flag; this registry holds only a weak
     reference, so a generator that is dropped without being closed frees the session too.
@@ -38,10 +53,20 @@ class Running:
         ref = self._flags.get(session)
         return ref() if ref is not None else None
 
-    def stop(self, session: str) -> None:
+    def state(self, session: str) -> str:
+        """IDLE, STREAMING, or STOPPING (Stop pressed, the reply not yet ended)."""
+        flag = self.flag(session)
+        if flag is None:
+            return IDLE
+        return STOPPING if flag.is_set() else STREAMING
+
+    def stop(self, session: str) -> str:
+        """Stop the session's reply (within a token); the state it is now in."""
+        state = self.state(session)
         flag = self.flag(session)
         if flag is not None:
             flag.set()
+        return TRANSITIONS[(state, "stop")]
 
     def stop_and_wait(self, session: str, timeout: float) -> bool:
         """Stop the session's running reply and wait until it has ended (its last update is
@@ -65,7 +90,7 @@ class Running:
         """The Stop flag of a new reply in `session`; a second one while it runs is refused
         (before any output changes, so the chat and the message box stay as they were)."""
         with self._lock:
-            if self.flag(session) is not None:
+            if (self.state(session), "start") not in TRANSITIONS:
                 raise InputError(self.busy)
             flag, ended = threading.Event(), threading.Event()
             self._flags[session] = weakref.ref(flag)
