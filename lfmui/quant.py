@@ -75,6 +75,7 @@ class QuantLevel:
     # checkpoints hold), so what it packs while loading is never widened to fp32 first, and
     # its post_load widens what stays unpacked
     load_dtype: str | None = None
+    plain: str = ""  # the level in one line of plain words (the Models tab's table)
 
 
 @cache
@@ -251,9 +252,33 @@ def _vision_parts(model: Any) -> list[Any]:
 
 
 QUANTIZATIONS: dict[str, QuantLevel] = {
-    "bf16": QuantLevel("bf16", "bf16", "bfloat16", _on_cpu_slow, _none, _plain(2)),
-    "fp16": QuantLevel("fp16", "fp16", "float16", _on_cpu_slow, _none, _plain(2)),
-    "fp32": QuantLevel("fp32", "fp32", "float32", _always, _none, _plain(4)),
+    "bf16": QuantLevel(
+        "bf16",
+        "bf16",
+        "bfloat16",
+        _on_cpu_slow,
+        _none,
+        _plain(2),
+        plain="16-bit, full quality: what a GPU runs best",
+    ),
+    "fp16": QuantLevel(
+        "fp16",
+        "fp16",
+        "float16",
+        _on_cpu_slow,
+        _none,
+        _plain(2),
+        plain="16-bit, full quality, for GPUs without bf16",
+    ),
+    "fp32": QuantLevel(
+        "fp32",
+        "fp32",
+        "float32",
+        _always,
+        _none,
+        _plain(4),
+        plain="32-bit, full quality, twice 16-bit's memory; runs everywhere",
+    ),
     "int8": QuantLevel(
         "int8",
         "8-bit (bitsandbytes LLM.int8)",
@@ -263,6 +288,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         Footprint(linear=1, linear_row=4, experts=1, expert_row=2, other=2),
         "about half of bf16's memory; on a GPU decode is slower than bf16's compiled decode; "
         "MoE experts int8 per row, quantized while loading",
+        plain="8-bit: half of 16-bit's memory, for a GPU that is short of it",
     ),
     "nf4": QuantLevel(
         "nf4",
@@ -273,6 +299,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         Footprint(linear=NF4_BYTES, other=2, experts=NF4_BYTES),
         "about a third of bf16's memory, the level that fits small GPUs; on a GPU decode is "
         "slower than bf16's compiled decode; MoE experts NF4, quantized while loading",
+        plain="4-bit: a third of 16-bit's memory, for small GPUs",
     ),
     "int8-bf16": QuantLevel(
         "int8-bf16",
@@ -284,6 +311,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "int8 weights per row read by torch's int8 kernel at decode, bf16 prefill; MoE experts "
         "int8, quantized while loading",
         _packed_linears("int8"),
+        plain="8-bit for CPUs with bf16 arithmetic (AVX-512 BF16 or AMX)",
     ),
     "int4-bf16": QuantLevel(
         "int4-bf16",
@@ -295,6 +323,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "int4 weights in groups of 32 read by torch's int4 kernel at decode, bf16 prefill; "
         "MoE experts int4, quantized while loading",
         _packed_linears("int4"),
+        plain="4-bit for CPUs with bf16 arithmetic: the least memory on a CPU",
     ),
     "int8-cpu": QuantLevel(
         "int8-cpu",
@@ -321,6 +350,7 @@ QUANTIZATIONS: dict[str, QuantLevel] = {
         "activations quantized on the fly; fbgemm's kernels, fast on AVX2 and up",
         _dynamic_int8,
         load_dtype="bfloat16",
+        plain="8-bit for any recent CPU (AVX2 and up): the fastest on most",
     ),
 }
 

@@ -244,6 +244,41 @@ def plan_tiles(processor: Any, image: Any, tiling: Tiling, context_tokens: int) 
     return plan
 
 
+def unchanged_by(plan: dict[str, Any]) -> list[str]:
+    """Which of the knobs cannot change this image's plan, and why: the inspector says so, so
+    a slider that moves nothing is not a mystery."""
+    knobs, said = plan["tiling"], []
+    tiles = plan["tiles"]
+    if plan["tiled"]:
+        if knobs["max_tiles"] > tiles:
+            said.append(
+                f"This image needs only {tiles} tiles: a max tiles of {knobs['max_tiles']} "
+                f"changes nothing (any value from {tiles} up cuts it the same way)."
+            )
+        per_tile = plan["tokens_per_tile"]
+        limits = "the min and max image tokens"
+        said.append(
+            f"Each {plan['tile_px']} px tile costs {per_tile} tokens whatever {limits}: "
+            + (
+                f"they set only the thumbnail ({plan['view_tokens']} tokens)."
+                if plan["thumbnail"]
+                else "with no thumbnail, they change nothing here."
+            )
+        )
+    else:
+        if knobs["do_image_splitting"]:
+            said.append(
+                "Tiling is on, but this image fits one view: the tile settings change nothing."
+            )
+        low, high, cost = knobs["min_image_tokens"], knobs["max_image_tokens"], plan["image_tokens"]
+        if low < cost < high:
+            said.append(
+                f"At its size this image costs {cost} image tokens, between the min ({low}) "
+                f"and the max ({high}): moving either within that range changes nothing."
+            )
+    return said
+
+
 def read_layout(ids: list[int]) -> dict[str, Any]:
     """Grid and token counts of one image from its expanded token ids."""
     rows = cols = 1

@@ -768,3 +768,30 @@ def test_zerogpu_the_chats_tool_turn_reaches_the_gpu_function_with_its_registry(
     said = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:]
     assert "positional argument" not in said, said
     assert said.startswith("ConnectError"), said  # spaces asked the device API for a GPU
+
+
+def test_a_model_load_shows_one_progress_bar():
+    """Load, Unload and the chat's model picker show their progress on one component (the
+    status card, the chip), not one bar per output over dimmed content."""
+    from lfmui.manager import ModelManager
+    from lfmui.ui import build_app
+
+    config = build_app(ModelManager()).config
+    components = {c["id"]: c for c in config["components"]}
+
+    def named(component):
+        props = component.get("props", {})
+        return props.get("value") if component["type"] == "button" else props.get("elem_id")
+
+    switches = [
+        dep
+        for dep in config["dependencies"]
+        if any(
+            t[0] in components and named(components[t[0]]) in ("Load", "Unload", "chat-model")
+            for t in dep["targets"]
+        )
+        and len(dep["outputs"]) > 1
+    ]
+    assert len(switches) == 3
+    for dep in switches:
+        assert dep["show_progress_on"] and len(dep["show_progress_on"]) == 1, dep["targets"]

@@ -193,6 +193,16 @@ def _send(page, image, text):
     box.press("Enter")
 
 
+def scripted_playground(panel) -> None:
+    """The playground with no typed first reply and results automatic (where random weights
+    answer, a page opens it in manual mode with an example call typed in)."""
+    typed = panel.locator("#typed-reply textarea")
+    if not typed.is_visible():
+        panel.get_by_text("Write the model's first reply yourself").click()
+    typed.fill("")
+    panel.get_by_role("radio", name="automatic").check()
+
+
 def _max_new_tokens(page, value: int) -> None:
     """Set the Max new tokens slider and wait until the app has taken the value."""
     slider = page.get_by_label("range slider for Max new tokens").first
@@ -255,8 +265,8 @@ def test_models_tab_marks_which_levels_fit(page, monkeypatch):
         return table.get_by_role("row", name=re.compile("^" + re.escape(label)))
 
     expect(table).to_contain_text("Memory free now: 14.0 GiB", timeout=SLOW)
-    expect(row("fp32 ")).to_contain_text("✗ too big: ~32.0 GiB")
-    expect(row("bf16 ")).to_contain_text("✗ too big")
+    expect(row("fp32:")).to_contain_text("✗ too big: ~32.0 GiB")
+    expect(row("bf16:")).to_contain_text("✗ too big")
     expect(row("4-bit (bitsandbytes nf4)")).to_contain_text("✓ fits: ~")
     expect(row("8-bit (bitsandbytes")).to_contain_text("✓ fits: ~")
     page.screenshot(path=str(ARTIFACTS / "fits.png"), full_page=True)
@@ -326,6 +336,9 @@ def test_tiling_inspector_draws_the_plan_and_follows_the_sliders(page, tmp_path)
     summary.first.wait_for(timeout=SLOW)
     plan = page.locator("#tiling-summary")
     expect(plan).to_contain_text(re.compile(r"[3-9] row\(s\) x 1 column\(s\)"), timeout=SLOW)
+    # a knob that cannot change this plan is named, with why
+    expect(plan).to_contain_text("What changes nothing here")
+    expect(plan).to_contain_text(re.compile(r"needs only \d+ tiles: a max tiles of 10"))
     slider = panel.get_by_label("range slider for Max tiles")
     until(  # the plan follows the slider: 2 tiles at most, so 2 rows
         lambda: slider.fill("2"),
@@ -358,6 +371,7 @@ def test_tool_playground_shows_the_trace(page, app_state):
 
     page.get_by_role("tab", name="Tools").click()
     panel = page.locator("#tools-panel")
+    scripted_playground(panel)
     request = panel.get_by_label("Request")
     request.fill("What is the weather in Paris, in fahrenheit?")
     call = '<|tool_call_start|>[get_weather(city="Paris", unit="fahrenheit")]<|tool_call_end|>'
@@ -406,6 +420,7 @@ def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
 
     page.get_by_role("tab", name="Tools").click()
     panel = page.locator("#tools-panel")
+    scripted_playground(panel)
     panel.get_by_role("radio", name="manual").check()
     panel.get_by_label("Request").fill("Weather in Tokyo?")
     call = '<|tool_call_start|>[get_weather(city="Tokyo")]<|tool_call_end|>'
@@ -894,7 +909,7 @@ def test_tool_playground_can_be_tried_offline_with_a_typed_first_reply(page):
     the manual-results flow is reached, and the model answers after the edited result."""
     page.get_by_role("tab", name="Tools").click()
     panel = page.locator("#tools-panel")
-    panel.get_by_text("Write the model's first reply yourself").click()
+    scripted_playground(panel)
     panel.locator("#typed-reply textarea").fill(
         '<|tool_call_start|>[get_weather(city="Oslo")]<|tool_call_end|>'
     )

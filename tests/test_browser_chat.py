@@ -108,6 +108,7 @@ def test_stop_ends_a_regeneration_an_edit_and_a_tool_turn_and_send_comes_back(pa
         timings["tool turn"] = _stop_and_time(page)
         page.get_by_label("Use tools").uncheck()
     assert app_state.generation_thread_idle(5)
+    print("stop timings (s):", {k: [round(v, 3) for v in t] for k, t in timings.items()})
     for way, (to_stop, to_send) in timings.items():
         assert to_stop < 1.0, f"{way}: the reply took {to_stop:.2f} s to stop"
         assert to_send < 0.5, f"{way}: Send came back {to_send:.2f} s after the reply ended"
@@ -203,3 +204,69 @@ def test_the_model_picker_in_the_chat_switches_and_the_attach_button_follows(pag
     page.get_by_role("option").filter(has_text="can't load").first.click()
     page.get_by_text("needs a download, and this app runs offline").first.wait_for(timeout=SLOW)
     expect(chip).to_contain_text("lfm2-vl-tiny")
+
+
+def test_the_playground_first_run_offline_is_manual_with_an_example_call(page, app_url):
+    """Random weights never write a call: a fresh page opens the playground in manual mode
+    with the model's first reply to write, pre-filled with a call in its format, so the
+    first Run shows the whole flow; the trace has no empty boxes."""
+    fresh = page.context.browser.new_page(viewport=SIZES["desktop"])
+    try:
+        fresh.goto(app_url)
+        fresh.get_by_role("tab", name="Tools").click()
+        panel = fresh.locator("#tools-panel")
+        typed = panel.locator("#typed-reply textarea")
+        expect(typed).to_have_value(
+            '<|tool_call_start|>[get_weather(city="Paris", unit="fahrenheit")]<|tool_call_end|>',
+            timeout=SLOW,
+        )
+        expect(panel.get_by_role("radio", name="manual")).to_be_checked()
+        panel.get_by_role("button", name="Run").click()
+        send = panel.get_by_role("button", name="Send results")
+        send.wait_for(timeout=SLOW)
+        trace = fresh.locator("#tool-trace")
+        assert "You wrote" in trace.inner_text() and '"city": "Paris"' in trace.inner_text()
+        send.click()
+        trace.get_by_text("Final answer").wait_for(timeout=SLOW)
+        assert "[]" not in trace.inner_text()  # no empty JSON box
+        fresh.screenshot(path=str(ARTIFACTS / "tools-first-run.png"), full_page=True)
+    finally:
+        fresh.close()
+
+
+def test_on_a_phone_the_inspector_draws_above_its_sliders(page, app_url, tmp_path):
+    from PIL import Image
+
+    phone = page.context.browser.new_page(viewport=SIZES["phone"])
+    try:
+        phone.goto(app_url)
+        phone.get_by_role("tab", name="Tiling").click()
+        panel = phone.locator("#inspector-panel")
+        Image.new("RGB", (1000, 3000), "#38a169").save(tmp_path / "tall.png")
+        panel.locator("input[type=file]").first.set_input_files(str(tmp_path / "tall.png"))
+        plan = phone.locator("#tiling-summary")
+        expect(plan).to_contain_text("What changes nothing here", timeout=SLOW)
+        drawing = panel.get_by_text("How the model sees it").first.bounding_box()
+        slider = panel.get_by_label("range slider for Max tiles").first.bounding_box()
+        assert drawing["y"] < slider["y"], (drawing, slider)
+        phone.screenshot(path=str(ARTIFACTS / "inspector-phone.png"), full_page=True)
+    finally:
+        phone.close()
+
+
+def test_the_metrics_toggle_hides_and_shows_the_figures_under_replies(page):
+    page.get_by_role("tab", name="Chat").click()
+    new_chat(page)
+    box = page.get_by_placeholder(BOX)
+    box.fill("Figures, please.")
+    box.press("Enter")
+    figures = page.locator("#chat-pane .metrics").last
+    expect(figures).to_contain_text("tok/s", timeout=SLOW)
+    toggle = page.locator("#chat-pane").get_by_role("button", name="Metrics")
+    toggle.click()
+    expect(figures).to_be_hidden()
+    page.reload()  # remembered in this browser
+    page.get_by_text("Figures, please.").first.wait_for(timeout=SLOW)
+    expect(page.locator("#chat-pane .metrics").last).to_be_hidden(timeout=SLOW)
+    page.locator("#chat-pane").get_by_role("button", name="Metrics").click()
+    expect(page.locator("#chat-pane .metrics").last).to_be_visible()

@@ -9,6 +9,7 @@ import threading
 import time
 import tracemalloc
 import zlib
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -328,7 +329,8 @@ def test_budget_ab_answers_each_preset_with_its_costs(vl_manager, tmp_path):
 
     path = tmp_path / "ab.png"
     Image.effect_noise((1024, 1024), 30).convert("RGB").save(path)
-    tables = list(vision_tab.budget_ab(vl_manager, str(path), "What is this?", 3))
+    updates = vision_tab.budget_ab(vl_manager, str(path), "What is this?", 3)
+    tables = [[list(row) for row in table] for table in updates]  # each update as it was sent
     final = tables[-1]
     assert [row[0] for row in final] == list(tiling.PRESETS)
     tokens = [row[1] for row in final]
@@ -336,6 +338,36 @@ def test_budget_ab_answers_each_preset_with_its_costs(vl_manager, tmp_path):
     assert all(
         row[3] is not None and row[5].startswith("[noise from random weights]") for row in final
     )
+    # every preset has its row from the first update, saying where it stands
+    assert [row[5] for row in tables[0]] == ["waiting"] * len(tiling.PRESETS)
+    assert tables[1][0][5].startswith("running") and tables[1][1][5] == "waiting"
+
+
+def test_the_plan_says_which_knobs_change_nothing_for_this_image(loaded):
+    """The issue's case: a tall image needs 3 tiles, so max tiles 10 or 4 cuts it the same,
+    and the image-token limits only size the thumbnail; each claim is checked against the
+    processor by changing that knob."""
+    picture = Image.effect_noise((1000, 3000), 40).convert("RGB")
+    base = tiling.Tiling.from_processor(loaded.processor)
+
+    def plan(**change):
+        return tiling.plan_tiles(loaded.processor, picture, replace(base, **change), 32768)
+
+    wide = plan(max_tiles=10)
+    said = " ".join(tiling.unchanged_by(wide))
+    tiles = wide["tiles"]
+    assert f"needs only {tiles} tiles" in said and "max tiles of 10 changes nothing" in said
+    assert plan(max_tiles=max(tiles, 2))["image_tokens"] == wide["image_tokens"]  # true
+    thumb = "they set only the thumbnail" if wide["thumbnail"] else "they change nothing here"
+    assert thumb in said
+    small = plan(max_image_tokens=64, min_image_tokens=16)
+    assert small["tokens_per_tile"] == wide["tokens_per_tile"]  # tiles kept their cost
+    # a small image in one view: the tile settings and the limits around its cost are moot
+    one = tiling.plan_tiles(loaded.processor, Image.new("RGB", (200, 150)), base, 32768)
+    quiet = " ".join(tiling.unchanged_by(one))
+    assert "fits one view" in quiet
+    if base.min_image_tokens < one["image_tokens"] < base.max_image_tokens:
+        assert f"costs {one['image_tokens']} image tokens" in quiet
 
 
 def test_decoded_images_stay_bounded_by_bytes_and_go_on_a_switch(tmp_path):

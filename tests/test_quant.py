@@ -448,3 +448,12 @@ def test_int8_cpu_packs_the_linear_layers_while_loading(replica):
     with torch.no_grad():
         got, expected = model(ids).logits[0, -1], reference(ids).logits[0, -1]
     assert _cosine(got, expected) >= 0.99
+
+
+def test_every_level_says_what_it_is_in_plain_words_in_the_models_table(vl_manager):
+    from lfmui.ui.models_tab import quantization_table
+
+    shown = quantization_table(vl_manager, "lfm2-vl-tiny")
+    for level in quant.QUANTIZATIONS.values():
+        assert level.plain and "bitsandbytes" not in level.plain  # no jargon in the line
+        assert f"**{level.label}**: {level.plain}" in shown

@@ -443,3 +443,22 @@ def test_the_playground_says_which_tool_format_the_model_uses(lfm25_manager, vl_
     shown = render_trace(lfm25["turn"], True, lfm25["tool_format"])
     assert "Tool format: LFM2.5's: the tool list and the results as plain JSON" in shown
     assert "`<|tool_list_start|>`" in render_trace(lfm2["turn"], True, lfm2["tool_format"])
+
+
+def test_the_playground_opens_offline_in_manual_mode_with_a_call_in_the_models_format(
+    lfm25_manager, vl_manager
+):
+    from lfmui import toolcalls
+    from lfmui.ui.tools_tab import EXAMPLE_CALLS, first_run, shortened
+
+    for manager, form in ((vl_manager, "lfm2"), (lfm25_manager, "lfm2.5")):
+        accordion, typed, mode = first_run(manager)
+        assert typed == EXAMPLE_CALLS[form] and mode == "manual" and accordion.open is True
+        parsed = toolcalls.parse(typed)  # the example is a call the parser reads
+        assert [c["name"] for c in parsed.calls] == ["get_weather"]
+        assert parsed.calls[0]["arguments"] == {"city": "Paris", "unit": "fahrenheit"}
+    noise = "\n".join(["word"] * 500)
+    assert shortened(noise).count("\n") == 24 and shortened(noise).endswith("not shown)")
+    assert shortened("short") == "short"
+    assert shortened("a\n\n\n\n\n\nb").startswith("a\n\nb")  # blank runs as one
+    assert shortened(" \n\n \n") == "(whitespace only: 5 characters)"

@@ -40,8 +40,10 @@ document.addEventListener("click", (event) => {
   box.dispatchEvent(new Event("input", { bubbles: true }));
 }, true);
 </script>"""
-THEME_AT_LOAD = """() => {  // the theme picked last time in this browser
+THEME_AT_LOAD = """() => {  // the theme and the metrics toggle as left in this browser
   if (localStorage.getItem("lfmui-theme") === "dark") document.body.classList.add("dark");
+  if (localStorage.getItem("lfmui-metrics") === "hidden")
+    document.body.classList.add("lfmui-no-metrics");
 }"""
 TOGGLE_THEME = """() => {
   const dark = document.body.classList.toggle("dark");
@@ -55,6 +57,7 @@ CSS = """
   padding-bottom: 2px; }
 #chat-help { margin-top: -6px; opacity: 0.8; }
 .lfmui-hidden { display: none !important; }
+.lfmui-no-metrics #chat-pane .metrics { display: none; }
 #model-chip p { margin: 0 !important; }
 #model-chip .badge { background: var(--color-accent-soft); border-radius: 6px; padding: 0 6px;
   font-size: 0.8em; white-space: nowrap; }
@@ -63,6 +66,7 @@ CSS = """
   #app-banner p, #model-chip p { font-size: 0.8rem !important; margin: 0 !important; }
   #chat-help { display: none; }
   #chat-header { flex-direction: column; }
+  #inspector-row { flex-direction: column-reverse; }  /* the drawing above its sliders */
 }
 """
 
@@ -88,7 +92,7 @@ def build_app(
             with gr.Tab("Tiling", id="inspector", elem_id="inspector-panel"):
                 inspector = vision_tab.build(manager, pick)
             with gr.Tab("Tools", id="tools", elem_id="tools-panel"):
-                tools_tab.build(manager, pick)
+                playground = tools_tab.build(manager, pick)
             with gr.Tab("Models", id="models"):
                 models = models_tab.build(manager, banner_box, startup_note, access, pick)
         api.build(manager, access)
@@ -106,8 +110,8 @@ def build_app(
             detail = vision_tab.reset_values(manager, chosen)
             return [*chat_tab.defaults(manager, chosen), *detail, *detail]
 
-        def serving(chosen: str | None = None) -> list:  # what answers this visitor now
-            box = chat_tab.message_box(manager, chosen)
+        def serving(chosen: str | None, session: str) -> list:  # what answers this visitor now
+            box = chat_tab.message_box(manager, chosen, session)
             card = models_tab.pool_card(manager)
             chip = models_tab.chip(manager, chosen)
             picker = models_tab.chat_choices(manager, chosen)
@@ -122,27 +126,38 @@ def build_app(
             models["pool"],
         ]
 
-        def after_switch(chosen: str | None = None) -> list:  # one update: once the chip
-            return [*model_defaults(chosen), *serving(chosen)]  # shows, the defaults are in
+        def after_switch(chosen: str | None, request: gr.Request) -> list:  # one update: once
+            # the chip shows, the defaults are in
+            return [*model_defaults(chosen), *serving(chosen, request.session_hash)]
 
         switches = [models["loaded"], models["unloaded"], *models["switched"], models["picked"]]
         for switch in [*switches, chat["model_picked"]]:
             switch.then(after_switch, pick, [*per_model, *shown], api_visibility="private")
         demo.load(None, None, None, js=THEME_AT_LOAD)
         restore, saved, restored = chat["restore"]
-        loaded = demo.load(  # every page load, a reload included, shows the server's state
-            lambda: (
+
+        def on_page(request: gr.Request) -> list:
+            return [
                 models_tab.status_card(manager),
                 models_tab.banner(manager, startup_note),
                 *model_defaults(),
-                *serving(),
-            ),
+                *serving(None, request.session_hash),
+            ]
+
+        loaded = demo.load(  # every page load, a reload included, shows the server's state
+            on_page,
             None,
             [models["card"], banner_box, *per_model, *shown],
             api_visibility="private",
         )
         # then the browser's chats: the chat in use brings back its own settings
         loaded.then(restore, saved, restored, api_visibility="private")
+        demo.load(
+            lambda: tools_tab.first_run(manager),
+            None,
+            playground["first_run"],
+            api_visibility="private",
+        )
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     return demo
 

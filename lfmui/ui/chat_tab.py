@@ -201,6 +201,10 @@ class ChatTab:
             )
 
     def _render_chat(self) -> None:
+        # in the chat's toolbar: the metrics under each reply shown or hidden (app.TOGGLE_METRICS)
+        self.metrics_toggle = gr.Button(
+            "Metrics", size="sm", render=False, elem_id="metrics-toggle"
+        )
         self.chatbot = gr.Chatbot(
             label="Chat",
             height="min(480px, 50vh)",  # the box below stays on the first screen
@@ -211,7 +215,7 @@ class ChatTab:
             latex_delimiters=LATEX,
             placeholder=WELCOME,
             examples=CHAT_EXAMPLES,
-            buttons=["copy"],
+            buttons=["copy", self.metrics_toggle],
         )
         # the chat's pager links (◀ ▶ under an answer or an edited message) write here
         self.flip_target = gr.Textbox(
@@ -605,7 +609,12 @@ class ChatTab:
             *self.image_detail.knobs,
         }
         self.model_picked = self.model.input(
-            self.on_model, self.model, [self.pick, self.model], **private, **ACCELERATOR
+            self.on_model,
+            self.model,
+            [self.pick, self.model],
+            show_progress_on=self.chip,  # one bar, where the model is named
+            **private,
+            **ACCELERATOR,
         )
         self.export_button.click(self.on_export, inputs, self.exported, **private)
         self.code_button.click(
@@ -636,6 +645,7 @@ class ChatTab:
             self.on_undo, self.state, [*chat, self.box], queue=False, **private
         )
         self.chatbot.example_select(_example, None, self.box, queue=False, **private)
+        self.metrics_toggle.click(None, None, None, js=TOGGLE_METRICS)
         if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
             self.box.stop(None, None, None, cancels=[submitted, regenerated, edited])
         # Clear also cancels a running reply's event: gradio would otherwise send that event's
@@ -780,6 +790,10 @@ CHAT_EXAMPLES = [
     {"text": "Describe this picture in one sentence.", "files": [EXAMPLES[1]]},
     {"text": "Write a haiku about small, fast language models."},
 ]
+TOGGLE_METRICS = """() => {  // kept for the next visit, like the theme (app.THEME_AT_LOAD)
+  const hidden = document.body.classList.toggle("lfmui-no-metrics");
+  localStorage.setItem("lfmui-metrics", hidden ? "hidden" : "shown");
+}"""
 # the message box in each reply state (running.TRANSITIONS): the send arrow only when idle
 BOX_FOR = {
     running.IDLE: {"submit_btn": True, "stop_btn": False},
@@ -795,14 +809,19 @@ def box_for(state: str) -> gr.MultimodalTextbox:
 TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"
 
 
-def message_box(manager: ModelManager, pick: str | None = None) -> gr.MultimodalTextbox:
+def message_box(
+    manager: ModelManager, pick: str | None = None, session: str = ""
+) -> gr.MultimodalTextbox:
     """The message box for what answers this visitor now: a text-only model takes no
-    attachments, so an image is refused before Send, not after."""
+    attachments, so an image is refused before Send, not after. Its button follows the
+    session's reply state, like every other update of the box (a page-load update that
+    landed after a quick first send took Stop away from a streaming reply)."""
     images = manager.readiness(pick)["reads_images"]
     return gr.MultimodalTextbox(
         sources=["upload"] if images else [],
         file_types=["image"] if images else [".none"],
         placeholder=BOX_HINT if images else TEXT_ONLY_HINT,
+        **BOX_FOR[_replies.state(session)],
     )
 
 

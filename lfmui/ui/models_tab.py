@@ -26,7 +26,7 @@ def quantization_table(manager: ModelManager, model_id: str) -> str:
     lines = [
         f"Memory free now: **{free:.1f} GiB**",
         "",
-        "| level | memory | notes |",
+        "| level (in plain words) | memory | notes |",
         "|---|---|---|",
     ]
     for row in rows:
@@ -40,7 +40,8 @@ def quantization_table(manager: ModelManager, model_id: str) -> str:
         if speed is not None:  # calibrated on this CPU (lfmui.calibrate)
             room += f"; ~{speed:g} tokens/s" + (" ⚠ slow" if row["slow"] else "")
         said = "; ".join(part for part in (row["reason"], row["note"]) if part)
-        lines.append(f"| {row['label']} | {room} | {said} |")
+        plain = quant.QUANTIZATIONS[row["name"]].plain
+        lines.append(f"| **{row['label']}**: {plain} | {room} | {said} |")
     return "\n".join(lines)
 
 
@@ -275,7 +276,8 @@ def build(
                 level_choices(manager, model.value),
                 value=loaded.quantization if loaded else "auto",
                 label="Quantization",
-                info="levels this machine cannot run are left out; the table says why",
+                info="levels this machine cannot run are left out; the table below says in "
+                "plain words what each level is, and why one cannot run",
                 elem_id="level-picker",
             )
             with gr.Row():
@@ -332,12 +334,10 @@ def build(
         return status_card(manager), banner(manager), quantization_table(manager, model_id)
 
     outputs = [card, banner_box, levels]  # what fits changes with what is resident
-    load_event = load_button.click(
-        load, [model, level, admin], outputs, api_visibility="private", **ACCELERATOR
-    )
-    unloaded = unload_button.click(
-        unload, [model, admin], outputs, api_visibility="private", **ACCELERATOR
-    )
+    # one progress bar, on the status card (not one per output over dimmed content)
+    once = {"show_progress_on": card, "api_visibility": "private", **ACCELERATOR}
+    load_event = load_button.click(load, [model, level, admin], outputs, **once)
+    unloaded = unload_button.click(unload, [model, admin], outputs, **once)
     switched = endpoint_panel(manager, outputs, model, access, admin)
     return {
         "model": model,

@@ -111,7 +111,10 @@ def _messages(turns: list[dict[str, Any]]):
         text = safe_markdown(turn["text"]) or ("…" if turn.get("status") == "streaming" else "")
         if turn.get("thinking_cut") and not turn["text"]:  # shown, never sent back
             text = CUT_IN_THINKING
-        footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"))
+        label = DONE_LABELS.get(turn.get("status", "eos"), turn.get("status", ""))
+        numbers = metrics_line(turn.get("metrics", {}), "eos")  # hidden by the Metrics toggle
+        measured = f'<span class="metrics">{numbers}</span>' if numbers else ""
+        footer = " · ".join(part for part in (label, measured) if part)
         if turn.get("error"):  # in full-size type, above what streamed before it
             said = f"⚠️ **{safe_markdown(turn['error'])}**"
             text = f"{said}\n\n{text}" if text else said

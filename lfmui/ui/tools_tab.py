@@ -10,6 +10,7 @@ the edited results.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import gradio as gr
@@ -27,6 +28,35 @@ _runs = Running(  # the playground's running tool turn per session
     "A tool turn is still running here; wait for it or press Stop, then run again."
 )
 EXAMPLES_JSON = json.dumps([t.schema() for t in tools.BUILTINS.values()], indent=2)
+# a call as each tool format writes it (catalog.TOOL_FORMATS): the first reply a visitor edits
+EXAMPLE_CALLS = {
+    "lfm2": '<|tool_call_start|>[get_weather(city="Paris", unit="fahrenheit")]<|tool_call_end|>',
+    "lfm2.5": '<|tool_call_start|>[{"name": "get_weather", "arguments": {"city": "Paris", '
+    '"unit": "fahrenheit"}}]<|tool_call_end|>',
+}
+RAW_SHOWN = 2000, 24  # characters and lines of a round's raw text in the trace (noise runs long)
+
+
+def shortened(raw: str) -> str:
+    """A round's raw text as the trace shows it: runs of blank lines as one, at most
+    RAW_SHOWN, saying what was left out (noise from random weights is mostly blank)."""
+    if not raw.strip():
+        return f"(whitespace only: {len(raw)} characters)"
+    squeezed = re.sub(r"\n[ \t]*(?:\n[ \t]*)+\n", "\n\n", raw)
+    chars, lines = RAW_SHOWN
+    kept = "\n".join(squeezed[:chars].split("\n")[:lines])
+    return kept if kept == raw else f"{kept}\n… ({len(raw) - len(kept)} characters not shown)"
+
+
+def first_run(manager: ModelManager, pick: str | None = None) -> list[Any]:
+    """The playground as a page opens it: where random weights answer (they never write a
+    call), in manual mode with the model's first reply to write, pre-filled with a call in
+    the model's format. Else as built."""
+    ready = manager.readiness(pick)
+    if not ready["random_weights"]:
+        return [gr.skip()] * 3
+    call = EXAMPLE_CALLS.get(ready["tool_format"] or "lfm2", EXAMPLE_CALLS["lfm2"])
+    return [gr.Accordion(open=True), call, "manual"]
 
 
 def render_trace(turn: turns.ToolTurn, noise: bool, tool_format: str | None = None) -> str:
@@ -44,8 +74,11 @@ def render_trace(turn: turns.ToolTurn, noise: bool, tool_format: str | None = No
         wrote = "**Model wrote** (special tokens shown)"
         if r.parsed and r.parsed.typed:
             wrote = "**You wrote** (in place of the model)"
-        parts += [head, wrote, fenced(r.raw or "…")]
-        if r.parsed:
+        raw = shortened(r.raw or "…")
+        parts += [head, wrote, fenced(raw)]
+        if r.parsed and not r.parsed.calls:
+            parts.append("**Parsed calls**: none (the reply holds no tool call)")
+        elif r.parsed:
             parts += ["**Parsed calls**", fenced(json.dumps(r.parsed.calls, indent=1), "json")]
             if r.parsed.repairs:
                 parts += ["**Repaired** (to read what the model meant)"]
@@ -62,7 +95,7 @@ def render_trace(turn: turns.ToolTurn, noise: bool, tool_format: str | None = No
         parts += ["#### Final answer (error)", safe_markdown(final.error)]
     elif final is not None:
         label = "noise from random weights · " if noise else ""
-        answer = safe_markdown(final.text) or "—"
+        answer = safe_markdown(final.text) or "(no answer text)"
         parts += [f"#### Final answer ({label}{final.reason})", answer]
     return "\n\n".join(parts)
 
@@ -159,7 +192,9 @@ class ToolsTab:
                     type="filepath",
                     label="Image (optional, for image_facts)",
                 )
-                with gr.Accordion("Write the model's first reply yourself", open=False):
+                with gr.Accordion(
+                    "Write the model's first reply yourself", open=False
+                ) as self.write_first:
                     self.typed = gr.Textbox(
                         label="The model's first reply (special tokens included)",
                         info="random weights never write a call: type one to try the flow "
@@ -265,5 +300,6 @@ class ToolsTab:
         self.tools_json.blur(self.on_tools_change, self.tools_json, self.choice, **private)
 
 
-def build(manager: ModelManager, pick: gr.State) -> None:
-    ToolsTab(manager, pick)
+def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
+    tab = ToolsTab(manager, pick)
+    return {"first_run": [tab.write_first, tab.typed, tab.mode]}

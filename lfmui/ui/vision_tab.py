@@ -59,6 +59,9 @@ def describe(plan: dict[str, Any]) -> str:
     else:
         vw, vh = plan["view_size"]
         lines.append(f"- one view, resized {width}x{height} → {vw}x{vh}: 32x32 px per token")
+    quiet = tiling.unchanged_by(plan)
+    if quiet:
+        lines += ["", "**What changes nothing here**", *(f"- {line}" for line in quiet)]
     return "\n".join(lines)
 
 
@@ -82,14 +85,16 @@ def budget_ab(manager: ModelManager, path: str | None, question: str, new_tokens
     if loaded is None:
         raise NoModelLoaded("No model is loaded. Load one in the Models tab first.")
     thumbnail = tiling.Tiling.from_processor(loaded.processor).use_thumbnail
-    rows: list[list[Any]] = []
-    for name in tiling.PRESETS:
+    # every preset has its row from the start, saying where it stands
+    rows: list[list[Any]] = [[name, None, None, None, None, "waiting"] for name in tiling.PRESETS]
+    yield rows
+    for row, name in zip(rows, tiling.PRESETS, strict=True):
         cut = asdict(tiling.preset(name, use_thumbnail=thumbnail))
         conversation = [message]
         settings = {"max_new_tokens": int(new_tokens), "temperature": 0.0}
         answer, metrics = "", {}
-        row = [name, None, None, None, None, "…"]
-        rows.append(row)
+        row[5] = "running: reading the image…"
+        yield rows
         for event in gpu.chat_turn(manager, conversation, settings=settings, tiling=cut):
             if event.kind == "text":
                 answer += event.text
@@ -116,13 +121,13 @@ def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
         "thumbnail drawn over it, and the image tokens it costs. Counts come from the model's "
         "own processor. Changes here apply to this tab; the chat has its own **Image detail**."
     )
-    with gr.Row():
+    with gr.Row(elem_id="inspector-row"):  # on a phone the drawing comes first (app.CSS)
         with gr.Column(scale=1):
+            controls = TilingControls("fast 32-64 tokens · balanced 64-128 · detailed: tiles")
+        with gr.Column(scale=2):
             # a file, not gr.Image: gradio's image preprocessing fails on a broken upload
             # before lfmui's intake can say why (an Error badge instead of a warning)
             upload = gr.File(file_types=["image"], type="filepath", label="Image to inspect")
-            controls = TilingControls("fast 32-64 tokens · balanced 64-128 · detailed: tiles")
-        with gr.Column(scale=2):
             picture = gr.Image(label="How the model sees it", interactive=False, height=560)
             summary = gr.Markdown(elem_id="tiling-summary")
             plan_json = gr.JSON(label="Plan", visible=False)
