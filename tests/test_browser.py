@@ -203,6 +203,19 @@ def scripted_playground(panel) -> None:
     panel.get_by_role("radio", name="automatic").check()
 
 
+def typed_call_runs_to_an_answer(page, panel, city: str):
+    """Run the playground in manual mode with a typed first reply that calls get_weather for
+    `city`: the trace marks the round as typed, the result goes back, the model answers."""
+    panel.get_by_role("button", name="Run").click()
+    send = panel.get_by_role("button", name="Send results")
+    send.wait_for(timeout=SLOW)
+    trace = page.locator("#tool-trace")
+    assert "You wrote" in trace.inner_text() and f'"city": "{city}"' in trace.inner_text()
+    send.click()
+    trace.get_by_text("Final answer").wait_for(timeout=SLOW)
+    return trace
+
+
 def _max_new_tokens(page, value: int) -> None:
     """Set the Max new tokens slider and wait until the app has taken the value."""
     slider = page.get_by_label("range slider for Max new tokens").first
@@ -914,13 +927,7 @@ def test_tool_playground_can_be_tried_offline_with_a_typed_first_reply(page):
         '<|tool_call_start|>[get_weather(city="Oslo")]<|tool_call_end|>'
     )
     panel.get_by_role("radio", name="manual").check()
-    panel.get_by_role("button", name="Run").click()
-    send = panel.get_by_role("button", name="Send results")
-    send.wait_for(timeout=SLOW)
-    trace = page.locator("#tool-trace")
-    assert "You wrote" in trace.inner_text() and '"city": "Oslo"' in trace.inner_text()
-    send.click()
-    trace.get_by_text("Final answer").wait_for(timeout=SLOW)
+    trace = typed_call_runs_to_an_answer(page, panel, "Oslo")
     assert "noise from random weights" in trace.inner_text()
     page.screenshot(path=str(ARTIFACTS / "tools-typed.png"), full_page=True)
     panel.locator("#typed-reply textarea").fill("")

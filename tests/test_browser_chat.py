@@ -59,6 +59,15 @@ def test_first_load_shows_the_box_focused_every_tab_and_one_notice(page, app_url
         fresh.close()
 
 
+def _in_a_new_chat(page, text: str) -> None:
+    """Send `text` as the first message of a new chat."""
+    page.get_by_role("tab", name="Chat").click()
+    new_chat(page)
+    box = page.get_by_placeholder(BOX)
+    box.fill(text)
+    box.press("Enter")
+
+
 def _settings_open(page) -> None:
     if not page.get_by_label("System prompt").is_visible():
         page.get_by_text("Generation settings").click()
@@ -117,11 +126,7 @@ def test_stop_ends_a_regeneration_an_edit_and_a_tool_turn_and_send_comes_back(pa
 
 
 def test_clear_and_delete_can_be_undone_and_a_chat_renamed(page):
-    page.get_by_role("tab", name="Chat").click()
-    new_chat(page)
-    box = page.get_by_placeholder(BOX)
-    box.fill("A chat about tide pools.")
-    box.press("Enter")
+    _in_a_new_chat(page, "A chat about tide pools.")
     page.get_by_text("tok/s").last.wait_for(timeout=SLOW)
     users = page.locator("[data-testid=user]:visible")
     clear_chat(page)
@@ -221,13 +226,7 @@ def test_the_playground_first_run_offline_is_manual_with_an_example_call(page, a
             timeout=SLOW,
         )
         expect(panel.get_by_role("radio", name="manual")).to_be_checked()
-        panel.get_by_role("button", name="Run").click()
-        send = panel.get_by_role("button", name="Send results")
-        send.wait_for(timeout=SLOW)
-        trace = fresh.locator("#tool-trace")
-        assert "You wrote" in trace.inner_text() and '"city": "Paris"' in trace.inner_text()
-        send.click()
-        trace.get_by_text("Final answer").wait_for(timeout=SLOW)
+        trace = test_browser.typed_call_runs_to_an_answer(fresh, panel, "Paris")
         assert "[]" not in trace.inner_text()  # no empty JSON box
         fresh.screenshot(path=str(ARTIFACTS / "tools-first-run.png"), full_page=True)
     finally:
@@ -255,11 +254,7 @@ def test_on_a_phone_the_inspector_draws_above_its_sliders(page, app_url, tmp_pat
 
 
 def test_the_metrics_toggle_hides_and_shows_the_figures_under_replies(page):
-    page.get_by_role("tab", name="Chat").click()
-    new_chat(page)
-    box = page.get_by_placeholder(BOX)
-    box.fill("Figures, please.")
-    box.press("Enter")
+    _in_a_new_chat(page, "Figures, please.")
     figures = page.locator("#chat-pane .metrics").last
     expect(figures).to_contain_text("tok/s", timeout=SLOW)
     toggle = page.locator("#chat-pane").get_by_role("button", name="Metrics")
