@@ -608,7 +608,7 @@ class ChatTab:
             *self.controls,
             *self.image_detail.knobs,
         }
-        self.model_picked = self.model.input(
+        self.model_picked = self.model.select(  # (.input fires twice per pick: two loads)
             self.on_model,
             self.model,
             [self.pick, self.model],

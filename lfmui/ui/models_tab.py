@@ -239,7 +239,8 @@ def your_model(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
         value = current if current in {key for _, key in choices} else "default"
         return gr.Dropdown(choices=choices, value=value), pool_card(manager)
 
-    picked_event = yours.input(
+    # .select: gradio's Dropdown fires .input twice for one click on an option (two loads)
+    picked_event = yours.select(
         on_pick, yours, [pick, yours, card], api_visibility="private", **ACCELERATOR
     )
     yours.focus(refresh, pick, [yours, card], api_visibility="private")
