@@ -1,7 +1,10 @@
 """Chats kept in the browser, so a reload or a closed tab loses nothing.
 
 The browser stores one value (gradio's BrowserState, in localStorage): ``{"version": 1,
-"chats": [{"id", "title", "updated", "turns"}]}``, the chat in use first, at most MAX_CHATS.
+"chats": [{"id", "title", "updated", "turns", "named"?, "settings"?}], "settings"?}``, the chat
+in use first, at most MAX_CHATS; ``settings`` are a chat's generation settings (and, at the top,
+the last used). A regenerated answer keeps its earlier ones (``versions``), an edited user turn
+what followed it (``branches``).
 Everything read back is the browser's, so it is untrusted. ``read`` keeps what is well formed
 and drops the rest, with a sentence for the user:
 - a value of another shape or version, or one over MAX_STORED_CHARS, is dropped whole;
