@@ -8,6 +8,7 @@ which the engine checks at every generated token.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ EXAMPLES = [
     str(Path(__file__).resolve().parents[2] / "assets" / "examples" / name)
     for name in ("chart.png", "house.png")
 ]
+CLEAR_GRACE_S = 0.3  # after a stopped reply has ended, before the cleared chat is sent
 CLEAR_WAIT_S = 10.0  # how long Clear waits for a stopped reply to end (it stops within a token)
 _replies = Running(  # the chat's running reply per session
     "A reply is still streaming in this chat; wait for it or press Stop, then send again."
@@ -389,9 +391,12 @@ class ChatTab:
         """The chat empties (Undo brings it back). A reply still streaming in it is stopped
         first and has ended before the empty chat is sent: its last update would otherwise
         fill the chat again."""
+        streamed = _replies.state(request.session_hash) != running.IDLE
         if not _replies.stop_and_wait(request.session_hash, CLEAR_WAIT_S):
             gr.Warning("The reply is still stopping; press Clear again in a moment.")
             return [gr.skip()] * 5
+        if streamed:  # gradio sends a cancelled event's last output as it completes: let it
+            time.sleep(CLEAR_GRACE_S)  # go first (a CI run once saw it land after the clear)
         if not history:
             return [], [], gr.skip(), gr.skip(), gr.skip()
         stored, _ = chats.read(saved, UPLOADS)
