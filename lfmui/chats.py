@@ -147,7 +147,7 @@ def write(
     are kept with the chat and as the last used, for a chat not yet begun; `name` is a title
     the user gave it ("" for the first message's)."""
     others = [c for c in chats if c["id"] != chat_id]
-    previous = next((c for c in chats if c["id"] == chat_id), {})
+    previous = find(chats, chat_id) or {}
     named = _name(name if name is not None else previous.get("named"))
     chosen = settings if settings is not None else previous.get("settings")
     current = []
@@ -164,6 +164,11 @@ def write(
     if chosen:
         value["settings"] = chosen
     return value
+
+
+def find(chats: list[dict[str, Any]], chat_id: str) -> dict[str, Any] | None:
+    """The stored chat called `chat_id`, if kept."""
+    return next((c for c in chats if c["id"] == chat_id), None)
 
 
 SETTINGS_TEXT = 4000  # the longest system prompt kept

@@ -22,7 +22,7 @@ from lfmui.settings import SAMPLING, Settings
 from lfmui.ui import gpu, running
 from lfmui.ui.controls import TilingControls, sampling_control
 from lfmui.ui.guard import upload_folder
-from lfmui.ui.render import owners, to_chatbot, warns
+from lfmui.ui.render import flip_of, owners, to_chatbot, warns
 from lfmui.ui.running import ACCELERATOR, Running
 
 EXAMPLES = [
@@ -345,7 +345,7 @@ class ChatTab:
 
     def on_open(self, saved: Any, chosen: str):
         stored, _ = chats.read(saved, UPLOADS)
-        chat = next((c for c in stored if c["id"] == chosen), None)
+        chat = chats.find(stored, chosen)
         if chat is None:
             gr.Warning("That chat is no longer kept in this browser.")
             return [gr.skip()] * (4 + len(self.settings_outputs()))
@@ -374,7 +374,7 @@ class ChatTab:
             gr.Warning("A reply is streaming in this chat; press Stop first, then delete it.")
             return [gr.skip()] * 9
         stored, _ = chats.read(saved, UPLOADS)
-        gone = next((c for c in stored if c["id"] == chat_id), None)
+        gone = chats.find(stored, chat_id)
         if gone is None and not history:
             gr.Warning("This chat is empty: there is nothing to delete.")
             return [gr.skip()] * 9
@@ -400,7 +400,7 @@ class ChatTab:
         if not history:
             return [], [], gr.skip(), gr.skip(), gr.skip()
         stored, _ = chats.read(saved, UPLOADS)
-        chat = next((c for c in stored if c["id"] == chat_id), None) or {}
+        chat = chats.find(stored, chat_id) or {}
         gone = {**chat, "id": chat_id, "turns": history}
         return [], [], {"kind": "clear", "chat": gone}, gr.Row(visible=True), "Chat cleared."
 
@@ -496,8 +496,7 @@ class ChatTab:
         N shows its answer or branch STEP away."""
         history = list(history)
         try:
-            _, kind, number, step = (target or "").split(":")[0].split("-", 3)
-            number, step = int(number), int(step)
+            kind, number, step = flip_of(target)
             turn = history[number]
         except (ValueError, IndexError):
             raise InputError("That pager is out of date; flip again from the chat.") from None

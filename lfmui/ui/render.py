@@ -26,7 +26,14 @@ DONE_LABELS = {
 
 
 def metrics_line(metrics: dict[str, Any], reason: str) -> str:
-    """A one-line summary shown small under an assistant message."""
+    """A one-line summary shown small under an assistant message: how it ended, then the
+    figures."""
+    label = DONE_LABELS.get(reason, reason)
+    return " · ".join(part for part in (label, figures(metrics)) if part)
+
+
+def figures(metrics: dict[str, Any]) -> str:
+    """A reply's measured figures in one line (what the Metrics toggle hides)."""
     parts = []
     if metrics.get("ttft_s") is not None:
         parts.append(f"TTFT {metrics['ttft_s']:.2f} s")
@@ -46,9 +53,6 @@ def metrics_line(metrics: dict[str, Any], reason: str) -> str:
         parts.append(f"{kind} {metrics['peak_memory_gib']:.2f} GiB")
     if metrics.get("server_ignored"):  # an endpoint refused some settings by name
         parts.append(f"the server ignored: {metrics['server_ignored']}")
-    label = DONE_LABELS.get(reason, reason)
-    if label:
-        parts.insert(0, label)
     return " · ".join(parts)
 
 
@@ -112,7 +116,7 @@ def _messages(turns: list[dict[str, Any]]):
         if turn.get("thinking_cut") and not turn["text"]:  # shown, never sent back
             text = CUT_IN_THINKING
         label = DONE_LABELS.get(turn.get("status", "eos"), turn.get("status", ""))
-        numbers = metrics_line(turn.get("metrics", {}), "eos")  # hidden by the Metrics toggle
+        numbers = figures(turn.get("metrics", {}))  # hidden by the Metrics toggle
         measured = f'<span class="metrics">{numbers}</span>' if numbers else ""
         footer = " · ".join(part for part in (label, measured) if part)
         if turn.get("error"):  # in full-size type, above what streamed before it
@@ -130,10 +134,18 @@ def _messages(turns: list[dict[str, Any]]):
 
 
 def pager(kind: str, number: int, shown: int, count: int, noun: str = "answer") -> str:
-    """◀ answer 2 of 3 ▶: links the page turns into a flip of turn `number` (app.KEYS)."""
+    """◀ answer 2 of 3 ▶: links the page turns into a flip of turn `number` (app.KEYS; read
+    back by ``flip_of``)."""
     earlier = f"[◀](#flip-{kind}-{number}--1)" if shown > 0 else "◁"
     later = f"[▶](#flip-{kind}-{number}-1)" if shown < count - 1 else "▷"
     return f"{earlier} {noun} {shown + 1} of {count} {later}"
+
+
+def flip_of(target: str) -> tuple[str, int, int]:
+    """A pager link as the page hands it back (``flip-KIND-N-STEP:stamp``): kind, turn, step.
+    ValueError for anything else."""
+    _, kind, number, step = (target or "").split(":")[0].split("-", 3)
+    return kind, int(number), int(step)
 
 
 _MD_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]*)\)")
