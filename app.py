@@ -43,14 +43,14 @@ def _listen_defaults() -> tuple[str, int]:
 # Read before gradio is imported: gradio itself reads GRADIO_SERVER_PORT with int() at import.
 LISTEN = _listen_defaults()
 
-from lfmui import calibrate, endpoint, engine, quant  # noqa: E402
+from lfmui import calibrate, compiled, endpoint, quant  # noqa: E402
 from lfmui.access import Access  # noqa: E402
 from lfmui.catalog import Catalog  # noqa: E402
 from lfmui.errors import LfmuiError  # noqa: E402
 from lfmui.hub import choose_startup_model  # noqa: E402
 from lfmui.manager import ModelManager  # noqa: E402
+from lfmui.serve.hosts import Allowed  # noqa: E402
 from lfmui.ui import build_app, gpu, launch_settings  # noqa: E402
-from lfmui.ui.guard import Allowed  # noqa: E402
 
 demo = build_app()
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             "--pool-gib (LFMUI_POOL_GIB), e.g. --pool-gib 12."
         )
     manager = ModelManager(
-        catalog, **engine.LIFECYCLE, pool_budget=budget, load_on_demand=args.load_on_demand
+        catalog, **compiled.LIFECYCLE, pool_budget=budget, load_on_demand=args.load_on_demand
     )
     named = [*args.allow_endpoint, urlsplit(args.endpoint or "").hostname or ""]
     access = Access.configured(args.host, [h for h in named if h], args.api_key or "")

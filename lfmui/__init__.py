@@ -1,7 +1,7 @@
 """lfmui: a Gradio app for trying Liquid AI's LFM2 models (see README.md).
 
 One process-wide setting happens here, before torch is imported: OpenMP teams of one thread
-everywhere but on the generation thread, which ``engine.generation_worker`` gives every core.
+everywhere but on the generation thread, which ``worker.generation_worker`` gives every core.
 libgomp shortens its spin-wait a hundredfold once a process holds more OpenMP threads than
 cores, and every thread that runs a parallel torch op keeps a team of its own: with the request
 threads' preprocessing and the loads running multi-threaded beside generation, CPU decode was

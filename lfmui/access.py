@@ -1,24 +1,6 @@
-"""Who administers this app (the owner), and where an endpoint may point.
-
-The owner, stated once:
-- Run on this machine (listening on the loopback, not a Space): whoever reaches the page is on
-  this machine, and is the owner.
-- Anywhere else (a Space, or ``--host 0.0.0.0``): a request is the owner's when it carries the
-  admin token (``LFMUI_ADMIN_TOKEN``: as ``Authorization: Bearer <token>``, as
-  ``X-Lfmui-Admin-Token``, or typed into the Models tab's admin token field), or comes from a
-  Hugging Face sign-in whose user is the Space's author (``SPACE_AUTHOR_NAME``) or is named in
-  ``LFMUI_OWNERS`` (comma or space separated).
-- Only the owner changes what every visitor uses: loading and unloading models, connecting an
-  endpoint or going back to the in-process model. Everyone else is told so in a sentence.
-
-``/v1`` (the OpenAI-compatible routes) asks for ``Authorization: Bearer <key>`` when a key is set
-(``--api-key`` or ``LFMUI_API_KEY``). Beyond this machine (a Space, ``--host 0.0.0.0``) a key is
-required: with none set, ``/v1`` answers 401 and says how to set one.
-
-An endpoint URL is http(s), carries no credentials (the key has its own field), and resolves to
-no link-local, metadata, private or otherwise special address, unless the owner names that host
-in ``LFMUI_ENDPOINT_HOSTS`` (or ``--allow-endpoint``). The loopback is this machine: allowed
-where the app runs locally, named like any other address on a Space or behind ``0.0.0.0``.
+"""Who administers this app (the owner), the key ``/v1`` asks for, and where an endpoint may point:
+``Access`` answers each (``require_owner``, ``api_refusal``, ``check_endpoint``) with a sentence
+that says what to do. The rules, stated once: docs/security.md#who-may-do-what-lfmuiaccess.
 """
 
 from __future__ import annotations

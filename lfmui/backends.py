@@ -45,7 +45,7 @@ class Backend(Protocol):
         client: str = "",
     ) -> Iterator[engine.Event]:
         """The reply as engine events; `client` (a session, a /v1 caller) takes its turn on
-        the generation thread with the others (engine.FairWorker)."""
+        the generation thread with the others (worker.FairWorker)."""
         ...
 
     def tiling_defaults(self) -> Tiling | None: ...

@@ -75,3 +75,7 @@ class PoolFull(InsufficientMemory):
 
 class TooManyRequests(InputError):
     """A client has as many replies waiting or running as it may (/v1 answers 429)."""
+
+
+class EndpointError(LfmuiError):
+    """The endpoint could not be used; the message says why and what to do."""

@@ -87,7 +87,7 @@ def free_accelerator(cuda: bool) -> None:
 def trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them per thread arena otherwise): a
     switch frees hundreds of MB of CPU tensors, and without this the process's RSS creeps up
-    over many switches (measured in tests/load_test.py)."""
+    over many switches (measured in tests/helpers/load.py)."""
     c = libc()
     if c is not None and hasattr(c, "malloc_trim"):  # glibc's; musl has none
         c.malloc_trim(0)

@@ -12,96 +12,28 @@ previous model is loaded again. A second load while one runs is refused with a c
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypedDict
 
-from lfmui import calibrate, heap, hub, images, memory, offline, quant
-from lfmui.catalog import Catalog, ModelSpec, checkpoint_kind
+from lfmui import heap, hub, images, loading, memory, quant
+from lfmui.catalog import Catalog, ModelSpec
 from lfmui.errors import (
-    CheckpointError,
     LfmuiError,
     LoadInProgress,
     ModelLoadError,
     NoModelLoaded,
     PoolFull,
 )
+from lfmui.loading import GIB, LoadedModel, ModelStatus, Progress, pool_key
 
 log = logging.getLogger(__name__)
-Progress = Callable[[float, str], None]
-GIB = 1024**3
+__all__ = ["GIB", "LoadedModel", "ModelManager", "ModelStatus", "pool_key"]
 PICK_WAIT_S = 600.0  # a pick of a model that is loading for another pick waits this long for it
-
-
-class ModelStatus(TypedDict):
-    """``LoadedModel.status`` (what /load_model returns): typed for the API page."""
-
-    model_id: str
-    key: str  # how a pick names it: model id @ level
-    label: str
-    kind: str  # vl or text
-    quantization: str
-    device: str
-    dtype: str
-    resident_bytes: int
-    resident_gib: float
-    load_seconds: float
-    random_weights: bool
-    note: str
-    decode: str
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """The resident model and what requests need to use it."""
-
-    spec: ModelSpec
-    quantization: str
-    model: Any
-    processor: Any  # Lfm2VlProcessor for VL models, the tokenizer for text models
-    device: str
-    dtype: str
-    load_seconds: float
-    weight_bytes: int
-    cancel: threading.Event = field(default_factory=threading.Event)  # set: switch wants it gone
-    leases: int = 0
-    decode_note: str = ""
-    static_cache: Any = None  # compiled decode's one cache (engine.static_cache)
-    footprint: int = 0  # what it takes of the pool's budget: the pre-flight estimate's total
-    last_used: float = field(default_factory=time.monotonic)  # for least-recently-used eviction
-
-    @property
-    def key(self) -> str:
-        """How the pool names it: a model at one level (a second level is a second model)."""
-        return pool_key(self.spec.id, self.quantization)
-
-    @property
-    def tokenizer(self) -> Any:
-        return getattr(self.processor, "tokenizer", self.processor)
-
-    def status(self) -> ModelStatus:
-        return ModelStatus(
-            model_id=self.spec.id,
-            key=self.key,
-            label=self.spec.label,
-            kind=self.spec.kind,
-            quantization=self.quantization,
-            device=self.device,
-            dtype=self.dtype,
-            resident_bytes=self.weight_bytes,
-            resident_gib=round(self.weight_bytes / GIB, 3),
-            load_seconds=round(self.load_seconds, 2),
-            random_weights=self.spec.random_weights,
-            note=self.spec.note,
-            decode=self.decode_note,
-        )
 
 
 class Readiness(TypedDict):
@@ -130,10 +62,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def pool_key(model_id: str, quantization: str) -> str:
-    return f"{model_id}@{quantization}"
 
 
 class PoolEntry(TypedDict):
@@ -174,8 +102,8 @@ class ModelManager:
         on_unloaded: Callable[[LoadedModel, list[LoadedModel]], None] | None = None,
     ) -> None:
         self.catalog = catalog or Catalog()
-        self.on_loaded = on_loaded  # e.g. engine.warm_up: compile before the first request
-        # e.g. engine.forget_compiled: what was compiled for a model goes with it
+        self.on_loaded = on_loaded  # e.g. compiled.warm_up: compile before the first request
+        # e.g. compiled.forget_compiled: what was compiled for a model goes with it
         self.on_unloaded = on_unloaded
         self.drain_seconds = drain_seconds  # requests in flight finish within this
         self.stop_seconds = stop_seconds  # then, asked to stop, they let go within this
@@ -379,7 +307,9 @@ class ModelManager:
         try:
             with self._state:
                 self.loading = str(model_id)[:80]
-            return self._load_locked(model_id, quantization, progress or _no_progress, default)
+            return self._load_locked(
+                model_id, quantization, progress or loading.no_progress, default
+            )
         finally:
             with self._state:
                 self.loading = None
@@ -398,33 +328,10 @@ class ModelManager:
     ) -> ModelStatus:
         spec = self.catalog.get(model_id)
         current = self._current
-        try:
-            # The memory check needs the config alone: an offline build is checked before it is
-            # built, a hub model before its weights are fetched; a checkpoint of unknown shape
-            # (a local directory) is located first to read its config.json.
-            config, location = memory.config_of(spec), None
-            if config is None:
-                location = self._locate(spec, progress)
-                config = memory.config_of(spec, location)
-            level = self._fitting_level(spec, config, quantization)
-            resident = self._pool.get(pool_key(spec.id, level.name))
-            if resident is not None:
-                if default:
-                    with self._state:
-                        self._current = resident
-                return resident.status()
-            if self.sealed:
-                raise ModelLoadError(self.sealed)
-            footprint = memory.estimate(config, level).total
-            evicted = self._room_for(spec.id, level.name, footprint)  # refused: nothing changed
-            progress(0.05, f"checking {spec.id}")
-            location = location or self._locate(spec, progress)
-            if spec.source == "hub":  # the weights come down while the old model still serves
-                location = hub.fetch(spec, location, progress)
-        except LfmuiError:
-            raise
-        except Exception as exc:  # building an offline checkpoint ran out of memory, say
-            raise ModelLoadError(_load_failure(spec, exc)) from None
+        prepared = self._prepare(spec, quantization, progress, default)
+        if isinstance(prepared, LoadedModel):  # resident already
+            return prepared.status()
+        level, location, footprint, evicted = prepared
         replaced = [current] if current and self.pool_budget is None else []
         previous = (current.spec.id, current.quantization) if replaced else None
         progress(0.3, "freeing the previous model" if replaced or evicted else "loading weights")
@@ -435,14 +342,14 @@ class ModelManager:
         failure = None
         try:
             progress(0.4, f"loading {spec.id} ({level.name})")
-            with _weights_progress(progress, 0.4, 0.85):
+            with loading.weights_progress(progress, 0.4, 0.85):
                 loaded = self._load_weights(spec, level, location)
             if self.on_loaded:
                 progress(0.9, "warming up (compiling the decode step)")
                 loaded.decode_note = self.on_loaded(loaded)
         except Exception as exc:
             log.warning("load of %s failed: %s", spec.id, repr(exc))  # not exc: records live on
-            failure = _load_failure(spec, exc)
+            failure = loading.load_failure(spec, exc)
             loaded = None
         if failure is not None:
             # Out of the except block: the exception and its traceback (whose frames hold the
@@ -459,86 +366,51 @@ class ModelManager:
         progress(1.0, f"{spec.id} loaded")
         return loaded.status()
 
+    def _prepare(self, spec: ModelSpec, quantization: str | None, progress: Progress, default):
+        """Everything checked before the resident model is touched: the level that fits, room
+        in the pool (evicting nothing yet), the files. The resident model when it is the one
+        asked for; else (level, location, footprint, the idle models to evict)."""
+        try:
+            # The memory check needs the config alone: an offline build is checked before it is
+            # built, a hub model before its weights are fetched; a checkpoint of unknown shape
+            # (a local directory) is located first to read its config.json.
+            config, location = memory.config_of(spec), None
+            if config is None:
+                location = self._locate(spec, progress)
+                config = memory.config_of(spec, location)
+            level = self._fitting_level(spec, config, quantization)
+            resident = self._pool.get(pool_key(spec.id, level.name))
+            if resident is not None:
+                if default:
+                    with self._state:
+                        self._current = resident
+                return resident
+            if self.sealed:
+                raise ModelLoadError(self.sealed)
+            footprint = memory.estimate(config, level).total
+            evicted = self._room_for(spec.id, level.name, footprint)  # refused: nothing changed
+            progress(0.05, f"checking {spec.id}")
+            location = location or self._locate(spec, progress)
+            if spec.source == "hub":  # the weights come down while the old model still serves
+                location = hub.fetch(spec, location, progress)
+        except LfmuiError:
+            raise
+        except Exception as exc:  # building an offline checkpoint ran out of memory, say
+            raise ModelLoadError(loading.load_failure(spec, exc)) from None
+        return level, location, footprint, evicted
+
     def budget_refusal(self, model_id: str, quantization: str | None = None) -> str | None:
-        """Why the pool's budget cannot hold `model_id` at `quantization` (auto: at any level
-        that runs here), naming the largest level that fits; None when it can (or when there
-        is no budget, or the model's shape is known only once it is located)."""
+        """Why the pool cannot hold `model_id` at `quantization` (loading.budget_refusal)."""
         if self.pool_budget is None:
             return None
-        spec = self.catalog.get(model_id)
-        config = memory.config_of(spec)
-        if config is None:
-            return None
-        runs = [lv for lv in quant.QUANTIZATIONS.values() if lv.probe().ok]
-        sizes = {lv.name: memory.estimate(config, lv).total for lv in runs}
-        asked = [] if quantization in (None, "", "auto") else [quant.resolve(quantization).name]
-        wanted = asked or list(sizes)
-        if any(sizes.get(name, self.pool_budget + 1) <= self.pool_budget for name in wanted):
-            return None
-        fitting = [(size, name) for name, size in sizes.items() if size <= self.pool_budget]
-        budget = memory.gib(self.pool_budget)
-        if not fitting:
-            smallest = min(sizes.values()) if sizes else 0
-            return (
-                f"The pool budget ({budget}) cannot hold {model_id} at any level here (the "
-                f"smallest needs about {memory.gib(smallest)}). Raise --pool-gib "
-                "(LFMUI_POOL_GIB) or start with a smaller model."
-            )
-        size, name = max(fitting, key=lambda pair: pair[0])  # the table's first of a size
-        return (
-            f"The pool budget ({budget}) cannot hold {model_id} at {asked[0]} (about "
-            f"{memory.gib(sizes.get(asked[0], 0))}); the largest level that fits is {name} "
-            f"(about {memory.gib(size)}). Start with --quantization {name}, or raise --pool-gib."
-        )
+        return loading.budget_refusal(self.catalog.get(model_id), quantization, self.pool_budget)
 
     def start_refusal(self, models: list[tuple[str, str]], budget_name: str) -> str | None:
-        """Why the pool's budget (`budget_name`: what it is, for the sentence) cannot hold
-        `models` (id, level) side by side at start, naming those that fit together in order;
-        None when they fit (or there is no budget)."""
+        """Why the pool's budget cannot hold `models` (id, level) side by side at start."""
         if self.pool_budget is None:
             return None
-        sizes = []
-        for model_id, quantization in models:
-            refusal = self.budget_refusal(model_id, quantization)
-            if refusal:
-                return refusal
-            config = memory.config_of(self.catalog.get(model_id))
-            if config is None:
-                continue  # a checkpoint of unknown shape: its own load checks it
-            level = self._level_within(config, quantization, self.pool_budget)
-            sizes.append((f"{model_id}@{level.name}", memory.estimate(config, level).total))
-        if sum(size for _, size in sizes) <= self.pool_budget:
-            return None
-        fit: list[str] = []
-        left: list[str] = []
-        used = 0
-        for key, size in sizes:
-            fits = used + size <= self.pool_budget
-            used += size if fits else 0
-            (fit if fits else left).append(f"{key} ({memory.gib(size)})")
-        return (
-            f"The models to load at start need about {memory.gib(sum(s for _, s in sizes))} "
-            f"together, more than {budget_name} ({memory.gib(self.pool_budget)}). These fit: "
-            f"{', '.join(fit) or 'none'}; these do not: {', '.join(left)}. Drop models from "
-            "--preload (LFMUI_PRELOAD) or name smaller levels (MODEL@LEVEL)."
-        )
-
-    def _level_within(self, config: Any, quantization: str | None, room: int) -> quant.QuantLevel:
-        """The level named, or for "auto" the fastest here whose estimate fits `room` (the
-        fastest of all where none does)."""
-        if quantization not in (None, "", "auto"):
-            return quant.resolve(quantization)
-        candidates = self._auto_levels(config, measure=False)  # (the start must not wait)
-        return _first_fitting(candidates, config, room) or candidates[0]
-
-    def _auto_levels(self, config: Any, measure: bool = True) -> list[quant.QuantLevel]:
-        """What "auto" may load here, fastest first: on a CPU as measured on it (lfmui.calibrate;
-        without `measure`, only what is cached), else quant.AUTO_ORDER."""
-        candidates = quant.auto_levels()
-        if self._room()[0] == "cpu":
-            timed = calibrate.decode_ms if measure else calibrate.cached_ms
-            candidates = calibrate.fastest_first(candidates, timed(config))
-        return candidates
+        specs = [(self.catalog.get(model_id), level) for model_id, level in models]
+        return loading.start_refusal(specs, self.pool_budget, budget_name, self._room()[0])
 
     def _room_for(self, model_id: str, level: str, footprint: int) -> list[LoadedModel]:
         """The idle models to evict, least recently used first, so that `footprint` more
@@ -570,18 +442,8 @@ class ModelManager:
         )
 
     def levels(self, model_id: str) -> list[dict[str, Any]]:
-        """Every quantization level for `model_id`: runs here, memory estimate, fits now; on a
-        CPU, the decode speed calibrated here (tokens_per_s, and slow below
-        calibrate.SLOW_TOKENS_PER_S) where it has been measured."""
-        spec = self.catalog.get(model_id)
-        rows = memory.levels_for(spec, *self._room())
-        config = memory.config_of(spec)
-        measured = calibrate.cached_ms(config) if config and not quant.cuda_available() else {}
-        for row in rows:
-            speed = calibrate.tokens_per_s(measured.get(row["name"]))
-            row["tokens_per_s"] = speed
-            row["slow"] = speed is not None and speed < calibrate.SLOW_TOKENS_PER_S
-        return rows
+        """Every quantization level for `model_id` here (loading.level_rows)."""
+        return loading.level_rows(self.catalog.get(model_id), *self._room())
 
     def _room(self) -> tuple[str, int]:
         """The device a load goes to, and the bytes a load may free: the resident model's on a
@@ -593,31 +455,16 @@ class ModelManager:
         with self._state:
             return device, sum(m.weight_bytes for m in self._pool.values() if not m.leases)
 
-    def _fitting_level(self, spec, config, quantization) -> quant.QuantLevel:
-        """The level to load: the one asked for, refused at once (InsufficientMemory) when it
-        would not fit; for "auto", the fastest here that fits (``_auto_levels``)."""
+    def _fitting_level(self, spec: ModelSpec, config: Any, quantization: str | None):
         device, freed = self._room()
-        if quantization not in (None, "", "auto"):
-            level = quant.resolve(quantization)
-            memory.check(spec.id, config, level, device, freed)
-            return level
-        room = memory.available(device, freed).bytes
-        if self.pool_budget is not None:  # a pool's model also fits its budget
-            room = min(room, self.pool_budget)
-        candidates = self._auto_levels(config)
-        fitting = _first_fitting(candidates, config, room)
-        if fitting is not None:
-            return fitting
-        smallest = min(candidates, key=lambda lv: memory.estimate(config, lv).total)
-        memory.check(spec.id, config, smallest, device, freed)  # raises: nothing fits here
-        return smallest
+        return loading.fitting_level(spec, config, quantization, device, freed, self.pool_budget)
 
     def _restore(self, model_id: str, quantization: str) -> str:
         loaded = None
         try:
             spec = self.catalog.get(model_id)
             level = quant.resolve(quantization)
-            loaded = self._load_weights(spec, level, self._locate(spec, _no_progress))
+            loaded = self._load_weights(spec, level, self._locate(spec, loading.no_progress))
         except Exception as exc:  # restoring is best effort: say so, don't mask the first error
             log.warning("could not restore %s: %s", model_id, repr(exc))
         if loaded is None:
@@ -631,58 +478,10 @@ class ModelManager:
         return f" The previous model ({model_id}, {quantization}) is loaded again."
 
     def _locate(self, spec: ModelSpec, progress: Progress) -> hub.Location:
-        """Where from_pretrained should read `spec` from, checked before the resident model is
-        touched: local files and config.json, or for a hub model its config at the pinned
-        revision (from the cache when the Hub cannot be reached)."""
-        if spec.source == "hub":
-            progress(0.1, f"checking {spec.location} on the Hugging Face Hub")
-            return hub.check(spec)
-        if spec.source == "offline":
-            progress(0.1, f"preparing offline checkpoint {spec.id}")
-            device = "cuda" if quant.cuda_available() else None
-            path = offline.ensure_checkpoint(spec.location, device=device)
-        else:
-            path = Path(spec.location)
-        checkpoint_kind(path)  # no config.json, invalid JSON, not LFM2: CheckpointError
-        _check_config(path, spec)
-        return hub.Location(str(path))
+        return loading.locate(spec, progress)  # a method: tests stand in for it
 
     def _load_weights(self, spec: ModelSpec, level: quant.QuantLevel, location: hub.Location):
-        import torch
-        from transformers import (
-            AutoModelForCausalLM,
-            AutoModelForImageTextToText,
-            AutoProcessor,
-            AutoTokenizer,
-        )
-
-        started = time.perf_counter()
-        cuda = quant.cuda_available()
-        source = location.kwargs()
-        dtype = getattr(torch, level.load_dtype or level.dtype)
-        kwargs: dict[str, Any] = {"dtype": dtype, **level.kwargs(), **source}
-        if cuda:
-            kwargs["device_map"] = {"": 0}
-        auto_model = AutoModelForImageTextToText if spec.kind == "vl" else AutoModelForCausalLM
-        auto_processor = AutoProcessor if spec.kind == "vl" else AutoTokenizer
-        model = auto_model.from_pretrained(location.path, **kwargs)
-        if level.post_load is not None:
-            level.post_load(model)  # int8-cpu: the fp32 weights it replaced are freed here
-        heap.release_checkpoint_mapping(model)
-        gc.collect()  # what conversions freed while loading goes back to the system
-        heap.trim_heap()
-        model.eval()
-        processor = auto_processor.from_pretrained(location.path, **source)
-        return LoadedModel(
-            spec=spec,
-            quantization=level.name,
-            model=model,
-            processor=processor,
-            device="cuda" if cuda else "cpu",
-            dtype=level.dtype,
-            load_seconds=time.perf_counter() - started,
-            weight_bytes=heap.weight_bytes(model),
-        )
+        return loading.load_weights(spec, level, location)
 
     def _retire(self, loaded: LoadedModel, idle_only: bool = False) -> None:
         """Drain `loaded`'s leases (grace period, then ask them to stop), then free it. A lease
@@ -722,71 +521,3 @@ class ModelManager:
                 resident = list(self._pool.values())
             self.on_unloaded(loaded, resident)
         heap.free_accelerator(quant.cuda_available())
-
-
-def _first_fitting(levels: list[quant.QuantLevel], config: Any, room: int) -> Any:
-    """The first of `levels` whose estimate for `config` fits `room`; None if none does."""
-    return next((lv for lv in levels if memory.estimate(config, lv).total <= room), None)
-
-
-@contextlib.contextmanager
-def _weights_progress(progress: Progress, start: float, end: float) -> Iterator[None]:
-    """transformers' own "Loading weights" loop, followed: the longest step of a load moves the
-    progress bar tensor by tensor instead of sitting still (nothing changes where this
-    transformers has no such loop)."""
-    try:
-        from transformers import core_model_loading as loading
-
-        original = loading.tqdm
-    except (ImportError, AttributeError):
-        yield
-        return
-
-    def followed(items: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        total = len(items) if hasattr(items, "__len__") else 0
-        every = max(total // 50, 1)
-        for number, item in enumerate(original(items, *args, **kwargs)):
-            if total and number % every == 0:
-                share = start + (end - start) * number / total
-                progress(round(share, 3), f"loading weights: {number} of {total} tensors")
-            yield item
-
-    loading.tqdm = followed
-    try:
-        yield
-    finally:
-        loading.tqdm = original
-
-
-def _no_progress(_fraction: float, _message: str) -> None:
-    return None
-
-
-def _check_config(path: Path, spec: ModelSpec) -> None:
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(str(path))
-    except Exception as exc:
-        raise CheckpointError(
-            f"The checkpoint of {spec.id} has a config.json transformers cannot read "
-            f"({type(exc).__name__}). Re-export it with save_pretrained."
-        ) from None
-
-
-def _load_failure(spec: ModelSpec, exc: BaseException) -> str:
-    """A user-facing sentence for a failed load (no paths, no traceback)."""
-    if isinstance(exc, LfmuiError):
-        return str(exc)
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if "out of memory" in text:
-        return f"Not enough memory to load {spec.id}; pick a smaller model or a 4-bit level."
-    if spec.source == "hub" and any(w in text for w in ("connect", "offline", "resolve", "hub")):
-        return (
-            f"Could not download {spec.id} from the Hugging Face Hub (unreachable or offline). "
-            "Check the network, or load an offline model such as lfm2-vl-tiny."
-        )
-    return (
-        f"Loading {spec.id} failed ({type(exc).__name__}); its checkpoint may be incomplete or "
-        "corrupt. Rebuild or re-download it, or pick another model."
-    )

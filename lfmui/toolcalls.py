@@ -1,44 +1,8 @@
-"""LFM2's Pythonic tool calls: find them in a reply, parse them with ``ast``, check them.
-
-LFM2 writes ``<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>``. ``parse`` takes
-the model's output of the current turn only (user text never reaches it: prompts escape markers)
-and returns the calls, the errors (sentences the model can read and act on) and the remaining text.
-Nothing is evaluated: the block goes through ``ast.parse`` after size checks, and only literals
-are accepted as argument values.
-
-Policy, stated once:
-- Argument values are literals: strings, finite numbers, True/False/None (and JSON's true, false,
-  null), lists, tuples and sets (as lists), dicts with string keys, and a unary minus on a
-  number. Names, calls, operators (``10**100``), f-strings, lambdas and comprehensions are errors.
-- Each call stands alone: one that cannot be used is an error beside the calls that can.
-- The JSON form is a call too (``[{"name": "get_weather", "arguments": {"city": "Paris"}}]``,
-  what LFM2.5 writes when its system prompt asks for JSON calls), read by the same literal rules:
-  an object with a string ``name`` and an object (or a JSON string of one) of ``arguments``.
-- What real LFM2 replies get wrong and a reader agrees on is repaired in the text of a call that
-  does not parse, and each repair is reported (``Parsed.repairs``): a raw newline, tab or NUL
-  inside a string is escaped; an apostrophe between two letters inside a single-quoted string is
-  escaped; an integer written with leading zeros (``07``) loses them; failing those, a keyword
-  argument's string runs to the quote that the next ``name=`` or the call's closing parenthesis
-  follows, and the quotes inside it are escaped (``command='sed -n '1,5p' f'``), unless a quote
-  inside is followed by ``name=`` (a missing comma, left an error). Nothing else is guessed, and
-  vLLM's published LFM2 parser vectors are tests (tests/test_toolcall_vectors.py).
-- Integers beyond 64 bits, NaN and infinities (``1e999``) are errors: results stay valid JSON.
-- Positional arguments are matched to the tool's parameters in the order its schema lists them;
-  more of them than parameters, or a positional argument for an unknown tool, is an error.
-- ``**{...}``, duplicate keywords and reserved words as keywords (``from=1``) are errors.
-- A call names a tool: a plain name, or a dotted one (``grocery.order``) for tools whose names
-  have dots; names with hyphens are written as the tool list gives them (``get-weather(...)``).
-  A name that is not a tool is an error (``os.system`` is an unknown tool, never Python).
-- A reply without markers that is nothing but a list of calls to listed tools
-  (``[get_weather(city="Paris")]``) is read as a block, reported as a repair: a server that drops
-  special tokens (``transformers serve``) sends LFM2's block that way. Anything else without
-  markers, a list of plain values included, stays text.
-- A start marker without an end (the reply was cut off) still yields its calls; an end marker
-  without a start is dropped from the text; the call body echoed after the end marker is dropped;
-  several blocks are all parsed, in order; markers inside a fenced code block are text.
-- Caps checked before parsing: block size, call count (open parentheses) and bracket nesting;
-  at most MAX_BLOCKS blocks of a reply are read (the rest is one error). Markers are found in
-  one pass, fenced code by a binary search: a 200 kB reply of fences and markers is linear.
+"""LFM2's tool calls in a reply: ``parse`` finds the blocks (Pythonic, or LFM2.5's JSON), reads
+them with ``ast`` after size caps (never eval), and returns the calls, the errors (sentences the
+model can act on), the repairs and the text left; ``validate`` checks a call against its schema;
+``write_calls`` writes calls back in LFM2's form. Only literals are argument values. The policy,
+stated once, with every case it settles: docs/tools.md#the-call-parser-lfmuitoolcalls.
 """
 
 from __future__ import annotations
@@ -48,9 +12,10 @@ import bisect
 import json
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
+
+from lfmui import toolcall_repairs as repairs
 
 START, END = "<|tool_call_start|>", "<|tool_call_end|>"
 MAX_BLOCK_CHARS = 16_000
@@ -169,7 +134,9 @@ def _unnamed(text: str, aliases: dict[str, str]) -> str:
 
 def _outside_strings(text: str, change: Any) -> str:
     """`text` with `change` applied to the parts outside string literals."""
-    return "".join(change(piece) if kind == "code" else piece for kind, piece in _pieces(text))
+    return "".join(
+        change(piece) if kind == "code" else piece for kind, piece in repairs.pieces(text)
+    )
 
 
 def _split(text: str) -> list[tuple[str, str]]:
@@ -260,9 +227,9 @@ def _call_by_call(body: str) -> list[tuple[ast.AST | CallError, list[str]]]:
     a call that still does not parse is its CallError."""
     inner = body[1:] if body.startswith("[") else body
     items: list[tuple[ast.AST | CallError, list[str]]] = []
-    for segment in _segments(inner[:-1] if inner.endswith("]") else inner):
+    for segment in repairs.segments(inner[:-1] if inner.endswith("]") else inner):
         try:
-            items.append(_parse_repaired(segment))
+            items.append(repairs.parse_repaired(segment))
         except (SyntaxError, ValueError) as exc:
             reason = exc.msg if isinstance(exc, SyntaxError) else "it cannot be read"
             shown = segment[:60]
@@ -271,161 +238,6 @@ def _call_by_call(body: str) -> list[tuple[ast.AST | CallError, list[str]]]:
         except (MemoryError, RecursionError):
             items.append((CallError("A tool call could not be parsed; keep it short."), []))
     return items
-
-
-def _parse_repaired(segment: str) -> tuple[ast.AST, list[str]]:
-    """The call node of `segment` as written, else after the repairs, else after re-quoting
-    its keyword strings; the notes of the repairs it took. Raises the first parse error."""
-    first: Exception | None = None
-    for attempt in (lambda: (segment, []), lambda: _repair(segment), lambda: _requoted(segment)):
-        text, notes = attempt()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # an unknown escape (\,) stays as written
-                return ast.parse(text, mode="eval").body, notes
-        except (SyntaxError, ValueError) as exc:
-            first = first or exc
-    raise first
-
-
-_NEXT_ARGUMENT = re.compile(r"\s*(?:,\s*[A-Za-z_]\w*\s*=|\)\s*$)")
-_MISSING_COMMA = re.compile(r"\s+[A-Za-z_]\w*\s*=")
-
-
-def _requoted(segment: str) -> tuple[str, list[str]]:
-    """Each keyword argument's string taken to end at the quote that the next keyword (or the
-    call's closing parenthesis) follows; the quotes inside it escaped, then the repairs."""
-    out, at, depth, found = [], 0, 0, set()
-    endless: set[str] = set()  # quotes with no end from an earlier start: none from later ones
-    while at < len(segment):
-        char = segment[at]
-        depth += (char in "([{") - (char in ")]}")
-        opening = re.match(r"=\s*(['\"])", segment[at:]) if char == "=" and depth == 1 else None
-        end = None
-        if opening and opening.group(1) not in endless:
-            end = _string_end(segment, at + opening.end(), opening.group(1))
-            if end is None:
-                endless.add(opening.group(1))
-        if end is None:
-            out.append(char)
-            at += 1
-            continue
-        start, quote = at + opening.end(), opening.group(1)
-        inner, kinds = _escaped(segment[start:end], quote)
-        found |= kinds
-        out.append(segment[at:start] + inner + quote)
-        at = end + 1
-    text, notes = _repair("".join(out))
-    found = {_NOTES["raw"]} & found | ({_REQUOTED} if _NOTES["quote"] in found else set())
-    return text, sorted({*notes, *found})
-
-
-def _string_end(segment: str, start: int, quote: str) -> int | None:
-    at = start
-    while at < len(segment):
-        if segment[at] == "\\":
-            at += 2
-            continue
-        if segment[at] == quote and _NEXT_ARGUMENT.match(segment, at + 1):
-            return at
-        if segment[at] == quote and _MISSING_COMMA.match(segment, at + 1):
-            return None  # `a="x" b="y"`: two arguments without their comma, not one string
-        at += 1
-    return None
-
-
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\x00"}
-_NOTES = {
-    "raw": "a raw newline, tab or NUL inside a string was escaped",
-    "quote": "an apostrophe inside a single-quoted string was escaped",
-    "zeros": "an integer's leading zeros were dropped",
-}
-_REQUOTED = "quotes inside a string argument were escaped"
-_LEADING_ZEROS = re.compile(r"(?<![\w.])0+(?=[1-9]\d*(?![\w.]))")
-
-
-def _escaped(body: str, quote: str) -> tuple[str, set[str]]:
-    """A string literal's body with its unescaped `quote`s and raw newlines, tabs and NULs
-    escaped, and the notes of what was."""
-    out, found, at = [], set(), 0
-    while at < len(body):
-        char = body[at]
-        if char == "\\":
-            out.append(body[at : at + 2])
-            at += 2
-            continue
-        if char == quote:
-            out.append("\\" + quote)
-            found.add(_NOTES["quote"])
-        elif char in _ESCAPES:
-            out.append(_ESCAPES[char])
-            found.add(_NOTES["raw"])
-        else:
-            out.append(char)
-        at += 1
-    return "".join(out), found
-
-
-def _pieces(text: str) -> list[tuple[str, str]]:
-    """`text` cut into ("code", ...), ("string", quoted literal) and ("open", a literal left
-    open to the end). A backslash escapes the next character; a single quote between two
-    letters inside a single-quoted string is an apostrophe, not its end (``'it's'``)."""
-    pieces, start, quote, at = [], 0, "", 0
-    while at < len(text):
-        char = text[at]
-        if quote and char == "\\":
-            at += 2
-            continue
-        if quote and char == quote and not _apostrophe(text, at, quote):
-            pieces.append(("string", text[start : at + 1]))
-            start, quote = at + 1, ""
-        elif not quote and char in "'\"":
-            pieces.append(("code", text[start:at]))
-            start, quote = at, char
-        at += 1
-    pieces.append(("open" if quote else "code", text[start:]))
-    return [(kind, piece) for kind, piece in pieces if piece]
-
-
-def _segments(body: str) -> list[str]:
-    """The top-level comma-separated pieces of `body`, outside strings and brackets."""
-    pieces, current, depth = [], [], 0
-    for kind, piece in _pieces(body):
-        start = 0
-        for at, char in enumerate(piece if kind == "code" else ""):
-            depth += (char in "([{") - (char in ")]}")
-            if char == "," and depth == 0:
-                pieces.append("".join(current) + piece[start:at])
-                current, start = [], at + 1
-        current.append(piece[start:])
-    pieces.append("".join(current))
-    return [piece.strip() for piece in pieces if piece.strip()]
-
-
-def _apostrophe(text: str, at: int, quote: str) -> bool:
-    """A single quote between two letters inside a single-quoted string (``'it's'``)."""
-    return (
-        quote == "'"
-        and 0 < at < len(text) - 1
-        and text[at - 1].isalpha()
-        and text[at + 1].isalpha()
-    )
-
-
-def _repair(segment: str) -> tuple[str, list[str]]:
-    """`segment` with the policy's repairs made, and a note for each kind made."""
-    out, notes = [], set()
-    for kind, piece in _pieces(segment):
-        if kind == "code":
-            fixed = _LEADING_ZEROS.sub("", piece)
-            notes |= {_NOTES["zeros"]} if fixed != piece else set()
-            out.append(fixed)
-            continue
-        quote, closed = piece[0], kind == "string"
-        body, found = _escaped(piece[1 : -1 if closed else None], quote)
-        notes |= found
-        out.append(quote + body + (quote if closed else ""))
-    return "".join(out), sorted(notes)
 
 
 def _check_caps(body: str) -> None:

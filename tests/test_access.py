@@ -64,7 +64,7 @@ def test_owner_only_no_token_set_means_no_token_works(monkeypatch):
         ("gopher://example.org/", "is not an http(s) URL"),
     ],
 )
-def test_ssrf_endpoint_urls_that_point_inside_are_refused(on_space, url, says):
+def test_item41_ssrf_endpoint_urls_that_point_inside_are_refused(on_space, url, says):
     with pytest.raises(EndpointRefused, match=says.replace("(", r"\(").replace(")", r"\)")):
         on_space.check_endpoint(url, resolve=False)
 

@@ -125,9 +125,9 @@ class AppState:
                 del model.generate  # back to the class's method
 
     def generation_thread_idle(self, timeout: float) -> bool:
-        from lfmui import engine
+        from lfmui import worker
 
-        return engine.generation_worker().submit(lambda: True).result(timeout)
+        return worker.generation_worker().submit(lambda: True).result(timeout)
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +380,7 @@ def test_chat_image_detail_preset_applies_to_the_next_message(page, tmp_path):
 
 
 def test_tool_playground_shows_the_trace(page, app_state):
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     page.get_by_role("tab", name="Tools").click()
     panel = page.locator("#tools-panel")
@@ -401,7 +401,7 @@ def test_tool_playground_shows_the_trace(page, app_state):
 
 
 def test_chat_with_tools_shows_used_tool_messages(page, app_state):
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     page.get_by_role("tab", name="Chat").click()
     clear_chat(page)
@@ -429,7 +429,7 @@ def test_chat_with_tools_shows_used_tool_messages(page, app_state):
 
 
 def test_tool_playground_manual_mode_sends_the_edited_result(page, app_state):
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     page.get_by_role("tab", name="Tools").click()
     panel = page.locator("#tools-panel")
@@ -737,7 +737,7 @@ def test_load_a_model_from_the_models_tab(page):
 
 
 def test_item19_model_output_runs_nothing_and_fetches_nothing(page, app_state):
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     page.get_by_role("tab", name="Chat").click()
     clear_chat(page)
@@ -857,7 +857,7 @@ def test_chats_stored_damaged_are_dropped_with_a_warning(page):
 
 
 def test_edit_a_sent_message_and_the_chat_runs_again_from_it(page, app_state):
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     page.get_by_role("tab", name="Chat").click()
     new_chat(page)
@@ -896,7 +896,7 @@ def test_edit_a_sent_message_and_the_chat_runs_again_from_it(page, app_state):
 
 
 def test_regenerated_answers_are_kept_to_flip_between(page, app_state):
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     page.get_by_role("tab", name="Chat").click()
     new_chat(page)

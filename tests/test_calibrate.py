@@ -85,7 +85,7 @@ def test_the_decode_shapes_are_the_models_own():
 
 
 def test_the_models_tab_shows_the_measured_speed_and_marks_a_slow_level(tiny_paths):
-    from lfmui.ui.models_tab import quantization_table
+    from lfmui.ui.model_cards import quantization_table
 
     config = _config("lfm2-vl-tiny")
     key = calibrate._key(calibrate.decode_shapes(config))
@@ -116,10 +116,10 @@ def test_the_cpu_is_named_with_its_instruction_sets(tmp_path):
 def test_the_bench_prints_calibration_and_kernel_figures_with_the_cpu(tiny_paths, capsys):
     """`python -m lfmui.bench calibrate` and `kernels`: JSON lines, each naming the CPU and its
     instruction sets."""
-    from lfmui import bench
+    from lfmui.bench import cli
 
-    assert bench.main(["calibrate", "--models", "lfm2-moe-tiny"]) == 0
-    assert bench.main(["kernels", "--repeats", "1"]) == 0
+    assert cli.main(["calibrate", "--models", "lfm2-moe-tiny"]) == 0
+    assert cli.main(["kernels", "--repeats", "1"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     cases = {line["case"]: line for line in lines}  # and each run's summary line
     calibrated, kernels = cases["calibrate"], cases["kernels"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lfmui import engine, prompts, quant
+from lfmui import compiled, engine, prompts, quant
 from lfmui.manager import ModelManager
 
 pytestmark = pytest.mark.cuda
@@ -51,7 +51,7 @@ def test_every_level_loads_on_cuda(tiny_paths, model_id, level, monkeypatch):
         linear = bnb.nn.Linear8bitLt if level == "int8" else bnb.nn.Linear4bit
         assert any(isinstance(m, linear) for m in loaded.model.modules())
         if model_id == "lfm2-moe-tiny":
-            from lfmui.moe_quant import QuantizedExperts
+            from lfmui.quant.moe import QuantizedExperts
 
             experts = [m for m in loaded.model.modules() if isinstance(m, QuantizedExperts)]
             assert experts and all(m.gate_up_proj_q.is_cuda for m in experts)
@@ -103,7 +103,8 @@ def test_quantized_moe_decode_never_syncs_on_cuda(level):
 
 
 def test_nf4_moe_load_peak_stays_near_its_size():
-    from lfmui import meters, offline
+    from lfmui import offline
+    from lfmui.bench import meters
 
     offline.ensure_checkpoint("lfm2-moe-replica", device="cuda")  # built outside the window
     manager = ModelManager(_every_build())
@@ -182,7 +183,7 @@ def test_item30_real_out_of_memory_during_generate(memory_cap):
 def test_compiled_decode_on_cuda_reuses_its_cache_and_a_switch_leaves_nothing_compiled():
     """The CUDA path the CPU tests rehearse (tests/test_engine.py): bf16 decodes compiled
     into one static cache across requests of different lengths; a switch resets dynamo."""
-    manager = ModelManager(**engine.LIFECYCLE)
+    manager = ModelManager(**compiled.LIFECYCLE)
     manager.load("lfm2-vl-tiny", "bf16")
     loaded = manager.current()
     assert loaded.decode_note == "compiled decode: static cache + torch.compile"
@@ -191,8 +192,8 @@ def test_compiled_decode_on_cuda_reuses_its_cache_and_a_switch_leaves_nothing_co
         inputs = prompts.build_inputs(loaded, [{"role": "user", "content": text}])
         events = list(engine.stream(loaded, inputs, engine.Settings(max_new_tokens=8)))
         assert events[-1].kind == "done", events[-1].data
-    assert loaded.static_cache is cache and engine.compiled_entries() >= 1
+    assert loaded.static_cache is cache and compiled.compiled_entries() >= 1
     manager.load("lfm2-moe-tiny", "bf16")
     assert loaded.static_cache is None
     manager.unload()
-    assert engine.compiled_entries() == 0
+    assert compiled.compiled_entries() == 0

@@ -1,9 +1,9 @@
 """The endpoint backend against real OpenAI-compatible servers that lfmui did not write:
 ``transformers serve`` on the offline tiny checkpoint (started here, on CPU), and, for servers
 that parse tool calls themselves, a second lfmui's own /v1. Scripted replies go through each
-server's real generate path (tests/scripted.py). The faults a server can have (unreachable, too
-slow, malformed JSON, a stream cut short, unknown model ids) come from small HTTP servers here,
-since no real server misbehaves on demand."""
+server's real generate path (tests/helpers/scripted.py). The faults a server can have
+(unreachable, too slow, malformed JSON, a stream cut short, unknown model ids) come from small
+HTTP servers here, since no real server misbehaves on demand."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lfmui import endpoint, tools, turns
+from lfmui import endpoint, tool_turn, tools, turns
 from lfmui.endpoint import Endpoint, EndpointError
 from lfmui.manager import ModelManager
 
@@ -90,7 +90,7 @@ def served(tiny_paths, tmp_path_factory):
 
 def _script(path: str) -> str:
     """The generation_config that scripts the calculator tool turn on the server."""
-    from scripted import server_script
+    from helpers.scripted import server_script
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -214,14 +214,16 @@ def test_a_tool_turn_runs_through_the_endpoint(served, scripted_body):
     manager = _endpoint_manager(*served, scripted_body)
     conversation = [{"role": "user", "content": ASK}]
     steps = list(
-        turns.tool_turn(manager, conversation, tools.builtins(), settings={"max_new_tokens": 64})
+        tool_turn.tool_turn(
+            manager, conversation, tools.builtins(), settings={"max_new_tokens": 64}
+        )
     )
-    parsed = [s for s in steps if isinstance(s, turns.Parsed)]
+    parsed = [s for s in steps if isinstance(s, tool_turn.Parsed)]
     assert parsed[0].calls == [{"name": "calculator", "arguments": {"expression": "2+3"}}]
     assert "without the tool-call markers" in parsed[0].repairs[0]
-    results = [s.result for s in steps if isinstance(s, turns.Result)]
+    results = [s.result for s in steps if isinstance(s, tool_turn.Result)]
     assert [(r.name, r.output) for r in results] == [("calculator", "5")]
-    assert steps[-1] == turns.Final(2, ANSWER, "eos")
+    assert steps[-1] == tool_turn.Final(2, ANSWER, "eos")
     assert conversation[-1] == {"role": "tool", "content": "5"}
 
 
@@ -300,7 +302,7 @@ def test_the_app_runs_on_an_endpoint(served, scripted_body, tmp_path):
 
 # ---- a server that parses tool calls itself: another lfmui's /v1 ---------------------------
 def test_tool_calls_parsed_by_the_server_are_run(vl_manager):
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     from lfmui.ui import build_app, launch_settings
 
@@ -315,17 +317,17 @@ def test_tool_calls_parsed_by_the_server_are_run(vl_manager):
         block = f"<|tool_call_start|>{CALL}<|tool_call_end|>"
         with scripted_generate(vl_manager.current(), [block, ANSWER]):
             steps = list(
-                turns.tool_turn(
+                tool_turn.tool_turn(
                     manager,
                     [{"role": "user", "content": ASK}],
                     tools.builtins(),
                     settings={"max_new_tokens": 64},
                 )
             )
-        parsed = [s for s in steps if isinstance(s, turns.Parsed)]
+        parsed = [s for s in steps if isinstance(s, tool_turn.Parsed)]
         assert parsed[0].calls == [{"name": "calculator", "arguments": {"expression": "2+3"}}]
         assert parsed[0].repairs == []  # it came as tool_calls, written back as LFM2's block
-        assert steps[-1] == turns.Final(2, ANSWER, "eos")
+        assert steps[-1] == tool_turn.Final(2, ANSWER, "eos")
     finally:
         demo.close()
 
@@ -642,7 +644,7 @@ def test_upstream_bounds_connect_has_one_deadline_and_a_capped_list(monkeypatch)
     assert len(endpoint.models) == module.MAX_LISTED_MODELS
 
 
-def test_ssrf_a_redirect_is_not_followed():
+def test_item41_ssrf_a_redirect_is_not_followed():
     """A server that passed the address check cannot send the client elsewhere (here another
     local server, which would have listed its model)."""
     with _faulty("none", models=["elsewhere"]) as inside:

@@ -11,8 +11,8 @@ import weakref
 import pytest
 from PIL import Image
 
-from lfmui import engine, prompts
-from lfmui.errors import InputError
+from lfmui import compiled, engine, prompts, worker
+from lfmui.errors import InputError, TooManyRequests
 from lfmui.manager import ModelManager
 
 
@@ -31,7 +31,7 @@ def _inputs(loaded, text="Hello there"):
 
 def _worker_idle(timeout: float) -> bool:
     """True once the generation thread can take new work (the previous generate() returned)."""
-    return engine.generation_worker().submit(lambda: None).result(timeout) is None
+    return worker.generation_worker().submit(lambda: None).result(timeout) is None
 
 
 def test_item29_stop_mid_stream_ends_generation_within_two_seconds(loaded):
@@ -343,7 +343,7 @@ def test_only_the_generation_thread_runs_a_wide_openmp_team():
 
     import lfmui
 
-    wide = engine.generation_worker().submit(torch.get_num_threads).result()
+    wide = worker.generation_worker().submit(torch.get_num_threads).result()
     later: list[int] = []
     thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
     thread.start()
@@ -354,31 +354,31 @@ def test_only_the_generation_thread_runs_a_wide_openmp_team():
         assert wide == len(os.sched_getaffinity(0)) and later == [1]
 
 
-def test_fairness_clients_take_turns_so_one_reply_waits_at_most_one_of_anothers():
+def test_item44_fairness_clients_take_turns_so_one_reply_waits_at_most_one_of_anothers():
     """B has one job running and 12 waiting; A's one job runs next, not thirteenth."""
-    worker = engine.FairWorker()
+    fair = worker.FairWorker()
     ran: list[str] = []
     hold = threading.Event()
-    jobs = [worker.submit(lambda: (hold.wait(10), ran.append("B0")), "B")]
-    jobs += [worker.submit(lambda n=n: ran.append(f"B{n}"), "B") for n in range(1, 13)]
-    assert worker.waiting() == {"B": 13}
-    jobs.append(worker.submit(lambda: ran.append("A"), "A"))
+    jobs = [fair.submit(lambda: (hold.wait(10), ran.append("B0")), "B")]
+    jobs += [fair.submit(lambda n=n: ran.append(f"B{n}"), "B") for n in range(1, 13)]
+    assert fair.waiting() == {"B": 13}
+    jobs.append(fair.submit(lambda: ran.append("A"), "A"))
     hold.set()
     for job in jobs:
         job.result(10)
     assert ran[:3] == ["B0", "A", "B1"] and len(ran) == 14
-    assert worker.waiting() == {}
+    assert fair.waiting() == {}
 
 
 def test_fairness_a_client_over_its_cap_is_refused_others_are_not():
-    worker = engine.FairWorker(per_client=3)
+    fair = worker.FairWorker(per_client=3)
     hold = threading.Event()
-    held = [worker.submit(hold.wait, "B") for _ in range(3)]
-    with pytest.raises(engine.TooManyRequests, match="You have 3 replies waiting or running"):
-        worker.submit(lambda: None, "B")
-    other = worker.submit(lambda: "A's", "A")
+    held = [fair.submit(hold.wait, "B") for _ in range(3)]
+    with pytest.raises(TooManyRequests, match="You have 3 replies waiting or running"):
+        fair.submit(lambda: None, "B")
+    other = fair.submit(lambda: "A's", "A")
     held[2].cancel()  # a cancelled job (a closed tab) frees its place
-    again = worker.submit(lambda: "B's", "B")
+    again = fair.submit(lambda: "B's", "B")
     hold.set()
     assert other.result(10) == "A's" and again.result(10) == "B's"
     assert held[2].cancelled()
@@ -403,8 +403,8 @@ def _in_forked_child(check) -> int:
 def test_a_forked_child_starts_its_own_generation_thread():
     """A ZeroGPU worker is forked from the app: the parent's generation thread does not exist
     there, and a reply submitted to it would wait for ever. The child starts its own."""
-    assert engine.generation_worker().submit(lambda: 1).result(timeout=10) == 1
-    check = lambda: engine.generation_worker().submit(lambda: 7).result(timeout=10) == 7  # noqa: E731
+    assert worker.generation_worker().submit(lambda: 1).result(timeout=10) == 1
+    check = lambda: worker.generation_worker().submit(lambda: 7).result(timeout=10) == 7  # noqa: E731
     assert _in_forked_child(check) == 0
 
 
@@ -419,7 +419,7 @@ def compiled_manager(tiny_paths, monkeypatch):
 
     monkeypatch.setenv("LFMUI_CPU_COMPILE", "eager")
     torch._dynamo.reset()
-    manager = ModelManager(**engine.LIFECYCLE)
+    manager = ModelManager(**compiled.LIFECYCLE)
     manager.load("lfm2-vl-tiny", "fp32")
     yield manager
     manager.unload()
@@ -458,15 +458,15 @@ def test_static_cache_decode_reuses_one_cache_and_gives_eager_decodes_tokens(
     loaded = compiled_manager.current()
     assert loaded.decode_note == "compiled decode: static cache + torch.compile"
     cache = loaded.static_cache
-    assert cache is not None and engine.compiled_entries() >= 1  # warm-up compiled it
+    assert cache is not None and compiled.compiled_entries() >= 1  # warm-up compiled it
     short = [{"role": "user", "content": "Hello"}]
     longer = _picture_question("What does this picture show? Say it in a few words.")
-    compiled = [_reply(loaded, c, True, monkeypatch) for c in (short, longer)]
+    compiled_ids = [_reply(loaded, c, True, monkeypatch) for c in (short, longer)]
     assert loaded.static_cache is cache  # the same cache, reused
-    assert compiled[0][1]["prompt_tokens"] != compiled[1][1]["prompt_tokens"]
+    assert compiled_ids[0][1]["prompt_tokens"] != compiled_ids[1][1]["prompt_tokens"]
     eager = [_reply(loaded, c, False, monkeypatch) for c in (short, longer)]
-    assert [t for t, _ in compiled] == [t for t, _ in eager]
-    assert len(set(compiled[0][0])) > 10  # varied tokens, so the comparison can fail
+    assert [t for t, _ in compiled_ids] == [t for t, _ in eager]
+    assert len(set(compiled_ids[0][0])) > 10  # varied tokens, so the comparison can fail
 
 
 def test_an_image_reply_decodes_with_the_text_replys_compiled_step(compiled_manager):
@@ -480,7 +480,7 @@ def test_an_image_reply_decodes_with_the_text_replys_compiled_step(compiled_mana
     loaded = compiled_manager.current()
     model = loaded.model
     handed: list[set[str]] = []
-    prepare = model.prepare_inputs_for_generation  # the app's (engine.trim_decode_inputs)
+    prepare = model.prepare_inputs_for_generation  # the app's (compiled.trim_decode_inputs)
 
     @functools.wraps(prepare)
     def recorded(*args, **kwargs):
@@ -493,7 +493,7 @@ def test_an_image_reply_decodes_with_the_text_replys_compiled_step(compiled_mana
         torch._dynamo.reset()
         text = prompts.build_inputs(loaded, [{"role": "user", "content": "Hello"}])
         list(engine.stream(loaded, text, engine.Settings.from_dict({"max_new_tokens": 6})))
-        after_text = engine.compiled_entries()
+        after_text = compiled.compiled_entries()
         handed.clear()
         inputs = prompts.build_inputs(loaded, _picture_question("And this one?"))
         assert "spatial_shapes" in inputs
@@ -501,11 +501,11 @@ def test_an_image_reply_decodes_with_the_text_replys_compiled_step(compiled_mana
     finally:
         model.prepare_inputs_for_generation = prepare
     assert len(handed) == 6 and not any("spatial_shapes" in step for step in handed[1:])
-    assert engine.compiled_entries() == after_text >= 1
+    assert compiled.compiled_entries() == after_text >= 1
 
 
 def test_decode_steps_are_not_handed_prefill_only_inputs():
-    """engine.trim_decode_inputs, on its own: a step without pixel_values (a decode step) loses
+    """compiled.trim_decode_inputs, on its own: a step without pixel_values (a decode step) loses
     spatial_shapes; the prefill keeps it; generate() still reads the original signature."""
     import inspect
     import types
@@ -514,8 +514,8 @@ def test_decode_steps_are_not_handed_prefill_only_inputs():
         return {"input_ids": input_ids, **kwargs}
 
     model = types.SimpleNamespace(prepare_inputs_for_generation=prepare_inputs_for_generation)
-    engine.trim_decode_inputs(model)
-    engine.trim_decode_inputs(model)  # once is enough: a second call wraps nothing more
+    compiled.trim_decode_inputs(model)
+    compiled.trim_decode_inputs(model)  # once is enough: a second call wraps nothing more
     trimmed = model.prepare_inputs_for_generation
     assert inspect.signature(trimmed) == inspect.signature(prepare_inputs_for_generation)
     prefill = trimmed(1, pixel_values=2, spatial_shapes=3)
@@ -526,9 +526,9 @@ def test_decode_steps_are_not_handed_prefill_only_inputs():
 
 def test_a_reply_that_may_pass_the_static_cache_decodes_eagerly(compiled_manager):
     loaded = compiled_manager.current()
-    assert engine.decode_plan(loaded, engine.STATIC_CACHE_LEN)[0]
-    plan, note = engine.decode_plan(loaded, engine.STATIC_CACHE_LEN + 1)
-    assert plan == {} and f"static cache's {engine.STATIC_CACHE_LEN} tokens" in note
+    assert compiled.decode_plan(loaded, compiled.STATIC_CACHE_LEN)[0]
+    plan, note = compiled.decode_plan(loaded, compiled.STATIC_CACHE_LEN + 1)
+    assert plan == {} and f"static cache's {compiled.STATIC_CACHE_LEN} tokens" in note
 
 
 def test_a_model_switch_leaves_no_compiled_entries_behind(compiled_manager):
@@ -537,11 +537,11 @@ def test_a_model_switch_leaves_no_compiled_entries_behind(compiled_manager):
     import torch
 
     loaded = compiled_manager.current()
-    assert engine.compiled_entries() >= 1
+    assert compiled.compiled_entries() >= 1
     compiled_manager.load("lfm2-moe-tiny", "fp32")  # a switch: lfm2-vl-tiny is unloaded
-    after_switch = engine.compiled_entries()
+    after_switch = compiled.compiled_entries()
     assert loaded.static_cache is None and loaded.model is None
     torch._dynamo.reset()
-    assert engine.compiled_entries() == 0
-    engine.warm_up(compiled_manager.current())  # what the new model alone compiles
-    assert after_switch == engine.compiled_entries() >= 1
+    assert compiled.compiled_entries() == 0
+    compiled.warm_up(compiled_manager.current())  # what the new model alone compiles
+    assert after_switch == compiled.compiled_entries() >= 1

@@ -1,6 +1,6 @@
 """lfmui.ui.gpu on a ZeroGPU Space, rehearsed on CPU: `python app.py` with the real spaces
 package, its device API stubbed on the loopback, and only the worker's GPU steps stubbed
-(tests/zerogpu.py says which). Each request below crosses into a forked worker and back,
+(tests/helpers/zerogpu.py says which). Each request below crosses into a forked worker and back,
 pickled both ways, as on a Space."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers.zerogpu import SHIM, DeviceAPI
 from test_space import (
     ADMIN_TOKEN,
     API_KEY,
@@ -26,7 +27,6 @@ from test_space import (
     _space_env,
     _space_port,
 )
-from zerogpu import SHIM, DeviceAPI
 
 ROOT = Path(__file__).resolve().parents[1]
 V1 = {**AS_VISITOR, "Authorization": f"Bearer {API_KEY}"}
@@ -34,7 +34,7 @@ V1 = {**AS_VISITOR, "Authorization": f"Bearer {API_KEY}"}
 
 def _zerogpu_env(folder: Path, port: int, api: DeviceAPI, **extra: str) -> dict[str, str]:
     """A ZeroGPU Space's environment: the Space's own, ZeroGPU's switch and device API, the
-    cgroup and offload paths spaces reads and writes, and the shim (tests/zerogpu.py)."""
+    cgroup and offload paths spaces reads and writes, and the shim (tests/helpers/zerogpu.py)."""
     (folder / "shim").mkdir(parents=True, exist_ok=True)
     (folder / "shim" / "sitecustomize.py").write_text(SHIM)
     (folder / "cgroup").write_text("0::/rehearsal\n1:devices:/rehearsal\n")

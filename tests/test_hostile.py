@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lfmui import chats, prompts, session, turns
+from lfmui import chats, prompts, session, tool_turn, turns
 from lfmui.errors import InputError
 from lfmui.ui.render import to_chatbot
 
@@ -102,7 +102,7 @@ def test_typed_conversions_max_rounds_and_settings_through_the_api():
     from lfmui.settings import Settings
 
     with pytest.raises(InputError, match="max_rounds must be between"):
-        turns.ToolTurn.start([{"role": "user", "content": "x"}], {}, max_rounds=0)
+        tool_turn.ToolTurn.start([{"role": "user", "content": "x"}], {}, max_rounds=0)
     for value in (float("inf"), "1", True, 1.9):
         with pytest.raises(InputError, match="max_new_tokens"):
             Settings.from_dict({"max_new_tokens": value})

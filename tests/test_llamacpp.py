@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from lfmui import bench, llamacpp, offline
+from lfmui import offline
+from lfmui.bench import cli, llamacpp
 
 
 def test_staging_names_the_architecture_the_converter_reads(tmp_path):
@@ -27,7 +28,7 @@ def test_staging_names_the_architecture_the_converter_reads(tmp_path):
 
 
 def test_the_bench_case_says_how_to_build_llama_cpp(tmp_path, capsys):
-    assert bench.main(["llamacpp", "--llama-cpp", str(tmp_path)]) == 1
+    assert cli.main(["llamacpp", "--llama-cpp", str(tmp_path)]) == 1
     record = json.loads(capsys.readouterr().out.splitlines()[0])
     assert record["ok"] is False and "pip download llama-cpp-python" in record["error"]
     (tmp_path / "convert_hf_to_gguf.py").write_text("")

@@ -1,11 +1,11 @@
-"""The load test (tests/load_test.py) at CI size: 3 users for 15 s with cancels, disconnects,
+"""The load test (tests/helpers/load.py) at CI size: 3 users for 15 s with cancels, disconnects,
 tool turns and quantization switches mixed in."""
 
 from __future__ import annotations
 
 import json
 
-from load_test import run
+from helpers.load import run
 
 
 def test_item39_load_small(tiny_paths):

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from lfmui import offline
+from lfmui import lfm2_format, offline
 
 
 def test_tiny_checkpoints_load_through_auto_classes(tiny_paths):
@@ -79,7 +79,7 @@ def test_byte_level_round_trip_of_unicode(tiny_paths):
     text = "Grüße, 東京! مرحبا 🙂 tab\there"
     ids = tokenizer(text, add_special_tokens=False).input_ids
     assert tokenizer.decode(ids) == text
-    assert all(i >= offline.N_SPECIAL for i in ids)
+    assert all(i >= lfm2_format.N_SPECIAL for i in ids)
 
 
 def _render(path, messages, tools=None):
@@ -160,7 +160,7 @@ def test_a_cached_build_gets_the_current_template_without_a_rebuild(tmp_path, mo
     weights = (path / "model.safetensors").stat().st_mtime_ns
     (path / "chat_template.jinja").write_text("{{ messages }}")
     offline.ensure_checkpoint("lfm2-moe-tiny")
-    assert (path / "chat_template.jinja").read_text() == offline.CHAT_TEMPLATE
+    assert (path / "chat_template.jinja").read_text() == lfm2_format.CHAT_TEMPLATE
     assert (path / "model.safetensors").stat().st_mtime_ns == weights
 
 
@@ -170,7 +170,7 @@ def test_a_cached_thinking_build_keeps_its_own_template(tmp_path, monkeypatch):
     monkeypatch.setenv("LFMUI_CACHE", str(tmp_path))
     path = offline.ensure_checkpoint("lfm2.5-thinking-tiny")
     offline.ensure_checkpoint("lfm2.5-thinking-tiny")
-    assert (path / "chat_template.jinja").read_text() == offline.THINKING_TEMPLATE
+    assert (path / "chat_template.jinja").read_text() == lfm2_format.THINKING_TEMPLATE
 
 
 def test_template_tools_without_system_prompt(tiny_paths):
@@ -218,8 +218,8 @@ def test_the_lfm25_moe_build_is_lfm2_8b_with_twice_the_vocabulary_and_thinks():
     lfm2 = offline.shape_config("lfm2-8b-a1b-synthetic")
     lfm25 = offline.shape_config("lfm2.5-8b-a1b-synthetic")
     assert lfm25 == {**lfm2, "vocab_size": 2 * 65536}
-    assert offline.chat_template_of("lfm2.5-8b-a1b-synthetic") == offline.THINKING_TEMPLATE
-    tokenizer = offline.build_tokenizer(lfm25["vocab_size"])
+    assert offline.chat_template_of("lfm2.5-8b-a1b-synthetic") == lfm2_format.THINKING_TEMPLATE
+    tokenizer = lfm2_format.build_tokenizer(lfm25["vocab_size"])
     assert len(tokenizer) == 131072
     text = "a longer vocabulary still encodes text both ways"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text

@@ -96,7 +96,7 @@ def thinking():
 
 
 def _turn(manager, conversation, reply: str, max_new_tokens: int = 64):
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     from lfmui import turns
 
@@ -158,7 +158,7 @@ def test_the_next_prompt_carries_the_answer_and_not_the_past_thinking(thinking):
 @pytest.mark.parametrize("stream", [False, True])
 def test_v1_returns_reasoning_content_apart_from_content(thinking, stream):
     """The openai SDK against the app's /v1, as vLLM's reasoning parser answers."""
-    from scripted import scripted_generate
+    from helpers.scripted import scripted_generate
 
     openai = pytest.importorskip("openai")
     manager, url = thinking
@@ -186,8 +186,8 @@ def test_browser_thinking_shows_as_a_collapsed_block_above_the_answer(thinking):
     """In the chat, a thinking model's reply: a "Thinking" block with its time, collapsed once
     the answer is there and opened on a click; the answer below it; the next turn's prompt
     carries the earlier answer without its thinking, as LFM2.5's template prescribes."""
+    from helpers.scripted import scripted_generate
     from playwright.sync_api import expect, sync_playwright
-    from scripted import scripted_generate
     from test_browser import ARTIFACTS, CHROMIUM, idle
 
     manager, url = thinking
@@ -250,7 +250,7 @@ def test_blank_text_streams_at_once_and_a_think_after_it_still_opens_the_block()
 def test_a_thinking_budget_ends_the_block_and_the_answer_follows(thinking):
     """With thinking_budget 12, a model that would think on (the script never closes the
     block) gets </think> written after 12 tokens of thinking, and its answer follows."""
-    from scripted import Scripted
+    from helpers.scripted import Scripted
     from transformers import LogitsProcessorList
 
     from lfmui import turns

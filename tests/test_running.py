@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lfmui.errors import InputError
-from lfmui.ui import chat_tab, running
+from lfmui.ui import chat_reply, running
 
 
 def test_a_reply_moves_idle_streaming_stopping_idle_and_a_second_start_is_refused():
@@ -28,8 +28,8 @@ def test_a_reply_moves_idle_streaming_stopping_idle_and_a_second_start_is_refuse
 
 def test_every_state_has_a_box_and_only_idle_offers_send():
     states = {state for state, _ in running.TRANSITIONS} | set(running.TRANSITIONS.values())
-    assert set(chat_tab.BOX_FOR) == states
+    assert set(chat_reply.BOX_FOR) == states
     for state in states:
-        box = chat_tab.BOX_FOR[state]
+        box = chat_reply.BOX_FOR[state]
         assert box["submit_btn"] == (state == running.IDLE)
         assert box["stop_btn"] == (state != running.IDLE)

@@ -219,7 +219,7 @@ def _ready(base: str) -> dict:
         time.sleep(0.25)
 
 
-def test_space_owner_only_a_visitor_cannot_load_a_model_for_everyone(space):
+def test_item40_space_owner_only_a_visitor_cannot_load_a_model_for_everyone(space):
     port, _, log = space
     base = f"http://127.0.0.1:{port}"
     assert _ready(base)["model_id"] == "lfm2-vl-tiny"
@@ -333,7 +333,7 @@ def _event_of(config: dict, elem_id: str, trigger: str) -> int:
     raise AssertionError(f"no {trigger} event on #{elem_id}")
 
 
-def test_space_owner_only_no_event_index_lets_a_visitor_change_the_shared_model(space):
+def test_item40_space_no_event_index_lets_a_visitor_change_the_shared_model(space):
     port, _, log = space
     base = f"http://127.0.0.1:{port}"
     before = _ready(base)

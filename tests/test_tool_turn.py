@@ -10,10 +10,10 @@ import json
 import threading
 
 import pytest
-from scripted import Scripted
+from helpers.scripted import Scripted
 from transformers import LogitsProcessorList
 
-from lfmui import tools, turns
+from lfmui import tool_turn, tools, turns
 from lfmui.errors import InputError
 from lfmui.toolcalls import END, START
 
@@ -24,7 +24,7 @@ def _turn(vl_manager, content, replies, settings=None, **options):
     conversation = [{"role": "user", "content": content}]
     settings = settings or {"max_new_tokens": 64, "temperature": 0.0}
     steps = list(
-        turns.tool_turn(
+        tool_turn.tool_turn(
             vl_manager,
             conversation,
             dict(tools.BUILTINS),
@@ -51,7 +51,7 @@ def test_full_tool_loop_parses_executes_once_and_feeds_back(vl_manager, monkeypa
     monkeypatch.setattr(tools, "execute", lambda c, r, **k: executed.append(c) or real(c, r, **k))
     conversation = [{"role": "user", "content": "What is the weather in Paris?"}]
     steps = list(
-        turns.tool_turn(
+        tool_turn.tool_turn(
             vl_manager,
             conversation,
             dict(tools.BUILTINS),
@@ -134,7 +134,7 @@ def test_tool_choice_is_stated_in_the_system_prompt(vl_manager):
     _, kwargs = _script(vl_manager, ["fine"])
     conversation = [{"role": "user", "content": "hi"}]
     list(
-        turns.tool_turn(
+        tool_turn.tool_turn(
             vl_manager,
             conversation,
             dict(tools.BUILTINS),
@@ -149,7 +149,7 @@ def test_tool_choice_is_stated_in_the_system_prompt(vl_manager):
     }
     with pytest.raises(InputError, match="not one of the tools"):
         list(
-            turns.tool_turn(
+            tool_turn.tool_turn(
                 vl_manager,
                 [{"role": "user", "content": "x"}],
                 dict(tools.BUILTINS),
@@ -163,7 +163,7 @@ def test_item38_two_sessions_in_parallel_never_cross(vl_manager, tmp_path):
     conversation gets only its own messages, each chat reply counts its own image's tokens."""
     from PIL import Image
 
-    from lfmui.ui import chat_tab
+    from lfmui.ui import chat_reply
 
     pictures = {"a": Image.new("RGB", (300, 200), "red"), "b": Image.new("RGB", (520, 700), "blue")}
     colour = {"a": "#ff0000", "b": "#0000ff"}
@@ -181,7 +181,7 @@ def test_item38_two_sessions_in_parallel_never_cross(vl_manager, tmp_path):
     def chat(name: str, path: str) -> None:
         history = [{"role": "user", "text": f"Describe picture {name}.", "images": [path]}]
         settings = {"max_new_tokens": 4, "temperature": 1.0}
-        for _ in chat_tab.stream_reply(vl_manager, history, "", settings, threading.Event()):
+        for _ in chat_reply.stream_reply(vl_manager, history, "", settings, threading.Event()):
             pass
         out[f"chat-{name}"] = history
 
@@ -228,19 +228,19 @@ def test_a_paused_turn_resumes_with_edited_results_and_replays_the_same(vl_manag
     call = f'{START}[get_weather(city="Paris")]{END}'
     _, kwargs = _script(vl_manager, [call, "Edited: 99 F."])
     options = {"settings": {"max_new_tokens": 32}, "generate_kwargs": kwargs}
-    turn = turns.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
-    mirror = turns.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
-    steps = list(turns.run_tool_turn(vl_manager, turn, pause=True, **options))
+    turn = tool_turn.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
+    mirror = tool_turn.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
+    steps = list(tool_turn.run_tool_turn(vl_manager, turn, pause=True, **options))
     assert steps[-1].kind == "paused" and turn.pending == steps[-1].results
     assert [m["role"] for m in turn.conversation] == ["user"]  # nothing fed back yet
     assert json.loads(turn.pending[0].output)["city"] == "Paris"  # prefilled by running it
     with pytest.raises(InputError, match="waiting for results"):
-        list(turns.run_tool_turn(vl_manager, turn, **options))
+        list(tool_turn.run_tool_turn(vl_manager, turn, **options))
     with pytest.raises(InputError, match="1 result"):
         turn.resume([])
     edited = tools.ToolResult("get_weather", {"city": "Paris"}, True, '{"temperature": 99}', 0.0)
     steps += turn.resume([edited])
-    steps += list(turns.run_tool_turn(vl_manager, turn, pause=True, **options))
+    steps += list(tool_turn.run_tool_turn(vl_manager, turn, pause=True, **options))
     assert steps[-1].kind == "final" and steps[-1].text == "Edited: 99 F."
     assert turn.conversation[-1] == {"role": "tool", "content": '{"temperature": 99}'}
     assert [m["role"] for m in turn.conversation] == ["user", "assistant", "tool"]
@@ -256,7 +256,7 @@ def test_a_paused_turn_resumes_with_edited_results_and_replays_the_same(vl_manag
     assert trace["rounds"][0]["results"][0]["output"] == '{"temperature": 99}'
     assert trace["final"] == {"text": "Edited: 99 F.", "reason": "eos"}
     with pytest.raises(InputError, match="has ended"):
-        list(turns.run_tool_turn(vl_manager, turn, **options))
+        list(tool_turn.run_tool_turn(vl_manager, turn, **options))
 
 
 def test_a_chat_becomes_a_conversation_without_changing_the_chat(tmp_path):
@@ -285,18 +285,18 @@ def test_a_chat_becomes_a_conversation_without_changing_the_chat(tmp_path):
 def test_a_streaming_reply_renders_only_itself_per_token(vl_manager, monkeypatch):
     """The chat renders the earlier turns once per reply and the reply at every token: what
     it shows equals rendering the whole chat."""
-    from lfmui.ui import chat_tab, render
+    from lfmui.ui import chat_reply, render
 
     rendered = []
     real = render.to_chatbot
-    monkeypatch.setattr(chat_tab, "to_chatbot", lambda t: rendered.append(len(t)) or real(t))
+    monkeypatch.setattr(chat_reply, "to_chatbot", lambda t: rendered.append(len(t)) or real(t))
     history = [
         {"role": "user", "text": "hi", "images": []},
         {"role": "assistant", "text": "hello", "status": "eos", "metrics": {}},
         {"role": "user", "text": "more", "images": []},
     ]
     settings = {"max_new_tokens": 8, "temperature": 1.0}
-    updates = list(chat_tab.stream_reply(vl_manager, history, "", settings, threading.Event()))
+    updates = list(chat_reply.stream_reply(vl_manager, history, "", settings, threading.Event()))
     assert len(updates) > 3 and rendered[0] == 3 and set(rendered[1:]) == {1}
     assert updates[-1][1] == real(history)
 
@@ -327,11 +327,11 @@ def test_on_zerogpu_every_option_reaches_the_worker_and_its_steps_apply_here(
 
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=worker_boundary))
     monkeypatch.setattr(gpu, "zerogpu", lambda: True)
-    wrapped = gpu.on_gpu(turns.run_tool_turn)
+    wrapped = gpu.on_gpu(tool_turn.run_tool_turn)
     call = f'{START}[get_weather(city="Paris")]{END}'
     _, kwargs = _script(vl_manager, [call, "Done."])
     approve = lambda c: {**c, "arguments": {"city": "London"}}  # noqa: E731
-    turn = turns.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
+    turn = tool_turn.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
     steps = list(
         wrapped(
             vl_manager,
@@ -355,9 +355,9 @@ def test_the_trace_names_what_the_parser_repaired(vl_manager):
 
     call = f"{START}[get_weather(city='Xi'an')]{END}"
     _, kwargs = _script(vl_manager, [call, "Done."])
-    turn = turns.ToolTurn.start([{"role": "user", "content": "Xi'an?"}], dict(tools.BUILTINS))
+    turn = tool_turn.ToolTurn.start([{"role": "user", "content": "Xi'an?"}], dict(tools.BUILTINS))
     list(
-        turns.run_tool_turn(
+        tool_turn.run_tool_turn(
             vl_manager, turn, settings={"max_new_tokens": 32}, generate_kwargs=kwargs
         )
     )
@@ -375,18 +375,18 @@ def test_a_reply_typed_by_the_user_stands_in_for_the_models_first_round(vl_manag
     like the model's (marked typed in the trace, no generate() for it), then the model itself
     answers from the result (forced here, so the test can read it)."""
     processor, kwargs = _script(vl_manager, ["It is 21 C."])
-    turn = turns.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
+    turn = tool_turn.ToolTurn.start([{"role": "user", "content": "Paris?"}], dict(tools.BUILTINS))
     turn.typed.append(f'{START}[get_weather(city="Paris")]{END}')
     options = {"settings": {"max_new_tokens": 16}, "generate_kwargs": kwargs}
-    steps = list(turns.run_tool_turn(vl_manager, turn, pause=True, **options))
-    parsed = next(s for s in steps if isinstance(s, turns.Parsed))
+    steps = list(tool_turn.run_tool_turn(vl_manager, turn, pause=True, **options))
+    parsed = next(s for s in steps if isinstance(s, tool_turn.Parsed))
     assert parsed.typed and parsed.calls == [
         {"name": "get_weather", "arguments": {"city": "Paris"}}
     ]
     assert steps[-1].kind == "paused" and processor.prompts == []  # the model did not run
     turn.resume(turn.pending)
-    steps = list(turns.run_tool_turn(vl_manager, turn, **options))
-    assert steps[-1] == turns.Final(2, "It is 21 C.", "eos") and len(processor.prompts) == 1
+    steps = list(tool_turn.run_tool_turn(vl_manager, turn, **options))
+    assert steps[-1] == tool_turn.Final(2, "It is 21 C.", "eos") and len(processor.prompts) == 1
     assert turn.to_json()["rounds"][0]["typed"] is True
     assert turn.to_json()["rounds"][1]["typed"] is False
 

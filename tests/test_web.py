@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from load_test import _serve
+from helpers.load import _serve
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def test_item04_opening_an_uploaded_page_runs_nothing(served):
 
 def test_headers_only_the_app_itself_may_frame_it(served, monkeypatch):
     """issue 18, headers: no frame-ancestors policy let any site frame the UI."""
-    from lfmui.ui import guard
+    from lfmui.serve import guard
 
     url, _ = served
     for path in ("/", "/gradio_api/info"):
@@ -333,7 +333,8 @@ def guarded():
 
     import uvicorn
 
-    from lfmui.ui.guard import Allowed, RequestGuard
+    from lfmui.serve.guard import RequestGuard
+    from lfmui.serve.hosts import Allowed
 
     received: list[bytes] = []
 
@@ -364,7 +365,7 @@ def guarded():
 
 def test_foreign_origin_and_host_the_allow_lists_let_a_proxy_in(guarded, monkeypatch):
     """--allow-host / --allow-origin (and LFMUI_ALLOWED_*, SPACE_HOST on a Space) add names."""
-    from lfmui.ui.guard import Allowed
+    from lfmui.serve.hosts import Allowed
 
     url, _ = guarded
     for host, origin in (
@@ -386,7 +387,7 @@ def test_foreign_origin_and_host_the_allow_lists_let_a_proxy_in(guarded, monkeyp
 
 def test_upload_caps_files_and_bytes_per_request_and_per_client(served, guarded, monkeypatch):
     """issue 18, class 4: 300 files and 3 x 15 MB in one request were stored."""
-    from lfmui.ui import guard
+    from lfmui.serve import guard
 
     url, folder = served
     before = _files(folder)
@@ -465,7 +466,7 @@ def test_no_traceback_in_the_server_log_after_every_hostile_request_above(served
 def test_upload_caps_the_ledger_of_clients_stays_bounded(monkeypatch):
     """A client's address can be forged (X-Forwarded-For): the per-client ledger keeps at
     most MAX_CLIENTS, the least recent forgotten first."""
-    from lfmui.ui import guard
+    from lfmui.serve import guard
 
     monkeypatch.setattr(guard, "MAX_CLIENTS", 3)
     ledger = guard._UploadLedger()

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 import gradio as gr
 
-from lfmui import backends, quant, tiling, toolcalls, tools, turns
+from lfmui import backends, quant, tiling, tool_turn, toolcalls, tools, turns
 from lfmui.access import Access
 from lfmui.engine import Metrics
 from lfmui.errors import InputError, read_json
@@ -106,7 +106,7 @@ class PublicApi:
             raise InputError(f"Send at most {turns.MAX_IMAGES_PER_MESSAGE} images per request.")
         answer = thought = ""
         conversation = [*earlier, turns.user_message(prompt or "", files)]
-        client = request.session_hash or ""  # visitors take turns (engine.FairWorker)
+        client = request.session_hash or ""  # visitors take turns (worker.FairWorker)
         events = gpu.chat_turn(
             self.manager, conversation, settings=settings, tiling=cut, model=pick, client=client
         )
@@ -162,16 +162,16 @@ class PublicApi:
         text, parsed calls, errors and results, then the final answer."""
         settings = parse_settings(settings_json)
         choice = str(settings.pop("tool_choice", "auto"))
-        rounds = settings.pop("max_rounds", turns.MAX_TOOL_ROUNDS)
+        rounds = settings.pop("max_rounds", tool_turn.MAX_TOOL_ROUNDS)
         if not isinstance(rounds, int) or isinstance(rounds, bool):
             raise InputError(
-                f"max_rounds must be a whole number between 1 and {turns.MAX_ROUNDS_CAP}."
+                f"max_rounds must be a whole number between 1 and {tool_turn.MAX_ROUNDS_CAP}."
             )
         if not (prompt or "").strip():
             raise InputError("Send a request for the model.")
         registry = tools.registry_from_json(tools_json)
         conversation = [{"role": "user", "content": prompt}]
-        turn = turns.ToolTurn.start(conversation, registry, choice, rounds)
+        turn = tool_turn.ToolTurn.start(conversation, registry, choice, rounds)
         for _ in gpu.run_tool_turn(self.manager, turn, settings=settings):
             pass
         noise = self.manager.readiness()["random_weights"]

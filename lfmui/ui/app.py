@@ -9,11 +9,23 @@ from typing import Any
 import gradio as gr
 from starlette.middleware import Middleware
 
-from lfmui import engine, offline
+from lfmui import compiled, offline
 from lfmui.access import Access
 from lfmui.manager import ModelManager
-from lfmui.ui import api, chat_tab, models_tab, tools_tab, v1, vision_tab
-from lfmui.ui.guard import Allowed, RequestGuard
+from lfmui.serve import routes
+from lfmui.serve.guard import RequestGuard
+from lfmui.serve.hosts import Allowed
+from lfmui.ui import (
+    api,
+    chat_reply,
+    chat_tab,
+    controls,
+    gpu,
+    model_cards,
+    models_tab,
+    tools_tab,
+    vision_tab,
+)
 
 MAX_FILE_SIZE = "20mb"
 # Escape stops whatever is streaming (the visible Stop buttons: the playground's, and the one
@@ -77,14 +89,14 @@ def build_app(
     """The lfmui app over `manager` (a fresh one with the built-in catalog by default); who
     owns it is `access` (by default: whoever runs it on this machine, or on a Space its
     author and the admin token)."""
-    manager = manager or ModelManager(**engine.LIFECYCLE)
+    manager = manager or ModelManager(**compiled.LIFECYCLE)
     access = access or Access.configured()
     with gr.Blocks(title="lfmui: try LFM2 models", analytics_enabled=False) as demo:
         with gr.Row(equal_height=False):
             gr.Markdown("# lfmui · try LFM2 models", elem_id="app-title")
             theme = gr.Button("Dark / light", size="sm", scale=0, elem_id="theme-toggle")
         theme.click(None, None, None, js=TOGGLE_THEME)
-        banner_box = gr.Markdown(models_tab.banner(manager, startup_note), elem_id="app-banner")
+        banner_box = gr.Markdown(model_cards.banner(manager, startup_note), elem_id="app-banner")
         pick = gr.State(None)  # this visitor's model (lfmui.backends; None: the default)
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
@@ -94,72 +106,80 @@ def build_app(
             with gr.Tab("Tools", id="tools", elem_id="tools-panel"):
                 playground = tools_tab.build(manager, pick)
             with gr.Tab("Models", id="models"):
-                models = models_tab.build(manager, banner_box, startup_note, access, pick)
+                models = models_tab.build(manager, banner_box, access, pick)
         api.build(manager, access)
-        chat["open_inspector"].click(
+        chat.open_inspector.click(
             lambda: gr.Tabs(selected="inspector"), None, tabs, api_visibility="private"
         )
-        per_model = [
-            chat["system_prompt"],
-            *chat["controls"],
-            *chat["image_detail"].all,
-            *inspector["controls"].all,
-        ]
-
-        def model_defaults(chosen: str | None = None) -> list:
-            detail = vision_tab.reset_values(manager, chosen)
-            return [*chat_tab.defaults(manager, chosen), *detail, *detail]
-
-        def serving(chosen: str | None, session: str) -> list:  # what answers this visitor now
-            box = chat_tab.message_box(manager, chosen, session)
-            card = models_tab.pool_card(manager)
-            chip = models_tab.chip(manager, chosen)
-            picker = models_tab.chat_choices(manager, chosen)
-            return [chip, picker, box, *models_tab.picked(manager), card]
-
-        shown = [
-            chat["chip"],
-            chat["model"],
-            chat["box"],
-            models["model"],
-            models["level"],
-            models["pool"],
-        ]
-
-        def after_switch(chosen: str | None, request: gr.Request) -> list:  # one update: once
-            # the chip shows, the defaults are in
-            return [*model_defaults(chosen), *serving(chosen, request.session_hash)]
-
-        switches = [models["loaded"], models["unloaded"], *models["switched"], models["picked"]]
-        for switch in [*switches, chat["model_picked"]]:
-            switch.then(after_switch, pick, [*per_model, *shown], api_visibility="private")
-        demo.load(None, None, None, js=THEME_AT_LOAD)
-        restore, saved, restored = chat["restore"]
-
-        def on_page(request: gr.Request) -> list:
-            return [
-                models_tab.status_card(manager),
-                models_tab.banner(manager, startup_note),
-                *model_defaults(),
-                *serving(None, request.session_hash),
-            ]
-
-        loaded = demo.load(  # every page load, a reload included, shows the server's state
-            on_page,
-            None,
-            [models["card"], banner_box, *per_model, *shown],
-            api_visibility="private",
-        )
-        # then the browser's chats: the chat in use brings back its own settings
-        loaded.then(restore, saved, restored, api_visibility="private")
+        tabs_of = _Tabs(manager, startup_note, banner_box, chat, inspector, models)
+        tabs_of.follow_switches(pick)
+        tabs_of.follow_page_loads(demo)
         demo.load(
             lambda: tools_tab.first_run(manager),
             None,
-            playground["first_run"],
+            playground.first_run,
             api_visibility="private",
         )
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     return demo
+
+
+class _Tabs:
+    """What one tab changes in another: after a model switch (a load, an unload, an endpoint,
+    a visitor's pick) and on every page load, the controls reset to the model's defaults and
+    the chip, pickers, message box and cards show what answers this visitor now."""
+
+    def __init__(self, manager, startup_note, banner_box, chat, inspector, models) -> None:
+        self.manager, self.startup_note, self.banner_box = manager, startup_note, banner_box
+        self.chat, self.models = chat, models
+        self.per_model = [
+            chat.system_prompt,
+            *chat.controls,
+            *chat.image_detail.all,
+            *inspector.controls.all,
+        ]
+        self.shown = [chat.chip, chat.model, chat.box, models.model, models.level, models.pool]
+
+    def model_defaults(self, chosen: str | None = None) -> list:
+        detail = vision_tab.reset_values(self.manager, chosen)
+        return [*chat_reply.defaults(self.manager, chosen), *detail, *detail]
+
+    def serving(self, chosen: str | None, session: str) -> list:  # what answers this visitor
+        manager = self.manager
+        box = chat_reply.message_box(manager, chosen, session)
+        card = model_cards.pool_card(manager)
+        chip = model_cards.chip(manager, chosen)
+        picker = model_cards.chat_choices(manager, chosen)
+        return [chip, picker, box, *model_cards.picked(manager), card]
+
+    def after_switch(self, chosen: str | None, request: gr.Request) -> list:
+        # one update: once the chip shows, the defaults are in
+        return [*self.model_defaults(chosen), *self.serving(chosen, request.session_hash)]
+
+    def on_page(self, request: gr.Request) -> list:
+        return [
+            model_cards.status_card(self.manager),
+            model_cards.banner(self.manager, self.startup_note),
+            *self.model_defaults(),
+            *self.serving(None, request.session_hash),
+        ]
+
+    def follow_switches(self, pick: gr.State) -> None:
+        outputs = [*self.per_model, *self.shown]
+        for switch in [*self.models.switches, self.chat.model_picked]:
+            switch.then(self.after_switch, pick, outputs, api_visibility="private")
+
+    def follow_page_loads(self, demo: gr.Blocks) -> None:
+        demo.load(None, None, None, js=THEME_AT_LOAD)
+        restore, saved, restored = self.chat.restore
+        loaded = demo.load(  # every page load, a reload included, shows the server's state
+            self.on_page,
+            None,
+            [self.models.card, self.banner_box, *self.per_model, *self.shown],
+            api_visibility="private",
+        )
+        # then the browser's chats: the chat in use brings back its own settings
+        loaded.then(restore, saved, restored, api_visibility="private")
 
 
 def launch_settings(
@@ -193,9 +213,15 @@ def launch_settings(
         "app_kwargs": {
             # who may call, body caps, no inline files, bounded uploads
             "middleware": [
-                Middleware(RequestGuard, allowed=allowed or Allowed.configured((host,)))
+                Middleware(
+                    RequestGuard,
+                    allowed=allowed or Allowed.configured((host,)),
+                    uploads=controls.upload_folder(),
+                )
             ],
-            "routes": v1.routes(manager, access or Access.configured(host))
+            "routes": routes.routes(
+                manager, access or Access.configured(host), chat_turn=gpu.chat_turn
+            )
             if manager is not None
             else [],
         },

@@ -9,147 +9,37 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from lfmui import backends, chats, hub, offline, session, tiling, tools, turns
+from lfmui import backends, chats, hub, offline, turns
 from lfmui.access import Access
-from lfmui.errors import InputError, LfmuiError, NoModelLoaded
+from lfmui.errors import InputError
 from lfmui.manager import ModelManager
-from lfmui.settings import SAMPLING, Settings
-from lfmui.ui import gpu, running
+from lfmui.settings import SAMPLING
+from lfmui.ui import chat_list, gpu, running
+from lfmui.ui.chat_reply import (
+    BOX_FOR,
+    BOX_HINT,
+    CLEAR_GRACE_S,
+    CLEAR_WAIT_S,
+    REPLIES,
+    box_for,
+    settings_of,
+    stream_reply,
+)
+from lfmui.ui.chat_session import SessionPanel
 from lfmui.ui.controls import TilingControls, sampling_control
-from lfmui.ui.guard import upload_folder
 from lfmui.ui.render import flip_of, owners, to_chatbot, warns
-from lfmui.ui.running import ACCELERATOR, Running
+from lfmui.ui.running import ACCELERATOR
 
 EXAMPLES = [
     str(Path(__file__).resolve().parents[2] / "assets" / "examples" / name)
     for name in ("chart.png", "house.png")
 ]
-CLEAR_GRACE_S = 0.3  # after a stopped reply has ended, before the cleared chat is sent
-CLEAR_WAIT_S = 10.0  # how long Clear waits for a stopped reply to end (it stops within a token)
-_replies = Running(  # the chat's running reply per session
-    "A reply is still streaming in this chat; wait for it or press Stop, then send again."
-)
-
-
-def settings_of(values: list[Any]) -> dict[str, Any]:
-    settings = dict(zip(SAMPLING, values, strict=True))
-    if settings["seed"] in (None, "", -1):
-        settings["seed"] = None
-    return settings
-
-
-def stream_reply(
-    manager: ModelManager,
-    history: list,
-    system_prompt: str,
-    settings: dict[str, Any],
-    stop: threading.Event,
-    tiling: dict[str, Any] | None = None,
-    use_tools: bool = False,
-    pick: str | None = None,
-    client: str = "",
-):
-    """Append an assistant turn to `history` and stream the reply into it from the model the
-    visitor picked (`pick`, lfmui.backends; None: the default one), with the built-in tools
-    when `use_tools`: their calls show as collapsible "Used tool" messages."""
-    serving = manager.readiness(pick)
-    reply = {
-        "role": "assistant",
-        "text": "",
-        "status": "streaming",
-        "metrics": {},
-        "random_weights": serving["random_weights"],
-    }
-    try:
-        conversation, dropped = turns.conversation_of(
-            history, system_prompt, serving["reads_images"]
-        )
-        for number, turn in enumerate(history):
-            turn["images_dropped"] = number in dropped  # the chat says they were not sent
-        if dropped:
-            gr.Warning(f"{serving['label']} reads text only: the images in this chat are not sent.")
-        earlier = to_chatbot(history)  # rendered once: only the reply changes per token
-        history.append(reply)
-        yield history, earlier + to_chatbot([reply])
-        if use_tools:
-            registry = dict(tools.BUILTINS)
-            for step in gpu.tool_turn(
-                manager,
-                conversation,
-                registry,
-                settings=settings,
-                stop=stop,
-                tiling=tiling,
-                model=pick,
-                client=client,
-            ):
-                apply_step(reply, step)
-                yield history, earlier + to_chatbot([reply])
-            return
-        for event in gpu.chat_turn(
-            manager,
-            conversation,
-            settings=settings,
-            stop=stop,
-            tiling=tiling,
-            model=pick,
-            client=client,
-        ):
-            apply_event(reply, event)
-            yield history, earlier + to_chatbot([reply])
-    except LfmuiError as exc:
-        if reply not in history:
-            history.append(reply)
-        reply.update(status="error", error=str(exc))
-        yield history, to_chatbot(history)
-    finally:
-        if reply["status"] == "streaming":  # the client went away mid-reply
-            reply["status"] = "stopped"
-
-
-def apply_event(reply: dict[str, Any], event: Any) -> None:
-    """An engine event folded into the assistant turn."""
-    if event.kind == "text":
-        reply["text"] += event.text
-    elif event.kind == "thinking":
-        reply["thinking"] = reply.get("thinking", "") + event.text
-    elif event.kind == "metrics":
-        reply["metrics"] = event.data
-    elif event.kind == "done":
-        reply["status"] = event.data["reason"]
-        if event.data.get("thinking_cut"):
-            reply["thinking_cut"] = True
-    elif event.kind == "error":
-        reply.update(status="error", error=event.data["message"])
-
-
-def apply_step(reply: dict[str, Any], step: turns.Step) -> None:
-    """A tool-turn step folded into the assistant turn: calls and results become its tools."""
-    if isinstance(step, turns.Text):
-        reply["text"] += step.text
-    elif isinstance(step, turns.Parsed):
-        reply["metrics"] = step.metrics
-        if not step.answered:
-            reply["text"] = ""  # the call block: shown as "Used tool" messages instead
-            reply.setdefault("messages", []).append({"role": "assistant", "content": step.raw})
-    elif isinstance(step, turns.Result):
-        reply.setdefault("tools", []).append(step.result.to_json())
-        # later turns see the call and its result, as the model wrote and read them
-        reply.setdefault("messages", []).append({"role": "tool", "content": step.result.output})
-    elif isinstance(step, turns.Final):
-        reply.update(text=step.text, status=step.reason)
-    elif isinstance(step, turns.Failed):
-        reply.update(status="error", error=step.error)
-
-
-# what an import sets: state, chatbot, system prompt, the sampling controls, the tiling knobs and
-# preset, use tools (ChatTab._import_outputs, in this order)
-IMPORT_OUTPUTS = 3 + len(SAMPLING) + len(tiling.FIELDS) + 2
 
 
 class ChatTab:
@@ -249,19 +139,7 @@ class ChatTab:
         with gr.Accordion("Image detail", open=False):
             self.image_detail = TilingControls("applies to the next message you send")
             self.open_inspector = gr.Button("Open the tiling inspector", size="sm")
-        with gr.Accordion("Session: export, import, copy as code", open=False):
-            with gr.Row():
-                self.export_button = gr.Button("Export session", size="sm")
-                self.code_button = gr.Button("Show as code", size="sm")
-            with gr.Row():
-                self.exported = gr.File(label="Exported session (download)", interactive=False)
-                self.imported = gr.File(
-                    label="Import a session file", file_types=[".json"], elem_id="session-import"
-                )
-            self.transformers_box = gr.Code(
-                language="python", label="transformers code", visible=False
-            )
-            self.client_box = gr.Code(language="python", label="gradio_client code", visible=False)
+        self.session_panel = SessionPanel(self.manager, self)
 
     # ---- reading the controls -------------------------------------------------------------
     def settings(self, data: dict) -> dict[str, Any]:
@@ -278,18 +156,6 @@ class ChatTab:
             data[self.use_tools],
             data[self.pick],
             session,
-        )
-
-    def _bundle(self, data: dict) -> dict[str, Any]:
-        loaded = self.manager.current()
-        model = {"id": loaded.spec.id, "quantization": loaded.quantization} if loaded else {}
-        return session.export_session(
-            data[self.state],
-            model,
-            data[self.system_prompt],
-            self.settings(data),
-            self.image_detail.values(data),
-            data[self.use_tools],
         )
 
     # ---- the chat's settings ----------------------------------------------------------------
@@ -317,7 +183,7 @@ class ChatTab:
     # ---- chats kept in the browser ------------------------------------------------------------
     def on_restore(self, saved: Any):
         """Page load: the chat in use comes back (the others are listed), with its settings."""
-        stored, said = chats.read(saved, UPLOADS)
+        stored, said = chats.read(saved, chat_list.UPLOADS)
         for sentence in said:
             gr.Warning(sentence)
         last = chats.last_settings(saved)
@@ -325,26 +191,35 @@ class ChatTab:
             fresh = chats.new_id()
             value = chats.write([], fresh, [], last)
             shown = self.shown_settings(last)
-            return [], [], fresh, _listed([], fresh), value, "", *shown, *_acts_on([])
+            return (
+                [],
+                [],
+                fresh,
+                chat_list.listed([], fresh),
+                value,
+                "",
+                *shown,
+                *chat_list.acts_on([]),
+            )
         current = stored[0]
         turns = current["turns"]
         kept = current.get("settings") or last
         value = chats.write(stored, current["id"], turns, kept)  # stored again, cleaned
-        listed = _listed(stored, current["id"])
+        listed = chat_list.listed(stored, current["id"])
         shown = self.shown_settings(kept)
         return (
             turns, to_chatbot(turns), current["id"], listed, value, current["title"], *shown,
-            *_acts_on(turns),
+            *chat_list.acts_on(turns),
         )  # fmt: skip
 
     def on_save(self, saved: Any, chat_id: str, history: list, *values: Any):
         """After every change to the chat or its settings: it is stored, first in the list."""
-        stored, _ = chats.read(saved, UPLOADS)
+        stored, _ = chats.read(saved, chat_list.UPLOADS)
         value = chats.write(stored, chat_id, history, self.kept_settings(list(values)))
-        return value, _listed(value["chats"], chat_id), *_acts_on(history)
+        return value, chat_list.listed(value["chats"], chat_id), *chat_list.acts_on(history)
 
     def on_open(self, saved: Any, chosen: str):
-        stored, _ = chats.read(saved, UPLOADS)
+        stored, _ = chats.read(saved, chat_list.UPLOADS)
         chat = chats.find(stored, chosen)
         if chat is None:
             gr.Warning("That chat is no longer kept in this browser.")
@@ -352,81 +227,22 @@ class ChatTab:
         shown = self.shown_settings(chat.get("settings"))
         return chat["turns"], to_chatbot(chat["turns"]), chat["id"], chat["title"], *shown
 
-    @staticmethod
-    def on_new(saved: Any):
-        stored, _ = chats.read(saved, UPLOADS)
-        fresh = chats.new_id()
-        return [], [], fresh, _listed(stored, fresh), ""
-
-    @staticmethod
-    @warns(outputs=2)
-    def on_rename(saved: Any, chat_id: str, history: list, title: str):
-        if not history:
-            raise InputError("Send a first message, then name the chat.")
-        stored, _ = chats.read(saved, UPLOADS)
-        value = chats.write(stored, chat_id, history, name=title or "")
-        return value, _listed(value["chats"], chat_id)
-
-    @staticmethod
-    def on_delete(saved: Any, chat_id: str, history: list, request: gr.Request):
-        """The chat in use goes from the list; Undo brings it back until the next removal."""
-        if _replies.state(request.session_hash) != running.IDLE:
-            gr.Warning("A reply is streaming in this chat; press Stop first, then delete it.")
-            return [gr.skip()] * 9
-        stored, _ = chats.read(saved, UPLOADS)
-        gone = chats.find(stored, chat_id)
-        if gone is None and not history:
-            gr.Warning("This chat is empty: there is nothing to delete.")
-            return [gr.skip()] * 9
-        gone = gone or {"id": chat_id, "title": chats.title_of(history), "turns": history}
-        value = chats.write(stored, chat_id, [])
-        fresh = chats.new_id()
-        note = f"Deleted “{gone['title']}”."
-        return (
-            value, _listed(value["chats"], fresh), [], [], fresh, "",
-            {"kind": "delete", "chat": gone}, gr.Row(visible=True), note,
-        )  # fmt: skip
-
     def on_clear(self, saved: Any, chat_id: str, history: list, request: gr.Request):
         """The chat empties (Undo brings it back). A reply still streaming in it is stopped
         first and has ended before the empty chat is sent: its last update would otherwise
         fill the chat again."""
-        streamed = _replies.state(request.session_hash) != running.IDLE
-        if not _replies.stop_and_wait(request.session_hash, CLEAR_WAIT_S):
+        streamed = REPLIES.state(request.session_hash) != running.IDLE
+        if not REPLIES.stop_and_wait(request.session_hash, CLEAR_WAIT_S):
             gr.Warning("The reply is still stopping; press Clear again in a moment.")
             return [gr.skip()] * 5
         if streamed:  # gradio sends a cancelled event's last output as it completes: let it
             time.sleep(CLEAR_GRACE_S)  # go first (a CI run once saw it land after the clear)
         if not history:
             return [], [], gr.skip(), gr.skip(), gr.skip()
-        stored, _ = chats.read(saved, UPLOADS)
+        stored, _ = chats.read(saved, chat_list.UPLOADS)
         chat = chats.find(stored, chat_id) or {}
         gone = {**chat, "id": chat_id, "turns": history}
         return [], [], {"kind": "clear", "chat": gone}, gr.Row(visible=True), "Chat cleared."
-
-    @staticmethod
-    def on_bring_back(undoable: dict | None, saved: Any):
-        """Undo of the last Clear or Delete: that chat comes back, in use, with its name and
-        settings."""
-        if not undoable:
-            return [gr.skip()] * 10
-        chat = undoable["chat"]
-        turns, named = chat["turns"], chat.get("named", "")
-        stored, _ = chats.read(saved, UPLOADS)
-        value = chats.write(stored, chat["id"], turns, chat.get("settings"), named)
-        listed = _listed(value["chats"], chat["id"])
-        hidden = gr.Row(visible=False)
-        return (
-            turns,
-            to_chatbot(turns),
-            chat["id"],
-            named,
-            None,
-            hidden,
-            value,
-            listed,
-            *_acts_on(turns),
-        )
 
     # ---- handlers --------------------------------------------------------------------------
     @warns(outputs=3)
@@ -439,7 +255,7 @@ class ChatTab:
         if len(files) > turns.MAX_IMAGES_PER_MESSAGE:
             raise InputError(f"Attach at most {turns.MAX_IMAGES_PER_MESSAGE} images per message.")
         turns.user_message(text, files)  # bad images are refused before the message is kept
-        with _replies.one(request.session_hash) as stop:  # before the box empties
+        with REPLIES.one(request.session_hash) as stop:  # before the box empties
             history = [*data[self.state], {"role": "user", "text": text, "images": files}]
             # the box empties and its send arrow turns into Stop while the reply streams
             streaming = gr.MultimodalTextbox(value=None, **BOX_FOR[running.STREAMING])
@@ -460,7 +276,7 @@ class ChatTab:
         if not text.strip() and not history[number].get("images"):
             raise InputError("The edited message is empty; type something or undo the edit.")
         edited = {k: v for k, v in history[number].items() if k != "imported"}  # now yours
-        with _replies.one(request.session_hash) as stop:
+        with REPLIES.one(request.session_hash) as stop:
             history = chats.branched(history, number, {**edited, "text": text})
             yield history, to_chatbot(history), box_for(running.STREAMING)
             for update in self._reply(history, data, stop, request.session_hash):
@@ -475,7 +291,7 @@ class ChatTab:
             history.pop()
         if not history:
             raise InputError("Nothing to regenerate yet: send a message first.")
-        with _replies.one(request.session_hash) as stop:
+        with REPLIES.one(request.session_hash) as stop:
             box = box_for(running.STREAMING)  # Stop shows with the reply's first update
             for update in self._reply(history, data, stop, request.session_hash):
                 yield *update, box
@@ -488,7 +304,7 @@ class ChatTab:
     def box_now(request: gr.Request) -> gr.MultimodalTextbox:
         """The box after any event: as the session's reply state says (a refused second send
         ends first, so Stop stays while the first reply streams)."""
-        return box_for(_replies.state(request.session_hash))
+        return box_for(REPLIES.state(request.session_hash))
 
     @warns(outputs=2)
     def on_flip(self, history: list, target: str):
@@ -522,7 +338,7 @@ class ChatTab:
     def on_model(self, choice: str, request: gr.Request, progress=gr.Progress()):  # noqa: B008
         """The chat's model picker: a model that is here answers this visitor now; another
         loads (auto level) where this visitor may load, replacing the owner's default."""
-        if _replies.state(request.session_hash) != running.IDLE:
+        if REPLIES.state(request.session_hash) != running.IDLE:
             raise InputError("A reply is streaming; press Stop first, then change the model.")
         here = backends.names(self.manager)
         if choice in here or self.manager.load_on_demand:
@@ -540,78 +356,22 @@ class ChatTab:
 
     @staticmethod
     def on_stop(request: gr.Request) -> gr.MultimodalTextbox:
-        return box_for(_replies.stop(request.session_hash))
-
-    @warns(outputs=1)
-    def on_export(self, data: dict):
-        if not data[self.state]:
-            raise InputError("Nothing to export yet: send a message first.")
-        return session.write_bundle(self._bundle(data))
-
-    @warns(outputs=2)
-    def on_show_code(self, data: dict, request: gr.Request):
-        loaded = self.manager.current()
-        if loaded is None:
-            raise InputError("Load a model first; the code names it.")
-        bundle = self._bundle(data)
-        url = str(request.request.base_url) if request.request else "http://127.0.0.1:7860/"
-        return (
-            gr.Code(
-                session.transformers_code(bundle, loaded.spec.hub_repo, loaded.spec.kind),
-                visible=True,
-            ),
-            gr.Code(session.client_code(bundle, url), visible=True),
-        )
-
-    @warns(outputs=IMPORT_OUTPUTS)
-    def on_import(self, path: str | None):
-        if not path:
-            return [gr.skip()] * len(self._import_outputs())
-        restored = session.restore(session.read_bundle(path))
-        loaded = self.manager.current()
-        wanted = restored.model_id
-        if wanted and (loaded is None or loaded.spec.id != wanted):
-            gr.Warning(
-                f"This session was made with {wanted[:80]}; load it in the Models tab to "
-                "continue it."
-            )
-        for note in restored.notes:
-            gr.Warning(note)
-        sampling, cut = restored.sampling, restored.tiling
-        return [
-            restored.turns,
-            to_chatbot(restored.turns),
-            restored.system_prompt,
-            *(sampling.get(name, gr.skip()) for name in SAMPLING),
-            *(cut.get(name, gr.skip()) for name in tiling.FIELDS),
-            "custom" if cut else gr.skip(),
-            restored.use_tools,
-        ]
-
-    def _import_outputs(self) -> list[Any]:
-        detail = self.image_detail
-        outputs = [
-            self.state,
-            self.chatbot,
-            self.system_prompt,
-            *self.controls,
-            *detail.knobs,
-            detail.preset,
-            self.use_tools,
-        ]
-        assert len(outputs) == IMPORT_OUTPUTS
-        return outputs
+        return box_for(REPLIES.stop(request.session_hash))
 
     def _setup_events(self) -> None:
-        private = {"api_visibility": "private"}
-        inputs = {
-            self.state,
-            self.pick,
-            self.system_prompt,
-            self.use_tools,
-            *self.controls,
-            *self.image_detail.knobs,
-        }
+        """Wire the tab: replies, then the side panel; every change is stored in the browser."""
+        changes = self._setup_replies()
+        self._setup_chat_list(changes)
+
+    def _inputs(self) -> set[Any]:
+        """What a reply reads: the chat, the visitor's model, the prompt and every setting."""
+        knobs = [*self.controls, *self.image_detail.knobs]
+        return {self.state, self.pick, self.system_prompt, self.use_tools, *knobs}
+
+    def _setup_replies(self) -> list[Any]:
+        """Sending, regenerating, editing, stopping, undoing and clearing; the model picker,
+        export and import. Returns the events that change the chat."""
+        private, inputs = {"api_visibility": "private"}, self._inputs()
         self.model_picked = self.model.select(  # (.input fires twice per pick: two loads)
             self.on_model,
             self.model,
@@ -620,46 +380,31 @@ class ChatTab:
             **private,
             **ACCELERATOR,
         )
-        self.export_button.click(self.on_export, inputs, self.exported, **private)
-        self.code_button.click(
-            self.on_show_code, inputs, [self.transformers_box, self.client_box], **private
-        )
-        self._imported = self.imported.upload(
-            self.on_import, self.imported, self._import_outputs(), **private
-        )
+        imported = self.session_panel.setup_events(inputs)
         chat = [self.state, self.chatbot]
+        reply = {**private, **ACCELERATOR}
         # a second Enter while a reply streams reaches on_submit, which refuses it with a
         # sentence (gradio's default, trigger_mode "once", would drop it without a word)
         submitted = self.box.submit(
-            self.on_submit,
-            {self.box, *inputs},
-            [*chat, self.box],
-            trigger_mode="multiple",
-            **private,
-            **ACCELERATOR,
+            self.on_submit, {self.box, *inputs}, [*chat, self.box], trigger_mode="multiple", **reply
         )
-        regenerated = self.chatbot.retry(
-            self.on_regenerate, inputs, [*chat, self.box], **private, **ACCELERATOR
-        )
-        edited = self.chatbot.edit(
-            self.on_edit, inputs, [*chat, self.box], **private, **ACCELERATOR
-        )
+        regenerated = self.chatbot.retry(self.on_regenerate, inputs, [*chat, self.box], **reply)
+        edited = self.chatbot.edit(self.on_edit, inputs, [*chat, self.box], **reply)
         self.box.stop(self.on_stop, None, self.box, queue=False, **private)
-        self._undone = self.chatbot.undo(
+        undone = self.chatbot.undo(
             self.on_undo, self.state, [*chat, self.box], queue=False, **private
         )
         self.chatbot.example_select(_example, None, self.box, queue=False, **private)
         self.metrics_toggle.click(None, None, None, js=TOGGLE_METRICS)
+        replies = [submitted, regenerated, edited]
         if gpu.zerogpu():  # the worker process cannot see the flag: cancel the event itself
-            self.box.stop(None, None, None, cancels=[submitted, regenerated, edited])
+            self.box.stop(None, None, None, cancels=replies)
         # Clear also cancels a running reply's event: gradio would otherwise send that event's
         # last output once more when it completes, after the cleared chat (seen under load)
-        replies = [submitted, regenerated, edited]
-        removed = [self.undoable, self.undo_bar, self.undo_note]
         cleared = self.chatbot.clear(
             self.on_clear,
             [self.saved, self.chat_id, self.state],
-            [*chat, *removed],
+            [*chat, self.undoable, self.undo_bar, self.undo_note],
             cancels=replies,
             **private,
         )
@@ -668,98 +413,85 @@ class ChatTab:
             event.then(self.box_now, None, self.box, queue=False, **private)
         hide = gr.Row(visible=False)
         self.box.submit(lambda: hide, None, self.undo_bar, queue=False, **private)
+        return [*replies, cleared, undone, imported]
+
+    def _setup_chat_list(self, changes: list[Any]) -> None:
+        """The side panel (open, new, rename, delete, undo), the pager's flips, and storing
+        the chat in the browser after each of `changes` and each of these."""
+        private = {"api_visibility": "private"}
+        chat = [self.state, self.chatbot]
+        removed = [self.undoable, self.undo_bar, self.undo_note]
         kept = [self.saved, self.chat_id, self.state, *self.settings_outputs()]
         store = (kept, [self.saved, self.past, self.rename_button, self.delete_button])
+        save = {"queue": False, **private}
         flipped = self.flip_target.change(
-            self.on_flip, [self.state, self.flip_target], chat, queue=False, **private
+            self.on_flip, [self.state, self.flip_target], chat, **save
         )
         brought = self.undo_button.click(
-            self.on_bring_back,
+            chat_list.on_bring_back,
             [self.undoable, self.saved],
             [*chat, self.chat_id, self.title, self.undoable, self.undo_bar, *store[1]],
-            queue=False,
-            **private,
+            **save,
         )
-        changes = [submitted, regenerated, edited, cleared, self._undone, self._imported]
         for event in [*changes, flipped, brought]:  # each change is stored in the browser
-            event.then(self.on_save, *store, queue=False, **private)
+            event.then(self.on_save, *store, **save)
         for control in self.settings_outputs():  # and each change of a setting
-            control.input(self.on_save, *store, queue=False, **private)
+            control.input(self.on_save, *store, **save)
         opened = self.past.input(
             self.on_open,
             [self.saved, self.past],
             [*chat, self.chat_id, self.title, *self.settings_outputs()],
-            queue=False,
-            **private,
+            **save,
         )
-        opened.then(self.on_save, *store, queue=False, **private)
+        opened.then(self.on_save, *store, **save)
         self.new_chat.click(
-            self.on_new,
-            self.saved,
-            [*chat, self.chat_id, self.past, self.title],
-            queue=False,
-            **private,
-        ).then(self.on_save, *store, queue=False, **private)
+            chat_list.on_new, self.saved, [*chat, self.chat_id, self.past, self.title], **save
+        ).then(self.on_save, *store, **save)
         self.rename_button.click(
-            self.on_rename,
+            chat_list.on_rename,
             [self.saved, self.chat_id, self.state, self.title],
             [self.saved, self.past],
             **private,
         )
         self.delete_button.click(
-            self.on_delete,
+            chat_list.on_delete,
             [self.saved, self.chat_id, self.state],
             [self.saved, self.past, *chat, self.chat_id, self.title, *removed],
             **private,
-        ).then(self.on_save, *store, queue=False, **private)
+        ).then(self.on_save, *store, **save)
 
 
-def build(manager: ModelManager, pick: gr.State, access: Access) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ChatParts:
+    """What the Chat tab hands the app: what a model switch redraws or resets, the events that
+    switch, and the page load's restore of the browser's chats (handler, input, outputs)."""
+
+    chip: gr.Markdown
+    model: gr.Dropdown
+    model_picked: Any
+    box: gr.MultimodalTextbox
+    system_prompt: gr.Textbox
+    controls: list[Any]
+    image_detail: TilingControls
+    open_inspector: gr.Button
+    restore: tuple[Any, Any, list[Any]]
+
+
+def build(manager: ModelManager, pick: gr.State, access: Access) -> ChatParts:
     tab = ChatTab(manager, pick, access)
-    return {
-        "restore": (
-            tab.on_restore,
-            tab.saved,
-            [tab.state, tab.chatbot, tab.chat_id, tab.past, tab.saved, tab.title]
-            + tab.settings_outputs()
-            + [tab.rename_button, tab.delete_button],
-        ),
-        "chip": tab.chip,
-        "model": tab.model,
-        "model_picked": tab.model_picked,
-        "box": tab.box,
-        "system_prompt": tab.system_prompt,
-        "controls": tab.controls,
-        "image_detail": tab.image_detail,
-        "open_inspector": tab.open_inspector,
-    }
-
-
-UPLOADS = upload_folder()  # where gradio keeps uploads: stored images must be there
-
-
-def _listed(stored: list[dict[str, Any]], current: str) -> gr.Radio:
-    """The kept chats as the side panel lists them (title · when), the one in use selected."""
-    choices = [(f"{c['title']} · {_when(c.get('updated', 0))}", c["id"]) for c in stored]
-    return gr.Radio(
-        choices=choices, value=current if any(c[1] == current for c in choices) else None
+    restored = [tab.state, tab.chatbot, tab.chat_id, tab.past, tab.saved, tab.title]
+    restored += [*tab.settings_outputs(), tab.rename_button, tab.delete_button]
+    return ChatParts(
+        chip=tab.chip,
+        model=tab.model,
+        model_picked=tab.model_picked,
+        box=tab.box,
+        system_prompt=tab.system_prompt,
+        controls=tab.controls,
+        image_detail=tab.image_detail,
+        open_inspector=tab.open_inspector,
+        restore=(tab.on_restore, tab.saved, restored),
     )
-
-
-def _acts_on(history: list) -> tuple[gr.Button, gr.Button]:
-    """Rename and Delete, enabled only when the chat has something to name or delete."""
-    return gr.Button(interactive=bool(history)), gr.Button(interactive=bool(history))
-
-
-def _when(stamp: float) -> str:
-    import time
-
-    if not stamp:
-        return "earlier"
-    now = time.time()
-    if now - stamp < 86400 and time.localtime(now).tm_mday == time.localtime(stamp).tm_mday:
-        return time.strftime("%H:%M", time.localtime(stamp))
-    return time.strftime("%d %b", time.localtime(stamp))
 
 
 def _example(selected: gr.SelectData) -> dict[str, Any]:
@@ -776,7 +508,6 @@ LATEX = [
     {"left": "\\[", "right": "\\]", "display": True},
     {"left": "\\(", "right": "\\)", "display": False},
 ]
-BOX_HINT = "Type a message, paste or drop an image…"
 HELP_LINE = (
     "<sub>Enter sends · Shift+Enter: new line · Escape stops the reply · under a message: "
     "copy, edit ✎, regenerate ↻, undo ↶ · ◀ ▶ flip between answers and edits</sub>"
@@ -798,42 +529,3 @@ TOGGLE_METRICS = """() => {  // kept for the next visit, like the theme (app.THE
   const hidden = document.body.classList.toggle("lfmui-no-metrics");
   localStorage.setItem("lfmui-metrics", hidden ? "hidden" : "shown");
 }"""
-# the message box in each reply state (running.TRANSITIONS): the send arrow only when idle
-BOX_FOR = {
-    running.IDLE: {"submit_btn": True, "stop_btn": False},
-    running.STREAMING: {"submit_btn": False, "stop_btn": True},
-    running.STOPPING: {"submit_btn": False, "stop_btn": True},
-}
-
-
-def box_for(state: str) -> gr.MultimodalTextbox:
-    return gr.MultimodalTextbox(**BOX_FOR[state])
-
-
-TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"
-
-
-def message_box(
-    manager: ModelManager, pick: str | None = None, session: str = ""
-) -> gr.MultimodalTextbox:
-    """The message box for what answers this visitor now: a text-only model takes no
-    attachments, so an image is refused before Send, not after. Its button follows the
-    session's reply state, like every other update of the box (a page-load update that
-    landed after a quick first send took Stop away from a streaming reply)."""
-    images = manager.readiness(pick)["reads_images"]
-    return gr.MultimodalTextbox(
-        sources=["upload"] if images else [],
-        file_types=["image"] if images else [".none"],
-        placeholder=BOX_HINT if images else TEXT_ONLY_HINT,
-        **BOX_FOR[_replies.state(session)],
-    )
-
-
-def defaults(manager: ModelManager, pick: str | None = None) -> list[Any]:
-    """System prompt and generation controls reset to the picked model's recommended values."""
-    try:
-        backend = backends.of(manager, pick)
-    except NoModelLoaded:
-        return [gr.skip()] * (1 + len(SAMPLING))
-    recommended = Settings.from_dict({}, defaults=backend.sampling)
-    return [backend.system_prompt, *(getattr(recommended, n) for n in SAMPLING)]

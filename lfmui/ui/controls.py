@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from lfmui import tiling
 from lfmui.settings import slider
+
+
+def upload_folder() -> Path:
+    """Where gradio writes uploads (its GRADIO_TEMP_DIR)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder())
+
 
 MODEL_DEFAULT = "model default"
 CUSTOM = "custom"

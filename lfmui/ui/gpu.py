@@ -1,28 +1,8 @@
-"""The UI's GPU entry points, wrapped for Hugging Face ZeroGPU when the app runs there.
-
-On a ZeroGPU Space (``SPACES_ZERO_GPU`` set and the ``spaces`` package installed) a GPU is only
-attached inside a function decorated with ``@spaces.GPU``, run in a worker process forked from
-this one. What that means here:
-
-- The models are loaded at start, on the main thread, before ``launch()`` (app.py), so spaces
-  packs their weights and moves them to the GPU in each worker; after that no load runs (the
-  manager is sealed): a worker knows only the pool it was forked with.
-- ``on_gpu`` wraps a ``turns`` function ``fn(manager, first, *rest, **options)``. The pick is
-  resolved here to the key of a resident model before the worker is asked, so a reused worker
-  answers with the model the visitor picked, whatever the default was when it was forked;
-  a key the worker does not hold is refused with a sentence.
-- Arguments and results cross the boundary pickled. The Stop flag cannot cross (there Stop
-  cancels the gradio event instead); in-place changes made in the worker do not come back:
-  where `first` has an ``apply(step)`` method (``turns.ToolTurn``), each step the worker yields
-  is applied to it here.
-- spaces turns any exception but ``gr.Error`` into "ZeroGPU worker error": an ``LfmuiError``
-  raised in the worker crosses as ``Carried`` and is raised here again as itself.
-- Each call asks for a duration counted from the weights the worker moves to the GPU, the new
-  tokens of every round and the images; a worker stopped at that limit, and a spent quota,
-  become sentences that say what to do.
-
-Elsewhere, and while an endpoint answers, these are the plain ``turns`` functions. torch.compile
-is off under ZeroGPU (``engine.decode_plan``): each worker would pay the compile again.
+"""The UI's GPU entry points (``chat_turn``, ``tool_turn``, ``run_tool_turn``): the plain ``turns``
+and ``tool_turn`` functions, or on a ZeroGPU Space the same run in a ``@spaces.GPU`` worker
+(``on_gpu``) with the visitor's pick resolved first, errors carried back as themselves
+(``Carried``) and a duration asked for per call. What crosses the boundary and what cannot:
+docs/architecture.md#zerogpu-the-gpu-entry-points-lfmuiuigpu.
 """
 
 from __future__ import annotations
@@ -35,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from lfmui import backends, errors, turns
+from lfmui import tool_turn as tool_loop
 from lfmui.errors import InputError, LfmuiError
 
 _manager: Any = None
@@ -109,7 +90,7 @@ def one_round(*_: Any, **__: Any) -> int:
 
 def tool_rounds(first: Any, *_: Any, max_rounds: int | None = None, **__: Any) -> int:
     """A tool turn's rounds: its ToolTurn's limit, or the one given to tool_turn."""
-    return int(getattr(first, "max_rounds", None) or max_rounds or turns.MAX_TOOL_ROUNDS)
+    return int(getattr(first, "max_rounds", None) or max_rounds or tool_loop.MAX_TOOL_ROUNDS)
 
 
 def on_gpu(
@@ -165,5 +146,5 @@ def on_gpu(
 
 
 chat_turn = on_gpu(turns.chat_turn)
-tool_turn = on_gpu(turns.tool_turn, tool_rounds)
-run_tool_turn = on_gpu(turns.run_tool_turn, tool_rounds)
+tool_turn = on_gpu(tool_loop.tool_turn, tool_rounds)
+run_tool_turn = on_gpu(tool_loop.run_tool_turn, tool_rounds)

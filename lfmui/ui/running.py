@@ -23,7 +23,7 @@ ACCELERATOR = {"concurrency_id": "accelerator", "concurrency_limit": 4}
 
 # One reply's life in a session, whichever way it started (send, regenerate, edit, a tool turn,
 # an example): the only states and moves there are. What the message box shows follows from
-# the state alone (chat_tab.box_for): the send arrow when idle, Stop otherwise.
+# the state alone (chat_reply.box_for): the send arrow when idle, Stop otherwise.
 IDLE, STREAMING, STOPPING = "idle", "streaming", "stopping"
 TRANSITIONS = {
     (IDLE, "start"): STREAMING,

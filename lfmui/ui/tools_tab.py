@@ -1,7 +1,7 @@
 """The tool-calling playground: tool definitions, tool choice, automatic or manual results, and
 a trace per round (raw model text with its special tokens, parsed calls, errors, results).
 
-Both modes run ``turns.run_tool_turn`` on a ``turns.ToolTurn`` kept in the session. Manual mode
+Both modes run ``tool_turn.run_tool_turn`` on a ``tool_turn.ToolTurn`` kept in the session. Manual
 pauses after each model round with the parsed calls and a results editor prefilled by running
 them (or with the error for tools with no implementation); "Send results" resumes the turn with
 the edited results.
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from lfmui import tools, turns
+from lfmui import tool_turn, tools, turns
 from lfmui.catalog import TOOL_FORMATS
 from lfmui.errors import InputError, read_json
 from lfmui.manager import ModelManager
@@ -59,7 +60,7 @@ def first_run(manager: ModelManager, pick: str | None = None) -> list[Any]:
     return [gr.Accordion(open=True), call, "manual"]
 
 
-def render_trace(turn: turns.ToolTurn, noise: bool, tool_format: str | None = None) -> str:
+def render_trace(turn: tool_turn.ToolTurn, noise: bool, tool_format: str | None = None) -> str:
     """The trace as Markdown: the model's tool format, one section per round, then the final
     answer."""
     parts = []
@@ -91,7 +92,7 @@ def render_trace(turn: turns.ToolTurn, noise: bool, tool_format: str | None = No
             parts.append(f"**Result** {mark} `{result.name}` · {result.seconds * 1000:.1f} ms")
             parts.append(fenced(result.output, "json" if result.ok else ""))
     final = turn.final
-    if isinstance(final, turns.Failed):
+    if isinstance(final, tool_turn.Failed):
         parts += ["#### Final answer (error)", safe_markdown(final.error)]
     elif final is not None:
         label = "noise from random weights · " if noise else ""
@@ -110,7 +111,7 @@ def _start(
         raise InputError("Type a request for the model first.")
     registry = tools.registry_from_json(data["tools_json"])
     conversation = [turns.user_message(prompt, [data["image"]] if data["image"] else [])]
-    turn = turns.ToolTurn.start(conversation, registry, data["choice"] or "auto", max_rounds)
+    turn = tool_turn.ToolTurn.start(conversation, registry, data["choice"] or "auto", max_rounds)
     if (data["typed"] or "").strip():
         turn.typed.append(data["typed"])
     ready = manager.readiness(pick)
@@ -154,68 +155,73 @@ class ToolsTab:
         self.state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                self.tools_json = gr.Code(
-                    EXAMPLES_JSON,
-                    language="json",
-                    label="Tool definitions (JSON list)",
-                    lines=12,
-                    max_lines=24,
-                )
-                self.examples = gr.Button("Load the built-in examples", size="sm")
-                self.choice = gr.Dropdown(
-                    ["auto", "none", *tools.BUILTINS],
-                    value="auto",
-                    label="Tool choice",
-                    allow_custom_value=True,
-                )
-                self.mode = gr.Radio(
-                    ["automatic", "manual"],
-                    value="automatic",
-                    label="Tool results",
-                    info="manual: edit each result before it goes back to the model",
-                )
-                with gr.Row():
-                    self.max_rounds = gr.Slider(
-                        1,
-                        turns.MAX_ROUNDS_CAP,
-                        value=turns.MAX_TOOL_ROUNDS,
-                        step=1,
-                        label="Max rounds",
-                    )
-                    self.new_tokens = sampling_control("max_new_tokens")
+                self._render_tools()
             with gr.Column(scale=2):
-                self.prompt = gr.Textbox(
-                    label="Request", value="What is the weather in Paris, in fahrenheit?", lines=2
-                )
-                self.image = gr.File(  # a file: a broken upload reaches lfmui's intake
-                    file_types=["image"],
-                    type="filepath",
-                    label="Image (optional, for image_facts)",
-                )
-                with gr.Accordion(
-                    "Write the model's first reply yourself", open=False
-                ) as self.write_first:
-                    self.typed = gr.Textbox(
-                        label="The model's first reply (special tokens included)",
-                        info="random weights never write a call: type one to try the flow "
-                        "(manual results, then the model's answer); the trace marks it yours",
-                        placeholder='<|tool_call_start|>[get_weather(city="Paris")]'
-                        "<|tool_call_end|>",
-                        lines=2,
-                        elem_id="typed-reply",
-                    )
-                with gr.Row():
-                    self.run = gr.Button("Run", variant="primary")
-                    self.stop = gr.Button("Stop", variant="stop")
-                self.pending = gr.Code(
-                    language="json",
-                    label="Tool results to send (edit, then send)",
-                    visible=False,
-                    lines=6,
-                )
-                self.send = gr.Button("Send results", visible=False)
-                self.trace = gr.Markdown(elem_id="tool-trace")
-        self._wire()
+                self._render_request()
+        self._setup_events()
+
+    def _render_tools(self) -> None:
+        """The tool definitions, the tool choice, how results go back, the limits."""
+        self.tools_json = gr.Code(
+            EXAMPLES_JSON,
+            language="json",
+            label="Tool definitions (JSON list)",
+            lines=12,
+            max_lines=24,
+        )
+        self.examples = gr.Button("Load the built-in examples", size="sm")
+        self.choice = gr.Dropdown(
+            ["auto", "none", *tools.BUILTINS],
+            value="auto",
+            label="Tool choice",
+            allow_custom_value=True,
+        )
+        self.mode = gr.Radio(
+            ["automatic", "manual"],
+            value="automatic",
+            label="Tool results",
+            info="manual: edit each result before it goes back to the model",
+        )
+        with gr.Row():
+            self.max_rounds = gr.Slider(
+                1,
+                tool_turn.MAX_ROUNDS_CAP,
+                value=tool_turn.MAX_TOOL_ROUNDS,
+                step=1,
+                label="Max rounds",
+            )
+            self.new_tokens = sampling_control("max_new_tokens")
+
+    def _render_request(self) -> None:
+        """The request, an optional image, the typed first reply, Run and the trace."""
+        self.prompt = gr.Textbox(
+            label="Request", value="What is the weather in Paris, in fahrenheit?", lines=2
+        )
+        self.image = gr.File(  # a file: a broken upload reaches lfmui's intake
+            file_types=["image"],
+            type="filepath",
+            label="Image (optional, for image_facts)",
+        )
+        with gr.Accordion("Write the model's first reply yourself", open=False) as self.write_first:
+            self.typed = gr.Textbox(
+                label="The model's first reply (special tokens included)",
+                info="random weights never write a call: type one to try the flow "
+                "(manual results, then the model's answer); the trace marks it yours",
+                placeholder='<|tool_call_start|>[get_weather(city="Paris")]<|tool_call_end|>',
+                lines=2,
+                elem_id="typed-reply",
+            )
+        with gr.Row():
+            self.run = gr.Button("Run", variant="primary")
+            self.stop = gr.Button("Stop", variant="stop")
+        self.pending = gr.Code(
+            language="json",
+            label="Tool results to send (edit, then send)",
+            visible=False,
+            lines=6,
+        )
+        self.send = gr.Button("Send results", visible=False)
+        self.trace = gr.Markdown(elem_id="tool-trace")
 
     def _stream(self, run_state: dict[str, Any], data: dict, session: str):
         settings = {"max_new_tokens": int(data[self.new_tokens]), "temperature": 0.0}
@@ -277,7 +283,7 @@ class ToolsTab:
         names = list(registry)
         return gr.Dropdown(choices=["auto", "none", *names])
 
-    def _wire(self) -> None:
+    def _setup_events(self) -> None:
         private = {"api_visibility": "private"}
         inputs = {
             self.state,
@@ -300,6 +306,13 @@ class ToolsTab:
         self.tools_json.blur(self.on_tools_change, self.tools_json, self.choice, **private)
 
 
-def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PlaygroundParts:
+    """What the Tools tab hands the app: what the page's first load fills (``first_run``)."""
+
+    first_run: list[Any]
+
+
+def build(manager: ModelManager, pick: gr.State) -> PlaygroundParts:
     tab = ToolsTab(manager, pick)
-    return {"first_run": [tab.write_first, tab.typed, tab.mode]}
+    return PlaygroundParts([tab.write_first, tab.typed, tab.mode])

@@ -7,7 +7,7 @@ three presets and shows the answers and costs side by side.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gradio as gr
@@ -115,7 +115,14 @@ def budget_ab(manager: ModelManager, path: str | None, question: str, new_tokens
         yield rows
 
 
-def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
+@dataclass(frozen=True)
+class InspectorParts:
+    """What the Tiling tab hands the app: its knobs, which a model switch resets."""
+
+    controls: TilingControls
+
+
+def build(manager: ModelManager, pick: gr.State) -> InspectorParts:
     gr.Markdown(
         "Upload an image to see how the loaded model will cut it: the tile grid and the "
         "thumbnail drawn over it, and the image tokens it costs. Counts come from the model's "
@@ -158,4 +165,4 @@ def build(manager: ModelManager, pick: gr.State) -> dict[str, Any]:
     compare.click(
         on_compare, [upload, question, new_tokens], table, api_visibility="private", **ACCELERATOR
     )
-    return {"controls": controls, "upload": upload, "summary": summary}
+    return InspectorParts(controls)

@@ -6,7 +6,7 @@ quantization every few seconds. Printed at the end (JSON): p50/p95/p99 of queue 
 end-to-end time, errors by class, and thread count, RSS and temp-dir size at start, after
 warm-up and at the end. Pass: no unhandled errors, no deadlock, threads and RSS flat.
 
-CI runs it small (tests/test_load.py); by hand: ``python tests/load_test.py --clients 10
+CI runs it small (tests/test_load.py); by hand: ``python tests/helpers/load.py --clients 10
 --seconds 120``.
 """
 
@@ -59,7 +59,7 @@ def _serve(temp: Path, log: Path | None = None, **env_extra: str) -> tuple[subpr
     from gradio_client import Client
 
     port = _free_port()
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp), "HF_HUB_OFFLINE": "1", **env_extra}
     server = subprocess.Popen(
         [sys.executable, "app.py", "--offline", "--model", "lfm2-vl-tiny", "--port", str(port)],
@@ -361,5 +361,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())

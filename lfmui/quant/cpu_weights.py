@@ -1,33 +1,8 @@
-"""Weight-only int8 and int4 layers for CPUs: torch's packed kernels computing in bf16 (AVX-512
-BF16, AMX: int8-bf16, int4-bf16), and MoE experts as dynamic int8 (int8-cpu, every x86 CPU from
-AVX2 up, and ARM: ``DynamicExperts``).
-
-Decode on a CPU reads every weight once per token, so it is bound by bytes and by the kernel
-that unpacks them; prefill is bound by arithmetic, where bf16 on CPUs that have it is several
-times faster than fp32 (LFM2-VL-450M and a 512 px image on the project's 2-core box: TTFT
-1.50 s in fp32, 0.39 s in bf16), and emulated, so slower, on those that do not. A ``Packing``
-is one weight format: how [N, K] weights are packed, how a few rows (a decode step) multiply
-with the packed weights through torch's own CPU kernel, and how a prompt's worth of rows does
-it (unpack, then the GEMM). ``PACKINGS`` holds the two formats; the compute dtype is the
-loaded model's, and the scales are kept in it, as torch's kernels take them (fp32 works too,
-but those kernels are slow with fp32 activations: quant.py has the figures, so no level uses
-it); ``weight_mm`` makes the decode/prefill choice.
-
-- int8: one row of int8 per output with a bf16 scale (absmax / 127), read by
-  ``torch.ops.aten._weight_int8pack_mm``.
-- int4: groups of 32 along K, asymmetric (a bf16 scale and zero per group, like torchao's
-  int4 weight-only), packed by ``_convert_weight_to_int4pack_for_cpu`` and read by
-  ``_weight_int4pack_mm_for_cpu``. The prompt path unpacks torch's packed layout (blocks of 64
-  outputs, two nibbles a byte); ``int4_fails()`` checks that layout on this torch once, and a
-  layer whose shape the kernel cannot take stays int8.
-
-Measured on the 2-core box, the 450M language model's 81 matmuls of one decode step: int8
-26.7 ms, int4 16.2-17.4 ms; the 8B's 96 expert products a token: int8 75 ms, int4 47 ms.
-
-``QuantLinear`` replaces a Linear; ``QuantExperts`` replaces transformers' Lfm2MoeExperts, its
-expert weights packed while loading (``moe_quant.experts_config``). The vision tower and
-projector stay bf16 (``quant.SKIP_MODULES``); the LM head, tied to the embeddings, gets a packed
-copy of its own (the embeddings stay bf16 for the lookup).
+"""Weight-only int8 and int4 layers for CPUs: ``PACKINGS`` (how [N, K] weights are packed, and
+multiplied through torch's own CPU kernels for a decode step or unpacked for a prompt),
+``QuantLinear`` for a Linear, ``QuantExperts`` and ``DynamicExperts`` for LFM2-MoE's experts.
+Why these formats, and the kernels' figures:
+docs/quantization.md#the-cpu-weight-packings-lfmuiquantcpu_weights.
 """
 
 from __future__ import annotations

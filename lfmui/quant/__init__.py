@@ -143,7 +143,7 @@ def _bitsandbytes_fails(device: str) -> str:
 
 def _bnb(kind: str) -> Callable[[], dict[str, Any]]:
     def kwargs() -> dict[str, Any]:
-        from lfmui.moe_quant import bnb_config
+        from lfmui.quant.moe import bnb_config
 
         return {"quantization_config": bnb_config(kind, SKIP_MODULES)}
 
@@ -186,7 +186,7 @@ def _cpu_kernel(packing: str, compute: str) -> Callable[[], Availability]:
             return available
         import torch
 
-        from lfmui.cpu_weights import kernel_fails
+        from lfmui.quant.cpu_weights import kernel_fails
 
         failure = kernel_fails(packing, getattr(torch, compute))
         if failure:
@@ -198,7 +198,7 @@ def _cpu_kernel(packing: str, compute: str) -> Callable[[], Availability]:
 
 def _packed_experts(packing: str) -> Callable[[], dict[str, Any]]:
     def kwargs() -> dict[str, Any]:
-        from lfmui.moe_quant import experts_config
+        from lfmui.quant.moe import experts_config
 
         return {"quantization_config": experts_config(packing, should_quantize)}
 
@@ -207,7 +207,7 @@ def _packed_experts(packing: str) -> Callable[[], dict[str, Any]]:
 
 def _packed_linears(packing: str) -> Callable[[Any], int]:
     def post_load(model: Any) -> int:
-        from lfmui.cpu_weights import PACKINGS, quantize
+        from lfmui.quant.cpu_weights import PACKINGS, quantize
 
         return quantize(model, PACKINGS[packing], should_quantize)
 

@@ -1,29 +1,7 @@
-"""Quantized mixture-of-experts weights for the 8-bit and 4-bit levels, quantized while loading.
-
-LFM2-8B-A1B keeps its 32 experts per layer as two 3-D parameters (``gate_up_proj`` [E, 2I, H]
-and ``down_proj`` [E, H, I]), 14.94 of the model's 15.54 GiB in bf16 (FACTS.md); bitsandbytes'
-from_pretrained path swaps nn.Linear layers only and would leave them in bf16.
-
-Loading: ``bnb_config(kind)`` is a BitsAndBytesConfig whose quantizer (a subclass of
-transformers' own bitsandbytes quantizer, registered below) also claims the expert weights. The
-loader hands it each layer's merged expert tensor as it is read; it is quantized on the spot and
-the bf16 copy is dropped, so the load never holds more than one layer's experts in bf16 (peak
-about 1.25x the quantized size on the 8B's layout, against 3.4x when quantizing afterwards).
-
-- int8: rows of int8 with one scale per row (absmax / 127), in the compute dtype;
-- nf4: bitsandbytes NF4 blocks of 64 (``quantize_4bit``), one expert at a time.
-
-The CPU levels int8-bf16, int4-bf16 and int8-cpu use the same loader hook through quantizers
-of their own (``experts_config``) that claim the expert weights (int8-bf16 and int4-bf16 pack
-their Linear layers after loading; int8-cpu packs them while loading too, as torch's dynamic
-int8 Linear); ``cpu_weights.QuantExperts`` and ``cpu_weights.DynamicExperts`` compute with the
-packed weights.
-
-Forward (``QuantizedExperts``): routing is untouched. A decode step (tokens x top-k <= experts)
-gathers the chosen experts' packed weights by index, dequantizes just those and runs one batched
-matmul: no host sync, nothing data-dependent, so CUDA graphs can capture it. A prefill walks the
-experts that tokens hit (transformers' own loop), dequantizing one expert at a time: it syncs
-per expert, once per prompt, and never holds more than one expert in the compute dtype.
+"""LFM2-MoE's expert weights (two 3-D parameters a layer, which bitsandbytes would leave in bf16)
+quantized while loading: ``bnb_config`` and ``experts_config`` are quantization configs whose
+quantizers also claim the experts; ``QuantizedExperts`` computes with them (no host sync in a
+decode step). How and why: docs/quantization.md#moe-experts-quantized-while-loading-lfmuiquantmoe.
 """
 
 from __future__ import annotations
@@ -304,7 +282,7 @@ def experts_config(packing: str, converts: Callable[[str], bool] | None = None) 
 def _experts_only_quantizer(packing_name: str) -> type:
     from transformers.quantizers.base import HfQuantizer
 
-    from lfmui import cpu_weights
+    from lfmui.quant import cpu_weights
 
     if packing_name in cpu_weights.PACKINGS:
         packing = cpu_weights.PACKINGS[packing_name]
@@ -379,7 +357,7 @@ class _DynamicLinearOp:
     torch's dynamic int8 keeps it (cpu_weights.dynamic_int8), an empty stand-in loaded."""
 
     def convert(self, input_dict: dict[str, Any], model=None, **kwargs) -> dict[str, Any]:
-        from lfmui import cpu_weights
+        from lfmui.quant import cpu_weights
 
         result = {}
         for name, value in input_dict.items():

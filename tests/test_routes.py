@@ -1,7 +1,9 @@
 """lfmui's own /v1 through the official openai SDK, against the app's real server.
 
 Model outputs that a test needs (a tool call, a long reply) are forced through the real generate
-path by tests/scripted.py; everything else is the app's own.
+path by tests/helpers/scripted.py; everything else is the app's own. The routes are
+lfmui/serve/routes.py over serve.protocol and serve.completions (tests/test_protocol.py checks
+the request model alone).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 
 import httpx
 import pytest
-from scripted import scripted_generate
+from helpers.scripted import scripted_generate
 
 openai = pytest.importorskip("openai")  # tests/requirements.txt installs it
 
@@ -279,7 +281,7 @@ def test_bad_requests_are_openai_shaped_errors_that_say_what_to_send(
 
 
 def test_a_body_over_the_cap_is_refused_before_it_is_read(served):
-    from lfmui.ui.guard import V1_MAX_BODY_BYTES
+    from lfmui.serve.guard import V1_MAX_BODY_BYTES
 
     response = httpx.post(
         f"{served[0]}/chat/completions",
@@ -412,7 +414,7 @@ def test_api_key_the_right_key_answers(keyed):
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-def test_api_key_beyond_this_machine_v1_is_closed_until_a_key_is_set(monkeypatch):
+def test_item43_beyond_this_machine_v1_is_closed_until_a_key_is_set(monkeypatch):
     from lfmui.access import Access
 
     monkeypatch.delenv("LFMUI_API_KEY", raising=False)
@@ -429,9 +431,9 @@ def test_resources_v1_runs_a_few_replies_at_once_lets_some_wait_and_turns_the_re
     turned away at once (429); a reply that ends lets the next waiting one in."""
     import asyncio
 
-    from lfmui import openai_api
     from lfmui.errors import TooManyRequests
-    from lfmui.ui.v1 import Door
+    from lfmui.serve import protocol
+    from lfmui.serve.routes import Door
 
     async def scenario() -> list:
         door = Door(most=1, waiting=1)
@@ -445,16 +447,16 @@ def test_resources_v1_runs_a_few_replies_at_once_lets_some_wait_and_turns_the_re
         return [first, admitted, third, door.inside, door.queued]
 
     assert asyncio.run(scenario()) == [True, True, False, 1, 0]
-    refused = openai_api.refused(TooManyRequests("You have 16 replies waiting or running"))
+    refused = protocol.refused(TooManyRequests("You have 16 replies waiting or running"))
     assert refused.status == 429
 
 
-def test_fairness_v1_callers_are_let_in_in_turn():
+def test_item44_fairness_v1_callers_are_let_in_in_turn():
     """B holds the one running place and 3 waiting; A's one request, sent last, is let in
     next (A was served least recently), then B's in their order."""
     import asyncio
 
-    from lfmui.ui.v1 import Door
+    from lfmui.serve.routes import Door
 
     async def scenario() -> list[str]:
         door = Door(most=1, waiting=8)

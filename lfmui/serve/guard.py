@@ -1,59 +1,25 @@
-"""RequestGuard: bounds what one HTTP request may carry before gradio reads it; nosniff.
-
-gradio caps uploads (``max_file_size``) but reads any other request body whole: a 50 MB prompt or
-an image inlined as a ``data:`` URL through the API would be parsed in full before the app could
-refuse it. This ASGI middleware answers such requests itself, with a sentence that says what to
-send instead:
-
-- a body over ``MAX_BODY_BYTES`` (uploads excepted: gradio's own cap answers those) -> 413;
-- a file given inline as a ``data:`` URL -> 400 (gradio would refuse it anyway, but silently);
-  files travel as uploads (gradio_client's ``handle_file``), which the upload cap covers;
-- the OpenAI-compatible routes (``/v1/``) take images inline, as OpenAI clients send them, under
-  a larger cap (``V1_MAX_BODY_BYTES``), and are refused with OpenAI-shaped errors.
-
-Every response also gets ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy of
-``frame-ancestors`` (``frame_ancestors``): the app is framed only by itself, by Hugging Face when
-it runs as a Space, and by the origins in ``LFMUI_FRAME_ANCESTORS`` (a reverse proxy's page), so
-another site cannot frame it and steer a user's clicks.
-
-Who may call (``Allowed``), checked before anything else, for HTTP and websockets alike:
-- the ``Host`` header must name this server: an IP address, ``localhost``, this machine's names,
-  the name it listens on (``--host``), the Space's host (``SPACE_HOST``), or a name given with
-  ``--allow-host`` / ``LFMUI_ALLOWED_HOSTS``; any other name is refused (400), which defeats DNS
-  rebinding (a foreign name made to resolve to 127.0.0.1);
-- a request that carries an ``Origin`` (browsers send one on every cross-site request and every
-  POST) must come from the page's own origin, or one given with ``--allow-origin`` /
-  ``LFMUI_ALLOWED_ORIGINS`` (a reverse proxy's page); any other page, ``null`` included, is
-  refused (403), so no web page can drive or fill a local server. Scripts send no Origin.
-
-Uploads (``/gradio_api/upload``) are read in full before gradio sees them, into a temporary file
-that vanishes when closed, so a request cut short or refused leaves nothing on disk. Each
-request holds at most ``MAX_UPLOAD_FILES`` files and ``MAX_UPLOAD_BYTES``; each client (its
-address) stores at most ``CLIENT_UPLOAD_BYTES`` and ``CLIENT_UPLOAD_FILES`` per
-``CLIENT_WINDOW_S``; none is taken while the disk would keep less than ``MIN_FREE_DISK`` free.
-
-Responses never echo request headers (gradio's ranged file responses copied them all, the
-Cookie included): a header sent back with the name and value it came with is dropped, but for
-the representation headers a request and its response may share.
+"""RequestGuard, ASGI middleware in front of gradio and /v1: who may call (``Allowed``: the Host
+and Origin), a cap on request bodies, no files inlined as data URLs, uploads read in full with
+per-request and per-client caps, no echoed request headers, nosniff and frame-ancestors on every
+response. Each refusal is a sentence saying what to send instead. The rules and the caps:
+docs/security.md#the-request-guard-lfmuiserveguard.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from lfmui.serve.hosts import Allowed, hostname
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,7 +36,7 @@ TOO_LARGE = (
     "The request is over {mib} MB. Send at most 100,000 characters of text, and images as "
     "uploaded files (gradio_client's handle_file), not inline."
 )
-# /v1 (lfmui.openai_api): images come inline as data: URLs, up to 4 per message
+# /v1 (lfmui.serve.completions): images come inline as data: URLs, up to 4 per message
 V1_MAX_BODY_BYTES = 32 * 2**20
 V1_TOO_LARGE = (
     "The request is over {mib} MB. Send fewer or smaller images (each under 20 MB, at most 4 "
@@ -106,80 +72,6 @@ SHARED_HEADERS = {
 NEVER_ECHOED = {b"cookie", b"authorization", b"proxy-authorization"}
 
 
-@dataclass(frozen=True)
-class Allowed:
-    """The host names this server answers to and the foreign page origins it takes requests
-    from, besides its own: the flags' and the environment's, read once at launch."""
-
-    hosts: tuple[str, ...] = ()  # names, "*.example.com" for a domain's names, "*" for any
-    origins: tuple[str, ...] = ()  # "https://app.example.com", or "*" for any page
-
-    @classmethod
-    def configured(cls, hosts: tuple[str, ...] = (), origins: tuple[str, ...] = ()) -> Allowed:
-        """The flags' lists with ``LFMUI_ALLOWED_HOSTS`` / ``LFMUI_ALLOWED_ORIGINS`` (space or
-        comma separated), this machine's names and, on a Space, its host ``SPACE_HOST``."""
-
-        def listed(name: str) -> list[str]:
-            return re.split(r"[\s,]+", os.environ.get(name, "").strip())
-
-        names = [*hosts, *listed("LFMUI_ALLOWED_HOSTS"), os.environ.get("SPACE_HOST", "")]
-        machine = socket.gethostname()
-        names += [machine, socket.getfqdn(), f"{machine}.local"]  # .local: its mDNS name
-        pages = [*origins, *listed("LFMUI_ALLOWED_ORIGINS")]
-        if os.environ.get("SPACE_HOST"):
-            pages.append("https://" + os.environ["SPACE_HOST"])
-        return cls(
-            tuple(sorted({n.lower().rstrip(".") for n in names if n})),
-            tuple(sorted({o.lower().rstrip("/") for o in pages if o})),
-        )
-
-    def host_ok(self, host: str) -> bool:
-        name = _hostname(host)
-        if name is None:
-            return False
-        if name == "localhost" or name.endswith(".localhost") or _is_ip(name):
-            return True  # an address cannot be rebound; localhost resolves here only
-        return any(
-            pattern == "*"
-            or name == pattern
-            or (pattern.startswith("*.") and name.endswith(pattern[1:]))
-            for pattern in self.hosts
-        )
-
-    def origin_ok(self, origin: str, host: str) -> bool:
-        origin = origin.lower().rstrip("/")
-        if "*" in self.origins or origin in self.origins:
-            return True
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return False  # "null" (a sandboxed frame, a file: page) and the like
-        return _netloc(parts.netloc, parts.scheme) == _netloc(host.lower(), parts.scheme)
-
-
-def _hostname(host: str) -> str | None:
-    """The name of a Host header without its port; None when it is not a host."""
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:7860
-        inside = host[1:].split("]", 1)[0]
-        return inside if _is_ip(inside) else None
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.rstrip(".")
-    return name if re.fullmatch(r"[a-z0-9_.-]{1,253}", name) else None
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _netloc(netloc: str, scheme: str) -> str:
-    default = {"http": ":80", "https": ":443"}[scheme]
-    return netloc[: -len(default)] if netloc.endswith(default) else netloc
-
-
 class _UploadLedger:
     """What each client stored in the last CLIENT_WINDOW_S: (time, bytes, files) entries, for
     at most MAX_CLIENTS clients, the least recent forgotten first (a client's address can be
@@ -204,21 +96,20 @@ class _UploadLedger:
             return True
 
 
-def upload_folder() -> Path:
-    """Where gradio writes uploads (its GRADIO_TEMP_DIR)."""
-    from gradio.utils import get_upload_folder
-
-    return Path(get_upload_folder())
-
-
 class RequestGuard:
     """ASGI middleware: who may call, a size cap on request bodies, no inline files, bounded
     uploads, no echoed headers."""
 
     def __init__(
-        self, app: App, max_body_bytes: int = MAX_BODY_BYTES, allowed: Allowed | None = None
+        self,
+        app: App,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        allowed: Allowed | None = None,
+        uploads: Path | None = None,
     ) -> None:
+        """`uploads`: the folder uploads are written to (the disk whose free room is kept)."""
         self.app = app
+        self.uploads = uploads or Path(tempfile.gettempdir())
         self.max_body_bytes = max_body_bytes
         self.allowed = allowed or Allowed.configured()
         self.ledger = _UploadLedger()
@@ -251,7 +142,7 @@ class RequestGuard:
             return 400, (
                 f"This server does not answer to the host name {name!r}. Open it by its address "
                 "(http://127.0.0.1:PORT); to reach it by this name (a proxy, a domain), start it "
-                f"with --allow-host {_hostname(host) or 'NAME'} (or LFMUI_ALLOWED_HOSTS)."
+                f"with --allow-host {hostname(host) or 'NAME'} (or LFMUI_ALLOWED_HOSTS)."
             )
         origin = _header(scope, b"origin")
         if origin is not None and not self.allowed.origin_ok(origin, host):
@@ -329,9 +220,8 @@ class RequestGuard:
             chunks = iter(lambda: spool.read(UPLOAD_CHUNK), b"")
             await self.app(scope, _replay(chunks, receive), send)
 
-    @staticmethod
-    def _disk_has_room(size: int) -> bool:
-        folder = upload_folder()
+    def _disk_has_room(self, size: int) -> bool:
+        folder = self.uploads
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         try:

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible routes on the app's server (``lfmui.openai_api`` does the work).
+"""The OpenAI-compatible routes on the app's server (``lfmui.serve.completions`` does the work).
 
 ``routes(manager)`` gives Starlette routes that ``launch_settings`` hands to the server before
 gradio's own. Blocking work (checking images, generating) runs in the server's thread pool; a
@@ -13,7 +13,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from lfmui import openai_api
+from lfmui import turns
 from lfmui.access import Access
-from lfmui.errors import InputError, read_json
+from lfmui.errors import read_json
 from lfmui.manager import ModelManager
-from lfmui.ui import gpu
+from lfmui.serve import completions, protocol
 
 MAX_IN_FLIGHT = 4  # /v1 replies at once, all callers together (like the page's events)
 MAX_WAITING = 32  # more wait their turn without holding a thread; past these, 429 at once
@@ -94,75 +94,86 @@ def caller(request: Request) -> str:
 
 
 def routes(
-    manager: ModelManager, access: Access | None = None, door: Door | None = None
+    manager: ModelManager,
+    access: Access | None = None,
+    door: Door | None = None,
+    chat_turn: Callable[..., Iterator[Any]] = turns.chat_turn,
 ) -> list[Route]:
-    access = access or Access.configured()
-    door = door or Door()
+    """``GET /v1/models`` and ``POST /v1/chat/completions``; `chat_turn` is turns.chat_turn or
+    the UI's wrapper of it (on ZeroGPU, run in a GPU worker)."""
+    v1 = _V1(manager, access or Access.configured(), door or Door(), chat_turn)
+    return [
+        Route("/v1/models", v1.models, methods=["GET"]),
+        Route("/v1/chat/completions", v1.chat_completions, methods=["POST"]),
+    ]
 
-    def refusal(request: Request) -> JSONResponse | None:
+
+class _V1:
+    """The two routes over one manager: thin, each a check, then serve.protocol and
+    serve.completions."""
+
+    def __init__(self, manager: ModelManager, access: Access, door: Door, chat_turn) -> None:
+        self.manager, self.access, self.door, self.chat_turn = manager, access, door, chat_turn
+
+    def refusal(self, request: Request) -> JSONResponse | None:
         """401 in OpenAI's shape unless the request carries the key /v1 asks for."""
-        why = access.api_refusal(request.headers)
+        why = self.access.api_refusal(request.headers)
         if not why:
             return None
-        error = openai_api.ApiError(why, 401)
-        body = error.body()
+        body = protocol.ApiError(why, 401).body()
         body["error"]["code"] = "invalid_api_key"
         return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
-    async def models(request: Request) -> JSONResponse:
-        return refusal(request) or JSONResponse(openai_api.models(manager))
+    async def models(self, request: Request) -> JSONResponse:
+        return self.refusal(request) or JSONResponse(completions.models(self.manager))
 
-    async def chat_completions(request: Request):
-        refused = refusal(request)
+    async def chat_completions(self, request: Request):
+        refused = self.refusal(request)
         if refused is not None:
             return refused
         try:
             body = read_json(await request.body(), "The body (send a JSON object)")
-        except InputError as exc:
-            return _error(openai_api.refused(exc))
-        try:
-            chat = await run_in_threadpool(openai_api.parse_request, body, manager)
+            chat = await run_in_threadpool(protocol.parse_request, body, self.manager)
         except Exception as exc:  # every refusal is an OpenAI-shaped answer
-            return _error(openai_api.refused(exc))
+            return _error(protocol.refused(exc))
         try:
-            admitted = await door.enter(caller(request))
+            admitted = await self.door.enter(caller(request))
         except BaseException:  # the caller left while waiting its turn
             shutil.rmtree(chat.folder, ignore_errors=True)
             raise
         if not admitted:
             shutil.rmtree(chat.folder, ignore_errors=True)
-            busy = openai_api.ApiError(
-                f"{door.most} /v1 replies are running and {door.waiting} waiting already; "
-                "retry in a few seconds.",
+            busy = protocol.ApiError(
+                f"{self.door.most} /v1 replies are running and {self.door.waiting} waiting "
+                "already; retry in a few seconds.",
                 429,
             )
             return JSONResponse(busy.body(), status_code=429, headers={"Retry-After": "2"})
+        return await self._answer(chat, caller(request))
+
+    async def _answer(self, chat: protocol.ChatRequest, client: str):
+        """The admitted request's reply, whole or streamed; its end lets the next one in."""
         stop = threading.Event()
-        records = openai_api.run(manager, chat, stop, caller(request), gpu.chat_turn)
+        records = completions.run(self.manager, chat, stop, client, self.chat_turn)
         model = chat.answered_by  # the model that answers, as OpenAI names its snapshot
         streaming = None
         try:
             if not chat.stream:
-                done = openai_api.completion(model, await run_in_threadpool(list, records))
+                done = completions.completion(model, await run_in_threadpool(list, records))
                 return JSONResponse(done, headers=chat.headers())
-            stream = openai_api.chunks(model, records, chat.include_usage)
+            stream = completions.chunks(model, records, chat.include_usage)
             first = await run_in_threadpool(next, stream)  # errors before any byte is a 4xx
             streaming = StreamingResponse(
-                _events(first, stream, records, stop, chat.folder, door.leave),
+                _events(first, stream, records, stop, chat.folder, self.door.leave),
                 media_type="text/event-stream",
                 headers=chat.headers(),
             )
             return streaming
         except Exception as exc:
-            return _error(openai_api.refused(exc))
+            return _error(protocol.refused(exc))
         finally:  # answered, refused, or the caller left (cancelled): the reply ends here
             if streaming is None:
-                _close_later(records, stop, chat.folder, door.leave)
-
-    return [
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    ]
+                _close_later(records, stop, chat.folder, self.door.leave)
 
 
 async def _events(first, stream, records, stop: threading.Event, folder: str, done: Any):
@@ -172,7 +183,7 @@ async def _events(first, stream, records, stop: threading.Event, folder: str, do
             yield _sse(payload)
         yield "data: [DONE]\n\n"
     except Exception as exc:  # after the headers: the error as the stream's last event
-        yield _sse(openai_api.refused(exc).body())
+        yield _sse(protocol.refused(exc).body())
     finally:  # also when the client went away and the server cancelled this task
         _close_later(records, stop, folder, done)
 
@@ -199,5 +210,5 @@ def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def _error(error: openai_api.ApiError) -> JSONResponse:
+def _error(error: protocol.ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)

@@ -1,25 +1,7 @@
-"""The peer on CPU: llama.cpp on the same checkpoints as lfmui, measured with its own tools.
-
-``python -m lfmui.bench llamacpp --llama-cpp TREE`` converts the project's full-shape synthetic
-checkpoints with llama.cpp's own converter (``TREE/convert_hf_to_gguf.py``: F16 and Q8_0) and
-quantizer (``llama-quantize``: Q4_0 from F16), then times them with ``llama-bench`` on the same
-prompt length, new tokens and thread count as lfmui's engine in the same run: prompt processing
-(``-p``) and generation after that many tokens of context (``-n`` with ``-d``). Nothing here is
-a dependency of the app; ``BUILD`` says how to get the tree and its two binaries (the source
-comes from llama-cpp-python's source package on PyPI, which vendors llama.cpp).
-
-Two adaptations, both outside llama.cpp's arithmetic:
-
-- The synthetic builds' configs name no architecture; the converter reads them from a staging
-  folder of links whose config does. For LFM2-VL llama.cpp keeps the language model and the
-  vision tower (``--mmproj``) in two files: the language model (``Lfm2ForCausalLM``) is
-  converted and timed, on a text prompt.
-- The synthetic tokenizer (a byte-level BPE with LFM2's special tokens) is unknown to the
-  converter's pre-tokenizer table; it is written as LFM2's. llama-bench feeds token ids.
-
-On the project's box (a Xeon with AMX) llama.cpp's AMX kernels crash (SIGSEGV in
-``ggml_backend_amx_mul_mat`` on the first prompt), so ``BUILD`` compiles without them; its
-AVX-512 VNNI/BF16 kernels stay.
+"""The peer on CPU: llama.cpp on the same checkpoints as lfmui, converted with its own converter
+and quantizer and timed with ``llama-bench`` (``gguf``, ``bench``; ``missing`` says what a tree
+lacks, ``BUILD`` how to get one). Nothing here is a dependency of the app. The two adaptations
+and the build flags: docs/benchmarks.md#how-the-peer-is-built-and-run-lfmuibenchllamacpp.
 """
 
 from __future__ import annotations
