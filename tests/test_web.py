@@ -473,3 +473,22 @@ def test_upload_caps_the_ledger_of_clients_stays_bounded(monkeypatch):
     for n in range(10):
         assert ledger.room(f"10.0.0.{n}", 1, 1)
     assert list(ledger._entries) == ["10.0.0.7", "10.0.0.8", "10.0.0.9"]
+
+
+def test_item42_a_client_is_never_who_a_header_says_it_is(monkeypatch):
+    """Per-client caps (uploads) and turns (/v1) key on the socket's peer; behind a Space's
+    proxy, on the address the proxy appended, never on the values before it."""
+    from starlette.requests import Request
+
+    from lfmui.serve import guard
+    from lfmui.serve.routes import caller
+
+    forged = [(b"x-forwarded-for", b"1.2.3.4, 5.6.7.8")]
+    scope = {"type": "http", "headers": forged, "client": ("10.0.0.9", 5000)}
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert guard._client(scope) == "10.0.0.9"
+    assert caller(Request(scope)) == "v1:10.0.0.9"
+    monkeypatch.setenv("SPACE_ID", "someone/lfmui")  # the Space's proxy appends the real one
+    assert guard._client(scope) == "5.6.7.8"
+    assert caller(Request(scope)) == "v1:5.6.7.8"
+    assert guard._client({"type": "http", "headers": [], "client": None}) == "unknown"

@@ -273,12 +273,18 @@ def _boundary(scope: Scope) -> bytes | None:
     return b"--" + found.group(1).encode() if found else None
 
 
+def client_address(forwarded: str | None, peer: str | None) -> str:
+    """Who sends a request, for per-client caps and taking turns: never a value the caller
+    chose. Behind a Space's proxy, the address that proxy appended (the last X-Forwarded-For
+    value: the ones before it are the caller's to write); anywhere else the socket's peer."""
+    if forwarded and os.environ.get("SPACE_ID"):
+        return forwarded.rsplit(",", 1)[-1].strip()[:64] or peer or "unknown"
+    return peer or "unknown"
+
+
 def _client(scope: Scope) -> str:
-    forwarded = _header(scope, b"x-forwarded-for")  # behind a proxy (a Space): the first hop
-    if forwarded:
-        return forwarded.split(",")[0].strip()[:64]
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+    peer = scope.get("client")
+    return client_address(_header(scope, b"x-forwarded-for"), str(peer[0]) if peer else None)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

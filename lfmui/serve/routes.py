@@ -26,6 +26,7 @@ from lfmui.access import Access
 from lfmui.errors import read_json
 from lfmui.manager import ModelManager
 from lfmui.serve import completions, protocol
+from lfmui.serve.guard import client_address
 
 MAX_IN_FLIGHT = 4  # /v1 replies at once, all callers together (like the page's events)
 MAX_WAITING = 32  # more wait their turn without holding a thread; past these, 429 at once
@@ -87,10 +88,10 @@ class Door:
 
 
 def caller(request: Request) -> str:
-    """Who sends a /v1 request, for taking turns: the first forwarded address (a Space's
-    proxy), else the peer's."""
-    forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
-    return "v1:" + (forwarded or (request.client.host if request.client else ""))
+    """Who sends a /v1 request, for taking turns (guard.client_address: never a header the
+    caller sets)."""
+    peer = request.client.host if request.client else None
+    return "v1:" + client_address(request.headers.get("x-forwarded-for"), peer)
 
 
 def routes(
