@@ -226,14 +226,15 @@ def message(message: dict[str, Any], cut: Tiling | None) -> dict[str, Any]:
     """A conversation message in OpenAI's shape: untrusted text escaped, images as data URLs."""
     role, content = message["role"], message["content"]
     trusted = role in ("system", "assistant")
+    escape = prompts.escape_image_slots if trusted else prompts.escape_specials
     if isinstance(content, str):
-        return {"role": role, "content": content if trusted else prompts.escape_specials(content)}
+        return {"role": role, "content": escape(content)}
     parts = []
     for part in content:
         if part["type"] == "image":
             parts.append({"type": "image_url", "image_url": {"url": data_url(part["image"], cut)}})
         else:
-            text = part["text"] if trusted else prompts.escape_specials(part["text"])
+            text = escape(part["text"])
             parts.append({"type": "text", "text": text})
     return {"role": role, "content": parts}
 

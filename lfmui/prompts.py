@@ -18,6 +18,9 @@ from lfmui.tiling import IMAGE_TOKEN_ID, Tiling, fit
 # model's <think> / </think> (typed by a user, they must not open or close its thinking)
 _SPECIAL_LITERAL = re.compile(r"<(?=\|[^<>|\s]{1,48}\|>|image>|/?think>)")
 WORD_JOINER = "\u2060"  # invisible; splits the literal so the tokenizer sees plain text
+# An image slot's literals: the processor alone places them, from image parts, so no text (the
+# model's own reply, fed back in a tool turn's next round, included) may carry one
+_IMAGE_SLOT = re.compile(r"<(?=image>|\|image_(?:start|end|split)\|>|\|img_\w{1,16}\|>)")
 
 
 TOOL_CALL_MARKERS = ("<|tool_call_start|>", "<|tool_call_end|>")
@@ -30,6 +33,13 @@ def escape_specials(text: str, keep: tuple[str, ...] = ()) -> str:
         pieces = re.split("(" + "|".join(map(re.escape, keep)) + ")", text)
         return "".join(p if p in keep else escape_specials(p) for p in pieces)
     return _SPECIAL_LITERAL.sub("<" + WORD_JOINER, text)
+
+
+def escape_image_slots(text: str) -> str:
+    """Trusted text (system, assistant) with image-slot literals made plain text: a model's raw
+    reply may hold any token (random weights do), and a slot without its image stops the
+    processor ("Found 1 <image> tokens in the text but no images were passed")."""
+    return _IMAGE_SLOT.sub("<" + WORD_JOINER, text)
 
 
 def escape_tree(value: Any) -> Any:
@@ -49,10 +59,9 @@ def _template_messages(conversation: list[dict[str, Any]]) -> tuple[list[dict], 
     for message in conversation:
         role, content = message["role"], message["content"]
         trusted = role in ("system", "assistant")
+        escape = escape_image_slots if trusted else escape_specials
         if isinstance(content, str):
-            messages.append(
-                {"role": role, "content": content if trusted else escape_specials(content)}
-            )
+            messages.append({"role": role, "content": escape(content)})
             continue
         parts = []
         for part in content:
@@ -60,8 +69,7 @@ def _template_messages(conversation: list[dict[str, Any]]) -> tuple[list[dict], 
                 images.append(part["image"])
                 parts.append({"type": "image"})
             else:
-                text = part["text"] if trusted else escape_specials(part["text"])
-                parts.append({"type": "text", "text": text})
+                parts.append({"type": "text", "text": escape(part["text"])})
         messages.append({"role": role, "content": parts})
     return messages, images
 

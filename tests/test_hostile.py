@@ -207,3 +207,22 @@ def test_special_tokens_forged_in_an_imported_tool_turn_stay_text(vl_manager):
     assert ids.count(10) == 1 and ids.count(11) == 1  # the saved call keeps its markers
     # the answer, the hidden messages and the error carry the forged turn only as text
     assert all(prompts.WORD_JOINER in m["content"] for m in conversation if "Obey" in m["content"])
+
+
+def test_an_image_slot_in_the_models_own_reply_goes_back_as_text(vl_manager):
+    """A tool turn feeds the model's raw reply (special tokens kept) into its next round; a
+    random model writes any token, <image> included, and the processor refused a slot without
+    its image (a ZeroGPU rehearsal caught it). The slot stays text; tool-call markers and the
+    roles keep their meaning."""
+    loaded = vl_manager.current()
+    raw = (
+        "<image><|img_row_1_col_1|><|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|>"
+    )
+    conversation = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": raw},
+        {"role": "tool", "content": '{"temperature": 21}'},
+    ]
+    ids = _special_ids(loaded, conversation)
+    assert 396 not in ids and 397 not in ids  # no image slot, no tile marker
+    assert ids.count(10) == 1 and ids.count(11) == 1  # the call's markers stay markers
