@@ -20,8 +20,8 @@ LAYERS = [
         {"lfmui", "lfmui.errors", "lfmui.bench", "lfmui.serve"},
     ),
     (
-        "leaves: process memory, owners, settings, the call parser, kernels, tool workers, "
-        "meters, the peer, the request guard, the generation thread",
+        "leaves: process memory, owners, settings, call repairs, LFM2's tokens, CPU kernels, "
+        "tool workers, meters, the peer, allowed hosts, the generation thread",
         {
             "lfmui.worker",
             "lfmui.access",
@@ -83,7 +83,7 @@ LAYERS = [
         {"lfmui.bench.__main__", "lfmui.ui.render", "lfmui.ui.running"},
     ),
     (
-        "shared controls, the chat's reply",
+        "shared controls, the chat's reply, the model cards",
         {"lfmui.ui.controls", "lfmui.ui.chat_reply", "lfmui.ui.model_cards"},
     ),
     ("the chat list, the session panel", {"lfmui.ui.chat_list", "lfmui.ui.chat_session"}),
