@@ -200,7 +200,6 @@ SUITES = {
 }
 TESTED_IN = {
     "lfmui": ["test_architecture.py"],
-    "lfmui.bench": ["test_architecture.py"],
     "lfmui.bench.__main__": ["test_calibrate.py"],
     "lfmui.serve": ["test_architecture.py"],
     "lfmui.ui": ["test_app.py"],
