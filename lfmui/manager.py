@@ -378,7 +378,9 @@ class ModelManager:
             if config is None:
                 location = self._locate(spec, progress)
                 config = memory.config_of(spec, location)
-            level = self._fitting_level(spec, config, quantization)
+            level = loading.fitting_level(
+                spec, config, quantization, *self._room(), self.pool_budget
+            )
             resident = self._pool.get(pool_key(spec.id, level.name))
             if resident is not None:
                 if default:
@@ -454,10 +456,6 @@ class ModelManager:
             return device, current.weight_bytes if current else 0
         with self._state:
             return device, sum(m.weight_bytes for m in self._pool.values() if not m.leases)
-
-    def _fitting_level(self, spec: ModelSpec, config: Any, quantization: str | None):
-        device, freed = self._room()
-        return loading.fitting_level(spec, config, quantization, device, freed, self.pool_budget)
 
     def _restore(self, model_id: str, quantization: str) -> str:
         loaded = None

@@ -26,26 +26,24 @@ from lfmui import quant
 from lfmui.bench import cases, peers
 
 
-def _each(run: Callable[..., int], args: argparse.Namespace, models, levels) -> int:
+def _each(run: Callable[[str, str], int], models: list[str], levels: list[str]) -> int:
+    """`run` for every model at every level; failed if any failed."""
     code = 0
     for model_id in models:
         for level in levels:
-            code |= run(model_id, level, args)
+            code |= run(model_id, level)
     return code
 
 
 CASES: dict[str, Callable[[argparse.Namespace, list[str], list[str]], int]] = {
     "loads": lambda a, models, levels: cases.run_loads(models, levels, a.new_tokens),
     "seed": lambda a, models, levels: _each(
-        lambda m, lv, a: cases.run_seed(
-            m, lv, a.new_tokens, a.repeats, a.image_size, a.prompt_tokens
-        ),
-        a,
+        lambda m, lv: cases.run_seed(m, lv, a.new_tokens, a.repeats, a.image_size, a.prompt_tokens),
         models,
         levels,
     ),
     "presets": lambda a, models, levels: _each(
-        lambda m, lv, a: cases.run_presets(m, lv, a.repeats, a.image_size), a, models, levels
+        lambda m, lv: cases.run_presets(m, lv, a.repeats, a.image_size), models, levels
     ),
     "ops": lambda a, models, levels: cases.run_ops(
         models, ["bf16", *[level for level in levels if level != "bf16"]]

@@ -12,7 +12,6 @@ from lfmui import session, tiling
 from lfmui.errors import InputError
 from lfmui.manager import ModelManager
 from lfmui.settings import SAMPLING
-from lfmui.ui.chat_reply import settings_of
 from lfmui.ui.render import to_chatbot, warns
 
 # what an import sets: state, chatbot, system prompt, the sampling controls, the tiling knobs and
@@ -47,7 +46,7 @@ class SessionPanel:
             data[self.chat.state],
             model,
             data[self.chat.system_prompt],
-            settings_of([data[c] for c in self.chat.controls]),
+            self.chat.settings(data),
             self.chat.image_detail.values(data),
             data[self.chat.use_tools],
         )

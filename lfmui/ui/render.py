@@ -25,11 +25,14 @@ DONE_LABELS = {
 }
 
 
-def metrics_line(metrics: dict[str, Any], reason: str) -> str:
+def metrics_line(metrics: dict[str, Any], reason: str, hideable: bool = False) -> str:
     """A one-line summary shown small under an assistant message: how it ended, then the
-    figures."""
+    figures (`hideable`: in the span the Metrics toggle hides)."""
     label = DONE_LABELS.get(reason, reason)
-    return " · ".join(part for part in (label, figures(metrics)) if part)
+    numbers = figures(metrics)
+    if hideable and numbers:
+        numbers = f'<span class="metrics">{numbers}</span>'
+    return " · ".join(part for part in (label, numbers) if part)
 
 
 def figures(metrics: dict[str, Any]) -> str:
@@ -115,10 +118,7 @@ def _messages(turns: list[dict[str, Any]]):
         text = safe_markdown(turn["text"]) or ("…" if turn.get("status") == "streaming" else "")
         if turn.get("thinking_cut") and not turn["text"]:  # shown, never sent back
             text = CUT_IN_THINKING
-        label = DONE_LABELS.get(turn.get("status", "eos"), turn.get("status", ""))
-        numbers = figures(turn.get("metrics", {}))  # hidden by the Metrics toggle
-        measured = f'<span class="metrics">{numbers}</span>' if numbers else ""
-        footer = " · ".join(part for part in (label, measured) if part)
+        footer = metrics_line(turn.get("metrics", {}), turn.get("status", "eos"), hideable=True)
         if turn.get("error"):  # in full-size type, above what streamed before it
             said = f"⚠️ **{safe_markdown(turn['error'])}**"
             text = f"{said}\n\n{text}" if text else said
