@@ -34,6 +34,41 @@ SAMPLING_OF: dict[str, MappingProxyType] = {"vl": VL_SAMPLING, "text": MOE_SAMPL
 SYSTEM_PROMPT_OF = {"vl": VL_SYSTEM_PROMPT, "text": TEXT_SYSTEM_PROMPT}
 
 
+# Each vision model's image defaults, as its card and processor_config.json give them: the
+# offline builds that stand in for it are saved with them, the model card shows them before a
+# load, and a connected server's model falls back on them where its processor config cannot be
+# read. A loaded hub model reads its own processor_config.json, which stays the authority.
+_IMAGES = {"do_image_splitting": True, "min_tiles": 2, "max_tiles": 10, "max_image_tokens": 256}
+IMAGE_DEFAULTS: dict[str, MappingProxyType] = {
+    repo: MappingProxyType({**_IMAGES, **own})
+    for repo, own in {
+        VL_REPO: {"use_thumbnail": False, "min_image_tokens": 64, "max_pixels_tolerance": 2.0},
+        "LiquidAI/LFM2-VL-1.6B": {
+            "use_thumbnail": True,
+            "min_image_tokens": 64,
+            "max_pixels_tolerance": 1.5,
+        },
+        VL_3B_REPO: {"use_thumbnail": True, "min_image_tokens": 64, "max_pixels_tolerance": 1.5},
+        # LFM2.5-VL-450M's card: min_image_tokens 32, and a thumbnail beside the tiles
+        "LiquidAI/LFM2.5-VL-450M": {
+            "use_thumbnail": True,
+            "min_image_tokens": 32,
+            "max_pixels_tolerance": 2.0,
+        },
+        # LFM2.5-VL-1.6B's card gives the vision line of LFM2-VL-1.6B's
+        "LiquidAI/LFM2.5-VL-1.6B": {
+            "use_thumbnail": True,
+            "min_image_tokens": 64,
+            "max_pixels_tolerance": 1.5,
+        },
+    }.items()
+}
+
+# Each hub model's pinned revision (a commit), from pins.json: `python -m lfmui.hub pin` writes
+# it from the Hub; a repo missing there loads its main branch.
+PINS_FILE = Path(__file__).with_name("pins.json")
+PINS: dict[str, str] = json.loads(PINS_FILE.read_text())["revisions"]
+
 # How each family's template writes a tool turn, in one line each (what the playground shows)
 TOOL_FORMATS = {
     "lfm2": "LFM2's: the tool list between `<|tool_list_start|>` and `<|tool_list_end|>`, "
@@ -74,6 +109,14 @@ class ModelSpec:
     def random_weights(self) -> bool:
         return self.source == "offline"
 
+    @property
+    def image_defaults(self) -> MappingProxyType:
+        """The image processor's defaults of the hub model this is or stands in for (empty
+        for text models and for local checkpoints, whose own processor config says)."""
+        if self.kind != "vl" or self.source == "local":
+            return MappingProxyType({})
+        return IMAGE_DEFAULTS.get(self.hub_repo, MappingProxyType({}))
+
     def to_json(self) -> dict:
         return {
             "id": self.id,
@@ -88,6 +131,8 @@ class ModelSpec:
             "thinks": self.thinks,
             "family": self.family,
             "tool_format": self.tool_format,
+            "image_defaults": dict(self.image_defaults),
+            "revision": self.revision if self.source == "hub" else None,
         }
 
 
@@ -120,6 +165,7 @@ def _hub(
         hub_repo=repo,
         sampling=sampling or SAMPLING_OF[kind],
         system_prompt=SYSTEM_PROMPT_OF[kind],
+        revision=PINS.get(repo, "main"),
         **more,
     )
 
@@ -158,6 +204,7 @@ LFM25_MODELS = (
         "LiquidAI/LFM2.5-1.2B-Thinking",
         "text",
         "LFM2.5-1.2B-Thinking (text; thinks first)",
+        LFM25_1B_SAMPLING,  # the docs' one line for LFM2.5's text models
         thinks=True,
         family="LFM2.5",
     ),
@@ -172,32 +219,9 @@ LFM25_MODELS = (
 )
 
 LFM2_MODELS = (
-    ModelSpec(
-        id="LFM2-VL-450M",
-        label="LFM2-VL-450M (vision-language)",
-        source="hub",
-        location="LiquidAI/LFM2-VL-450M",
-        kind="vl",
-        hub_repo="LiquidAI/LFM2-VL-450M",
-    ),
-    ModelSpec(
-        id="LFM2-VL-1.6B",
-        label="LFM2-VL-1.6B (vision-language)",
-        source="hub",
-        location="LiquidAI/LFM2-VL-1.6B",
-        kind="vl",
-        hub_repo="LiquidAI/LFM2-VL-1.6B",
-    ),
-    ModelSpec(
-        id="LFM2-8B-A1B",
-        label="LFM2-8B-A1B (mixture of experts, text only)",
-        source="hub",
-        location=MOE_REPO,
-        kind="text",
-        hub_repo=MOE_REPO,
-        sampling=MOE_SAMPLING,
-        system_prompt=TEXT_SYSTEM_PROMPT,
-    ),
+    _hub(VL_REPO, "vl", "LFM2-VL-450M (vision-language)"),
+    _hub("LiquidAI/LFM2-VL-1.6B", "vl", "LFM2-VL-1.6B (vision-language)"),
+    _hub(MOE_REPO, "text", "LFM2-8B-A1B (mixture of experts, text only)"),
 )
 
 HUB_MODELS = LFM25_MODELS + LFM2_MODELS

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from lfmui import openai_wire as wire
@@ -47,6 +48,7 @@ class Endpoint:
     system_prompt: str = SYSTEM_PROMPT_OF["vl"]
     random_weights: bool = False
     processor: Any = None  # the model's processor, read without weights (None: not found)
+    image_defaults: dict[str, Any] = field(default_factory=dict)  # the catalog's, if it names it
     extra_body: dict[str, Any] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)  # wire.OPTIONAL fields this server refused
     note: str = ""  # what connecting found (no model list, no processor config)
@@ -111,6 +113,8 @@ class Endpoint:
             self.kind = spec.kind
         elif self.processor is not None:
             self.kind = "vl" if hasattr(self.processor, "image_processor") else "text"
+        # where the processor config cannot be read, the catalog's image defaults stand in
+        self.image_defaults = dict(spec.image_defaults) if spec else {}
         self.sampling = dict(spec.sampling if spec else SAMPLING_OF[self.kind])
         self.system_prompt = SYSTEM_PROMPT_OF[self.kind]
         if directory.is_dir() and (directory / "lfmui-build.json").is_file():
@@ -148,7 +152,9 @@ class Endpoint:
         """Validated tiling over the model's processor defaults (None for text models)."""
         if self.kind != "vl":
             return None
-        defaults = Tiling.from_processor(self.processor) if self.processor else Tiling()
+        catalog = SimpleNamespace(**self.image_defaults) if self.image_defaults else None
+        source = self.processor or catalog
+        defaults = Tiling.from_processor(source) if source else Tiling()
         return Tiling.from_dict(values, defaults=defaults)
 
     # ---- one reply ----------------------------------------------------------------------------

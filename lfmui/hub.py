@@ -4,10 +4,13 @@
 cache) a hub model's config at its pinned revision before anything else is touched, after one
 quick reachability probe instead of the hub client's retries (over 20 s on a dead network).
 ``choose_startup_model`` picks the hub default, or the offline fallback with a banner saying why.
+``pin`` (``python -m lfmui.hub pin``) records each hub model's current commit in
+``lfmui/pins.json``, the revisions the catalog loads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -56,8 +59,6 @@ def check(spec: ModelSpec, probe_seconds: float = 3.0) -> Location:
 def _needs_newer_transformers(spec: ModelSpec, location: Location) -> str:
     """Where the config could be read but names an architecture this transformers does not
     know: a sentence with the version that wrote it (config.json's transformers_version)."""
-    import json
-
     import transformers
     from huggingface_hub import hf_hub_download
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -148,7 +149,7 @@ def choose_startup_model(
         return model_id, ""
     if offline or offline_mode():
         reason = "offline mode"
-    elif _hub_cached(spec.location) or _hub_reachable(spec.location, probe_seconds):
+    elif _hub_cached(spec.location, spec.revision) or _hub_reachable(spec.location, probe_seconds):
         return model_id, ""
     else:
         reason = "the Hugging Face Hub cannot be reached"
@@ -158,11 +159,11 @@ def choose_startup_model(
     )
 
 
-def _hub_cached(repo: str) -> bool:
+def _hub_cached(repo: str, revision: str = "main") -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+        return isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str)
     except Exception:
         return False
 
@@ -184,3 +185,40 @@ def _hub_reachable(repo: str, seconds: float) -> bool:
     thread.start()
     thread.join(seconds + 0.5)  # DNS stalls can outlast the HTTP timeout: don't wait for them
     return bool(result and result[0])
+
+
+def pin(catalog: Catalog, api: Any = None) -> dict[str, str]:
+    """Each hub model's current commit on the Hub (its main branch now), written to
+    ``pins.json``: from then on the catalog loads exactly those files. A repo the Hub does not
+    answer for keeps its old pin, and the run says so."""
+    from lfmui.catalog import PINS_FILE
+
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    saved = json.loads(PINS_FILE.read_text())
+    revisions = dict(saved["revisions"])
+    for spec in catalog.all():
+        if spec.source != "hub":
+            continue
+        try:
+            sha = str(api.model_info(spec.location, revision="main").sha)
+        except Exception as exc:  # noqa: BLE001 - said per repo; the others still pin
+            print(f"{spec.location}: not pinned ({type(exc).__name__}); kept {spec.revision}")
+            continue
+        if len(sha) != 40 or any(c not in "0123456789abcdef" for c in sha):
+            print(f"{spec.location}: the Hub answered '{sha[:60]}', not a commit; kept")
+            continue
+        revisions[spec.location] = sha
+        print(f"{spec.location}: {sha}")
+    PINS_FILE.write_text(json.dumps({**saved, "revisions": revisions}, indent=2) + "\n")
+    return revisions
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["pin"]:
+        sys.exit("usage: python -m lfmui.hub pin   (record each hub model's current commit)")
+    pin(Catalog())

@@ -80,7 +80,6 @@ SHAPE_OF_BUILD = {
 }
 # LFM2.5's thinking template (THINKING_TEMPLATE)
 THINKING_BUILDS = {"lfm2.5-thinking-tiny", "lfm2.5-8b-a1b-synthetic"}
-THUMBNAIL_BY_SHAPE = {"LFM2-VL-450M": False, "LFM2-VL-1.6B": True, "LFM2-VL-3B": True}
 
 _build_lock = threading.Lock()
 
@@ -177,8 +176,7 @@ def _write_checkpoint(name: str, target: Path, device: str | None) -> None:
     if shape["kind"] == "vl":
         from transformers import Lfm2VlImageProcessor, Lfm2VlProcessor
 
-        thumbnail = THUMBNAIL_BY_SHAPE.get(SHAPE_OF_BUILD.get(name, ""), False)
-        image_processor = Lfm2VlImageProcessor(use_thumbnail=thumbnail)
+        image_processor = Lfm2VlImageProcessor(**image_defaults_of(name))
         processor = Lfm2VlProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
         processor.save_pretrained(target)
     else:
@@ -251,6 +249,26 @@ def is_built(path: Path) -> bool:
         return False
 
 
+def image_defaults_of(name: str) -> dict[str, Any]:
+    """The image processor settings of the hub model the build `name` stands in for (the
+    catalog's IMAGE_DEFAULTS): a synthetic 1.6B cuts images as LFM2-VL-1.6B does."""
+    from lfmui.catalog import Catalog
+
+    spec = next((s for s in Catalog().all() if s.source == "offline" and s.location == name), None)
+    return dict(spec.image_defaults) if spec else {}
+
+
+def _current_processor(target: Path, name: str) -> None:
+    """A cached VL build keeps its weights when only the image defaults changed: its
+    processor_config.json is rewritten with the current ones."""
+    config_file = target / "processor_config.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        config = json.loads(config_file.read_text())
+        wanted = {**config["image_processor"], **image_defaults_of(name)}
+        if wanted != config["image_processor"]:
+            config_file.write_text(json.dumps({**config, "image_processor": wanted}, indent=2))
+
+
 def chat_template_of(name: str) -> str:
     """The chat template of the build `name`: LFM2.5's thinking one, or LFM2's."""
     return THINKING_TEMPLATE if name in THINKING_BUILDS else CHAT_TEMPLATE
@@ -279,6 +297,7 @@ def ensure_checkpoint(
     with _build_lock:
         if is_built(target):
             _current_template(target, name)
+            _current_processor(target, name)
             return target
         if progress:
             progress(f"building offline checkpoint {name} (random weights)")

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from lfmui import endpoint, tool_turn, tools, turns
+from lfmui.catalog import Catalog
 from lfmui.endpoint import Endpoint, EndpointError
 from lfmui.manager import ModelManager
 
@@ -668,3 +669,21 @@ def test_a_servers_thinking_comes_apart_from_its_answer(server):
     answer = "".join(e.text for e in events if e.kind == "text")
     assert (thought, answer) == ("Two and three.", "Five.")
     assert events[-1].kind == "done" and events[-1].data["reason"] == "eos"
+
+
+@pytest.mark.parametrize(
+    ("served", "thumbnail", "fewest"),
+    [("LFM2-VL-450M-Q8_0.gguf", False, 64), ("LFM2.5-VL-450M-Q8_0.gguf", True, 32)],
+)
+def test_a_served_catalog_model_without_a_processor_config_cuts_by_the_catalogs_defaults(
+    served, thumbnail, fewest, monkeypatch
+):
+    """llama.cpp's server names its GGUF file; the hub repo's processor config cannot be read
+    offline, so the catalog's image defaults for that model stand in."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    connected = Endpoint(url="http://127.0.0.1:1/v1", model=served, models=[served], client=None)
+    connected._describe(Catalog(), "")
+    assert connected.processor is None and connected.kind == "vl"
+    cut = connected.tiling(None)
+    assert cut.use_thumbnail is thumbnail and cut.min_image_tokens == fewest
+    assert connected.tiling({"max_tiles": 4}).max_tiles == 4

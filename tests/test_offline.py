@@ -270,3 +270,20 @@ def test_a_checkpoint_written_block_by_block_loads_whole(tmp_path):
     experts = model.model.layers[3].feed_forward.experts.gate_up_proj
     assert experts.shape == (32, 2 * 64, 64) and 0.01 < experts.float().std() < 0.03
     assert model.model.embedding_norm.weight.float().eq(1).all()  # norms start at one
+
+
+def test_a_build_cuts_images_as_the_model_it_stands_in_for(tmp_path, monkeypatch):
+    """lfm2-vl-tiny stands in for LFM2-VL-450M, which reads no thumbnail; a cached build whose
+    processor config differs gets the current defaults back without a rebuild."""
+    monkeypatch.setenv("LFMUI_CACHE", str(tmp_path))
+    path = offline.ensure_checkpoint("lfm2-vl-tiny")
+    config_file = path / "processor_config.json"
+    saved = json.loads(config_file.read_text())["image_processor"]
+    assert saved["use_thumbnail"] is False and saved["max_pixels_tolerance"] == 2.0
+    weights = (path / "model.safetensors").stat().st_mtime_ns
+    config = json.loads(config_file.read_text())
+    config["image_processor"]["use_thumbnail"] = True
+    config_file.write_text(json.dumps(config))
+    offline.ensure_checkpoint("lfm2-vl-tiny")
+    assert json.loads(config_file.read_text())["image_processor"]["use_thumbnail"] is False
+    assert (path / "model.safetensors").stat().st_mtime_ns == weights

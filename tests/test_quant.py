@@ -242,3 +242,18 @@ def test_every_level_says_what_it_is_in_plain_words_in_the_models_table(vl_manag
     for level in quant.QUANTIZATIONS.values():
         assert level.plain and "bitsandbytes" not in level.plain  # no jargon in the line
         assert f"**{level.label}**: {level.plain}" in shown
+
+
+def test_the_models_table_says_what_the_catalog_knows_before_a_load(vl_manager):
+    """Picked in the Models tab, a model shows where it comes from (its pinned commit, or what
+    an offline build stands in for), how it reads images and its card's sampling."""
+    from lfmui.ui.model_cards import quantization_table
+
+    pinned = quantization_table(vl_manager, "LFM2.5-8B-A1B")
+    assert "`LiquidAI/LFM2.5-8B-A1B` at commit `feb5e04`" in pinned
+    assert "thinks before answering" in pinned and "top_k 80" in pinned
+    current = quantization_table(vl_manager, "LFM2.5-VL-450M")
+    assert "`main` (not pinned)" in current and "images: 32-256 tokens each" in current
+    tiny = quantization_table(vl_manager, "lfm2-vl-tiny")
+    assert "random weights" in tiny and "stands in for `LiquidAI/LFM2-VL-450M`" in tiny
+    assert "no thumbnail" in tiny

@@ -11,7 +11,7 @@ import gradio as gr
 
 from lfmui import backends, hub, quant
 from lfmui.bench import measured
-from lfmui.catalog import RANDOM_WEIGHTS_NOTE
+from lfmui.catalog import RANDOM_WEIGHTS_NOTE, ModelSpec
 from lfmui.errors import NoModelLoaded
 from lfmui.manager import GIB, ModelManager
 
@@ -23,6 +23,7 @@ def quantization_table(manager: ModelManager, model_id: str) -> str:
     free = rows[0]["available_gib"]
     # the free memory goes above the table: in the narrow header it wrapped mid-word
     lines = [
+        *model_facts(manager.catalog.get(model_id)),
         f"Memory free now: **{free:.1f} GiB**",
         "",
         "| level (in plain words) | memory | notes |",
@@ -42,6 +43,31 @@ def quantization_table(manager: ModelManager, model_id: str) -> str:
         plain = quant.QUANTIZATIONS[row["name"]].plain
         lines.append(f"| **{row['label']}**: {plain} | {room} | {said} |")
     return "\n".join(lines)
+
+
+def model_facts(spec: ModelSpec) -> list[str]:
+    """What the catalog says of a model before it loads: where it comes from (the hub repo at
+    its pinned revision, or what an offline build stands in for), its images, its sampling."""
+    if spec.source == "hub":
+        pinned = spec.revision != "main"
+        at = f"commit `{spec.revision[:7]}`" if pinned else "`main` (not pinned)"
+        where = f"`{spec.hub_repo}` at {at}"
+    elif spec.source == "offline":
+        where = f"offline build, {RANDOM_WEIGHTS_NOTE}; stands in for `{spec.hub_repo}`"
+    else:
+        where = f"local checkpoint `{spec.location}`"
+    facts = [f"{spec.family}, {'reads images' if spec.kind == 'vl' else 'text only'}"]
+    if spec.thinks:
+        facts.append("thinks before answering")
+    images = spec.image_defaults
+    if images:
+        thumbnail = "a thumbnail" if images["use_thumbnail"] else "no thumbnail"
+        facts.append(
+            f"images: {images['min_image_tokens']}-{images['max_image_tokens']} tokens each, "
+            f"up to {images['max_tiles']} tiles of 512 px, {thumbnail}"
+        )
+    sampling = ", ".join(f"{k} {v:g}" for k, v in spec.sampling.items())
+    return [f"{where} · {' · '.join(facts)}", "", f"Recommended sampling: {sampling}", ""]
 
 
 def status_card(manager: ModelManager) -> str:
