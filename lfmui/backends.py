@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from lfmui import engine, prompts
 from lfmui.errors import InputError, NoModelLoaded
 from lfmui.manager import ModelManager
-from lfmui.reasoning import CLOSE, Splitter, opens_thinking
+from lfmui.reasoning import CLOSE, Splitter, has_switch, opens_thinking
 from lfmui.settings import Settings
 from lfmui.tiling import Tiling, plan_tiles
 
@@ -138,6 +138,8 @@ class InProcess:
         self.reads_images, self.random_weights = spec.kind == "vl", spec.random_weights
         self.sampling, self.system_prompt = dict(spec.sampling), spec.system_prompt
         self._processor = loaded.processor
+        # whether its template can turn thinking off (Settings.think)
+        self.thinking_switch = has_switch(loaded.processor.chat_template)
 
     def chat(
         self,
@@ -154,7 +156,7 @@ class InProcess:
             checked = Settings.from_dict(settings or {}, defaults=dict(loaded.spec.sampling))
             cut = tiling_of(loaded, tiling)
             started = time.perf_counter()
-            inputs = prompts.build_inputs(loaded, conversation, cut, tools)
+            inputs = prompts.build_inputs(loaded, conversation, cut, tools, checked.think)
             preprocess = {"preprocess_s": round(time.perf_counter() - started, 4)}
             _check_context(loaded, inputs, checked.max_new_tokens)
             opened = _prompt_opens_thinking(loaded, inputs)
@@ -202,6 +204,7 @@ class Remote:
         self.model, self.label = endpoint.model, endpoint.label
         self.reads_images, self.random_weights = endpoint.kind == "vl", endpoint.random_weights
         self.sampling, self.system_prompt = dict(endpoint.sampling), endpoint.system_prompt
+        self.thinking_switch = True  # the server's template decides (chat_template_kwargs)
 
     def chat(
         self,

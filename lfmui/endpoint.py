@@ -23,6 +23,7 @@ from lfmui import prompts
 from lfmui.catalog import NOISE_SAMPLING, SAMPLING_OF, SYSTEM_PROMPT_OF, Catalog
 from lfmui.engine import Event, timing
 from lfmui.errors import EndpointError
+from lfmui.reasoning import SWITCH
 from lfmui.settings import Settings
 from lfmui.tiling import Tiling
 
@@ -268,6 +269,8 @@ class Endpoint:
         }
         if settings.seed is not None:
             body["seed"] = settings.seed
+        if not settings.think:  # vLLM's, SGLang's and llama.cpp's way to the template's switch
+            body["chat_template_kwargs"] = {SWITCH: False}
         if cut is not None and tiling:  # only what the user set: the server keeps its defaults
             body["mm_processor_kwargs"] = {k: getattr(cut, k) for k in tiling}
         if tools:

@@ -32,6 +32,7 @@ OPTIONAL = {  # request fields a server may refuse, and what the user is told it
     "top_k": "top_k",
     "repetition_penalty": "repetition penalty",
     "mm_processor_kwargs": "tiling and image budget (mm_processor_kwargs)",
+    "chat_template_kwargs": "the thinking switch (chat_template_kwargs)",
 }
 
 

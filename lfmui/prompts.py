@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from lfmui.errors import InputError
+from lfmui.reasoning import SWITCH, has_switch, opens_thinking
 from lfmui.tiling import IMAGE_TOKEN_ID, Tiling, fit
 
 # Any LFM2 special-token literal: <|...|> markers, the bare <image> slot, and a thinking
@@ -79,11 +80,14 @@ def build_inputs(
     conversation: list[dict[str, Any]],
     tiling: Tiling | None = None,
     tools: list[dict] | None = None,
+    think: bool = True,
 ) -> Any:
     """Tokenized inputs (and pixel values) for `conversation`, on the model's device.
 
     Images are cut per `tiling` (the model's own processor defaults when None); each costs at
-    most ``tiling.budget`` image tokens.
+    most ``tiling.budget`` image tokens. `think` False turns a reasoning model's thinking off
+    through its template's switch; a template without one that opens a <think> block is an
+    InputError (the prompt would think anyway).
     """
     messages, images = _template_messages(conversation)
     processor = loaded.processor
@@ -91,12 +95,19 @@ def build_inputs(
         raise InputError(
             f"{loaded.spec.id} reads text only; remove the images or load a vision-language model."
         )
+    switch = {} if think or not has_switch(processor.chat_template) else {SWITCH: False}
     prompt = processor.apply_chat_template(  # tool definitions are untrusted text too
         messages,
         tools=escape_tree(tools) if tools else None,
         add_generation_prompt=True,
         tokenize=False,
+        **switch,
     )
+    if not think and not switch and opens_thinking(prompt):
+        raise InputError(
+            f"{loaded.spec.id}'s template has no switch to turn thinking off; turn 'Think' "
+            "back on, and set a thinking budget to keep its thinking short."
+        )
     if loaded.spec.kind == "vl":
         tiling = tiling or Tiling.from_processor(processor)
         images = [fit(image, tiling) for image in images]

@@ -13,11 +13,23 @@ The parts are named as the OpenAI-compatible servers name them: ``reasoning`` (t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 OPEN, CLOSE = "<think>", "</think>"
 Part = Literal["reasoning", "content"]
+
+
+# The template variable that turns thinking off (Qwen3's and SmolLM3's name; vLLM and llama.cpp
+# pass it as chat_template_kwargs). LFM2.5's published templates have none: their thinking
+# models always think, and only a thinking budget bounds it.
+SWITCH = "enable_thinking"
+
+
+def has_switch(template: str | None) -> bool:
+    """Whether a chat template reads the thinking switch."""
+    return bool(template) and re.search(rf"\b{SWITCH}\b", template) is not None
 
 
 def opens_thinking(prompt: str) -> bool:

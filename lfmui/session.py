@@ -267,6 +267,8 @@ def transformers_code(bundle: dict[str, Any], hub_repo: str, kind: str) -> str:
         "    conversation, add_generation_prompt=True, tokenize=True, return_dict=True,",
         '    return_tensors="pt",',
     ]
+    if bundle["sampling"].get("think") is False:  # the template's switch (lfmui.reasoning)
+        lines.append("    enable_thinking=False,")
     if kind == "vl":
         lines.append(f'    processor_kwargs={{"images_kwargs": {bundle["tiling"]!r}}},')
     lines += [

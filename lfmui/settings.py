@@ -11,7 +11,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from lfmui.errors import InputError
 
@@ -32,11 +39,18 @@ class Settings(BaseModel):
     # a reasoning model's thinking, in tokens: past it, </think> is written and the answer
     # follows (lfmui.backends; an in-process model only)
     thinking_budget: int = Field(0, ge=0, le=32768, title="Thinking budget (tokens; 0 = none)")
+    # off: the prompt asks for no thinking, where the model's template has that switch
+    # (``enable_thinking``, as vLLM's chat_template_kwargs names it; lfmui.reasoning)
+    think: bool = Field(True, title="Think before answering (where the template can switch it)")
     time_limit: float = Field(120.0, ge=1.0, le=600.0, title="Time limit (s)")
 
     @field_validator("*", mode="before")
     @classmethod
-    def _numbers_only(cls, value: Any) -> Any:
+    def _strict(cls, value: Any, info: ValidationInfo) -> Any:
+        if cls.model_fields[info.field_name].annotation is bool:  # the switch: "false" and 0
+            if not isinstance(value, bool):  # are not switches here
+                raise ValueError("not true or false")
+            return value
         # booleans, strings ("1") and infinities are not numbers here (a lax model took "1")
         if isinstance(value, bool | str) or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError("not a finite number")
@@ -89,8 +103,11 @@ def bounds(name: str) -> tuple[float, float]:
 
 
 def slider(name: str) -> dict[str, Any]:
-    """A control's spec for the UI: label, range, default, step, whole numbers or not."""
+    """A control's spec for the UI: label, range, default, step, whole numbers or not (a
+    switch: label and default)."""
     field = Settings.model_fields[name]
+    if field.annotation is bool:
+        return {"label": field.title, "value": field.default, "switch": True}
     low, high = bounds(name)
     whole = field.annotation in (int, int | None)
     step = 1 if whole else (0.05 if high - low > 1 else 0.01)
@@ -109,6 +126,8 @@ def _sentence(error: dict[str, Any]) -> str:
     if name not in FIELDS:
         return f"Invalid setting: {error.get('msg', 'unknown problem')}."
     control = slider(name)
+    if control.get("switch"):
+        return f"{name} takes true or false."
     low, high = (_number(control[k]) for k in ("minimum", "maximum"))
     if error["type"] in ("greater_than_equal", "less_than_equal"):
         return f"{name} is {error['input']}; use a value between {low} and {high}."

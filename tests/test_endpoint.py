@@ -687,3 +687,17 @@ def test_a_served_catalog_model_without_a_processor_config_cuts_by_the_catalogs_
     cut = connected.tiling(None)
     assert cut.use_thumbnail is thumbnail and cut.min_image_tokens == fewest
     assert connected.tiling({"max_tiles": 4}).max_tiles == 4
+
+
+def test_thinking_off_goes_to_a_server_as_chat_template_kwargs():
+    """vLLM, SGLang and llama.cpp's server pass it to the template; a server that refuses the
+    field is asked again without it, and the user told (wire.OPTIONAL)."""
+    from lfmui import openai_wire
+    from lfmui.settings import Settings
+
+    connected = Endpoint(url="http://127.0.0.1:1/v1", model="m", models=["m"], client=None)
+    ask = [{"role": "user", "content": "hi"}]
+    off = connected._body(ask, Settings(think=False), None, None, None)
+    assert off["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "chat_template_kwargs" not in connected._body(ask, Settings(), None, None, None)
+    assert "chat_template_kwargs" in openai_wire.OPTIONAL

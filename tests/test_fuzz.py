@@ -99,8 +99,9 @@ SETTINGS = _valid_mostly(
         **{
             name: _near(*bounds(name), whole=slider(name)["whole"])
             for name in SETTING_KEYS
-            if name not in ("max_new_tokens", "time_limit")
+            if name not in ("max_new_tokens", "time_limit", "think")
         },
+        "think": st.booleans() | values,
         "max_new_tokens": _near(1, 8, whole=True),  # a short reply: the budget is examples
         "tiling": TILING,
         "messages": HISTORY,

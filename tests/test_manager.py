@@ -237,7 +237,7 @@ def test_startup_without_network_is_quick(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     # nothing listens on the discard port
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr("lfmui.hub._hub_cached", lambda repo: False)
+    monkeypatch.setattr("lfmui.hub._hub_cached", lambda repo, revision="main": False)
     started = time.monotonic()
     model_id, note = choose_startup_model(Catalog(), "LFM2-VL-1.6B", offline=False)
     assert model_id == "lfm2-vl-tiny" and "cannot be reached" in note

@@ -65,3 +65,14 @@ def test_our_errors_become_openai_shaped_ones():
     assert refused(InputError("too long")).status == 400
     hidden = refused(RuntimeError("/secret/path"))
     assert hidden.status == 500 and "/secret" not in str(hidden)
+
+
+def test_the_thinking_switch_comes_as_vllms_chat_template_kwargs():
+    assert read(chat_template_kwargs={"enable_thinking": False}).settings() == {"think": False}
+    assert read(chat_template_kwargs={}).settings() == {}
+    with pytest.raises(ApiError, match="enable_thinking") as refused_kwargs:
+        read(chat_template_kwargs={"keep_past_thinking": True})
+    assert refused_kwargs.value.param == "chat_template_kwargs"
+    with pytest.raises(ApiError, match="must be true or false") as not_a_switch:
+        read(chat_template_kwargs={"enable_thinking": "no"})
+    assert not_a_switch.value.param == "chat_template_kwargs.enable_thinking"

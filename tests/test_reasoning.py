@@ -268,3 +268,138 @@ def test_a_thinking_budget_ends_the_block_and_the_answer_follows(thinking):
     assert metrics["thinking_budget_hit"] is True and "thinking_cut" not in done
     assert len(loaded.tokenizer.encode(thought, add_special_tokens=False)) <= 12
     assert "".join(e.text for e in events if e.kind == "text")  # the answer came after it
+
+
+# ---- the thinking switch: a template that reads enable_thinking, and LFM2.5's, which does not --
+OPENED = '{{- "<|im_start|>assistant\n<think>\n" -}}'
+SWITCHED = (
+    '{{- "<|im_start|>assistant\n" -}}'
+    '{%- if enable_thinking is not defined or enable_thinking -%}{{- "<think>\n" -}}{%- endif -%}'
+)
+
+
+@pytest.fixture(scope="module")
+def switched(tmp_path_factory):
+    """A thinking checkpoint whose template has the switch (as Qwen3's and SmolLM3's have):
+    lfm2.5-thinking-tiny's weights, its template's generation prompt made conditional, loaded
+    as a local checkpoint; the app's /v1 in front of it."""
+    import shutil
+
+    from conftest import serving
+
+    from lfmui import lfm2_format, offline
+    from lfmui.manager import ModelManager
+
+    assert OPENED in lfm2_format.THINKING_TEMPLATE
+    path = tmp_path_factory.mktemp("switched") / "thinks-with-a-switch"
+    shutil.copytree(offline.ensure_checkpoint("lfm2.5-thinking-tiny"), path)
+    (path / offline.MARKER).unlink()  # someone's checkpoint, not one of our builds
+    (path / "chat_template.jinja").write_text(
+        lfm2_format.THINKING_TEMPLATE.replace(OPENED, SWITCHED)
+    )
+    manager = ModelManager()
+    spec = manager.catalog.add_local(path)
+    manager.load(spec.id, "fp32")
+    with serving(manager) as url:
+        yield manager, f"{url}/v1"
+
+
+def _prompt(manager, think: bool) -> str:
+    from lfmui import prompts
+
+    loaded = manager.current()
+    ask = [{"role": "user", "content": "What is 2+3?"}]
+    ids = prompts.build_inputs(loaded, ask, think=think)["input_ids"][0].tolist()
+    return loaded.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def test_think_off_asks_the_template_for_no_thinking_where_it_has_the_switch(switched):
+    from helpers.scripted import scripted_generate
+
+    from lfmui import backends, turns
+
+    manager, _ = switched
+    assert _prompt(manager, think=True).endswith("<|im_start|>assistant\n<think>\n")
+    assert _prompt(manager, think=False).endswith("<|im_start|>assistant\n")
+    assert backends.of(manager).thinking_switch  # the chat offers the control
+    ask = [{"role": "user", "content": "What is 2+3?"}]
+    with scripted_generate(manager.current(), [ANSWER]):
+        settings = {"max_new_tokens": 32, "think": False}
+        events = list(turns.chat_turn(manager, ask, settings=settings))
+    assert "".join(e.text for e in events if e.kind == "text") == ANSWER
+    assert not [e for e in events if e.kind == "thinking"]
+
+
+def test_think_off_is_refused_where_the_template_has_no_switch_and_the_model_keeps_serving(
+    thinking,
+):
+    """LFM2.5's published templates always open <think>: asking for no thinking is an error
+    that says what to do instead, and the next reply is served."""
+    from lfmui import backends, turns
+    from lfmui.errors import InputError
+
+    manager, _ = thinking
+    assert not backends.of(manager).thinking_switch
+    ask = [{"role": "user", "content": "What is 2+3?"}]
+    with pytest.raises(InputError, match="no switch to turn thinking off.*thinking budget"):
+        list(turns.chat_turn(manager, ask, settings={"max_new_tokens": 4, "think": False}))
+    events, _ = _turn(manager, ask, f"{THOUGHT}</think>{ANSWER}")
+    assert "".join(e.text for e in events if e.kind == "text") == ANSWER
+
+
+def test_v1_passes_the_switch_as_chat_template_kwargs(switched, thinking):
+    """vLLM's field: chat_template_kwargs={"enable_thinking": false}, through the openai SDK."""
+    from helpers.scripted import scripted_generate
+
+    openai = pytest.importorskip("openai")
+    manager, url = switched
+    sdk = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+    ask = {
+        "model": manager.current().spec.id,
+        "max_tokens": 32,
+        "messages": [{"role": "user", "content": "2+3?"}],
+        "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
+    }
+    with scripted_generate(manager.current(), [ANSWER]):
+        message = sdk.chat.completions.create(**ask).choices[0].message
+    assert message.content == ANSWER and not message.model_extra.get("reasoning_content")
+    bad = {**ask, "extra_body": {"chat_template_kwargs": {"enable_thinking": "no"}}}
+    with pytest.raises(openai.BadRequestError, match="enable_thinking must be true or false"):
+        sdk.chat.completions.create(**bad)
+    no_switch = openai.OpenAI(base_url=thinking[1], api_key="unused", max_retries=0, timeout=120)
+    with pytest.raises(openai.BadRequestError, match="no switch to turn thinking off"):
+        no_switch.chat.completions.create(**{**ask, "model": "lfm2.5-thinking-tiny"})
+
+
+@pytest.mark.browser
+def test_browser_think_off_in_the_chat_sends_a_prompt_without_thinking(switched):
+    """The chat's settings: the switch says this model's template can turn thinking off;
+    unticked, the prompt opens no <think> block and the reply has no Thinking block."""
+    from helpers.scripted import scripted_generate
+    from playwright.sync_api import expect, sync_playwright
+    from test_browser import ARTIFACTS, CHROMIUM, idle
+
+    manager, url = switched
+    loaded = manager.current()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url.removesuffix("/v1"))
+        page.get_by_text("Generation settings (kept with the chat)").click()
+        switch = page.get_by_label("Think before answering")
+        expect(switch).to_be_checked()
+        expect(page.get_by_text("this model's template can turn thinking off")).to_be_visible()
+        switch.uncheck()
+        page.screenshot(path=str(ARTIFACTS / "chat-think-switch.png"))
+        box = page.get_by_placeholder("Type a message (this model reads text only: no images)")
+        with scripted_generate(loaded, [ANSWER]) as script:
+            box.fill("What is 2+3?")
+            box.press("Enter")
+            page.get_by_text(ANSWER).wait_for(timeout=60_000)
+            idle(page)
+        expect(page.get_by_text("Thinking ·")).to_have_count(0)
+        browser.close()
+    prompt = loaded.tokenizer.decode(script.prompt_ids[0], skip_special_tokens=False)
+    assert prompt.endswith("<|im_start|>assistant\n")

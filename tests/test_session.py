@@ -147,6 +147,15 @@ def test_copy_as_code_is_valid_python_with_the_settings(chat):
     assert "'What is this?'" in client and "'system': 'Be brief.'" in client
 
 
+def test_copy_as_code_turns_thinking_off_where_the_chat_did(chat):
+    bundle = _bundle(chat)
+    assert "enable_thinking" not in session.transformers_code(bundle, "x/y", "text")
+    bundle["sampling"]["think"] = False
+    code = session.transformers_code(bundle, "x/y", "text")
+    ast.parse(code)
+    assert "    enable_thinking=False," in code
+
+
 def test_copy_as_code_asks_for_the_last_answer_again_not_a_new_turn(chat):
     """A chat that ends on an answer: the code's conversation ends on the question before
     it, so generate() writes that answer again (ending on the answer, with the generation

@@ -26,3 +26,17 @@ def test_a_top_k_out_of_range_says_the_range(value):
     with pytest.raises(InputError, match="top_k"):
         Settings.from_dict({"top_k": value})
     assert slider("top_k")["whole"] is True
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_the_thinking_switch_takes_true_or_false_only(value):
+    assert Settings.from_dict({"think": False}).think is False
+    assert Settings().think is True  # a thinking model thinks unless asked not to
+    with pytest.raises(InputError, match="think takes true or false"):
+        Settings.from_dict({"think": value})
+    assert slider("think") == {
+        "label": Settings.model_fields["think"].title,
+        "value": True,
+        "switch": True,
+    }
+    assert "think" not in Settings(think=False).generate_kwargs()  # a template matter

@@ -21,6 +21,7 @@ from lfmui import backends, images, tool_turn, toolcalls, turns
 from lfmui import tools as tools_module
 from lfmui.errors import LfmuiError, NoModelLoaded, TooManyRequests
 from lfmui.manager import ModelManager
+from lfmui.reasoning import SWITCH
 
 MAX_STOPS = 4
 MAX_STOP_CHARS = 256  # a stop string is held back while it may be starting: its length bounds that
@@ -72,6 +73,8 @@ class ChatCompletionRequest(BaseModel):
     seed: Any = None
     user: str | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM's and llama.cpp's way to pass the template's switches; lfmui reads enable_thinking
+    chat_template_kwargs: Any = None
 
     @field_validator("n")
     @classmethod
@@ -108,10 +111,30 @@ class ChatCompletionRequest(BaseModel):
         _check_tool_choice(choice)
         return choice
 
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_switches(cls, given: Any) -> Any:
+        if given is None:
+            return given
+        if not isinstance(given, dict) or set(given) - {SWITCH}:
+            raise ApiError(
+                f'chat_template_kwargs takes {{"{SWITCH}": true or false}} only.',
+                param="chat_template_kwargs",
+            )
+        if not isinstance(given.get(SWITCH, True), bool):
+            raise ApiError(
+                f"chat_template_kwargs.{SWITCH} must be true or false.",
+                param=f"chat_template_kwargs.{SWITCH}",
+            )
+        return given
+
     def settings(self) -> dict[str, Any]:
-        """The sampling fields sent, by lfmui's names."""
+        """The sampling fields sent, by lfmui's names (and the thinking switch)."""
         sent = self.model_dump(include=set(SETTING_OF), exclude_none=True)
-        return {SETTING_OF[k]: v for k, v in sent.items()}
+        settings = {SETTING_OF[k]: v for k, v in sent.items()}
+        if self.chat_template_kwargs and SWITCH in self.chat_template_kwargs:
+            settings["think"] = self.chat_template_kwargs[SWITCH]
+        return settings
 
     @classmethod
     def read(cls, body: Any) -> ChatCompletionRequest:

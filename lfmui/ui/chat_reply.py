@@ -159,6 +159,12 @@ def message_box(
     )
 
 
+SWITCH_INFO = {
+    True: "this model's template can turn thinking off",
+    False: "this model's template cannot turn thinking off (a thinking model: use the budget)",
+}
+
+
 def defaults(manager: ModelManager, pick: str | None = None) -> list[Any]:
     """System prompt and generation controls reset to the picked model's recommended values."""
     try:
@@ -166,4 +172,9 @@ def defaults(manager: ModelManager, pick: str | None = None) -> list[Any]:
     except NoModelLoaded:
         return [gr.skip()] * (1 + len(SAMPLING))
     recommended = Settings.from_dict({}, defaults=backend.sampling)
-    return [backend.system_prompt, *(getattr(recommended, n) for n in SAMPLING)]
+    values = [getattr(recommended, n) for n in SAMPLING]
+    # the thinking switch: on, and saying whether the model's template can turn thinking off
+    # (it stays clickable: a chat kept with it off must be able to turn it back on)
+    think = SAMPLING.index("think")
+    values[think] = gr.update(value=values[think], info=SWITCH_INFO[backend.thinking_switch])
+    return [backend.system_prompt, *values]

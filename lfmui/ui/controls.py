@@ -25,9 +25,11 @@ CUSTOM = "custom"
 PRESET_CHOICES = [MODEL_DEFAULT, *tiling.PRESETS, CUSTOM]
 
 
-def sampling_control(name: str) -> gr.Slider | gr.Number:
+def sampling_control(name: str) -> gr.Slider | gr.Number | gr.Checkbox:
     """The control for one sampling setting."""
     spec = slider(name)
+    if spec.get("switch"):  # the thinking switch
+        return gr.Checkbox(spec["value"], label=spec["label"])
     if spec["value"] is None:  # the seed: empty means random
         return gr.Number(value=None, precision=0, label=spec["label"])
     return gr.Slider(
