@@ -36,32 +36,20 @@ BUDGET_S = 20.0  # the most one calibration may take
 SLOW_TOKENS_PER_S = 2.0  # below this a level is marked slow for the model
 MAX_ROWS = 4096  # a taller weight is timed on a slice of this many rows, then scaled
 SHAPES_TIMED = 3  # the largest shape classes timed; the rest scaled by weight count
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "asimd")
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """This machine's CPU as /proc/cpuinfo names it, with its usable cores (every CPU figure
     carries it: speed differs between CPU classes)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    name = _cpuinfo_field(cpuinfo, ("model name",)) or "unknown CPU"
+    name = quant.cpuinfo_field(cpuinfo, ("model name",)) or "unknown CPU"
     return f"{name} ({cores} cores)"
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
-    """The instruction sets of ISA_FLAGS this CPU has (x86 "flags", ARM "Features")."""
-    present = set(_cpuinfo_field(cpuinfo, ("flags", "Features")).split())
-    return [flag for flag in ISA_FLAGS if flag in present]
-
-
-def _cpuinfo_field(cpuinfo: str, names: tuple[str, ...]) -> str:
-    try:
-        for line in Path(cpuinfo).read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in names:
-                return value.strip()
-    except OSError:
-        pass
-    return ""
+    """The instruction sets this process computes with (quant.cpu_flags: the CPU's, less any
+    ISA cap)."""
+    return list(quant.cpu_flags(cpuinfo))
 
 
 @functools.cache
@@ -70,7 +58,8 @@ def signature() -> str:
     Models tab asks on every redraw)."""
     import torch
 
-    return f"{cpu_model()} [{' '.join(cpu_flags())}] torch {torch.__version__}"
+    caps = "".join(f" {name}={value}" for name, value in quant.isa_caps().items())
+    return f"{cpu_model()} [{' '.join(cpu_flags())}]{caps} torch {torch.__version__}"
 
 
 def decode_shapes(config: Any) -> Counter[tuple[int, int]]:

@@ -141,3 +141,30 @@ def test_a_model_whose_shapes_cannot_be_read_keeps_auto_in_its_static_order():
     assert calibrate.decode_ms(odd) == {}
     levels = quant.auto_levels()
     assert calibrate.fastest_first(levels, {}) == levels
+
+
+@pytest.mark.parametrize(
+    ("caps", "flags"),
+    [
+        ({}, ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]),
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, ["avx2"]),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}, ["avx2"]),
+        ({"ATEN_CPU_CAPABILITY": "default"}, []),
+    ],
+)
+def test_an_isa_cap_makes_the_cpu_count_as_the_narrower_one(caps, flags, tmp_path, monkeypatch):
+    """Under ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / FBGEMM_ENABLE_INSTRUCTIONS set to AVX2,
+    an AVX-512 CPU is used as an AVX2 one: its wider flags do not count, so the bf16 levels are
+    not offered and auto picks among the rest; the bench and the calibration key name the caps."""
+    x86 = tmp_path / "x86"
+    x86.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    for name in quant.ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in caps.items():
+        monkeypatch.setenv(name, value)
+    quant.cpu_flags.cache_clear()
+    try:
+        assert calibrate.cpu_flags(str(x86)) == flags
+        assert quant.isa_caps() == caps
+    finally:
+        quant.cpu_flags.cache_clear()

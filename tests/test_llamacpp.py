@@ -33,3 +33,20 @@ def test_the_bench_case_says_how_to_build_llama_cpp(tmp_path, capsys):
     assert record["ok"] is False and "pip download llama-cpp-python" in record["error"]
     (tmp_path / "convert_hf_to_gguf.py").write_text("")
     assert "llama-bench" in llamacpp.missing(str(tmp_path))
+
+
+def test_the_build_flags_come_from_the_trees_cmake_cache(tmp_path):
+    """What llama.cpp was built for goes beside every ratio: the native switch, the AVX and AMX
+    options turned on and extra compiler flags; the options left off are not listed."""
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "CMakeCache.txt").write_text(
+        "GGML_NATIVE:BOOL=OFF\nGGML_AVX2:BOOL=ON\nGGML_FMA:BOOL=ON\nGGML_AVX512:BOOL=OFF\n"
+        "GGML_AMX_TILE:BOOL=OFF\nCMAKE_C_FLAGS:STRING=-mno-amx-tile\nLLAMA_CURL:BOOL=OFF\n"
+    )
+    assert llamacpp.build_flags(str(tmp_path)) == {
+        "GGML_NATIVE": "OFF",
+        "GGML_AVX2": "ON",
+        "GGML_FMA": "ON",
+        "CMAKE_C_FLAGS": "-mno-amx-tile",
+    }
+    assert llamacpp.build_flags(str(tmp_path / "missing")) == {}

@@ -24,6 +24,8 @@ def emit(record: dict[str, Any]) -> None:
     speed differs between CPU classes)."""
     if not quant.cuda_available():
         record = {**record, "cpu": calibrate.cpu_model(), "cpu_flags": calibrate.cpu_flags()}
+        if quant.isa_caps():  # the CPU used as a narrower one (quant.ISA_CAPS)
+            record["isa_caps"] = quant.isa_caps()
     print(json.dumps(record), flush=True)
 
 

@@ -6,8 +6,10 @@ and the build flags: docs/benchmarks.md#how-the-peer-is-built-and-run-lfmuibench
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +117,23 @@ def bench(path: Path, tree: str, prompt_tokens: int, new_tokens: int, repeats: i
         "ms_per_token": round(1000 / decode["avg_ts"], 3),
         "file_gib": round(path.stat().st_size / 1024**3, 3),
         "build": decode.get("build_commit"),
+        "build_flags": build_flags(tree),
     }
+
+
+def build_flags(tree: str) -> dict[str, str]:
+    """The instruction-set options the tree's llama.cpp was configured with (its CMakeCache:
+    GGML_NATIVE, the AVX and AMX switches turned on, extra compiler flags): named beside
+    every ratio."""
+    flags: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in (Path(tree) / "build" / "CMakeCache.txt").read_text().splitlines():
+            name, _, value = line.partition("=")
+            key = name.split(":")[0]
+            switch = re.fullmatch(r"GGML_(AVX\w*|FMA|F16C|BMI2|AMX\w*)", key) and value != "OFF"
+            if switch or key == "GGML_NATIVE" or (key == "CMAKE_C_FLAGS" and value):
+                flags[key] = value
+    return flags
 
 
 def _rows(output: str) -> dict[str, Any]:

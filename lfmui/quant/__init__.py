@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -88,17 +89,43 @@ def cuda_available() -> bool:
         return False
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "asimd")
+# The instruction-set caps a process can run under (torch's ATEN kernels, oneDNN, fbgemm): set
+# to AVX2, the CPU is used as an AVX2-only one, and its wider flags do not count here
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS")
+_CAPPED = {"default": ("avx2", "avx512", "amx"), "avx2": ("avx512", "amx")}
+
+
 @cache
-def cpu_computes_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
+    """The instruction sets of ISA_FLAGS this process computes with: the CPU's (x86 "flags",
+    ARM "Features"), less what an ISA cap in ISA_CAPS turns off."""
+    present = set(cpuinfo_field(cpuinfo, ("flags", "Features")).split())
+    dropped = [p for cap in isa_caps().values() for p in _CAPPED.get(cap.lower(), ())]
+    return tuple(f for f in ISA_FLAGS if f in present and not f.startswith(tuple(dropped)))
+
+
+def cpuinfo_field(cpuinfo: str, names: tuple[str, ...]) -> str:
+    """The first of `names` that /proc/cpuinfo (or a file like it) gives, or ""."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in names:
+                return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def isa_caps() -> dict[str, str]:
+    """The ISA caps set for this process (every CPU figure names them)."""
+    return {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)}
+
+
+def cpu_computes_bf16() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 beats
     fp32; without it bf16 is emulated and several times slower."""
-    try:
-        flags = next(
-            (line for line in Path(cpuinfo).read_text().splitlines() if line.startswith("flags")),
-            "",
-        ).split()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
