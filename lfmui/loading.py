@@ -128,6 +128,10 @@ def load_weights(spec: ModelSpec, level: quant.QuantLevel, location: hub.Locatio
     auto_model = AutoModelForImageTextToText if spec.kind == "vl" else AutoModelForCausalLM
     auto_processor = AutoProcessor if spec.kind == "vl" else AutoTokenizer
     model = auto_model.from_pretrained(location.path, **kwargs)
+    if not cuda:
+        from lfmui.quant import cpu_weights
+
+        cpu_weights.use_conv_step()  # LFM2's short convolutions at a decode step, in a few ops
     if level.post_load is not None:
         level.post_load(model)  # int8-cpu: the fp32 weights it replaced are freed here
     heap.release_checkpoint_mapping(model)

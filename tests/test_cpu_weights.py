@@ -78,3 +78,56 @@ def test_a_level_whose_kernel_this_torch_lacks_says_so_and_auto_skips_it(monkeyp
     finally:
         cpu_weights.kernel_fails.cache_clear()
         probe.cache_clear()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_conv_step_is_transformers_convolution_in_a_few_ops(bias):
+    """One new token through a depthwise causal convolution: the same output and the same
+    updated state as transformers' F.conv1d over the cached window."""
+    from transformers.models.lfm2 import modeling_lfm2
+
+    from lfmui.quant.cpu_weights import conv_step
+
+    torch.manual_seed(0)
+    state, token = torch.randn(2, 64, 3), torch.randn(2, 64, 1)
+    weight, shift = torch.randn(64, 3), torch.randn(64) if bias else None
+    own_state, step_state = state.clone(), state.clone()
+    own = modeling_lfm2.causal_conv1d_update.__wrapped__(token, own_state, weight, shift)
+    stepped = conv_step(token, step_state, weight, shift)
+    assert torch.allclose(stepped, own, atol=1e-6) and torch.equal(step_state, own_state)
+
+
+@pytest.mark.parametrize("name", ["lfm2-vl-tiny", "lfm2-moe-tiny"])
+def test_a_model_decodes_the_same_tokens_through_the_conv_step(name, tiny_paths, monkeypatch):
+    """Greedy decoding of both tiny LFM2 kinds, fp32: with the conv step installed (as every
+    CPU load does) the tokens and the logits are transformers' own."""
+    import importlib
+
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from lfmui.quant import cpu_weights
+
+    auto = AutoModelForImageTextToText if name == "lfm2-vl-tiny" else AutoModelForCausalLM
+    model = auto.from_pretrained(tiny_paths[name], dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 6, 300, 301, 302, 303, 7, 6]])
+
+    def greedy():
+        out = model.generate(
+            ids,
+            max_new_tokens=12,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        return out.sequences, torch.stack(out.logits)
+
+    modules = [importlib.import_module(m) for m in cpu_weights.CONV_MODULES]
+    for module in modules:  # transformers' own first, whatever an earlier load installed
+        own = module.causal_conv1d_update
+        monkeypatch.setattr(module, "causal_conv1d_update", getattr(own, "lfmui_original", own))
+    tokens, logits = greedy()
+    cpu_weights.use_conv_step()
+    assert all(hasattr(m.causal_conv1d_update, "lfmui_original") for m in modules)
+    stepped_tokens, stepped_logits = greedy()
+    assert torch.equal(stepped_tokens, tokens)
+    assert torch.allclose(stepped_logits, logits, atol=1e-4)

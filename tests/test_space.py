@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -90,14 +91,19 @@ def _serving(env: dict[str, str], port: int, log: Path, *flags: str) -> Iterator
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "app.py", *flags], cwd=ROOT, env=env, stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         _wait_until_listening(process, port, log)
         yield process
     finally:
-        process.terminate()
+        # the whole group: with SYSTEM=spaces a process of gradio's may outlive app.py (one
+        # was found serving after the suite had ended)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 # gradio's Spaces reloader (SYSTEM=spaces) leaves event loops whose __del__ prints this; a bare
