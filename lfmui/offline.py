@@ -252,9 +252,9 @@ def is_built(path: Path) -> bool:
 def image_defaults_of(name: str) -> dict[str, Any]:
     """The image processor settings of the hub model the build `name` stands in for (the
     catalog's IMAGE_DEFAULTS): a synthetic 1.6B cuts images as LFM2-VL-1.6B does."""
-    from lfmui.catalog import Catalog
+    from lfmui.catalog import OFFLINE_MODELS
 
-    spec = next((s for s in Catalog().all() if s.source == "offline" and s.location == name), None)
+    spec = next((s for s in OFFLINE_MODELS if s.location == name), None)
     return dict(spec.image_defaults) if spec else {}
 
 
