@@ -101,9 +101,11 @@ def _serving(env: dict[str, str], port: int, log: Path, *flags: str) -> Iterator
         # was found serving after the suite had ended)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the group is killed either way
+            process.wait(timeout=30)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 # gradio's Spaces reloader (SYSTEM=spaces) leaves event loops whose __del__ prints this; a bare
