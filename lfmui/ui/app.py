@@ -144,24 +144,24 @@ class _Tabs:
         detail = vision_tab.reset_values(self.manager, chosen)
         return [*chat_reply.defaults(self.manager, chosen), *detail, *detail]
 
-    def serving(self, chosen: str | None, session: str) -> list:  # what answers this visitor
+    def serving(self, chosen: str | None) -> list:  # what answers this visitor
         manager = self.manager
-        box = chat_reply.message_box(manager, chosen, session)
+        box = chat_reply.message_box(manager, chosen)
         card = model_cards.pool_card(manager)
         chip = model_cards.chip(manager, chosen)
         picker = model_cards.chat_choices(manager, chosen)
         return [chip, picker, box, *model_cards.picked(manager), card]
 
-    def after_switch(self, chosen: str | None, request: gr.Request) -> list:
+    def after_switch(self, chosen: str | None) -> list:
         # one update: once the chip shows, the defaults are in
-        return [*self.model_defaults(chosen), *self.serving(chosen, request.session_hash)]
+        return [*self.model_defaults(chosen), *self.serving(chosen)]
 
-    def on_page(self, request: gr.Request) -> list:
+    def on_page(self) -> list:
         return [
             model_cards.status_card(self.manager),
             model_cards.banner(self.manager, self.startup_note),
             *self.model_defaults(),
-            *self.serving(None, request.session_hash),
+            *self.serving(None),
         ]
 
     def follow_switches(self, pick: gr.State) -> None:

@@ -143,19 +143,18 @@ def box_for(state: str) -> gr.MultimodalTextbox:
 TEXT_ONLY_HINT = "Type a message (this model reads text only: no images)"
 
 
-def message_box(
-    manager: ModelManager, pick: str | None = None, session: str = ""
-) -> gr.MultimodalTextbox:
+def message_box(manager: ModelManager, pick: str | None = None) -> gr.MultimodalTextbox:
     """The message box for what answers this visitor now: a text-only model takes no
-    attachments, so an image is refused before Send, not after. Its button follows the
-    session's reply state, like every other update of the box (a page-load update that
-    landed after a quick first send took Stop away from a streaming reply)."""
+    attachments, so an image is refused before Send, not after. It leaves the box's value and
+    its send/Stop button alone: only the reply's own events set those (on_submit's first
+    yield, on_stop, box_now), since a page-load or model-switch update can land seconds
+    late, in the middle of a reply, and a reply state read before the reply began would take
+    Stop away and put the sent message back in the box."""
     images = manager.readiness(pick)["reads_images"]
     return gr.MultimodalTextbox(
         sources=["upload"] if images else [],
         file_types=["image"] if images else [".none"],
         placeholder=BOX_HINT if images else TEXT_ONLY_HINT,
-        **BOX_FOR[REPLIES.state(session)],
     )
 
 
