@@ -12,3 +12,10 @@ import os
 
 USER_THREADS = os.environ.get("OMP_NUM_THREADS")  # None: ours to choose
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1

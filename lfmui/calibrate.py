@@ -21,13 +21,13 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lfmui
 from lfmui import offline, quant
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ SHAPES_TIMED = 3  # the largest shape classes timed; the rest scaled by weight c
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """This machine's CPU as /proc/cpuinfo names it, with its usable cores (every CPU figure
     carries it: speed differs between CPU classes)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = lfmui.usable_cores()
     name = quant.cpuinfo_field(cpuinfo, ("model name",)) or "unknown CPU"
     return f"{name} ({cores} cores)"
 

@@ -134,11 +134,11 @@ def _use_the_cores(worker: FairWorker) -> None:
 
     if lfmui.USER_THREADS is not None:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = lfmui.usable_cores()
 
     def widen() -> None:
         torch.get_num_threads()  # torch's per-thread set-up first: it would apply the default
-        torch.set_num_threads(cores or 1)
+        torch.set_num_threads(cores)
 
     worker.submit(widen).result()
     torch.set_num_threads(1)

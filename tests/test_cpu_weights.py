@@ -132,3 +132,55 @@ def test_a_model_decodes_the_same_tokens_through_the_conv_step(name, tiny_paths,
     stepped_tokens, stepped_logits = greedy()
     assert torch.equal(stepped_tokens, tokens)
     assert torch.allclose(stepped_logits, logits, atol=1e-4)
+
+
+def test_experts_are_packed_on_every_core_in_their_order(monkeypatch):
+    """A load packs a layer's experts in one thread a core (torch's kernels let go of the GIL):
+    the result is each expert's own packing, in the experts' order, as one thread makes it."""
+    import threading
+
+    import lfmui
+    from lfmui.quant import cpu_weights
+
+    torch.manual_seed(0)
+    weights = torch.randn(6, 64, 96, dtype=torch.bfloat16)
+    int8 = cpu_weights.PACKINGS["int8"]
+    monkeypatch.setattr(lfmui, "usable_cores", lambda: 1)
+    alone = cpu_weights.pack_experts(weights, int8)
+    threads = set()
+
+    def pack(expert):
+        threads.add(threading.current_thread().name)
+        return int8.pack(expert)
+
+    monkeypatch.setattr(lfmui, "usable_cores", lambda: 3)
+    spread = cpu_weights.each_expert(pack, weights)
+    assert len(threads) > 1 and all(name.startswith("lfmui-pack") for name in threads)
+    assert all(torch.equal(a, b) for a, b in zip(alone[0], [q for q, _ in spread], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(alone[1], [s for _, s in spread], strict=True))
+    dynamic = cpu_weights.pack_experts_dynamic(weights)[1]
+    assert len(dynamic) == 6
+    for expert, packed in zip(weights, dynamic, strict=True):  # each its own, in order
+        q, _ = torch.ops.quantized.linear_unpack(packed)
+        own, _ = torch.ops.quantized.linear_unpack(cpu_weights.dynamic_int8(expert))
+        assert torch.equal(q.int_repr(), own.int_repr())
+
+
+def test_dynamic_int8_rounds_as_torch_quantizes_and_computes_close_to_fp32():
+    """int8-cpu's weights, rounded by lfmui from one fp32 copy: within one step of
+    torch.quantize_per_channel's, and the dynamic int8 product close to the fp32 one."""
+    from lfmui.quant import cpu_weights
+
+    torch.manual_seed(0)
+    weight = torch.randn(384, 256, dtype=torch.bfloat16)
+    packed = cpu_weights.dynamic_int8(weight)
+    q, _ = torch.ops.quantized.linear_unpack(packed)
+    absmax = weight.float().abs().amax(dim=1)
+    zeros = torch.zeros(384, dtype=torch.int64)
+    theirs = torch.quantize_per_channel(weight.float(), absmax / 127, zeros, 0, torch.qint8)
+    steps = (q.int_repr().int() - theirs.int_repr().int()).abs()
+    assert steps.max() <= 1 and (steps == 0).float().mean() > 0.99
+    torch.testing.assert_close(q.q_per_channel_scales().float(), absmax / 127)
+    x = torch.randn(3, 256)
+    got = torch.ops.quantized.linear_dynamic(x, packed)
+    assert _cosine(got, x @ weight.float().t()) >= 0.999

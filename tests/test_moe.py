@@ -143,3 +143,34 @@ def test_int8_cpu_packs_the_linear_layers_while_loading(replica):
     with torch.no_grad():
         got, expected = model(ids).logits[0, -1], reference(ids).logits[0, -1]
     assert _cosine(got, expected) >= 0.99
+
+
+def test_int8_cpu_counts_its_prepacked_weights_without_unpacking_them(replica, monkeypatch):
+    """The resident size of an int8-cpu model (heap.weight_bytes, shown in the Models tab)
+    counts each prepacked Linear from the count set when it was packed, not by unpacking it
+    (unpacking the 8B's took 9 s of its load), and the count is what the weight holds: int8
+    bytes, a scale and a zero point a row, the bias."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from transformers import AutoModelForCausalLM
+
+    from lfmui import heap
+
+    path, _ = replica
+    level = quant.QUANTIZATIONS["int8-cpu"]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, **level.kwargs())
+    model = level.post_load(model)
+    linears = [m for m in model.modules() if type(m) is DynamicLinear]
+    assert len(linears) > 1 and type(model.lm_head) is DynamicLinear  # loader's and post-load's
+    unpacked = 0
+    for linear in linears:
+        weight, bias = linear._weight_bias()
+        rows = weight.shape[0]
+        held = weight.numel() + 16 * rows + (4 * rows if bias is not None else 0)
+        assert linear.held_bytes == held
+        unpacked += held
+    monkeypatch.setattr(DynamicLinear, "_weight_bias", lambda self: pytest.fail("unpacked"))
+    others = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    experts = sum(getattr(m, "held_bytes", 0) for m in model.modules() if m not in linears)
+    assert experts > 0
+    expected = unpacked + experts + sum(t.numel() * t.element_size() for t in others)
+    assert heap.weight_bytes(model) == expected

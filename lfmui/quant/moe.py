@@ -373,6 +373,8 @@ def _swap_dynamic_linears(model: nn.Module) -> int:
     Linear holding that packed weight (what quantize_dynamic would have made of it)."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
+    from lfmui.quant import cpu_weights
+
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -381,6 +383,7 @@ def _swap_dynamic_linears(model: nn.Module) -> int:
                 continue
             swapped = DynamicLinear(child.in_features, child.out_features, bias_=False)
             swapped._packed_params._packed_params = packed
+            swapped.held_bytes = cpu_weights.dynamic_bytes(child.out_features, child.in_features)
             setattr(parent, name, swapped)
             count += 1
     return count
