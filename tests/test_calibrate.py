@@ -127,8 +127,26 @@ def test_the_bench_prints_calibration_and_kernel_figures_with_the_cpu(tiny_paths
     assert all(speed > 0 for speed in calibrated["tokens_per_s"].values())
     assert set(kernels["ms"]) >= {"fp32 Linear", "dynamic int8 (int8-cpu)"}
     assert "int4 packed, float32 activations" in kernels["ms"]
+    # torch's dynamic 4-bit matmul (KleidiAI's on ARM): timed where this torch has it (2.14 does)
+    assert kernels["ms"]["dynamic int4 (_dyn_quant_matmul_4bit)"] > 0
+    assert isinstance(kernels["kleidiai"], bool)
     for line in lines:
         assert line["cpu"] == calibrate.cpu_model() and line["cpu_flags"] == calibrate.cpu_flags()
+
+
+def test_the_dynamic_int4_weight_the_bench_times_computes_the_product():
+    """The bench's figure for torch's dynamic 4-bit matmul is of a right answer: the weight as
+    the bench packs it gives the fp32 product (cosine at least 0.99)."""
+    import torch
+
+    from lfmui.bench import cases
+
+    torch.manual_seed(0)
+    weight, row = torch.randn(256, 128), torch.randn(1, 128)
+    packed = cases._dyn_quant_4bit(weight, 32)
+    got = torch.ops.aten._dyn_quant_matmul_4bit(row, packed, 32, 128, 256)
+    expected = row @ weight.t()
+    assert torch.nn.functional.cosine_similarity(got, expected).item() >= 0.99
 
 
 def test_a_model_whose_shapes_cannot_be_read_keeps_auto_in_its_static_order():

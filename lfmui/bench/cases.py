@@ -382,6 +382,11 @@ def run_kernels(repeats: int, n: int = 4096, k: int = 2048) -> int:
             )
     dynamic = cpu_weights.dynamic_int8(weight)
     kernels["dynamic int8 (int8-cpu)"] = lambda: torch.ops.quantized.linear_dynamic(row, dynamic)
+    if hasattr(torch.ops.aten, "_dyn_quant_matmul_4bit"):  # KleidiAI's on ARM, else a fallback
+        packed = _dyn_quant_4bit(weight, cpu_weights.GROUP)
+        kernels["dynamic int4 (_dyn_quant_matmul_4bit)"] = functools.partial(
+            torch.ops.aten._dyn_quant_matmul_4bit, row, packed, cpu_weights.GROUP, k, n
+        )
     figures = {}
     for name, kernel in kernels.items():
         kernel()
@@ -392,5 +397,19 @@ def run_kernels(repeats: int, n: int = 4096, k: int = 2048) -> int:
                 kernel()
             times.append((time.perf_counter() - started) / 10)
         figures[name] = round(median(times) * 1000, 3)
-    emit({"case": "kernels", "shape": [n, k], "ms": figures})
+    kleidiai = getattr(getattr(torch.backends, "kleidiai", None), "is_available", lambda: False)
+    emit({"case": "kernels", "shape": [n, k], "ms": figures, "kleidiai": kleidiai()})
     return 0
+
+
+def _dyn_quant_4bit(weight: Any, group: int) -> Any:
+    """An [n, k] fp32 weight as torch's dynamic 4-bit matmul takes it: symmetric int4 in
+    groups along K, two to a byte, packed by torch."""
+    import torch
+
+    n, k = weight.shape
+    groups = weight.reshape(n, k // group, group)
+    scales = (groups.abs().amax(-1) / 7).clamp(min=1e-8)
+    q = (torch.round(groups / scales[..., None]).clamp(-8, 7) + 8).to(torch.uint8).reshape(n, k)
+    two = (q[:, 1::2] << 4 | q[:, ::2]).contiguous()
+    return torch.ops.aten._dyn_quant_pack_4bit_weight(two, scales, None, group, k, n)
