@@ -3,6 +3,8 @@ widths: the load's peak, decode and prefill against full precision, the CPU pack
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -136,7 +138,13 @@ def test_int8_cpu_packs_the_linear_layers_while_loading(replica):
     converted = [n for n in converted if quant.should_quantize(n) and n != "lm_head"]
     assert converted  # attention, conv and dense FFN projections
     for name in converted:
-        assert type(model.get_submodule(name)) is DynamicLinear, name
+        packed, linear = model.get_submodule(name), reference.get_submodule(name)
+        assert type(packed) is DynamicLinear, name
+        shape = (linear.out_features, linear.in_features)
+        assert (packed.out_features, packed.in_features) == shape
+        assert packed.weight().shape == shape  # its own packed weight, not the 1x1 it was made
+    # packed on the other cores while the loader read on; those threads end with the load
+    assert not [t for t in threading.enumerate() if t.name.startswith("lfmui-pack")]
     assert type(model.lm_head) is torch.nn.Linear  # tied: the level's post-load step takes it
     assert not [m for m in model.modules() if hasattr(m, "lfmui_dynamic")]
     ids = torch.tensor([[1, 42, 17, 99, 3, 250, 8]])

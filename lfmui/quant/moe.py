@@ -321,6 +321,8 @@ def _experts_only_quantizer(packing_name: str) -> type:
         def _process_model_after_weight_loading(self, model, **kwargs):
             _swap_experts(model, packing_name, lambda act_fn, _dtype, w: make(act_fn, w, model))
             _swap_dynamic_linears(model)
+            if linear_op is not None:
+                linear_op.close()
             return model
 
         def get_quantize_ops(self):
@@ -354,18 +356,53 @@ def _packable_linear(model: nn.Module, param_name: str, converts: Callable[[str]
 
 class _DynamicLinearOp:
     """The loader's step for a Linear weight claimed by ``_packable_linear``: packed as
-    torch's dynamic int8 keeps it (cpu_weights.dynamic_int8), an empty stand-in loaded."""
+    torch's dynamic int8 keeps it (cpu_weights.dynamic_int8) on the other cores while the
+    loader reads on, an empty stand-in loaded. At most one weight per core waits in full
+    precision, so the whole model's Linears are never held unpacked; ``_swap_dynamic_linears``
+    collects the packed weights."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._room: Any = None
 
     def convert(self, input_dict: dict[str, Any], model=None, **kwargs) -> dict[str, Any]:
-        from lfmui.quant import cpu_weights
-
         result = {}
         for name, value in input_dict.items():
             module_name, _, _ = name.rpartition(".")
-            with torch.no_grad():
-                model.get_submodule(module_name).lfmui_dynamic = cpu_weights.dynamic_int8(value)
+            model.get_submodule(module_name).lfmui_dynamic = self._submit(value)
             result[name] = torch.empty(0, dtype=torch.int8)
         return result
+
+    def _submit(self, weight: torch.Tensor) -> Any:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        import lfmui
+
+        if self._pool is None:
+            cores = lfmui.usable_cores()
+            self._pool = ThreadPoolExecutor(cores, thread_name_prefix="lfmui-pack")
+            self._room = threading.BoundedSemaphore(cores)
+        self._room.acquire()  # the loader waits while every core packs a weight
+        packed = self._pool.submit(_pack_and_trim, weight)
+        packed.add_done_callback(lambda _: self._room.release())
+        return packed
+
+    def close(self) -> None:
+        """After a load: the packing threads go (each load starts its own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _pack_and_trim(weight: torch.Tensor) -> Any:
+    """cpu_weights.dynamic_int8 on a packing thread, whose glibc arena then hands its freed
+    full-precision copy back to the system (heap.trim_heap)."""
+    from lfmui.quant import cpu_weights
+
+    packed = cpu_weights.dynamic_int8(weight)
+    heap.trim_heap()
+    return packed
 
 
 def _swap_dynamic_linears(model: nn.Module) -> int:
@@ -378,11 +415,14 @@ def _swap_dynamic_linears(model: nn.Module) -> int:
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            packed = getattr(child, "lfmui_dynamic", None)
-            if packed is None:
+            packing = getattr(child, "lfmui_dynamic", None)
+            if packing is None:
                 continue
-            swapped = DynamicLinear(child.in_features, child.out_features, bias_=False)
-            swapped._packed_params._packed_params = packed
+            # made 1x1 and then given its shape: torch's constructor prepacks a zero weight of
+            # the full shape, which took 7 s of VL-1.6B's load
+            swapped = DynamicLinear(1, 1, bias_=False)
+            swapped.in_features, swapped.out_features = child.in_features, child.out_features
+            swapped._packed_params._packed_params = packing.result()
             swapped.held_bytes = cpu_weights.dynamic_bytes(child.out_features, child.in_features)
             setattr(parent, name, swapped)
             count += 1
