@@ -281,15 +281,21 @@ def each_expert(pack: Callable[[torch.Tensor], Any], weights: torch.Tensor) -> l
     with a team of one (lfmui/__init__.py says why) and torch's kernels let go of the GIL, so
     one thread a core packs an expert each (LFM2-8B-A1B's 1,536 expert weights are most of
     its load)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import lfmui
 
     workers = min(lfmui.usable_cores(), len(weights))
     if workers <= 1:
         return [pack(expert) for expert in weights]
-    with ThreadPoolExecutor(workers, thread_name_prefix="lfmui-pack") as pool:
+    with packing_threads(workers) as pool:
         return list(pool.map(pack, weights))
+
+
+def packing_threads(workers: int) -> Any:
+    """The threads that pack weights while a model loads (``each_expert``, and int8-cpu's
+    Linear layers in ``quant.moe``), named ``lfmui-pack``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(workers, thread_name_prefix="lfmui-pack")
 
 
 def quantize(model: nn.Module, packing: Packing, converts: Callable[[str], bool]) -> int:

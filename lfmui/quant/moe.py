@@ -375,13 +375,13 @@ class _DynamicLinearOp:
 
     def _submit(self, weight: torch.Tensor) -> Any:
         import threading
-        from concurrent.futures import ThreadPoolExecutor
 
         import lfmui
+        from lfmui.quant import cpu_weights
 
         if self._pool is None:
             cores = lfmui.usable_cores()
-            self._pool = ThreadPoolExecutor(cores, thread_name_prefix="lfmui-pack")
+            self._pool = cpu_weights.packing_threads(cores)
             self._room = threading.BoundedSemaphore(cores)
         self._room.acquire()  # the loader waits while every core packs a weight
         packed = self._pool.submit(_pack_and_trim, weight)
