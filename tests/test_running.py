@@ -33,3 +33,17 @@ def test_every_state_has_a_box_and_only_idle_offers_send():
         box = chat_reply.BOX_FOR[state]
         assert box["submit_btn"] == (state == running.IDLE)
         assert box["stop_btn"] == (state != running.IDLE)
+
+
+def test_the_model_s_box_update_leaves_the_reply_s_button_and_the_box_alone():
+    """The page load's and a model switch's update of the box (attachments, placeholder) can
+    land seconds late, in the middle of a reply: it sets neither the send/Stop button nor the
+    box's value, so it cannot take Stop away from a streaming reply or put a sent message back
+    (it did while it carried the button state read before the reply began)."""
+    from lfmui.manager import ModelManager
+
+    replies_running = chat_reply.REPLIES.one("late-page")
+    with replies_running:
+        update = chat_reply.message_box(ModelManager())
+        assert chat_reply.REPLIES.state("late-page") == running.STREAMING
+    assert set(update.constructor_args) == {"sources", "file_types", "placeholder"}
